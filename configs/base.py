@@ -1,0 +1,206 @@
+"""The run of the diagnosis note, at the embedded data's small scale.
+
+It is the baseline known to plateau: a pooled-feature MLP text head (no
+spatial prior), t ~ U[0, 1], the network's time input 4 - 8t, and a learning
+rate that warms up and then decays to a tenth of its peak. Full-scale numbers
+from the note are in comments as `note:`; the values in use fit the embedded
+captioned-shapes data on a laptop CPU.
+
+Every recipe (restart.py, logsnr.py, structure.py) starts from this file, so
+every field is documented here once.
+
+Variants: `--config=configs/base.py:tiny` shrinks everything for tests and
+smoke runs. Overrides: `--config.total_steps=20`.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "base"
+  c.seed = 0                 # Seeds parameters, the train step's rng, the data order.
+  c.total_steps = 1200       # Optimizer steps of the whole run (note: 40k reached).
+  c.batch_size = 64          # Global batch, split over the mesh's data axis.
+  c.log_every = 50           # Steps between train-metric writes (console, TB, metrics.jsonl).
+  c.checkpoint_every = 300   # Steps between checkpoints (the last step is always saved).
+  c.keep_checkpoints = 2     # Checkpoints kept on disk (older ones deleted).
+  c.sample_every = 600       # Steps between sample grids (PNG + TB); also at the end.
+  c.eval_every = 600         # Steps between structure-benchmark evaluations; also at the end.
+  c.max_compiles = 1         # The train step may compile this many times; more is an error.
+  c.dtype = "float32"        # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU.
+
+  # --- Data: the embedded captioned-shapes set (TFDS, array_record, grain).
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "shapes"     # Only the embedded set in this build.
+  c.data.data_dir = ""       # '' -> $TXT2IMG_DATA_DIR or ~/.cache/txt2img_jax/data.
+  c.data.seed = 0            # Seed of the procedural generator (not of the run).
+  c.data.image_size = 32     # Pixels per side.
+  c.data.jitter_px = 1.0     # Random offset of each shape from its cell centre.
+  c.data.num_train = 20000   # Examples written to the train split.
+  c.data.num_test = 1000     # In-distribution captions for evaluation.
+  c.data.num_heldout = 1000  # Captions with held-out colour-shape pairings.
+  c.data.max_len = 24        # Text tokens per caption (padded / truncated).
+  c.data.subset_size = 0     # >0: train on the first N examples only (health checks).
+  c.data.prefetch = 2        # Batches prepared ahead of the device.
+  c.data.worker_count = 0    # grain worker processes (0: in the main process).
+
+  # --- Image autoencoder: latents x1, standardised per channel.
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.kind = "pixel"    # Fixed space-to-depth autoencoder (no weights).
+  c.autoencoder.factor = 2        # 32x32x3 images -> 16x16x12 latents.
+  c.autoencoder.stats_examples = 2048  # Train examples used for the shift/scale.
+
+  # --- Text encoder: token features (B, L, D).
+  c.text_encoder = ml_collections.ConfigDict()
+  c.text_encoder.name = ""        # '' -> the small encoder below, trained with the rest;
+                                  # else a HF id / local dir of a Flax CLIP or T5 (frozen).
+  c.text_encoder.width = 128
+  c.text_encoder.depth = 2
+  c.text_encoder.num_heads = 4
+  c.text_encoder.mlp_ratio = 4
+
+  # --- Text variational encoder ("text head"): tokens -> mu, log_var (H, W, C).
+  c.head = ml_collections.ConfigDict()
+  c.head.kind = "pooled_mlp"      # pooled_mlp | token_transformer | grid_query | mlp_conv
+  # Each kind's own fields; only the chosen kind's are used.
+  c.head.pooled_mlp = ml_collections.ConfigDict(dict(
+      hidden=512,                 # note: pooled feature -> 3-layer MLP -> 8192 values.
+      num_layers=3))
+  c.head.token_transformer = ml_collections.ConfigDict(dict(
+      width=128, depth=2, num_heads=4, mlp_ratio=4.0,
+      reduced_width=16))          # Per-token width before the flatten (CrossFlow).
+  c.head.grid_query = ml_collections.ConfigDict(dict(
+      grid_size=8,                # Query grid side; must divide the latent's H and W.
+      width=128, depth=2, num_heads=4, mlp_ratio=4.0,
+      num_smooth=2))              # Residual depthwise 3x3 convs for local continuity.
+  c.head.mlp_conv = ml_collections.ConfigDict(dict(
+      hidden=512, num_layers=2,
+      conv_width=32,              # C' of the (H, W, C') map the MLP produces.
+      num_blocks=2, norm="group", num_groups=8))
+  # Every head ends in a projection initialised small (out_init_scale) with
+  # log_var starting at init_log_var, so the KL starts near that of N(0, I).
+
+  # --- Flow network: a DiT with adaLN-Zero.
+  c.flow = ml_collections.ConfigDict()
+  c.flow.patch_size = 2           # 16x16 latent -> 64 tokens.
+  c.flow.width = 256
+  c.flow.depth = 6
+  c.flow.num_heads = 4
+  c.flow.mlp_ratio = 4
+  c.flow.time_input = "linear_logsnr"  # t | logsnr | linear_logsnr (note's run: 4 - 8t).
+  c.flow.sigma_min = 1e-5         # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
+
+  # --- Contrastive image tower (its embedding is compared with flat z_text).
+  c.image_encoder = ml_collections.ConfigDict()
+  c.image_encoder.width = 64
+  c.image_encoder.depth = 2
+  c.image_encoder.init_logit_scale = 2.659  # log(1/0.07), CLIP's start.
+
+  # --- Time / logSNR sampling of the train step (t = 0 text, t = 1 image).
+  c.time = ml_collections.ConfigDict()
+  # The sampler: uniform | logit_normal | uniform_logsnr | alpha_range |
+  # curriculum; see txt2img_jax/timesteps.py for each kind's fields.
+  c.time.sampler = ml_collections.ConfigDict(dict(
+      kind="uniform", t_min=0.0, t_max=1.0))  # note's run: t ~ U[0, 1].
+  c.time.num_buckets = 4          # Flow loss is logged per equal-width t bucket.
+
+  # --- Loss weights.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.flow_weight = 1.0        # note: w_fm = 1.0.
+  c.loss.kl_weight = 1e-2         # beta_KL (CrossFlow: 1e-2).
+  c.loss.kl_warmup_steps = 0      # Linear 0 -> kl_weight (note: 30-50k steps to 0.1).
+  c.loss.clip_weight = 1.0        # note's run: 1.0.
+  c.loss.tv_weight = 0.0          # TV of z_text (note: 1e-6 - 5e-6).
+  c.loss.cfg_null_prob = 0.1      # Probability a sample is trained as "null" (CFG).
+
+  # --- Optimizer: AdamW per parameter group, global-norm clipping.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95               # note: betas (0.9, 0.95).
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.01     # note: 0.01; never on biases and norm scales.
+  c.optim.grad_clip = 1.0         # note: global norm 1.0.
+  c.optim.schedule = ml_collections.ConfigDict(dict(
+      kind="warmup_cosine",       # The note's decaying LR.
+      warmup_steps=100,
+      decay_steps=1200,           # Warmup included; then held at end_lr.
+      end_lr=3e-5))               # note: actual lr fell to 2.5e-7 vs base 2.5e-6.
+  c.optim.groups = ml_collections.ConfigDict()
+  for group in ("text_encoder", "text_head", "image_encoder"):
+    # note: text encoder / head / contrastive <= 2e-4.
+    c.optim.groups[group] = ml_collections.ConfigDict(dict(
+        lr=3e-4, max_lr=None, trainable=True, schedule={}))
+  # note: flow backbone <= 1e-4 at full scale; a small DiT takes more.
+  c.optim.groups.flow = ml_collections.ConfigDict(dict(
+      lr=3e-4, max_lr=None, trainable=True, schedule={}))
+  c.ema_decay = 0.999             # EMA of all trainable params (note: 0.999).
+  c.ema_warmup = True             # decay_t = min(decay, (1 + t) / (10 + t)).
+
+  # --- Restart from another run (init_from). See docs/recipes.md.
+  c.init_from = ""                # A workdir or checkpoint to take weights from.
+  c.restart = ml_collections.ConfigDict()
+  c.restart.peak_factor = 2.0     # New cycle peak = factor x base lr (note: 2x).
+  c.restart.keep_opt_state = False  # Keep Adam moments, or start them afresh.
+
+  # --- Sampling (grids, evaluation, sample.py defaults).
+  c.sample = ml_collections.ConfigDict()
+  c.sample.method = "euler"       # euler | heun (CrossFlow: Euler).
+  c.sample.num_steps = 20         # CrossFlow: 50.
+  c.sample.cfg_scale = 1.0        # CrossFlow: 7 at full scale.
+  c.sample.use_mean = True        # Start from mu instead of a draw of z_text.
+  c.sample.grid_size = 16         # Captions in the sample grid.
+
+  # --- Structure benchmark during training.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num = 500                # Captions per split scored at each evaluation.
+  c.eval.batch_size = 250
+
+  # --- Device mesh and logical-axis rules (model code names logical axes).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                # -1: all devices not used by 'model'.
+  c.mesh.model = 1
+  # [logical axis, mesh axis or None]; None replicates. FSDP on a pod: map
+  # 'embed' to 'data'; tensor parallel: 'mlp' and 'heads' to 'model'.
+  c.mesh.rules = [
+      ["batch", "data"], ["embed", None], ["mlp", "model"], ["heads", "model"],
+      ["vocab", None], ["latent", None], ["conv_in", None], ["conv_out", None],
+  ]
+
+  if variant == "tiny":
+    shrink(c)
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
+  return c
+
+
+def shrink(c: ml_collections.ConfigDict) -> None:
+  """Seconds-long runs for tests and smoke checks (big_vision's runlocal)."""
+  c.total_steps = 6
+  c.batch_size = 8
+  c.log_every = 2
+  c.checkpoint_every = 3
+  c.sample_every = 6
+  c.eval_every = 6
+  c.data.num_train = 64
+  c.data.num_test = 16
+  c.data.num_heldout = 16
+  c.autoencoder.stats_examples = 64
+  c.text_encoder.width = 32
+  c.text_encoder.depth = 1
+  c.text_encoder.num_heads = 2
+  c.head.pooled_mlp.hidden = 32
+  c.head.token_transformer.update(width=32, depth=1, num_heads=2, reduced_width=4)
+  c.head.grid_query.update(width=32, depth=1, num_heads=2)
+  c.head.mlp_conv.update(hidden=32, conv_width=8)
+  c.flow.width = 32
+  c.flow.depth = 1
+  c.flow.num_heads = 2
+  c.image_encoder.width = 8
+  c.optim.schedule.warmup_steps = 1
+  if "decay_steps" in c.optim.schedule:
+    c.optim.schedule.decay_steps = c.total_steps
+  c.sample.num_steps = 2
+  c.sample.grid_size = 4
+  c.eval.num = 8
+  c.eval.batch_size = 8

@@ -1,0 +1,237 @@
+"""The diagnosis on synthetic logs: the note's plateaued run, a healthy run, and single faults."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from txt2img_jax import diagnose
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_LR = 2.5e-6
+LATENT_DIMS = 32 * 32 * 4
+STEPS = np.arange(0, 20001, 100)
+
+
+def _write_run(workdir, lines, config):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for line in lines:
+      f.write(json.dumps(line) + "\n")
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config, f)
+  return str(workdir)
+
+
+def _config():
+  return {"total_steps": 20000, "latent_dims": LATENT_DIMS,
+          "optim": {"groups": {"text_head": {"lr": BASE_LR}, "flow": {"lr": BASE_LR}}}}
+
+
+def _lines(flow, lr, kl_raw, logvar=(-0.44, 0.02), mu=(-1.15, 1.28), buckets=None,
+           nonfinite=None, seed=0):
+  """One log line per step in STEPS, the shape of what the trainer writes."""
+  rng = np.random.default_rng(seed)
+  lines, ema = [], {}
+  for i, step in enumerate(STEPS):
+    f = float(flow[i] * (1 + 0.003 * rng.standard_normal()))
+    kl_w = 1e-3
+    line = {"step": int(step), "train/loss_flow": f, "train/kl_raw": float(kl_raw[i]),
+            "train/kl_weight": kl_w, "train/loss_kl": kl_w * float(kl_raw[i]),
+            "train/loss_clip": 0.01, "train/clip_weight": 1.0}
+    line["train/loss"] = f + line["train/loss_kl"] + line["train/loss_clip"]
+    for k in ("train/loss", "train/loss_flow", "train/loss_kl"):
+      ema[k] = line[k] if k not in ema else 0.9 * ema[k] + 0.1 * line[k]
+      line[k + "_ema"] = ema[k]
+    for g in ("text_head", "flow"):
+      line[f"train/lr/{g}"] = float(lr[i])
+      line[f"train/grad_norm/{g}"] = 0.5
+      line[f"train/param_norm/{g}"] = 100.0
+    line.update({"train/grad_norm": 0.7, "train/z_text_norm": 70.0, "train/x1_norm": 71.0,
+                 "train/norm_ratio": 70.0 / 71.0, "train/mu_min": mu[0], "train/mu_max": mu[1],
+                 "train/mu_mean": 0.01, "train/logvar_min": logvar[0],
+                 "train/logvar_max": logvar[1], "train/logvar_mean": -0.2,
+                 "train/steps_per_sec": 3.2})
+    if buckets is not None:
+      for b, series in enumerate(buckets):
+        line[f"train/loss_flow_bucket/{b}"] = float(series[i])
+    if nonfinite is not None:
+      line["train/nonfinite_steps"] = float(nonfinite[i])
+    lines.append(line)
+    if step % 2000 == 0:  # Eval lines hold only eval names.
+      lines.append({"step": int(step), "eval/object_acc": 0.1, "eval/mosaic_index": 0.8})
+  return lines
+
+
+def _plateau_run(workdir):
+  """The note's run: flow ≈ 0.92 after an early drop, LR decayed to 0.1× base, KL ≈ 70."""
+  flow = 0.92 + 0.6 * np.exp(-STEPS / 1500)
+  lr = np.maximum(BASE_LR * 0.5 * (1 + np.cos(np.pi * STEPS / 20000)), 2.5e-7)
+  kl = 70 + 30 * np.exp(-STEPS / 5000)
+  return _write_run(workdir, _lines(flow, lr, kl), _config())
+
+
+def _healthy_run(workdir, buckets=None, nonfinite=None):
+  """Flow loss still falling steadily, LR at base, an informative posterior."""
+  flow = 0.3 + 1.2 * np.exp(-STEPS / 15000)
+  lr = np.full(STEPS.shape, BASE_LR)
+  kl = np.full(STEPS.shape, 2000.0)
+  lines = _lines(flow, lr, kl, logvar=(-4.0, 0.5), mu=(-3.0, 3.2), buckets=buckets,
+                 nonfinite=nonfinite)
+  return _write_run(workdir, lines, _config())
+
+
+def _names(report, severity="warning"):
+  return {f.name for f in report.flags if f.severity == severity}
+
+
+def _run(workdir, window=5000):
+  metrics = diagnose.load_metrics(workdir)
+  return diagnose.analyze(metrics, diagnose.load_config(workdir), window, workdir=workdir)
+
+
+def test_plateau_run_raises_the_notes_flags(tmp_path):
+  report = _run(_plateau_run(tmp_path / "w"))
+  assert {"plateau", "lr_far_below_base", "posterior_collapsed"} <= _names(report)
+  assert "norm_mismatch" not in _names(report)
+  assert report.step == 20000
+  assert report.lr["flow"].ratio == pytest.approx(0.1)
+  assert report.posterior["kl_per_dim"] == pytest.approx(70 / LATENT_DIMS, rel=0.05)
+  assert report.posterior["var_max"] == pytest.approx(np.exp(0.02))
+  assert report.eval["object_acc"] == pytest.approx(0.1)
+  lr_flag = next(f for f in report.flags if f.name == "lr_far_below_base")
+  assert "configs/restart.py" in lr_flag.lever
+  text = diagnose.format_report(report)
+  for section in ("Losses", "Learning rate", "Modality norms", "Text posterior", "Flags"):
+    assert section in text
+  assert "plateau" in text.split("Verdict:")[1]
+
+
+def test_healthy_run_has_no_plateau_and_no_lr_flag(tmp_path):
+  report = _run(_healthy_run(tmp_path / "w"))
+  assert not _names(report)
+  assert "ok" in _names(report, "info")
+  assert report.trends["train/loss_flow"].rel_change < -diagnose.PLATEAU_REL_CHANGE
+
+
+def test_stuck_bucket_is_named(tmp_path):
+  falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
+  buckets = [1.3 * falling, 1.1 * falling, np.full(STEPS.shape, 0.8), 0.7 * falling]
+  report = _run(_healthy_run(tmp_path / "w", buckets=buckets))
+  stuck = [f for f in report.flags if f.name == "t_segment_stuck"]
+  assert len(stuck) == 1
+  assert "[0.50, 0.75)" in stuck[0].message and "bucket 2" in stuck[0].message
+  assert "configs/logsnr.py" in stuck[0].lever
+
+
+def test_bucket_far_above_the_others(tmp_path):
+  falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
+  buckets = [5 * falling, falling, falling, falling]
+  report = _run(_healthy_run(tmp_path / "w", buckets=buckets))
+  stuck = [f for f in report.flags if f.name == "t_segment_stuck"]
+  assert len(stuck) == 1 and "text end" in stuck[0].message
+
+
+def test_nonfinite_steps_growth_is_flagged(tmp_path):
+  nonfinite = np.where(STEPS >= 18000, 3.0, np.where(STEPS >= 5000, 1.0, 0.0))
+  report = _run(_healthy_run(tmp_path / "w", nonfinite=nonfinite))
+  assert _names(report) == {"nonfinite_steps"}
+  assert report.nonfinite == {"total": 3.0, "grew_by": 2.0}
+
+
+def test_old_nonfinite_steps_are_only_info(tmp_path):
+  nonfinite = np.where(STEPS >= 5000, 1.0, 0.0)
+  report = _run(_healthy_run(tmp_path / "w", nonfinite=nonfinite))
+  assert not _names(report) and "nonfinite_steps" in _names(report, "info")
+
+
+def test_rising_loss_is_not_a_plateau(tmp_path):
+  workdir = _healthy_run(tmp_path / "w")
+  metrics = diagnose.load_metrics(workdir)
+  steps, flow = metrics["train/loss_flow"]
+  metrics["train/loss_flow"] = (steps, flow * (1 + np.maximum(steps - 15000, 0) / 5000))
+  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  assert _names(report) == {"loss_rising"}
+
+
+def test_short_run_uses_its_later_half(tmp_path):
+  workdir = _plateau_run(tmp_path / "w")
+  metrics = diagnose.load_metrics(workdir)
+  short = {n: (s[s <= 6000], v[s <= 6000]) for n, (s, v) in metrics.items()}
+  report = diagnose.analyze(short, diagnose.load_config(workdir), 5000)
+  assert report.window == 3000
+  assert report.trends["train/loss_flow"].start_step == 3000
+
+
+def test_norm_mismatch(tmp_path):
+  workdir = _healthy_run(tmp_path / "w")
+  metrics = diagnose.load_metrics(workdir)
+  steps, ratio = metrics["train/norm_ratio"]
+  metrics["train/norm_ratio"] = (steps, ratio * 3)
+  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  assert _names(report) == {"norm_mismatch"}
+
+
+def test_warmup_is_not_far_below_base(tmp_path):
+  workdir = _healthy_run(tmp_path / "w")
+  metrics = diagnose.load_metrics(workdir)
+  for g in ("flow", "text_head"):
+    steps, _ = metrics[f"train/lr/{g}"]
+    metrics[f"train/lr/{g}"] = (steps, BASE_LR * 0.05 * (1 + steps / 20000))
+  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  assert "lr_far_below_base" not in _names(report)
+  assert "lr_warmup" in _names(report, "info")
+
+
+def test_load_metrics_keeps_the_latest_value_of_a_relogged_step(tmp_path):
+  workdir = tmp_path / "w"
+  os.makedirs(workdir)
+  with open(workdir / "metrics.jsonl", "w") as f:
+    f.write('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": NaN}\n'
+            '{"step": 1, "train/loss": 1.5}\n{"step": 3, "train/lo')  # Killed mid-write.
+  metrics = diagnose.load_metrics(str(workdir))
+  steps, values = metrics["train/loss"]
+  assert steps.tolist() == [1, 2] and values[0] == 1.5 and np.isnan(values[1])
+  report = diagnose.analyze(metrics, {}, 5000)
+  assert report.latest["train/loss"] == 1.5
+  json.dumps(diagnose.report_to_json(report), allow_nan=False)
+
+
+def test_cli_end_to_end(tmp_path):
+  workdir = _plateau_run(tmp_path / "w")
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.diagnose", f"--workdir={workdir}",
+       f"--out_dir={out}", "--window=4000"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "lr_far_below_base" in result.stdout
+  for png in ("losses.png", "lr.png", "norms.png", "posterior.png"):
+    assert os.path.getsize(out / png) > 1000
+  report = json.loads((out / "report.json").read_text())
+  assert report["step"] == 20000 and report["window"] == 4000
+  assert {"plateau", "lr_far_below_base", "posterior_collapsed"} <= {
+      f["name"] for f in report["flags"]}
+
+
+def test_plot_run_writes_t_buckets(tmp_path):
+  falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
+  workdir = _healthy_run(tmp_path / "w", buckets=[falling * (1 + b) for b in range(4)])
+  paths = diagnose.plot_run(diagnose.load_metrics(workdir), str(tmp_path / "d"), _config())
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "losses.png", "lr.png", "norms.png", "posterior.png", "t_buckets.png"]
+
+
+def test_cli_without_metrics_gives_a_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.diagnose", f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert "no metrics.jsonl" in result.stderr
+  assert "Traceback" not in result.stderr
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(diagnose.MetricsNotFoundError, match="no log lines"):
+    diagnose.run(str(tmp_path))

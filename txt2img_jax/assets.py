@@ -1,0 +1,148 @@
+"""What a run needs besides its weights, and what it keeps in its workdir.
+
+Data (prepared once per data dir), the tokenizer and text encoder, the
+latent statistics, and the run's config: sample.py and evaluate.py rebuild the
+exact model of a run from its workdir alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from txt2img_jax.data import pipeline
+from txt2img_jax.data import shapes
+from txt2img_jax.data import tfds_shapes
+from txt2img_jax.data import tokenizer as tokenizer_lib
+from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.models import text_encoder as text_encoder_lib
+
+CONFIG_FILE = "config.json"
+STATS_FILE = "latent_stats.json"
+
+
+# --- Config ------------------------------------------------------------------
+
+def save_config(config: ml_collections.ConfigDict, workdir: str,
+                latent_shape) -> None:
+  d = config.to_dict()
+  d["latent_dims"] = int(np.prod(latent_shape))  # Read by diagnose.
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      json.dump(d, f, indent=2, sort_keys=True, default=str)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {workdir!r} is not the workdir of a training run")
+  with open(path) as f:
+    d = json.load(f)
+  d.pop("latent_dims", None)
+  return ml_collections.ConfigDict(d)
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  out = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      name = f"{prefix}{k}"
+      if isinstance(v, dict):
+        walk(name + ".", v)
+      elif isinstance(v, (int, float, str, bool)):
+        out[name] = v
+  walk("", config.to_dict())
+  return out
+
+
+# --- Data --------------------------------------------------------------------
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+  if config.data.data_dir:
+    return os.path.expanduser(config.data.data_dir)
+  return os.environ.get("TXT2IMG_DATA_DIR",
+                        os.path.expanduser("~/.cache/txt2img_jax/data"))
+
+
+def prepare_data(config: ml_collections.ConfigDict):
+  """The TFDS builder of the configured shapes set, generated if absent."""
+  if config.data.name != "shapes":
+    raise ValueError(f"data.name={config.data.name!r}: this build knows "
+                     "'shapes' (the embedded captioned-shapes set)")
+  d = config.data
+  return tfds_shapes.prepare(
+      data_dir(config), seed=d.seed, image_size=d.image_size,
+      num_train=d.num_train, num_test=d.num_test, num_heldout=d.num_heldout,
+      jitter_px=d.jitter_px)
+
+
+def train_batches(config, builder, text: "TextSide",
+                  start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  d = config.data
+  it = pipeline.make_train_iterator(
+      builder, tokenizer=text.tokenizer, max_len=d.max_len,
+      global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, subset_size=d.subset_size or None,
+      prefetch_batches=d.prefetch, worker_count=d.worker_count)
+  keys = ("image", "ids", "mask")  # What the train step reads.
+  return ({k: b[k] for k in keys} for b in it)
+
+
+# --- Text side ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class TextSide:
+  """The tokenizer and, for a pretrained encoder, its frozen weights."""
+  tokenizer: Any
+  vocab_size: int
+  width: int
+  frozen: text_encoder_lib.PretrainedTextEncoder | None
+  frozen_params: Any
+
+
+def load_text(config: ml_collections.ConfigDict, workdir: str) -> TextSide:
+  name = config.text_encoder.name
+  if not name:
+    tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(),
+                                             config.data.max_len)
+    return TextSide(tok, len(tok), config.text_encoder.width, None, {})
+  enc = text_encoder_lib.load_pretrained_text_encoder(
+      name, dtype=np.dtype(config.dtype))
+  logging.info("frozen text encoder %s: width %d", name, enc.width)
+  return TextSide(enc.tokenizer, len(enc.tokenizer), enc.width, enc,
+                  enc.params)
+
+
+# --- Latent statistics -------------------------------------------------------
+
+def latent_stats(config, workdir: str, builder,
+                 autoencoder) -> ae_lib.LatentStats:
+  """Per-channel shift/scale, computed once and kept with the run."""
+  path = os.path.join(workdir, STATS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return ae_lib.LatentStats.from_dict(json.load(f))
+  n = min(config.autoencoder.stats_examples, config.data.num_train)
+  images = pipeline.load_split(builder, "train", n,
+                               max_len=config.data.max_len)["image"]
+  batches = np.array_split(images, max(1, n // 256))
+  stats = ae_lib.compute_latent_stats(
+      autoencoder, batches, jax.random.PRNGKey(config.seed + 1))
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(stats.to_dict(), f)
+  return stats
+
+
+def load_latent_stats(workdir: str) -> ae_lib.LatentStats:
+  with open(os.path.join(workdir, STATS_FILE)) as f:
+    return ae_lib.LatentStats.from_dict(json.load(f))

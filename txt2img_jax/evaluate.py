@@ -1,0 +1,201 @@
+"""Structure benchmark of a run, during training and from the command line.
+
+  python -m txt2img_jax.evaluate --workdir=W [--num=N] [--json=out.json]
+
+samples N captions of the test split and N of the held-out colour-shape
+pairings from the EMA parameters of W's latest checkpoint, scores them with
+`txt2img_jax.benchmark`, prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from txt2img_jax import benchmark
+from txt2img_jax.data import pipeline
+
+SPLITS = {"eval": "test", "heldout": "heldout"}  # metric prefix -> data split
+
+
+class Evaluator:
+  """Sample grids and benchmark scores from a set of (EMA) parameters."""
+
+  def __init__(self, config, workdir, builder, text, generate, frozen, stats,
+               writer=None):
+    self.config = config
+    self.workdir = workdir
+    self.generate = generate
+    self.frozen = frozen
+    self.stats = stats
+    self.writer = writer
+    n = max(config.eval.num, config.sample.grid_size)
+    self.data = {
+        prefix: pipeline.load_split(
+            builder, split, min(n, _split_size(config, split)),
+            tokenizer=text.tokenizer, max_len=config.data.max_len)
+        for prefix, split in SPLITS.items()}
+
+  def images(self, params, data, num, seed=0, **overrides) -> np.ndarray:
+    """Generated images (num, S, S, 3) in [0, 1] for the first num captions."""
+    s = self.config.sample
+    kw = dict(num_steps=s.num_steps, method=s.method,
+              cfg_scale=float(s.cfg_scale), use_mean=bool(s.use_mean))
+    kw.update(overrides)
+    bs = self.config.eval.batch_size
+    out = []
+    for i in range(0, num, bs):
+      ids = data["ids"][i:i + bs]
+      mask = data["mask"][i:i + bs]
+      pad = bs - len(ids)  # A fixed batch shape compiles once.
+      if pad:
+        ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
+        mask = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)])
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+      imgs = self.generate(params, self.frozen, self.stats, ids, mask, rng,
+                           **kw)
+      out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
+    return np.concatenate(out)[:num]
+
+  def sample_grid(self, params, step: int) -> str:
+    n = self.config.sample.grid_size
+    data = self.data["eval"]
+    n = min(n, len(data["caption"]))
+    images = self.images(params, data, n)
+    grid = caption_grid(data["image"][:n], images, data["caption"][:n])
+    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      grid.save(path)
+      grid.save(os.path.join(self.workdir, "samples", "latest.png"))
+      if self.writer is not None:
+        self.writer.write_images(step, {"samples": np.asarray(grid)[None]})
+    logging.info("sample grid: %s", path)
+    return path
+
+  def benchmark(self, params, step: int | None = None,
+                num: int | None = None) -> dict[str, float]:
+    num = num or self.config.eval.num
+    t0 = time.perf_counter()
+    summaries = {}
+    for prefix, data in self.data.items():
+      n = min(num, len(data["caption"]))
+      images = self.images(params, data, n, seed=1)
+      desc = {k: data[k][:n] for k in ("shapes", "colors", "sizes", "cells",
+                                       "num_objects")}
+      summaries[prefix] = benchmark.score(images, desc)
+      if self.writer is not None and step is not None and prefix == "eval":
+        grid = caption_grid(data["image"][:8], images[:8], data["caption"][:8])
+        self.writer.write_images(step, {"eval/examples": np.asarray(grid)[None]})
+    flat = benchmark.summarize_splits(summaries)
+    logging.info("structure benchmark%s (%.1f s):\n%s",
+                 f" at step {step}" if step is not None else "",
+                 time.perf_counter() - t0, benchmark.format_table(flat))
+    if step is not None:
+      if self.writer is not None:
+        self.writer.write_scalars(step, flat)
+      if jax.process_index() == 0:
+        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+          f.write(json.dumps({"step": step, **flat}) + "\n")
+    return flat
+
+
+def _split_size(config, split: str) -> int:
+  return {"test": config.data.num_test, "heldout": config.data.num_heldout,
+          "train": config.data.num_train}[split]
+
+
+def caption_grid(references: np.ndarray, images: np.ndarray,
+                 captions: list[str], scale: int = 4,
+                 columns: int = 4) -> Image.Image:
+  """Reference | generated pairs with their caption underneath, as one image."""
+  n = len(images)
+  s = images.shape[1] * scale
+  text_h = 34
+  cell_w, cell_h = 2 * s + 6, s + text_h
+  rows = (n + columns - 1) // columns
+  canvas = Image.new("RGB", (columns * cell_w + 6, rows * cell_h + 6),
+                     (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for i in range(n):
+    r, c = divmod(i, columns)
+    x, y = 6 + c * cell_w, 6 + r * cell_h
+    for j, img in enumerate((references[i], images[i])):
+      arr = np.asarray(img)
+      if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+      tile = Image.fromarray(arr).resize((s, s), Image.NEAREST)
+      canvas.paste(tile, (x + j * (s + 2), y))
+    draw.multiline_text((x, y + s + 1), _wrap(captions[i], 2 * s // 6),
+                        fill=(0, 0, 0))
+  return canvas
+
+
+def _wrap(text: str, width: int) -> str:
+  lines, line = [], ""
+  for word in text.split():
+    if line and len(line) + 1 + len(word) > width:
+      lines.append(line)
+      line = word
+    else:
+      line = f"{line} {word}".strip()
+  lines.append(line)
+  return "\n".join(lines[:3])
+
+
+# --- Command line ------------------------------------------------------------
+
+def define_flags():
+  """Only for the CLI: the library is imported by train.py, whose entry
+  point defines its own flags."""
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+  flags.DEFINE_integer("num", None, "Captions per split (default: the run's "
+                       "eval.num).")
+  flags.DEFINE_string("json", None, "Write the summary here as JSON.")
+  flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
+  flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
+  flags.DEFINE_enum("method", None, ["euler", "heun"], "Sampler.")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  from txt2img_jax import inference  # Heavy imports only for the CLI.
+  run = inference.load_run(f.workdir)
+  c = run.config
+  if f.steps:
+    c.sample.num_steps = f.steps
+  if f.cfg_scale is not None:
+    c.sample.cfg_scale = f.cfg_scale
+  if f.method:
+    c.sample.method = f.method
+  if f.num:
+    c.eval.num = f.num
+  evaluator = Evaluator(c, run.workdir, run.builder, run.text, run.generate,
+                        run.frozen, run.stats)
+  summary = evaluator.benchmark(run.ema_params)
+  summary["step"] = run.step
+  print(f"structure benchmark of {run.workdir} at step {run.step} "
+        f"({c.eval.num} captions per split, {c.sample.method} "
+        f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):")
+  print(benchmark.format_table({k: v for k, v in summary.items()
+                                if k != "step"}))
+  if f.json:
+    with open(f.json, "w") as f:
+      json.dump(summary, f, indent=2)
+    print(f"wrote {f.json}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

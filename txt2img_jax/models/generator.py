@@ -1,0 +1,95 @@
+"""The whole trainable model as one linen module with one parameter subtree per group.
+
+Top-level parameter names are the optimizer's parameter groups:
+'text_encoder' (absent when a frozen pretrained encoder is used),
+'text_head', 'image_encoder' (with the contrastive logit scale) and 'flow'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.models import image_encoder as image_encoder_lib
+from txt2img_jax.models import text_encoder as text_encoder_lib
+from txt2img_jax.models import text_head as text_head_lib
+
+
+class ContrastiveTower(nn.Module):
+  """The image side of the contrastive loss and its learnable temperature."""
+  out_dim: int
+  width: int
+  depth: int
+  init_logit_scale: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    emb = image_encoder_lib.ImageEncoder(
+        out_dim=self.out_dim, width=self.width, depth=self.depth,
+        dtype=self.dtype, name="encoder")(x1)
+    scale = self.param("logit_scale", nn.initializers.constant(
+        self.init_logit_scale), ())
+    return emb, scale
+
+
+class CrossFlow(nn.Module):
+  """Text encoder (optional), text head, contrastive tower and flow DiT."""
+  config: ml_collections.ConfigDict
+  latent_shape: tuple[int, int, int]
+  vocab_size: int
+  embedded_text_encoder: bool = True
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    if self.embedded_text_encoder:
+      self.text_encoder = text_encoder_lib.SmallTextEncoder(
+          vocab_size=self.vocab_size, max_len=c.data.max_len,
+          width=c.text_encoder.width, depth=c.text_encoder.depth,
+          num_heads=c.text_encoder.num_heads,
+          mlp_ratio=c.text_encoder.mlp_ratio, dtype=dtype)
+    kind = c.head.kind
+    self.text_head = text_head_lib.make_text_head(
+        kind, self.latent_shape, dtype=dtype, **head_kwargs(c))
+    h, w, ch = self.latent_shape
+    self.image_encoder = ContrastiveTower(
+        out_dim=h * w * ch, width=c.image_encoder.width,
+        depth=c.image_encoder.depth,
+        init_logit_scale=c.image_encoder.init_logit_scale, dtype=dtype)
+    self.flow = dit_lib.DiT(
+        latent_shape=self.latent_shape, patch_size=c.flow.patch_size,
+        width=c.flow.width, depth=c.flow.depth, num_heads=c.flow.num_heads,
+        mlp_ratio=c.flow.mlp_ratio, dtype=dtype)
+
+  def encode_text(self, ids, mask):
+    return self.text_encoder(ids, mask)
+
+  def posterior(self, tokens, mask):
+    return self.text_head(tokens, mask)
+
+  def velocity(self, x, time_input, indicator):
+    return self.flow(x, time_input, indicator)
+
+  def embed_image(self, x1):
+    return self.image_encoder(x1)
+
+  def __call__(self, ids, mask, tokens, x1, time_input, indicator):
+    """Touches every submodule once (used only to initialise)."""
+    if self.embedded_text_encoder:
+      tokens = self.encode_text(ids, mask)
+    mu, _ = self.posterior(tokens, mask)
+    self.embed_image(x1)
+    return self.velocity(mu, time_input, indicator)
+
+
+def head_kwargs(config: ml_collections.ConfigDict) -> dict:
+  kind = config.head.kind
+  if kind not in config.head:
+    raise ValueError(f"head.kind={kind!r} has no config block head.{kind}")
+  return dict(config.head[kind].to_dict())

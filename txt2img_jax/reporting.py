@@ -1,0 +1,171 @@
+"""Progress on the console, metrics to TensorBoard and metrics.jsonl, and the
+one helper that decides when it is time to log, save, sample or evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+# Loss EMAs on the host, per log step: smooth enough to read a trend in a few
+# hundred steps of the embedded run, fast enough to show a restart.
+LOSS_EMA = 0.9
+EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "loss_tv")
+
+
+class Periodic:
+  """Is it time? One place for every interval, and the final step."""
+
+  def __init__(self, config, total_steps: int):
+    self.total = total_steps
+    self.every = {
+        "log": config.log_every, "checkpoint": config.checkpoint_every,
+        "sample": config.sample_every, "eval": config.eval_every}
+
+  def _due(self, kind: str, step: int) -> bool:
+    every = self.every[kind]
+    if step == self.total:
+      return True
+    if every <= 0:
+      return False
+    # A save two steps before the final one is wasted work.
+    if kind == "checkpoint" and self.total - step < max(2, every // 10):
+      return False
+    return step % every == 0
+
+  def log(self, step):
+    return self._due("log", step)
+
+  def checkpoint(self, step):
+    return self._due("checkpoint", step)
+
+  def sample(self, step):
+    return self._due("sample", step)
+
+  def eval(self, step):
+    return self._due("eval", step)
+
+
+class Reporter:
+  """Averages device metrics over a log interval and writes them out."""
+
+  def __init__(self, config, workdir: str, writer, start_step: int,
+               total_steps: int):
+    self.writer = writer
+    self.total = total_steps
+    self.start_step = start_step
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.is_main = jax.process_index() == 0
+    self._rows: list[dict[str, np.ndarray]] = []
+    self._ema: dict[str, float] = {}
+    self._t0 = time.perf_counter()
+    self._t_last = self._t0
+    self._step_last = start_step
+    self.last: dict[str, float] = {}
+    if start_step and os.path.exists(self.path):
+      self._restore_ema(start_step)
+
+  def _restore_ema(self, start_step: int) -> None:
+    """A resumed run continues its loss EMAs and drops log lines past the
+    checkpoint (they will be written again, identically)."""
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        row = json.loads(line)
+        if row.get("step", 0) <= start_step:
+          kept.append(line)
+          for k in EMA_KEYS:
+            if f"train/{k}_ema" in row:
+              self._ema[k] = row[f"train/{k}_ema"]
+    if self.is_main:
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    self._rows.append(jax.device_get(metrics))
+
+  def flush(self, step: int) -> dict[str, float]:
+    if not self._rows:
+      return self.last
+    rows, self._rows = self._rows, []
+    out = {}
+    for k in rows[0]:
+      if k.startswith("flow_bucket_"):
+        continue
+      out[f"train/{k}"] = float(np.mean([r[k] for r in rows]))
+    out["train/nonfinite_steps"] = float(rows[-1]["nonfinite_steps"])
+    sums = np.sum([r["flow_bucket_sum"] for r in rows], axis=0)
+    counts = np.sum([r["flow_bucket_count"] for r in rows], axis=0)
+    for i, (s, n) in enumerate(zip(sums, counts)):
+      if n > 0:
+        out[f"train/loss_flow_bucket/{i}"] = float(s / n)
+    for k in EMA_KEYS:
+      v = out.get(f"train/{k}")
+      if v is None or not np.isfinite(v):
+        continue
+      prev = self._ema.get(k)
+      self._ema[k] = v if prev is None else LOSS_EMA * prev + (1 - LOSS_EMA) * v
+      out[f"train/{k}_ema"] = self._ema[k]
+    now = time.perf_counter()
+    steps = step - self._step_last
+    out["train/steps_per_sec"] = steps / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, step
+    self.writer.write_scalars(step, out)
+    self.write_jsonl(step, out)
+    self._console(step, out)
+    self.last = out
+    return out
+
+  def write_jsonl(self, step: int, values: dict[str, float]) -> None:
+    if self.is_main:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
+
+  def _console(self, step: int, out: dict[str, float]) -> None:
+    done = step - self.start_step
+    elapsed = time.perf_counter() - self._t0
+    rate = done / max(elapsed, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    lrs = " ".join(f"{k.split('/')[-1]}={v:.2e}" for k, v in out.items()
+                   if k.startswith("train/lr/"))
+    logging.info(
+        "step %d/%d (%.0f%%) loss %.4f flow %.4f kl_raw %.1f clip %.3f | "
+        "grad %.3f | %s | %.2f steps/s, elapsed %s, ETA %s",
+        step, self.total, 100 * step / self.total, out["train/loss"],
+        out["train/loss_flow"], out["train/kl_raw"], out["train/loss_clip"],
+        out["train/grad_norm"], lrs, out["train/steps_per_sec"],
+        _hms(elapsed), _hms(eta))
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def num_compiles(jitted) -> int:
+  return jitted._cache_size()  # pylint: disable=protected-access
+
+
+def check_compiles(jitted, limit: int) -> None:
+  """The step must compile once: a recompile is a silent 10x slowdown."""
+  n = num_compiles(jitted)
+  if limit and n > limit:
+    raise RuntimeError(
+        f"the train step compiled {n} times (limit max_compiles={limit}): "
+        "an input changed shape, dtype or sharding between steps")
+
+
+def param_counts(params) -> str:
+  counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
+            for k, v in params.items()}
+  total = sum(counts.values())
+  return ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()) + (
+      f"; total {total / 1e6:.2f}M")
