@@ -120,7 +120,7 @@ def caption_grid(references: np.ndarray, images: np.ndarray,
   """Reference | generated pairs with their caption underneath, as one image."""
   n = len(images)
   s = images.shape[1] * scale
-  text_h = 34
+  text_h = 44
   cell_w, cell_h = 2 * s + 6, s + text_h
   rows = (n + columns - 1) // columns
   canvas = Image.new("RGB", (columns * cell_w + 6, rows * cell_h + 6),

@@ -4,6 +4,7 @@ Running the same command again on the same workdir resumes from its latest
 checkpoint. Overrides: --config.total_steps=20 --config.head.kind=grid_query.
 """
 
+import logging as logging_lib
 import os
 
 from absl import app
@@ -28,7 +29,19 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "multi-node GPU clusters).")
 
 
+class _QuietOrbax(logging_lib.Filter):
+  """absl routes orbax's records through its own logger; keep warnings."""
+
+  def filter(self, record):
+    quiet = ("orbax" in record.pathname or "checkpoint" in record.pathname
+             or "tensorstore" in record.pathname)
+    return not quiet or record.levelno >= logging_lib.WARNING
+
+
 def main(argv):
+  # Orbax logs every file it writes; a run's log should show the run.
+  logging_lib.getLogger("orbax").setLevel(logging_lib.WARNING)
+  logging_lib.getLogger("absl").addFilter(_QuietOrbax())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:

@@ -120,7 +120,8 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
   def train_step(state, batch, frozen_params, stats):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, aux), grads = grad_fn(state.params, state, batch, frozen_params, stats)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params,
+                                 step=state.step)
     new_params = optax.apply_updates(state.params, updates)
 
     # A step with a non-finite loss or gradient is skipped, and counted.

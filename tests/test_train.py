@@ -1,0 +1,165 @@
+"""The whole trainer on the tiny config: runs, resumes exactly, compiles once,
+rejects bad configs before compiling, swaps heads, samples and evaluates."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from txt2img_jax import assets
+from txt2img_jax import checkpointing
+from txt2img_jax import config_lib
+from txt2img_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(recipe="base", **overrides):
+  module = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
+                                   recipe)
+  c = module.get_config("tiny")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def params_of(workdir):
+  raw, step = checkpointing.load_raw(workdir)
+  return raw, step
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory):
+  """One 6-step run of the tiny base config, shared by the tests below."""
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, out
+
+
+def test_run_leaves_everything_a_user_needs(tiny_run):
+  workdir, out = tiny_run
+  files = os.listdir(workdir)
+  assert any(f.startswith("events.out.tfevents") for f in files)
+  assert {"config.json", "latent_stats.json", "metrics.jsonl"} <= set(files)
+  assert os.path.exists(os.path.join(workdir, "samples", "latest.png"))
+  _, step = params_of(workdir)
+  assert step == 6
+  assert out["compiles"] == 1
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [2, 4, 6]
+  last = train_rows[-1]
+  for key in ("train/loss_flow", "train/kl_raw", "train/loss_clip",
+              "train/lr/flow", "train/grad_norm/text_head",
+              "train/param_norm/flow", "train/norm_ratio", "train/mu_min",
+              "train/logvar_max", "train/loss_flow_ema",
+              "train/nonfinite_steps", "train/steps_per_sec"):
+    assert key in last, key
+    assert np.isfinite(last[key]), key
+  assert any(k.startswith("train/loss_flow_bucket/") for k in last)
+  assert any("eval/object_acc" in r for r in rows)
+
+
+def test_resume_gives_the_same_result_as_one_run(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  # Stop at step 3 (a checkpoint), then run the same command again.
+  split = str(tmp_path / "split")
+  train.train_and_evaluate(tiny_config(total_steps=3), split)
+  out = train.train_and_evaluate(tiny_config(), split)
+  assert out["resumed"] and out["start_step"] == 3
+  a, _ = params_of(workdir)
+  b, _ = params_of(split)
+  for key in ("params", "ema_params", "opt_state"):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                         atol=1e-6),
+                 a[key], b[key])
+  # The resumed run rewrote the metrics past its checkpoint, not appended.
+  steps = [json.loads(l)["step"] for l in open(os.path.join(split,
+                                                            "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps == [2, 4, 6]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"head.kind": "grid_query", "head.grid_query.grid_size": 5},
+     "grid_size"),
+    ({"flow.patch_size": 3}, "patch_size"),
+    ({"autoencoder.factor": 3}, "factor"),
+    ({"head.kind": "nonsense"}, "nonsense"),
+    ({"time.sampler.kind": "nonsense"}, "nonsense"),
+    ({"flow.time_input": "nonsense"}, "nonsense"),
+])
+def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(tiny_config(**overrides))
+
+
+def test_head_swap_keeps_everything_else(tiny_run, tmp_path, caplog):
+  workdir, _ = tiny_run
+  new = str(tmp_path / "swap")
+  c = tiny_config(total_steps=1, init_from=workdir)
+  c.head.kind = "grid_query"
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(c, new)
+  log = caplog.text
+  assert "new" in log and "dropped" in log
+  old, _ = params_of(workdir)
+  swapped, step = params_of(new)
+  assert step == 1
+  # The text encoder was loaded from the old run (then took one step).
+  a = old["params"]["text_encoder"]
+  b = swapped["params"]["text_encoder"]
+  diffs = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)
+  assert max(jax.tree.leaves(diffs)) < 1e-2
+  assert set(swapped["params"]["text_head"]) != set(old["params"]["text_head"])
+
+
+def test_restart_starts_a_new_cycle_from_the_old_lr(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  new = str(tmp_path / "restart")
+  c = tiny_config("restart", total_steps=2, init_from=workdir)
+  c.head.kind = "pooled_mlp"
+  train.train_and_evaluate(c, new)
+  rows = [json.loads(l) for l in open(os.path.join(new, "metrics.jsonl"))
+          if "train/loss" in l]
+  base_lr = c.optim.groups.flow.lr
+  old_cfg = assets.load_config(workdir)
+  # The old run (warmup_cosine over 6 steps) ended at its end_lr.
+  old_end = old_cfg.optim.schedule.end_lr
+  # Step 0 of the restart: peak = factor x base; the cycle decays to old_end.
+  first = rows[0]["train/lr/flow"]  # mean of steps 0 and 1
+  assert first > base_lr
+  assert first <= c.restart.peak_factor * base_lr + 1e-12
+  assert rows[0]["train/lr/flow"] > old_end
+
+
+def test_sample_and_evaluate_commands(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out_png = str(tmp_path / "x.png")
+  r = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.sample", f"--workdir={workdir}",
+       "--prompt", "a large red circle in the center",
+       "--prompt", "a small blue square at the top left",
+       "--method", "heun", "--steps", "2", "--cfg_scale", "2",
+       f"--out={out_png}"], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.path.getsize(out_png) > 0
+  out_json = str(tmp_path / "e.json")
+  r = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.evaluate", f"--workdir={workdir}",
+       "--num=4", f"--json={out_json}"], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(out_json))
+  assert summary["eval/num_images"] == 4
+  assert "heldout/object_acc" in summary and "object_acc" in r.stdout

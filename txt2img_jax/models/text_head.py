@@ -1,0 +1,269 @@
+"""Text variational heads: token features (B, L, D) + mask -> (mu, log_var), each (B, H, W, C).
+
+Every head ends in one projection to 2C values per latent cell laid out as (..., H, W, 2C) and
+split on the last axis into mu and log_var. That projection starts with a small kernel
+(std ~ `out_init_scale` x input std) and a bias of 0 for mu and `init_log_var` (default 0.0)
+for log_var. So at init mu ~ 0 and log_var ~ 0: the posterior is almost exactly the N(0, I)
+prior, kl_raw starts near 0 rather than at thousands, and the KL gradient cannot blow up the
+first steps; the flow and contrastive losses then pull the posterior away from the prior.
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from txt2img_jax.models import layers
+
+Dtype = Any
+LatentShape = Tuple[int, int, int]
+
+
+def moments_bias_init(channels: int, init_log_var: float):
+  """Bias init for a projection whose output ends in (..., 2C): [0]*C (mu), [lv]*C (log_var)."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if shape[-1] % (2 * channels):
+      raise ValueError(f'bias size {shape[-1]} is not a multiple of 2C = {2 * channels}')
+    cell = np.concatenate([np.zeros(channels), np.full(channels, init_log_var)])
+    return jnp.asarray(np.tile(cell, shape[-1] // (2 * channels)), dtype)
+  return init
+
+
+def small_kernel_init(scale: float):
+  return nn.initializers.variance_scaling(scale ** 2, 'fan_in', 'truncated_normal')
+
+
+def split_moments(out: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """(B, H, W, 2C) -> mu, log_var in float32 (the KL and the sampling need full precision)."""
+  mu, log_var = jnp.split(out.astype(jnp.float32), 2, axis=-1)
+  return mu, log_var
+
+
+class _HeadBase(nn.Module):
+  """Fields shared by all heads."""
+  latent_shape: LatentShape
+  out_init_scale: float = 0.1
+  init_log_var: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def moments_dense(self, features: int, names, name: str = 'out') -> nn.Dense:
+    return layers.dense(features, names, name=name,
+                        kernel_init=small_kernel_init(self.out_init_scale),
+                        bias_init=moments_bias_init(self.latent_shape[2], self.init_log_var),
+                        **self.kw)
+
+  def flat_to_moments(self, flat: jax.Array, names) -> Tuple[jax.Array, jax.Array]:
+    """Dense from (B, F) to 2HWC values, reshaped to (B, H, W, 2C) and split."""
+    h, w, c = self.latent_shape
+    out = self.moments_dense(h * w * 2 * c, names)(flat)
+    return split_moments(out.reshape(flat.shape[0], h, w, 2 * c))
+
+
+class PooledMLPHead(_HeadBase):
+  """The note's baseline: masked mean pool -> `num_layers` GELU layers -> 2HWC. Known to fail:
+  nothing in it knows that neighbouring latent cells are neighbours."""
+  hidden: int = 1024
+  num_layers: int = 3
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array):
+    x = layers.masked_mean(tokens.astype(self.dtype), mask)
+    for i in range(self.num_layers):
+      names = ('embed', 'mlp') if i == 0 else (None, 'mlp')
+      x = nn.gelu(layers.dense(self.hidden, names, name=f'fc_{i}', **self.kw)(x))
+    return self.flat_to_moments(x, ('mlp', 'latent'))
+
+
+class TokenTransformerHead(_HeadBase):
+  """CrossFlow's head: transformer over all tokens, per-token reduction to `reduced_width`,
+  flatten (L * reduced_width), dense to 2HWC. L must be the fixed padded length (max_len)."""
+  width: int = 256
+  depth: int = 2
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  reduced_width: int = 8
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array):
+    x = layers.dense(self.width, (None, 'embed'), name='in_proj', **self.kw)(tokens)
+    for i in range(self.depth):
+      x = layers.TransformerBlock(self.num_heads, self.mlp_ratio, name=f'block_{i}',
+                                  **self.kw)(x, mask)
+    x = nn.LayerNorm(name='ln_final', **self.kw)(x)
+    x = layers.dense(self.reduced_width, ('embed', None), name='reduce', **self.kw)(x)
+    # Zeroing padded positions keeps their (meaningless) features out of the flatten.
+    x = x * mask.astype(x.dtype)[..., None]
+    return self.flat_to_moments(x.reshape(x.shape[0], -1), (None, 'latent'))
+
+
+class GridQueryHead(_HeadBase):
+  """Option A: a learnable (G, G) query grid with 2D sin-cos positions cross-attends to the
+  tokens; each cell projects to the 2C moments of its (H/G, W/G) patch (pixel shuffle), then
+  `num_smooth` residual depthwise 3x3 convs add local continuity. grid_size None means G = H = W
+  per axis (one query per latent cell)."""
+  width: int = 256
+  depth: int = 2
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  grid_size: Optional[int] = None
+  num_smooth: int = 2
+
+  def grid(self) -> Tuple[int, int]:
+    h, w, _ = self.latent_shape
+    return (h, w) if self.grid_size is None else (self.grid_size, self.grid_size)
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array):
+    h, w, c = self.latent_shape
+    gh, gw = self.grid()
+    fh, fw = h // gh, w // gw
+    batch = tokens.shape[0]
+    queries = self.param('queries', nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, 'embed')), (gh * gw, self.width), self.param_dtype)
+    pos = jnp.asarray(layers.sincos_2d(self.width, gh, gw))
+    x = jnp.broadcast_to((queries + pos).astype(self.dtype), (batch, gh * gw, self.width))
+    context = layers.dense(self.width, (None, 'embed'), name='in_proj', **self.kw)(tokens)
+    for i in range(self.depth):
+      x = layers.TransformerBlock(self.num_heads, self.mlp_ratio, cross_attention=True,
+                                  name=f'block_{i}', **self.kw)(x, mask, context)
+    x = nn.LayerNorm(name='ln_final', **self.kw)(x)
+    x = self.moments_dense(fh * fw * 2 * c, ('embed', None))(x)
+    x = x.reshape(batch, gh, gw, fh, fw, 2 * c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(batch, h, w, 2 * c)
+    for i in range(self.num_smooth):
+      # Zero-initialised so the smoothing starts as the identity and keeps the init moments.
+      x = x + layers.conv(2 * c, (3, 3), (None, None, None, 'conv_out'),
+                          feature_group_count=2 * c, name=f'smooth_{i}',
+                          kernel_init=nn.initializers.zeros_init(), **self.kw)(x)
+    return split_moments(x)
+
+
+class ConvBlock(nn.Module):
+  """Residual: norm -> depthwise 3x3 -> GELU -> pointwise 1x1 (zero-init, so identity at start)."""
+  norm: str = 'group'
+  num_groups: int = 8
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    ch = x.shape[-1]
+    if self.norm == 'group':
+      y = nn.GroupNorm(num_groups=self.num_groups, name='norm', **kw)(x)
+    else:
+      y = nn.LayerNorm(name='norm', **kw)(x)
+    y = layers.conv(ch, (3, 3), (None, None, None, 'conv_out'), feature_group_count=ch,
+                    name='depthwise', **kw)(y)
+    y = layers.conv(ch, (1, 1), (None, None, 'conv_in', 'conv_out'), name='pointwise',
+                    kernel_init=nn.initializers.zeros_init(), **kw)(nn.gelu(y))
+    return x + y
+
+
+class MLPConvHead(_HeadBase):
+  """Option B: masked mean pool -> MLP -> (H, W, conv_width) -> `num_blocks` residual
+  depthwise+pointwise conv blocks with `norm` ('group' | 'layer') -> 1x1 conv to 2C."""
+  hidden: int = 1024
+  num_layers: int = 2
+  conv_width: int = 32
+  num_blocks: int = 3
+  norm: str = 'group'
+  num_groups: int = 8
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array):
+    h, w, _ = self.latent_shape
+    x = layers.masked_mean(tokens.astype(self.dtype), mask)
+    for i in range(self.num_layers):
+      names = ('embed', 'mlp') if i == 0 else (None, 'mlp')
+      x = nn.gelu(layers.dense(self.hidden, names, name=f'fc_{i}', **self.kw)(x))
+    x = layers.dense(h * w * self.conv_width, ('mlp', 'latent'), name='to_map', **self.kw)(x)
+    x = x.reshape(x.shape[0], h, w, self.conv_width)
+    for i in range(self.num_blocks):
+      x = ConvBlock(self.norm, self.num_groups, name=f'conv_block_{i}', **self.kw)(x)
+    x = nn.gelu(x)
+    out = layers.conv(2 * self.latent_shape[2], (1, 1), (None, None, 'conv_in', None),
+                      name='out', kernel_init=small_kernel_init(self.out_init_scale),
+                      bias_init=moments_bias_init(self.latent_shape[2], self.init_log_var),
+                      **self.kw)(x)
+    return split_moments(out)
+
+
+HEADS = {
+    'pooled_mlp': PooledMLPHead,
+    'token_transformer': TokenTransformerHead,
+    'grid_query': GridQueryHead,
+    'mlp_conv': MLPConvHead,
+}
+
+_NOT_CONFIG = ('parent', 'name', 'latent_shape')
+# Smallest valid value of each integer field (a depth of 0 is a legal ablation).
+_INT_FIELDS = {'hidden': 1, 'width': 1, 'num_heads': 1, 'reduced_width': 1, 'conv_width': 1,
+               'num_groups': 1, 'num_layers': 0, 'depth': 0, 'num_blocks': 0, 'num_smooth': 0}
+
+
+def _config_fields(kind: str):
+  return {f.name: f for f in dataclasses.fields(HEADS[kind]) if f.name not in _NOT_CONFIG}
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def _check_sizes(kind: str, latent_shape: Sequence[int], cfg: dict):
+  h, w, _ = latent_shape
+  for key, low in _INT_FIELDS.items():
+    if key in cfg:
+      _require(isinstance(cfg[key], (int, np.integer)) and cfg[key] >= low,
+               f'text head {kind!r}: {key} must be an integer >= {low}, got {cfg[key]!r}')
+  if 'num_heads' in cfg:
+    _require(cfg['width'] % cfg['num_heads'] == 0,
+             f'text head {kind!r}: width {cfg["width"]} is not divisible by num_heads '
+             f'{cfg["num_heads"]}')
+  if kind == 'grid_query':
+    _require(cfg['width'] % 4 == 0,
+             f'text head grid_query: width {cfg["width"]} must be divisible by 4 (2D sin-cos)')
+    g = cfg['grid_size']
+    if g is None:
+      return
+    _require(isinstance(g, (int, np.integer)) and g >= 1 and h % g == 0 and w % g == 0,
+             f'text head grid_query: grid_size {g!r} must divide the latent height {h} and '
+             f'width {w}')
+  if kind == 'mlp_conv':
+    _require(cfg['norm'] in ('group', 'layer'),
+             f"text head mlp_conv: norm must be 'group' or 'layer', got {cfg['norm']!r}")
+    if cfg['norm'] == 'group':
+      _require(cfg['conv_width'] % cfg['num_groups'] == 0,
+               f'text head mlp_conv: conv_width {cfg["conv_width"]} is not divisible by '
+               f'num_groups {cfg["num_groups"]}')
+
+
+def check_text_head_config(kind: str, latent_shape: Sequence[int], **kwargs) -> None:
+  """Raises ValueError if the head cannot be built for latent_shape. Builds nothing."""
+  _require(kind in HEADS, f'unknown text head kind {kind!r}; expected one of {sorted(HEADS)}')
+  _require(len(tuple(latent_shape)) == 3 and all(
+      isinstance(s, (int, np.integer)) and s > 0 for s in latent_shape),
+           f'latent_shape must be three positive ints (H, W, C), got {latent_shape!r}')
+  fields = _config_fields(kind)
+  unknown = sorted(set(kwargs) - set(fields))
+  _require(not unknown, f'text head {kind!r} got unknown fields {unknown}; '
+                        f'valid: {sorted(fields)}')
+  cfg = {name: f.default for name, f in fields.items()}
+  cfg.update(kwargs)
+  _check_sizes(kind, latent_shape, cfg)
+
+
+def make_text_head(kind: str, latent_shape: Sequence[int], **kwargs) -> nn.Module:
+  """Builds the head `kind` for latent_shape (H, W, C); kwargs are that head's fields."""
+  check_text_head_config(kind, latent_shape, **kwargs)
+  return HEADS[kind](latent_shape=tuple(int(s) for s in latent_shape), **kwargs)

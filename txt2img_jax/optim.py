@@ -1,0 +1,367 @@
+"""Optimiser, per-group learning rates and learning-rate schedules.
+
+The trainable parameters are a dict whose top-level keys are parameter groups
+('text_encoder', 'text_head', 'image_encoder', 'flow'). Each group gets its own
+AdamW with its own schedule (the note: text side <= 2e-4, flow net <= 1e-4),
+all behind one global-norm clip, via `optax.multi_transform`.
+
+Config (`config.optim`)::
+
+    optim.b1, optim.b2, optim.eps = 0.9, 0.95, 1e-8
+    optim.weight_decay = 0.01
+    optim.grad_clip = 1.0            # global norm over all trainable groups; 0/None: off
+    optim.schedule = ConfigDict(dict(kind='sgdr', warmup_steps=0, t0=20_000, t_mult=1,
+                                     eta_min=2.5e-7, max_lr=None, step_offset=0))
+    optim.groups = ConfigDict(dict(
+        text_head=dict(lr=2e-4, max_lr=2e-4),
+        flow=dict(lr=1e-4, schedule=dict(eta_min=1e-7)),   # overrides of the shared schedule
+        text_encoder=dict(lr=0.0, trainable=False),        # optax.set_to_zero
+    ))
+
+Schedules are plain `optax.Schedule`s evaluated at the train state's step,
+which `tx.update(grads, opt_state, params, step=step)` receives; so
+`current_lrs(schedules, step)` is exactly the learning rate of the update made
+at `step`, whatever the optimiser's own counters say.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+# Fields each schedule kind reads; `max_lr` and `step_offset` are common to all.
+_COMMON_FIELDS = ('kind', 'max_lr', 'step_offset', 'warmup_steps')
+_KIND_FIELDS = {
+    'constant': (),
+    'warmup_cosine': ('decay_steps', 'end_lr'),
+    'sgdr': ('t0', 't_mult', 'eta_min'),
+}
+_ALL_FIELDS = frozenset(_COMMON_FIELDS).union(*_KIND_FIELDS.values())
+# The field holding the floor a restarted cycle decays to.
+_FLOOR_FIELD = {'warmup_cosine': 'end_lr', 'sgdr': 'eta_min'}
+_GROUP_FIELDS = frozenset({'lr', 'max_lr', 'schedule', 'trainable', 'weight_decay'})
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+  if cfg is None:
+    return {}
+  if isinstance(cfg, ml_collections.ConfigDict):
+    return cfg.to_dict()
+  return dict(cfg)
+
+
+def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
+  """Accepts the whole config (reads `.optim`) or the optim ConfigDict itself."""
+  if 'optim' in config:
+    return config.optim
+  return config
+
+
+# ------------------------------------------------------------------ schedules
+
+
+def _validated_fields(cfg: Any, peak_lr: float) -> dict[str, Any]:
+  """Returns the schedule's fields with defaults filled in; raises ValueError."""
+  fields = _to_dict(cfg)
+  kind = fields.get('kind')
+  if kind not in _KIND_FIELDS:
+    raise ValueError(
+        f'Unknown schedule kind {kind!r}; expected one of {sorted(_KIND_FIELDS)}.')
+  unknown = set(fields) - _ALL_FIELDS
+  if unknown:
+    raise ValueError(f'Unknown schedule field(s) {sorted(unknown)} for kind {kind!r}.')
+  f = dict(warmup_steps=0, max_lr=None, step_offset=0)
+  f.update(fields)
+  if peak_lr is None or peak_lr < 0:
+    raise ValueError(f'peak_lr must be >= 0, got {peak_lr}.')
+  for name in ('warmup_steps', 'step_offset'):
+    if f[name] is None or int(f[name]) != f[name] or f[name] < 0:
+      raise ValueError(f'{name} must be an integer >= 0, got {f[name]!r}.')
+  if f['max_lr'] is not None and f['max_lr'] <= 0:
+    raise ValueError(f'max_lr must be > 0 or None, got {f["max_lr"]}.')
+  # The highest lr the curve reaches; a floor above it makes no sense.
+  top = peak_lr if f['max_lr'] is None else min(peak_lr, f['max_lr'])
+
+  if kind == 'warmup_cosine':
+    if 'decay_steps' not in f:
+      raise ValueError('warmup_cosine needs decay_steps (total, warmup included).')
+    if int(f['decay_steps']) != f['decay_steps'] or f['decay_steps'] <= f['warmup_steps']:
+      raise ValueError(
+          f'decay_steps ({f["decay_steps"]}) must be an integer > warmup_steps '
+          f'({f["warmup_steps"]}).')
+    f.setdefault('end_lr', 0.0)
+    if not 0 <= f['end_lr'] <= top:
+      raise ValueError(f'end_lr ({f["end_lr"]}) must lie in [0, peak={top}].')
+  elif kind == 'sgdr':
+    for name in ('t0', 't_mult'):
+      if name not in f:
+        raise ValueError(f'sgdr needs {name}.')
+    if int(f['t0']) != f['t0'] or f['t0'] < 1:
+      raise ValueError(f't0 must be an integer >= 1, got {f["t0"]!r}.')
+    if int(f['t_mult']) != f['t_mult'] or f['t_mult'] < 1:
+      raise ValueError(f't_mult must be an integer >= 1, got {f["t_mult"]!r}.')
+    f.setdefault('eta_min', 0.0)
+    if not 0 <= f['eta_min'] <= top:
+      raise ValueError(f'eta_min ({f["eta_min"]}) must lie in [0, peak={top}].')
+  return f
+
+
+def _sgdr_cycle(u: jax.Array, t0: int, t_mult: int) -> tuple[jax.Array, jax.Array]:
+  """(T_cur, T_i) of CosineAnnealingWarmRestarts at epoch `u` (int32, >= 0)."""
+  if t_mult == 1:
+    return u % t0, jnp.full_like(u, t0)
+
+  def start(n):  # first epoch of cycle n: t0 * (t_mult^n - 1) / (t_mult - 1)
+    return t0 * (t_mult**n - 1) // (t_mult - 1)
+
+  uf = u.astype(jnp.float32)
+  n = jnp.floor(jnp.log(uf / t0 * (t_mult - 1) + 1) / math.log(t_mult)).astype(jnp.int32)
+  n = jnp.maximum(n, 0)
+  # The float log can land one cycle off at a boundary; fix it in integers.
+  n = jnp.where(u >= start(n + 1), n + 1, n)
+  n = jnp.where(u < start(n), n - 1, n)
+  return u - start(n), t0 * t_mult**n
+
+
+def make_schedule(cfg: Any, peak_lr: float) -> optax.Schedule:
+  """Builds a learning-rate schedule (step -> lr) from a schedule ConfigDict.
+
+  Fields: `kind` in {'constant', 'warmup_cosine', 'sgdr'}; for all kinds
+  `warmup_steps` (linear 0 -> peak, default 0), `max_lr` (cap, None = none) and
+  `step_offset` (the curve is evaluated at step - step_offset, and at 0 before
+  it); 'warmup_cosine': `decay_steps` (total, warmup included), `end_lr`
+  (absolute floor, held after decay_steps); 'sgdr': `t0`, `t_mult` (int >= 1),
+  `eta_min` (absolute) -- after warmup the curve equals PyTorch's
+  CosineAnnealingWarmRestarts(T_0=t0, T_mult=t_mult, eta_min=eta_min) with base
+  lr = peak_lr.
+  """
+  f = _validated_fields(cfg, peak_lr)
+  kind, warmup, offset, max_lr = f['kind'], int(f['warmup_steps']), int(f['step_offset']), f['max_lr']
+  peak = float(peak_lr)
+
+  def schedule(step):
+    s = jnp.maximum(jnp.asarray(step, jnp.int32) - offset, 0)
+    if kind == 'constant':
+      lr = jnp.full(s.shape, peak, jnp.float32)
+    elif kind == 'warmup_cosine':
+      frac = jnp.clip((s - warmup) / (int(f['decay_steps']) - warmup), 0.0, 1.0)
+      end = float(f['end_lr'])
+      lr = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+    else:  # sgdr
+      t_cur, t_i = _sgdr_cycle(jnp.maximum(s - warmup, 0), int(f['t0']), int(f['t_mult']))
+      eta_min = float(f['eta_min'])
+      lr = eta_min + (peak - eta_min) * 0.5 * (1 + jnp.cos(jnp.pi * t_cur / t_i))
+    if warmup > 0:
+      lr = jnp.where(s < warmup, peak * s / warmup, lr)
+    if max_lr is not None:
+      lr = jnp.minimum(lr, max_lr)
+    return lr.astype(jnp.float32)
+
+  return schedule
+
+
+# ------------------------------------------------------------ groups and masks
+
+
+def _key_name(k) -> str:
+  """'name' of a DictKey / GetAttrKey / SequenceKey path entry."""
+  return str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+
+
+def param_group_labels(params: Any) -> Any:
+  """Pytree of str like `params`: each leaf's label is its top-level key."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: _key_name(p[0]), params)
+
+
+def decay_mask(params: Any) -> Any:
+  """Pytree of bool like `params`: True where weight decay applies.
+
+  No decay on anything with ndim <= 1 (biases, norm scales, scalars), on leaves
+  named 'bias' or 'logit_scale', nor on a 'scale' inside a module whose name
+  contains 'norm'.
+  """
+
+  def decays(path, x):
+    names = [_key_name(k) for k in path]
+    leaf = names[-1] if names else ''
+    if jnp.ndim(x) <= 1 or leaf in ('bias', 'logit_scale'):
+      return False
+    if leaf == 'scale' and any('norm' in n.lower() for n in names[:-1]):
+      return False
+    return True
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def group_global_norms(tree: Any, labels: Any) -> dict[str, jax.Array]:
+  """Global L2 norm of `tree`'s leaves per group label (labels: like `tree`)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  label_leaves = jax.tree_util.tree_leaves(labels)
+  if len(leaves) != len(label_leaves):
+    raise ValueError(f'tree has {len(leaves)} leaves but labels has {len(label_leaves)}.')
+  sq: dict[str, jax.Array] = {}
+  for x, g in zip(leaves, label_leaves):
+    s = jnp.sum(jnp.square(jnp.asarray(x, jnp.float32)))
+    sq[g] = sq[g] + s if g in sq else s
+  return {g: jnp.sqrt(s) for g, s in sq.items()}
+
+
+# ------------------------------------------------------------------ optimiser
+
+
+def _group_cfgs(optim: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  groups = _to_dict(optim.get('groups'))
+  for name, g in groups.items():
+    unknown = set(g) - _GROUP_FIELDS
+    if unknown:
+      raise ValueError(f'Unknown field(s) {sorted(unknown)} in optim.groups.{name}.')
+    if g.get('trainable', True) and g.get('lr') is None:
+      raise ValueError(f'optim.groups.{name} needs an lr.')
+  return groups
+
+
+def _group_schedule_cfg(optim: ml_collections.ConfigDict, group: Mapping[str, Any]) -> dict[str, Any]:
+  """The shared schedule with the group's overrides and its max_lr cap applied."""
+  cfg = _to_dict(optim.get('schedule'))
+  cfg.update(_to_dict(group.get('schedule')))
+  caps = [c for c in (cfg.get('max_lr'), group.get('max_lr')) if c is not None]
+  cfg['max_lr'] = min(caps) if caps else None
+  return cfg
+
+
+def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+  """Builds clip -> per-group AdamW from `config.optim` for the groups in `params`.
+
+  Returns `(tx, schedules)`; `schedules` has one entry per trainable group
+  present in `params`. Groups in the config but absent from `params` (a frozen
+  text encoder kept outside the trainable params) are ignored; groups in
+  `params` but missing from the config raise ValueError. A group with
+  `trainable=False` gets `optax.set_to_zero()`. The global-norm clip
+  (`grad_clip`) is computed over the trainable groups only.
+  """
+  optim = _optim_cfg(config)
+  groups = _group_cfgs(optim)
+  present = list(params.keys())
+  missing = [g for g in present if g not in groups]
+  if missing:
+    raise ValueError(
+        f'Parameter group(s) {missing} have no entry in optim.groups '
+        f'(configured: {sorted(groups)}).')
+
+  transforms, schedules = {}, {}
+  for name in present:
+    g = groups[name]
+    if not g.get('trainable', True):
+      transforms[name] = optax.set_to_zero()
+      continue
+    schedules[name] = make_schedule(_group_schedule_cfg(optim, g), g['lr'])
+    # AdamW as its parts, so the learning rate can follow the train state's
+    # step rather than the optimiser's own update count (see scale_by_lr_at).
+    transforms[name] = optax.chain(
+        optax.scale_by_adam(b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                            eps=optim.get('eps', 1e-8)),
+        optax.add_decayed_weights(
+            g.get('weight_decay', optim.get('weight_decay', 0.0)), decay_mask),
+        scale_by_lr_at(schedules[name]),
+    )
+
+  labels = param_group_labels(params)
+  tx = optax.multi_transform(transforms, labels)
+  clip = optim.get('grad_clip')
+  if clip:
+    trainable = jax.tree_util.tree_map(lambda l: l in schedules, labels)
+    tx = optax.chain(optax.masked(optax.clip_by_global_norm(clip), trainable), tx)
+  return tx, schedules
+
+
+def scale_by_lr_at(schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+  """Multiplies updates by -schedule(step), with `step` passed to `update`.
+
+  The train step passes its own step (`tx.update(g, s, p, step=state.step)`),
+  so the learning rate is a function of the step alone: a skipped non-finite
+  step, a reset of the optimiser moments or a restart that starts a new
+  step count cannot put it out of sync.
+  """
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, step, **extra_args):
+    del params, extra_args
+    lr = schedule(step)
+    return jax.tree_util.tree_map(lambda u: -lr * u, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def current_lrs(schedules: Mapping[str, optax.Schedule], step: Any) -> dict[str, jax.Array]:
+  """The learning rate each group's AdamW uses for the update made at `step`."""
+  return {name: sched(step) for name, sched in schedules.items()}
+
+
+def restart_schedules(
+    config: Any,
+    old_lrs: Mapping[str, float],
+    restart_step: int,
+    peak_factor: float,
+    *,
+    schedule: Mapping[str, Any] | None = None,
+    warmup_steps: int = 0,
+) -> ml_collections.ConfigDict:
+  """Returns a copy of `config.optim` whose schedules start a new cycle.
+
+  Restart from a checkpoint (the note: "take the current lr as eta_min and do
+  one CosineWarmRestarts with lr = 2 x base"): the weights and optimiser moments
+  are kept; only the learning-rate curve changes. For every trainable group g:
+
+  - the new cycle starts at `restart_step` (`step_offset`), so with warmup 0
+    the lr at restart_step is the new peak;
+  - its peak is `peak_factor * groups[g].lr`, still capped by `max_lr`;
+  - its floor (`eta_min` for 'sgdr', `end_lr` for 'warmup_cosine') is
+    `old_lrs[g]`, the lr the old run had reached (clamped to the new capped
+    peak), so the new curve never goes below where the old one stopped;
+  - `schedule` (optional) replaces fields of the shared schedule first, e.g.
+    `dict(kind='sgdr', t0=20_000, t_mult=1)` to restart a warmup_cosine run
+    with warm restarts; a 'constant' schedule has no floor to set;
+  - `warmup_steps` of the new cycle (default 0: jump straight to the peak).
+
+  The overrides are written into each group's `schedule` so a shared schedule
+  stays shared; `make_optimizer(new_optim, params)` builds the restarted
+  optimiser, whose state has the same structure as the old one.
+  """
+  optim = _to_dict(_optim_cfg(config))
+  groups = _group_cfgs(ml_collections.ConfigDict(optim))
+  trainable = [n for n, g in groups.items() if g.get('trainable', True)]
+  unknown = set(old_lrs) - set(groups)
+  if unknown:
+    raise ValueError(f'old_lrs has group(s) {sorted(unknown)} not in optim.groups.')
+  missing = [n for n in trainable if n not in old_lrs]
+  if missing:
+    raise ValueError(f'old_lrs is missing trainable group(s) {missing}.')
+  if int(restart_step) != restart_step or restart_step < 0:
+    raise ValueError(f'restart_step must be an integer >= 0, got {restart_step!r}.')
+  if peak_factor <= 0:
+    raise ValueError(f'peak_factor must be > 0, got {peak_factor}.')
+
+  new = copy.deepcopy(optim)
+  new['schedule'] = {**_to_dict(new.get('schedule')), **_to_dict(schedule)}
+  for name in trainable:
+    g = new['groups'][name]
+    g['lr'] = float(peak_factor * g['lr'])
+    overrides = _to_dict(g.get('schedule'))
+    overrides.update(step_offset=int(restart_step), warmup_steps=int(warmup_steps))
+    sched = _group_schedule_cfg(new, {**g, 'schedule': overrides})
+    floor_field = _FLOOR_FIELD.get(sched.get('kind'))
+    if floor_field is not None:
+      top = g['lr'] if sched['max_lr'] is None else min(g['lr'], sched['max_lr'])
+      overrides[floor_field] = float(min(float(old_lrs[name]), top))
+    g['schedule'] = overrides
+    # Validate now so a bad restart fails before any training step.
+    _validated_fields(_group_schedule_cfg(new, g), g['lr'])
+  return ml_collections.ConfigDict(new)
