@@ -42,7 +42,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.num_heldout = 1000  # Captions with held-out colour-shape pairings.
   c.data.max_len = 24        # Text tokens per caption (padded / truncated).
   c.data.subset_size = 0     # >0: train on the first N examples only (health checks).
-  c.data.prefetch = 2        # Batches prepared ahead of the device.
+  c.data.prefetch = 4        # Batches prepared ahead of the device.
+  c.data.read_threads = 2    # Threads reading and decoding records.
   c.data.worker_count = 0    # grain worker processes (0: in the main process).
 
   # --- Image autoencoder: latents x1, standardised per channel.

@@ -81,11 +81,27 @@ def test_resume_gives_the_same_result_as_one_run(tiny_run, tmp_path):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
                                                          atol=1e-6),
                  a[key], b[key])
-  # The resumed run rewrote the metrics past its checkpoint, not appended.
+  # The first run logged its last step (3); the resumed run appended after
+  # its checkpoint without repeating a step.
   steps = [json.loads(l)["step"] for l in open(os.path.join(split,
                                                             "metrics.jsonl"))
            if "train/loss" in l]
-  assert steps == [2, 4, 6]
+  assert steps == [2, 3, 4, 6]
+
+
+def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
+  # A crash after a log line but before the next checkpoint: the resumed run
+  # rewrites those lines instead of keeping two versions of a step.
+  workdir, _ = tiny_run
+  crashed = str(tmp_path / "crashed")
+  train.train_and_evaluate(tiny_config(total_steps=3), crashed)
+  with open(os.path.join(crashed, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": 4, "train/loss": 123.0}) + "\n")
+  train.train_and_evaluate(tiny_config(), crashed)
+  rows = [json.loads(l) for l in open(os.path.join(crashed, "metrics.jsonl"))
+          if "train/loss" in l]
+  assert [r["step"] for r in rows] == [2, 3, 4, 6]
+  assert rows[2]["train/loss"] != 123.0
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -92,7 +92,8 @@ def train_batches(config, builder, text: "TextSide",
       builder, tokenizer=text.tokenizer, max_len=d.max_len,
       global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, subset_size=d.subset_size or None,
-      prefetch_batches=d.prefetch, worker_count=d.worker_count)
+      read_threads=d.read_threads, prefetch_batches=d.prefetch,
+      worker_count=d.worker_count)
   keys = ("image", "ids", "mask")  # What the train step reads.
   return ({k: b[k] for k in keys} for b in it)
 

@@ -125,7 +125,7 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
     new_params = optax.apply_updates(state.params, updates)
 
     # A step with a non-finite loss or gradient is skipped, and counted.
-    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
     new_params = keep(new_params, state.params)
@@ -140,7 +140,7 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
 
     group_labels = labels(grads)
     metrics = dict(aux)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     for g, v in optim.group_global_norms(grads, group_labels).items():
       metrics[f"grad_norm/{g}"] = v
     for g, v in optim.group_global_norms(new_params, group_labels).items():
@@ -238,6 +238,41 @@ def make_generate_fn(config, model, autoencoder, text_frozen):
                                             "cfg_scale", "use_mean"))
 
 
+def create_train_state(config, model, latent_shape, text_width, mesh, rules):
+  """(tx, schedules, state, state_shardings), the state created sharded."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  boxed = jax.eval_shape(functools.partial(
+      init_variables, model, config, latent_shape, text_width), init_rng)
+  tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))
+
+  def init_state(key):
+    params = nn.unbox(init_variables(model, config, latent_shape, text_width,
+                                     key))
+    return TrainState(step=jnp.int32(0), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=tx.init(params), rng=state_rng,
+                      nonfinite=jnp.int32(0))
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  param_shardings = sharding.state_shardings(boxed, mesh, rules)
+  state_shardings = train_state_shardings(abstract_state, param_shardings,
+                                          mesh)
+  with mesh:
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+  return tx, schedules, state, state_shardings
+
+
+def jit_train_step(train_step, state_shardings, mesh):
+  """Explicit in/out shardings; the state is donated (updated in place)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(
+      train_step, donate_argnums=(0,),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl,
+                    repl),
+      out_shardings=(state_shardings, repl))
+
+
 # ---------------------------------------------------------------------------
 # train_and_evaluate
 # ---------------------------------------------------------------------------
@@ -267,30 +302,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   autoencoder = ae_lib.PixelAutoencoder(config.autoencoder.factor)
   stats = assets.latent_stats(config, workdir, data, autoencoder)
 
-  # --- Model and optimiser.
+  # --- Model, optimiser and sharded init (shapes first, then each array
+  # is created where it lives).
   model = build_model(config, latent_shape, text.vocab_size,
                       text.frozen is None)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  boxed = jax.eval_shape(functools.partial(
-      init_variables, model, config, latent_shape, text.width), init_rng)
-  tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))
-
-  # --- Sharded init: shapes first, then each array created where it lives.
-  def init_state(key):
-    params = nn.unbox(init_variables(model, config, latent_shape, text.width,
-                                     key))
-    return TrainState(step=jnp.int32(0), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=tx.init(params), rng=state_rng,
-                      nonfinite=jnp.int32(0))
-
-  abstract_state = jax.eval_shape(init_state, init_rng)
-  param_shardings = sharding.state_shardings(boxed, mesh, rules)
-  state_shardings = train_state_shardings(abstract_state, param_shardings,
-                                            mesh)
-  with mesh:
-    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+  tx, schedules, state, state_shardings = create_train_state(
+      config, model, latent_shape, text.width, mesh, rules)
   logging.info("parameters: %s", reporting.param_counts(state.params))
 
   # --- Restore: resume this run, or take weights from another (init_from).
@@ -299,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if resumed:
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, state_shardings)
+        state, state_shardings)
     state = ckpt.restore(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   elif config.init_from:
@@ -310,13 +327,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- The jitted train step: donated state, explicit shardings.
   frozen = jax.device_put(text.frozen_params, sharding.replicated(mesh))
   stats_dev = jax.device_put(stats, sharding.replicated(mesh))
-  train_step = make_train_step(config, model, tx, schedules, autoencoder,
-                               text.frozen)
-  p_train_step = jax.jit(
-      train_step, donate_argnums=(0,),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh),
-                    sharding.replicated(mesh), sharding.replicated(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)))
+  p_train_step = jit_train_step(
+      make_train_step(config, model, tx, schedules, autoencoder, text.frozen),
+      state_shardings, mesh)
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).
   generate = make_generate_fn(config, model, autoencoder, text.frozen)

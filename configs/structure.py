@@ -1,0 +1,28 @@
+"""The note's third lever alone: stronger structure supervision.
+
+From base.py (the plateaued run) it changes only the supervision:
+- the contrastive weight doubled (note: w_clip 1.0 -> 2.0);
+- a small total variation on z_text (note: 1e-6 - 5e-6);
+- a spatial text head, the note's option A (grid queries + cross-attention)
+  in place of the pooled MLP.
+Every field is documented in base.py.
+"""
+
+import ml_collections
+
+from txt2img_jax import config_lib
+
+base = config_lib.load_sibling(__file__, "base")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = base.get_config()
+  c.name = "structure"
+  c.loss.clip_weight = 2.0   # note: 1.0 -> 2.0.
+  c.loss.tv_weight = 2e-6    # note: 1e-6 - 5e-6.
+  c.head.kind = "grid_query"
+  if variant == "tiny":
+    base.shrink(c)
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
+  return c

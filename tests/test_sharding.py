@@ -1,0 +1,89 @@
+"""The sharded train step on 8 fake CPU devices equals the one-device step,
+data-parallel and with tensor-parallel rules, and compiles once.
+
+XLA fixes the device count when JAX starts, so the check runs in a fresh
+process with --xla_force_host_platform_device_count=8.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import json, os, sys
+import jax, jax.numpy as jnp, numpy as np
+from txt2img_jax import config_lib, sharding, train
+from txt2img_jax.data import shapes, tokenizer as tokenizer_lib
+from txt2img_jax.models import autoencoder as ae_lib
+
+assert jax.device_count() == 8, jax.devices()
+base = config_lib.load_sibling(os.path.join(sys.argv[1], "configs", "x.py"), "base")
+c = base.get_config("tiny")
+c.head.kind = "token_transformer"  # Attention and MLP kernels to shard.
+latent_shape = train.validate_config(c)
+tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), c.data.max_len)
+model = train.build_model(c, latent_shape, len(tok), True)
+ae = ae_lib.PixelAutoencoder(c.autoencoder.factor)
+rng = np.random.default_rng(0)
+examples = [shapes.example(0, "train", i) for i in range(3 * c.batch_size)]
+ch = latent_shape[-1]
+stats = ae_lib.LatentStats(shift=np.zeros((ch,), np.float32),
+                           scale=np.full((ch,), 0.5, np.float32))
+
+def host_batch(k):
+  ex = examples[k * c.batch_size:(k + 1) * c.batch_size]
+  ids, mask = tokenizer_lib.tokenize(tok, [e["caption"] for e in ex], c.data.max_len)
+  return {"image": np.stack([e["image"] for e in ex]).astype(np.float32) / 255,
+          "ids": ids, "mask": mask}
+
+def run(mesh, rules):
+  tx, schedules, state, shards = train.create_train_state(
+      c, model, latent_shape, c.text_encoder.width, mesh, rules)
+  step = train.jit_train_step(
+      train.make_train_step(c, model, tx, schedules, ae, None), shards, mesh)
+  losses = []
+  with mesh:
+    for k in range(3):
+      state, metrics = step(state, sharding.put_batch(host_batch(k), mesh), {}, stats)
+      losses.append(float(metrics["loss"]))
+  specs = sorted({str(s.spec) for s in jax.tree.leaves(shards.params)})
+  return losses, jax.device_get(state.params), step._cache_size(), specs
+
+rules = sharding.logical_rules(c.mesh.rules)
+one = run(sharding.make_mesh(1, 1, jax.devices()[:1]), rules)
+dp = run(sharding.make_mesh(8, 1), rules)
+tp = run(sharding.make_mesh(4, 2), rules)
+out = {"losses": [one[0], dp[0], tp[0]], "compiles": [one[2], dp[2], tp[2]],
+       "tp_specs": tp[3]}
+diffs = []
+for other in (dp, tp):
+  d = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-8)),
+                   one[1], other[1])
+  diffs.append(max(jax.tree.leaves(d)))
+out["param_rel_diff"] = diffs
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_sharded_step_matches_one_device():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=REPO)
+  r = subprocess.run([sys.executable, "-c", SCRIPT, REPO], env=env,
+                     capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert r.returncode == 0, r.stderr[-4000:]
+  line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  out = json.loads(line[len("RESULT "):])
+  one, dp, tp = out["losses"]
+  # The same three steps: equal losses up to reduction order.
+  for other in (dp, tp):
+    for a, b in zip(one, other):
+      assert abs(a - b) <= 1e-4 * abs(a), (one, other)
+  assert max(out["param_rel_diff"]) < 1e-4, out["param_rel_diff"]
+  # Each configuration compiled its step once for three steps.
+  assert out["compiles"] == [1, 1, 1]
+  # The tensor-parallel rules really split kernels over 'model'.
+  assert any("model" in s for s in out["tp_specs"]), out["tp_specs"]
