@@ -3,6 +3,8 @@
 From base.py (the plateaued run) it changes only the supervision:
 - the contrastive weight doubled (note: w_clip 1.0 -> 2.0);
 - a small total variation on z_text (note: 1e-6 - 5e-6);
+- LPIPS on the decoded one-step estimate for the first half of the run
+  (note: 0.1 for the first 50k steps);
 - a spatial text head, the note's option A (grid queries + cross-attention)
   in place of the pooled MLP.
 Every field is documented in base.py.
@@ -20,9 +22,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.name = "structure"
   c.loss.clip_weight = 2.0   # note: 1.0 -> 2.0.
   c.loss.tv_weight = 2e-6    # note: 1e-6 - 5e-6.
+  c.loss.lpips_weight = 0.1  # note: 0.1 ...
+  c.loss.lpips_stop = 600    # ... for the first 50k steps.
   c.head.kind = "grid_query"
   if variant == "tiny":
     base.shrink(c)
+    c.loss.lpips_stop = 3
   elif variant:
     raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
   return c

@@ -179,3 +179,15 @@ def test_sample_and_evaluate_commands(tiny_run, tmp_path):
   summary = json.load(open(out_json))
   assert summary["eval/num_images"] == 4
   assert "heldout/object_acc" in summary and "object_acc" in r.stdout
+
+
+def test_lpips_term_is_on_only_in_its_window(data_dir, tmp_path):
+  c = tiny_config("structure", total_steps=4, log_every=1)
+  c.loss.lpips_start, c.loss.lpips_stop = 1, 3
+  workdir = str(tmp_path / "lpips")
+  train.train_and_evaluate(c, workdir)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in l]
+  weights = [r["train/lpips_weight"] for r in rows]
+  assert weights == [0.0, 0.1, 0.1, 0.0], weights
+  assert all(r["train/loss_lpips"] > 0 for r in rows)

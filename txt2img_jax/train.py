@@ -7,9 +7,7 @@ restore -> train step -> evaluators -> loop.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -29,6 +27,7 @@ from txt2img_jax import flow
 from txt2img_jax import evaluate
 from txt2img_jax import losses
 from txt2img_jax import optim
+from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import reporting
 from txt2img_jax import sharding
 from txt2img_jax import timesteps
@@ -49,33 +48,37 @@ class TrainState(flax.struct.PyTreeNode):
 # The train step: pure, closes over static things only.
 # ---------------------------------------------------------------------------
 
-def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
-  """Returns train_step(state, batch, frozen_params, stats) -> (state, metrics)."""
+def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
+                    perceptual=None):
+  """Returns train_step(state, batch, frozen, stats) -> (state, metrics).
+
+  `frozen` holds the weights that do not train: {"text": a pretrained text
+  encoder's, "lpips": the perceptual net's}; either may be absent.
+  """
   c = config
   sigma_min = c.flow.sigma_min
   edges = timesteps.t_bucket_edges(c.time.num_buckets)
   labels = optim.param_group_labels
 
-  def encode_text(params, frozen_params, ids, mask):
+  def encode_text(params, frozen, ids, mask):
     if text_frozen is not None:
-      return jax.lax.stop_gradient(text_frozen.apply(frozen_params, ids, mask))
+      return jax.lax.stop_gradient(text_frozen.apply(frozen["text"], ids, mask))
     return model.apply({"params": params}, ids, mask, method="encode_text")
 
-  def loss_fn(params, state, batch, frozen_params, stats):
+  def loss_fn(params, state, batch, frozen, stats):
     rng = jax.random.fold_in(state.rng, state.step)
     k_lat, k_eps, k_null, k_swap, k_t = jax.random.split(rng, 5)
     ids, mask = batch["ids"], batch["mask"]
     apply = functools.partial(model.apply, {"params": params})
 
-    tokens = encode_text(params, frozen_params, ids, mask)
+    tokens = encode_text(params, frozen, ids, mask)
     mu, log_var = apply(tokens, mask, method="posterior")
     mu = mu.astype(jnp.float32)
     log_var = log_var.astype(jnp.float32)
     z_text = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_eps, mu.shape)
 
-    # The same encode_moments + sample path as evaluation (the note's check).
-    moments = autoencoder.encode_moments(batch["image"])
-    x1 = ae_lib.standardize(autoencoder.sample(moments, k_lat), stats)
+    # The one encode path, shared with the latent stats and health checks.
+    x1 = ae_lib.encode_latent(autoencoder, batch["image"], k_lat, stats)
 
     b = ids.shape[0]
     null = jax.random.bernoulli(k_null, c.loss.cfg_null_prob, (b,))
@@ -98,6 +101,18 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
 
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
              + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv)
+    loss_lpips = jnp.float32(0.0)
+    lpips_w = jnp.float32(0.0)
+    if perceptual is not None:
+      # On the decoded one-step estimate of the image, against the image.
+      x1_hat = flow.one_step_estimate(x_t, v_pred, t)
+      images_hat = ae_lib.decode_latent(autoencoder, x1_hat, stats)
+      target_images = ae_lib.decode_latent(autoencoder, x1_target, stats)
+      loss_lpips = perceptual.distance(frozen["lpips"], images_hat,
+                                       target_images).mean()
+      lpips_w = losses.window_weight(state.step, c.loss.lpips_weight,
+                                     c.loss.lpips_start, c.loss.lpips_stop)
+      total = total + lpips_w * loss_lpips
 
     def per_ex_norm(x):
       return jnp.sqrt(jnp.square(x).reshape(x.shape[0], -1).sum(1)).mean()
@@ -108,6 +123,7 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
         "loss": total, "loss_flow": loss_flow, "loss_kl": kl_w * kl_raw,
         "kl_raw": kl_raw, "kl_weight": kl_w, "loss_clip": loss_clip,
         "clip_weight": jnp.float32(c.loss.clip_weight), "loss_tv": loss_tv,
+        "loss_lpips": loss_lpips, "lpips_weight": lpips_w,
         "logit_scale": logit_scale,
         "z_text_norm": z_norm, "x1_norm": x_norm, "norm_ratio": z_norm / x_norm,
         "mu_min": mu.min(), "mu_max": mu.max(), "mu_mean": mu.mean(),
@@ -117,9 +133,9 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen):
     }
     return total, aux
 
-  def train_step(state, batch, frozen_params, stats):
+  def train_step(state, batch, frozen, stats):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, aux), grads = grad_fn(state.params, state, batch, frozen_params, stats)
+    (_, aux), grads = grad_fn(state.params, state, batch, frozen, stats)
     updates, new_opt = tx.update(grads, state.opt_state, state.params,
                                  step=state.step)
     new_params = optax.apply_updates(state.params, updates)
@@ -183,6 +199,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   for name in ("total_steps", "batch_size", "log_every"):
     if config[name] < 1:
       raise ValueError(f"{name} must be >= 1, got {config[name]}")
+  if config.loss.lpips_weight > 0 and config.loss.lpips_net not in (
+      perceptual_lib.NETS):
+    raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
+                     f"one of {perceptual_lib.NETS}")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
   if config.sample.method not in ("euler", "heun"):
@@ -232,7 +252,7 @@ def make_generate_fn(config, model, autoencoder, text_frozen):
 
     x1 = flow.integrate(velocity, z.astype(jnp.float32), num_steps, method,
                         cfg_scale)
-    return autoencoder.decode(ae_lib.unstandardize(x1, stats))
+    return ae_lib.decode_latent(autoencoder, x1, stats)
 
   return jax.jit(generate, static_argnames=("num_steps", "method",
                                             "cfg_scale", "use_mean"))
@@ -325,16 +345,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(state.step)
 
   # --- The jitted train step: donated state, explicit shardings.
-  frozen = jax.device_put(text.frozen_params, sharding.replicated(mesh))
+  perceptual = (perceptual_lib.load(config.loss.lpips_net)
+                if config.loss.lpips_weight > 0 else None)
+  frozen = jax.device_put(
+      {"text": text.frozen_params,
+       "lpips": perceptual.params if perceptual else {}},
+      sharding.replicated(mesh))
   stats_dev = jax.device_put(stats, sharding.replicated(mesh))
   p_train_step = jit_train_step(
-      make_train_step(config, model, tx, schedules, autoencoder, text.frozen),
+      make_train_step(config, model, tx, schedules, autoencoder, text.frozen,
+                      perceptual),
       state_shardings, mesh)
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).
   generate = make_generate_fn(config, model, autoencoder, text.frozen)
   evaluator = evaluate.Evaluator(config, workdir, data, text, generate,
-                                frozen, stats_dev, writer)
+                                frozen["text"], stats_dev, writer)
 
   # --- Loop.
   total = config.total_steps

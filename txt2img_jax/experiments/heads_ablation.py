@@ -67,7 +67,7 @@ def main(argv):
   image_dir = os.path.join(os.path.dirname(os.path.abspath(f.out)), "images")
   os.makedirs(image_dir, exist_ok=True)
   lines = [
-      f"| head | params (head) | steps/s | " + " | ".join(
+      "| head | params (head) | steps/s | " + " | ".join(
           f"{m} (test)" for m in METRICS) + " | object_acc (held-out) |",
       "|" + "---|" * (4 + len(METRICS)),
   ]

@@ -1,7 +1,7 @@
 """The note's suggested trial at small scale: restart a plateaued run.
 
-  python -m txt2img_jax.experiments.restart_trial [--base_steps=1200]
-      [--restart_steps=600] [--num=200] [--workroot=workdirs/restart_trial]
+  python -m txt2img_jax.experiments.restart_trial [--base_steps=800]
+      [--restart_steps=400] [--num=200] [--workroot=workdirs/restart_trial]
 
 1. Train configs/base.py (the note's run) for base_steps (or reuse it).
 2. Restart from its last checkpoint with configs/restart.py's recipe
@@ -111,8 +111,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_integer("base_steps", 1200, "Steps of the base run.")
-  flags.DEFINE_integer("restart_steps", 600, "Steps after the restart.")
+  flags.DEFINE_integer("base_steps", 800, "Steps of the base run.")
+  flags.DEFINE_integer("restart_steps", 400, "Steps after the restart.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
   flags.DEFINE_string("workroot", "workdirs/restart_trial", "Runs go here.")
   flags.DEFINE_string("out", "docs/restart_trial_table.md", "Markdown table.")

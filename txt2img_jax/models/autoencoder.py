@@ -78,7 +78,7 @@ def compute_latent_stats(autoencoder, images_batches: Iterable[np.ndarray], rng:
   Uses the training path (moments + reparameterised sample) so the statistics describe exactly
   what the flow network sees. `min_std` keeps a constant channel from dividing by ~0.
   """
-  encode = jax.jit(lambda x, key: autoencoder.sample(autoencoder.encode_moments(x), key))
+  encode = jax.jit(lambda x, key: encode_latent(autoencoder, x, key))
   total = total_sq = None
   count = 0
   for i, images in enumerate(images_batches):
@@ -93,6 +93,22 @@ def compute_latent_stats(autoencoder, images_batches: Iterable[np.ndarray], rng:
   std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
   return LatentStats(shift=mean.astype(np.float32),
                      scale=np.maximum(std, min_std).astype(np.float32))
+
+
+def encode_latent(autoencoder, images: jax.Array, rng: jax.Array,
+                  stats: LatentStats | None = None) -> jax.Array:
+  """The one image -> latent path: moments, reparameterised sample, then
+  (with stats) per-channel standardisation. The train step, the latent
+  statistics and the health check all call this, so they cannot drift apart
+  (the note's "VAE consistency")."""
+  latent = autoencoder.sample(autoencoder.encode_moments(images), rng)
+  return latent if stats is None else standardize(latent, stats)
+
+
+def decode_latent(autoencoder, latent: jax.Array,
+                  stats: LatentStats) -> jax.Array:
+  """The inverse path used by the sampler: un-standardise, then decode."""
+  return autoencoder.decode(unstandardize(latent, stats))
 
 
 def standardize(latent: jax.Array, stats: LatentStats) -> jax.Array:
