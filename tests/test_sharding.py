@@ -58,12 +58,21 @@ dp = run(sharding.make_mesh(8, 1), rules)
 tp = run(sharding.make_mesh(4, 2), rules)
 out = {"losses": [one[0], dp[0], tp[0]], "compiles": [one[2], dp[2], tp[2]],
        "tp_specs": tp[3]}
-diffs = []
+# Attention key biases have an exactly zero gradient (the softmax ignores a
+# constant added to every logit of a query), so Adam turns rounding noise
+# into updates of ~1e-5 there; they are compared on their size instead.
+diffs, key_bias = [], []
+flat_one = jax.tree_util.tree_flatten_with_path(one[1])[0]
 for other in (dp, tp):
-  d = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-8)),
-                   one[1], other[1])
-  diffs.append(max(jax.tree.leaves(d)))
+  worst = 0.0
+  for (path, a), b in zip(flat_one, jax.tree.leaves(other[1])):
+    if "['key']['bias']" in jax.tree_util.keystr(path):
+      key_bias.append(float(np.max(np.abs(b))))
+      continue
+    worst = max(worst, float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-8)))
+  diffs.append(worst)
 out["param_rel_diff"] = diffs
+out["key_bias_max"] = max(key_bias) if key_bias else 0.0
 print("RESULT " + json.dumps(out))
 '''
 
@@ -83,6 +92,7 @@ def test_sharded_step_matches_one_device():
     for a, b in zip(one, other):
       assert abs(a - b) <= 1e-4 * abs(a), (one, other)
   assert max(out["param_rel_diff"]) < 1e-4, out["param_rel_diff"]
+  assert out["key_bias_max"] < 1e-4, out["key_bias_max"]
   # Each configuration compiled its step once for three steps.
   assert out["compiles"] == [1, 1, 1]
   # The tensor-parallel rules really split kernels over 'model'.

@@ -85,17 +85,20 @@ class Evaluator:
                 num: int | None = None) -> dict[str, float]:
     num = num or self.config.eval.num
     t0 = time.perf_counter()
-    summaries = {}
+    summaries, pixel_errors = {}, {}
     for prefix, data in self.data.items():
       n = min(num, len(data["caption"]))
       images = self.images(params, data, n, seed=1)
       desc = {k: data[k][:n] for k in ("shapes", "colors", "sizes", "cells",
                                        "num_objects")}
       summaries[prefix] = benchmark.score(images, desc)
+      pixel_errors[f"{prefix}/pixel_mse_rel"] = pixel_mse_rel(
+          images, data["image"][:n])
       if self.writer is not None and step is not None and prefix == "eval":
         grid = caption_grid(data["image"][:8], images[:8], data["caption"][:8])
         self.writer.write_images(step, {"eval/examples": np.asarray(grid)[None]})
     flat = benchmark.summarize_splits(summaries)
+    flat.update(pixel_errors)
     logging.info("structure benchmark%s (%.1f s):\n%s",
                  f" at step {step}" if step is not None else "",
                  time.perf_counter() - t0, benchmark.format_table(flat))
@@ -106,6 +109,19 @@ class Evaluator:
         with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
           f.write(json.dumps({"step": step, **flat}) + "\n")
     return flat
+
+
+def pixel_mse_rel(images: np.ndarray, references: np.ndarray) -> float:
+  """Pixel MSE against the reference renders, relative to the MSE of
+  predicting the mean reference image: 1 = no better than the mean image,
+  0 = exact. More sensitive than the scorer early in training, when the
+  drawings are too faint for any object to count."""
+  references = np.asarray(references, np.float32)
+  if references.dtype == np.uint8:
+    references = references / 255.0
+  err = np.mean((np.asarray(images, np.float32) - references) ** 2)
+  base = np.mean((references.mean(0, keepdims=True) - references) ** 2)
+  return float(err / max(base, 1e-12))
 
 
 def _split_size(config, split: str) -> int:
@@ -190,8 +206,8 @@ def main(argv):
   print(benchmark.format_table({k: v for k, v in summary.items()
                                 if k != "step"}))
   if f.json:
-    with open(f.json, "w") as f:
-      json.dump(summary, f, indent=2)
+    with open(f.json, "w") as out:
+      json.dump(summary, out, indent=2)
     print(f"wrote {f.json}")
 
 

@@ -32,7 +32,7 @@ ROWS = (
     ("grid_query + TV", "grid_query", None),  # None: the recipe's TV weight.
 )
 METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
-           "size_acc", "mosaic")
+           "size_acc", "mosaic", "pixel_mse_rel")
 
 
 def run_row(label, kind, tv, seed, steps, num, workroot):

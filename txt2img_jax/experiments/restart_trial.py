@@ -25,7 +25,8 @@ import numpy as np
 
 from txt2img_jax.experiments import common
 
-METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc", "mosaic")
+METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc", "mosaic",
+           "pixel_mse_rel")
 
 
 def curve(workdir, key="train/loss_flow", offset=0):
