@@ -190,4 +190,12 @@ def test_lpips_term_is_on_only_in_its_window(data_dir, tmp_path):
           if "train/loss" in l]
   weights = [r["train/lpips_weight"] for r in rows]
   np.testing.assert_allclose(weights, [0.0, 0.1, 0.1, 0.0], rtol=1e-6)
-  assert all(r["train/loss_lpips"] > 0 for r in rows)
+  assert all(r["train/lpips_raw"] > 0 for r in rows)
+  np.testing.assert_allclose([r["train/loss_lpips"] for r in rows],
+                             [w * r["train/lpips_raw"]
+                              for w, r in zip(weights, rows)], rtol=1e-5)
+  # The weighted terms add up to the total.
+  for r in rows:
+    parts = sum(r[f"train/loss_{k}"] for k in ("flow", "kl", "clip", "tv",
+                                                "lpips"))
+    np.testing.assert_allclose(parts, r["train/loss"], rtol=1e-4)

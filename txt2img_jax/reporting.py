@@ -16,7 +16,8 @@ METRICS_FILE = "metrics.jsonl"
 # Loss EMAs on the host, per log step: smooth enough to read a trend in a few
 # hundred steps of the embedded run, fast enough to show a restart.
 LOSS_EMA = 0.9
-EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "loss_tv")
+EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "clip_raw",
+            "loss_tv", "loss_lpips")
 
 
 class Periodic:
@@ -135,10 +136,10 @@ class Reporter:
     lrs = " ".join(f"{k.split('/')[-1]}={v:.2e}" for k, v in out.items()
                    if k.startswith("train/lr/"))
     logging.info(
-        "step %d/%d (%.0f%%) loss %.4f flow %.4f kl_raw %.1f clip %.3f | "
+        "step %d/%d (%.0f%%) loss %.4f flow %.4f kl_raw %.1f clip_raw %.3f | "
         "grad %.3f | %s | %.2f steps/s, elapsed %s, ETA %s",
         step, self.total, 100 * step / self.total, out["train/loss"],
-        out["train/loss_flow"], out["train/kl_raw"], out["train/loss_clip"],
+        out["train/loss_flow"], out["train/kl_raw"], out["train/clip_raw"],
         out["train/grad_norm"], lrs, out["train/steps_per_sec"],
         _hms(elapsed), _hms(eta))
 

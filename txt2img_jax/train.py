@@ -120,10 +120,17 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
     bucket_sum, bucket_count = timesteps.bucket_sums(flow_per_ex, t, edges)
     z_norm, x_norm = per_ex_norm(z_text), per_ex_norm(x1)
     aux = {
-        "loss": total, "loss_flow": loss_flow, "loss_kl": kl_w * kl_raw,
-        "kl_raw": kl_raw, "kl_weight": kl_w, "loss_clip": loss_clip,
-        "clip_weight": jnp.float32(c.loss.clip_weight), "loss_tv": loss_tv,
-        "loss_lpips": loss_lpips, "lpips_weight": lpips_w,
+        # loss_* are the weighted terms (they add up to loss); *_raw are
+        # the terms before their weight.
+        "loss": total, "loss_flow": c.loss.flow_weight * loss_flow,
+        "flow_raw": loss_flow,
+        "loss_kl": kl_w * kl_raw, "kl_raw": kl_raw, "kl_weight": kl_w,
+        "loss_clip": c.loss.clip_weight * loss_clip, "clip_raw": loss_clip,
+        "clip_weight": jnp.float32(c.loss.clip_weight),
+        "loss_tv": c.loss.tv_weight * loss_tv, "tv_raw": loss_tv,
+        "tv_weight": jnp.float32(c.loss.tv_weight),
+        "loss_lpips": lpips_w * loss_lpips, "lpips_raw": loss_lpips,
+        "lpips_weight": lpips_w,
         "logit_scale": logit_scale,
         "z_text_norm": z_norm, "x1_norm": x_norm, "norm_ratio": z_norm / x_norm,
         "mu_min": mu.min(), "mu_max": mu.max(), "mu_mean": mu.mean(),
