@@ -133,6 +133,8 @@ def test_bucket_far_above_the_others(tmp_path):
   report = _run(_healthy_run(tmp_path / "w", buckets=buckets))
   stuck = [f for f in report.flags if f.name == "t_segment_stuck"]
   assert len(stuck) == 1 and "text end" in stuck[0].message
+  # The text end gets the lever that trains it, not the note's alpha > 0.8.
+  assert stuck[0].lever == diagnose.LEVER_TEXT_END
 
 
 def test_nonfinite_steps_growth_is_flagged(tmp_path):

@@ -74,6 +74,16 @@ LEVER_LR_RESTART = ("restart the LR: --config.init_from=W with configs/restart.p
                     "eta_min=2.5e-7)")
 LEVER_TIME_SAMPLING = ("time sampling: configs/logsnr.py (uniform logSNR λ∈[−2, 6], "
                        "curriculum α>0.8 for the first 30k steps)")
+# On the noise-free path the text end (t ~ 0) is where the image is formed
+# from z_text alone and the note's high-signal advice never trains it
+# (docs/recipes.md), so a stuck text end gets the opposite lever.
+LEVER_TEXT_END = ("more draws at the text end of the path: configs/restart.py's "
+                  "time.sampler (curriculum from t in [0, 0.15]); not the note's "
+                  "alpha > 0.8, which never trains t < 0.8")
+
+
+def _bucket_lever(b: "BucketInfo") -> str:
+  return LEVER_TEXT_END if b.index == 0 else LEVER_TIME_SAMPLING
 LEVER_SPATIAL_HEAD = ("spatial text head: --config.head.kind=grid_query (or mlp_conv); "
                       "contrastive weight ×2: --config.loss.clip_weight=2.0")
 LEVER_NORMS = ("check latent standardisation (per-channel shift/scale stored with the run) "
@@ -456,7 +466,7 @@ def _check_buckets(buckets: list[BucketInfo], flags: list[Flag]) -> Optional[str
           "t_segment_stuck", "warning",
           f"flow loss at {segment_name(b)} changed {100 * b.trend.rel_change:+.1f}% over the "
           f"window while the other segments fell {100 * float(np.median(other_rel)):.1f}% "
-          "(median).", LEVER_TIME_SAMPLING))
+          "(median).", _bucket_lever(b)))
       continue
     other_means = [o.window_mean for o in others if o.window_mean is not None]
     if b.window_mean is not None and other_means:
@@ -466,7 +476,7 @@ def _check_buckets(buckets: list[BucketInfo], flags: list[Flag]) -> Optional[str
             "t_segment_stuck", "warning",
             f"flow loss at {segment_name(b)} is {b.window_mean:.4g}, "
             f"{b.window_mean / median:.1f}× the median of the other segments ({median:.4g}).",
-            LEVER_TIME_SAMPLING))
+            _bucket_lever(b)))
   return None
 
 
