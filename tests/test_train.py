@@ -199,3 +199,15 @@ def test_lpips_term_is_on_only_in_its_window(data_dir, tmp_path):
     parts = sum(r[f"train/loss_{k}"] for k in ("flow", "kl", "clip", "tv",
                                                 "lpips"))
     np.testing.assert_allclose(parts, r["train/loss"], rtol=1e-4)
+
+
+def test_unknown_config_key_is_a_one_line_error(tmp_path):
+  r = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.main",
+       "--config=configs/base.py:tiny", "--config.optim.nonexistent=1",
+       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode != 0
+  assert "unknown config field 'nonexistent'" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.listdir(tmp_path)  # Nothing was written, nothing compiled.
