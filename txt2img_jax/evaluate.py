@@ -46,24 +46,10 @@ class Evaluator:
 
   def images(self, params, data, num, seed=0, **overrides) -> np.ndarray:
     """Generated images (num, S, S, 3) in [0, 1] for the first num captions."""
-    s = self.config.sample
-    kw = dict(num_steps=s.num_steps, method=s.method,
-              cfg_scale=float(s.cfg_scale), use_mean=bool(s.use_mean))
-    kw.update(overrides)
-    bs = self.config.eval.batch_size
-    out = []
-    for i in range(0, num, bs):
-      ids = data["ids"][i:i + bs]
-      mask = data["mask"][i:i + bs]
-      pad = bs - len(ids)  # A fixed batch shape compiles once.
-      if pad:
-        ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
-        mask = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)])
-      rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-      imgs = self.generate(params, self.frozen, self.stats, ids, mask, rng,
-                           **kw)
-      out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
-    return np.concatenate(out)[:num]
+    return generate_images(self.generate, params, self.frozen, self.stats,
+                           self.config.sample, data["ids"][:num],
+                           data["mask"][:num], self.config.eval.batch_size,
+                           seed, **overrides)
 
   def sample_grid(self, params, step: int) -> str:
     n = self.config.sample.grid_size
@@ -109,6 +95,30 @@ class Evaluator:
         with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
           f.write(json.dumps({"step": step, **flat}) + "\n")
     return flat
+
+
+def generate_images(generate, params, frozen, stats, sample_config, ids, mask,
+                    batch_size: int, seed: int = 0, **overrides) -> np.ndarray:
+  """Images for every caption, in fixed-size batches (the last one padded)
+  so the sampler compiles once; the run's sampler settings unless
+  overridden."""
+  kw = dict(num_steps=int(sample_config.num_steps),
+            method=sample_config.method,
+            cfg_scale=float(sample_config.cfg_scale),
+            use_mean=bool(sample_config.use_mean))
+  kw.update(overrides)
+  bs = batch_size
+  out = []
+  for i in range(0, len(ids), bs):
+    b_ids, b_mask = ids[i:i + bs], mask[i:i + bs]
+    pad = bs - len(b_ids)
+    if pad:
+      b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
+      b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    imgs = generate(params, frozen, stats, b_ids, b_mask, rng, **kw)
+    out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
+  return np.concatenate(out)
 
 
 def pixel_mse_rel(images: np.ndarray, references: np.ndarray) -> float:

@@ -195,6 +195,7 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
   """Images generated from the first `num` training captions (the run's EMA
   parameters and sampler settings, starting at t = 0 from the text alone),
   compared with the true images and with the subset's mean image."""
+  from txt2img_jax import evaluate
   from txt2img_jax import inference
   from txt2img_jax.data import pipeline
   run = inference.load_run(workdir)
@@ -205,22 +206,10 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
                              max_len=c.data.max_len)
   num = min(num, subset)
   mean_img = data["image"].mean(0, keepdims=True)
-  s = c.sample
-  bs = min(num, 64)
-  out = []
-  for i in range(0, num, bs):
-    ids, mask = data["ids"][i:i + bs], data["mask"][i:i + bs]
-    pad = bs - len(ids)  # One batch shape: one compilation.
-    if pad:
-      ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
-      mask = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)])
-    imgs = run.generate(run.ema_params, run.frozen, run.stats, ids, mask,
-                        jax.random.fold_in(jax.random.PRNGKey(seed), i),
-                        num_steps=int(s.num_steps), method=s.method,
-                        cfg_scale=float(s.cfg_scale),
-                        use_mean=bool(s.use_mean))
-    out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
-  gen = np.concatenate(out)[:num]
+  gen = evaluate.generate_images(
+      run.generate, run.ema_params, run.frozen, run.stats, c.sample,
+      data["ids"][:num], data["mask"][:num], batch_size=min(num, 64),
+      seed=seed)
   img = data["image"][:num]
   mse_gen = float(np.mean((gen - img) ** 2))
   mse_mean = float(np.mean((mean_img - img) ** 2))
