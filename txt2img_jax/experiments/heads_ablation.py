@@ -1,7 +1,8 @@
 """Does a spatial prior in the text head fix the mosaic? The head ablation.
 
-  python -m txt2img_jax.experiments.heads_ablation [--steps=400] [--seeds=0,1]
-      [--num=200] [--workroot=workdirs/ablation] [--out=docs/heads_ablation.md]
+  python -m txt2img_jax.experiments.heads_ablation [--steps=800] [--seeds=0,1]
+      [--num=200] [--workroot=workdirs/ablation]
+      [--out=docs/heads_ablation_table.md]
 
 Trains the recommended recipe (configs/restart.py) with each text head —
 pooled_mlp, token_transformer, grid_query, mlp_conv, and grid_query with the
@@ -10,6 +11,12 @@ TV penalty — at the same budget, data and seeds; everything else is equal
 structure benchmark and writes the table (with text-head parameter counts and
 train steps/s) and one sample grid per head into the docs. Runs already
 finished in the workroot are reused, so an interrupted ablation resumes.
+
+The budget is the recipe's own (800 steps, one SGDR cycle). A different
+--steps rescales the recipe's step-based schedules (the LR cycle and the
+time-sampling blend) so that every run still ends its cycle on its last step.
+Runs go seed-major (every head with the first seed, then the next seed), so a
+stopped ablation has a complete first column before any second one.
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ def run_row(label, kind, tv, seed, steps, num, workroot):
   if tv is not None:
     c.loss.tv_weight = tv
   c.seed = seed
-  c.total_steps = steps
+  if steps != c.total_steps:
+    scale = steps / c.total_steps
+    sched = c.optim.schedule
+    sched.warmup_steps = max(1, round(sched.warmup_steps * scale))
+    sched.t0 = steps - sched.warmup_steps
+    c.time.sampler.blend_steps = max(1, round(c.time.sampler.blend_steps *
+                                              scale))
+    c.total_steps = steps
   c.sample_every = steps
   c.eval_every = 0  # Scored once below, with more captions.
   c.checkpoint_every = steps
@@ -71,13 +85,14 @@ def main(argv):
           f"{m} (test)" for m in METRICS) + " | object_acc (held-out) |",
       "|" + "---|" * (4 + len(METRICS)),
   ]
+  done = {}
+  for seed in seeds:
+    for label, kind, tv in ROWS:
+      done[label, seed] = run_row(label, kind, tv, seed, f.steps, f.num,
+                                  f.workroot)
+      logging.info("%s seed %d: %s", label, seed, done[label, seed][1])
   for label, kind, tv in ROWS:
-    results = []
-    for seed in seeds:
-      workdir, summary = run_row(label, kind, tv, seed, f.steps, f.num,
-                                 f.workroot)
-      results.append((workdir, summary))
-      logging.info("%s seed %d: %s", label, seed, summary)
+    results = [done[label, seed] for seed in seeds]
     first = results[0][0]
     cells = [label, f"{common.text_head_params(first) / 1e6:.2f}M",
              fmt([common.median_steps_per_sec(w) for w, _ in results])]
@@ -99,7 +114,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_integer("steps", 400, "Train steps per run (same budget).")
+  flags.DEFINE_integer("steps", 800, "Train steps per run (same budget; "
+                       "the recipe's own is 800).")
   flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
   flags.DEFINE_string("workroot", "workdirs/ablation", "Runs go here.")
