@@ -118,6 +118,19 @@ def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
     train.validate_config(tiny_config(**overrides))
 
 
+def test_merge_matching_loads_by_path_and_shape():
+  target = {"params": {"enc": {"kernel": np.zeros((2, 3))},
+                       "head": [np.zeros(2)]}}
+  source = {"params": {"enc": {"kernel": np.ones((2, 3))},
+                       "head": [np.ones(3)], "old": np.ones(1)}}
+  merged, table = checkpointing.merge_matching(target, source)
+  np.testing.assert_array_equal(merged["params"]["enc"]["kernel"], 1.0)
+  np.testing.assert_array_equal(merged["params"]["head"][0], 0.0)
+  assert table == {"loaded": ["params/enc/kernel"],
+                   "new": ["params/head/0 (shape (3,) -> (2,))"],
+                   "dropped": ["params/old"]}
+
+
 def test_head_swap_keeps_everything_else(tiny_run, tmp_path, caplog):
   workdir, _ = tiny_run
   new = str(tmp_path / "swap")

@@ -77,15 +77,13 @@ def load_raw(path: str) -> tuple[dict, int]:
 def _flatten(tree: Any) -> dict[str, Any]:
   flat = {}
   for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    flat["/".join(_key_name(k) for k in keypath)] = leaf
+    flat[_path_name(keypath)] = leaf
   return flat
 
 
-def _key_name(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
+def _path_name(keypath) -> str:
+  """'a/b/0' for the path of a leaf in nested dicts, dataclasses, lists."""
+  return jax.tree_util.keystr(keypath, simple=True, separator="/")
 
 
 def merge_matching(target: Any, source: Any) -> tuple[Any, dict[str, list]]:
@@ -99,7 +97,7 @@ def merge_matching(target: Any, source: Any) -> tuple[Any, dict[str, list]]:
   loaded, new = [], []
 
   def pick(keypath, leaf):
-    name = "/".join(_key_name(k) for k in keypath)
+    name = _path_name(keypath)
     other = src.get(name)
     if other is not None and np.shape(other) == np.shape(leaf):
       loaded.append(name)
