@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from txt2img_jax import benchmark
+from txt2img_jax import reporting
 from txt2img_jax.data import pipeline
 
 SPLITS = {"eval": "test", "heldout": "heldout"}  # metric prefix -> data split
@@ -196,6 +197,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   from txt2img_jax import inference  # Heavy imports only for the CLI.
+  reporting.quiet_orbax()
   run = inference.load_run(f.workdir)
   c = run.config
   if f.steps:

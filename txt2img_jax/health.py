@@ -517,8 +517,8 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in CHECKS:
     raise app.UsageError(f"give one check: {' | '.join(CHECKS)} "
                          f"(got {argv[1:]})", exitcode=2)
-  import logging as logging_lib
-  logging_lib.getLogger("orbax").setLevel(logging_lib.WARNING)
+  from txt2img_jax import reporting
+  reporting.quiet_orbax()
   config = f.config
   if argv[1] == "overfit":
     result = run_overfit(config, f.workdir, f.steps, f.subset,

@@ -4,7 +4,6 @@ Running the same command again on the same workdir resumes from its latest
 checkpoint. Overrides: --config.total_steps=20 --config.head.kind=grid_query.
 """
 
-import logging as logging_lib
 import os
 import sys
 
@@ -14,6 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from txt2img_jax import reporting
 from txt2img_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,19 +30,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "multi-node GPU clusters).")
 
 
-class _QuietOrbax(logging_lib.Filter):
-  """absl routes orbax's records through its own logger; keep warnings."""
-
-  def filter(self, record):
-    quiet = ("orbax" in record.pathname or "checkpoint" in record.pathname
-             or "tensorstore" in record.pathname)
-    return not quiet or record.levelno >= logging_lib.WARNING
-
-
 def main(argv):
-  # Orbax logs every file it writes; a run's log should show the run.
-  logging_lib.getLogger("orbax").setLevel(logging_lib.WARNING)
-  logging_lib.getLogger("absl").addFilter(_QuietOrbax())
+  reporting.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:

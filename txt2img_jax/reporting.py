@@ -4,6 +4,7 @@ one helper that decides when it is time to log, save, sample or evaluate."""
 from __future__ import annotations
 
 import json
+import logging as logging_lib
 import os
 import time
 from typing import Any
@@ -18,6 +19,26 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_EMA = 0.9
 EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "clip_raw",
             "loss_tv", "loss_lpips")
+
+
+class _QuietOrbax(logging_lib.Filter):
+  """absl routes orbax's records through its own logger; keep warnings."""
+
+  def filter(self, record):
+    quiet = ("orbax" in record.pathname or "checkpoint" in record.pathname
+             or "tensorstore" in record.pathname)
+    return not quiet or record.levelno >= logging_lib.WARNING
+
+
+def quiet_orbax() -> None:
+  """Orbax logs every file it writes; a command's log should show the run.
+
+  Call once from a command's main (warnings and errors still show).
+  """
+  logging_lib.getLogger("orbax").setLevel(logging_lib.WARNING)
+  absl_logger = logging_lib.getLogger("absl")
+  if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietOrbax())
 
 
 class Periodic:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+from txt2img_jax import reporting
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -65,6 +66,7 @@ def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
 def main(argv):
   del argv
   from txt2img_jax import inference
+  reporting.quiet_orbax()
   if not _PROMPTS.value:
     raise app.UsageError("give at least one --prompt")
   run = inference.load_run(_WORKDIR.value, with_data=False)

@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from txt2img_jax import reporting
 from txt2img_jax.experiments import common
 
 ROWS = (
@@ -75,6 +76,7 @@ def fmt(values):
 
 def main(argv):
   del argv
+  reporting.quiet_orbax()
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds.split(",")]
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)

@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from txt2img_jax import reporting
 from txt2img_jax.experiments import common
 
 METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc", "mosaic",
@@ -37,6 +38,7 @@ def curve(workdir, key="train/loss_flow", offset=0):
 
 def main(argv):
   del argv
+  reporting.quiet_orbax()
   f = flags.FLAGS
   base_dir = os.path.join(f.workroot, "base")
   restart_dir = os.path.join(f.workroot, "restarted")
