@@ -141,13 +141,18 @@ def _split_size(config, split: str) -> int:
 
 
 def caption_grid(references: np.ndarray, images: np.ndarray,
-                 captions: list[str], scale: int = 4,
-                 columns: int = 4) -> Image.Image:
-  """Reference | generated pairs with their caption underneath, as one image."""
+                 captions: list[str], scale: int = 4, columns: int = 4,
+                 between: np.ndarray | None = None) -> Image.Image:
+  """Reference | generated pairs with their caption underneath, as one image.
+
+  `between`, when given, is a third image per caption drawn between the two
+  (e.g. the decoded z_text the flow starts from).
+  """
   n = len(images)
   s = images.shape[1] * scale
   text_h = 44
-  cell_w, cell_h = 2 * s + 6, s + text_h
+  panels = 2 if between is None else 3
+  cell_w, cell_h = panels * s + 2 * panels + 2, s + text_h
   rows = (n + columns - 1) // columns
   canvas = Image.new("RGB", (columns * cell_w + 6, rows * cell_h + 6),
                      (255, 255, 255))
@@ -155,7 +160,9 @@ def caption_grid(references: np.ndarray, images: np.ndarray,
   for i in range(n):
     r, c = divmod(i, columns)
     x, y = 6 + c * cell_w, 6 + r * cell_h
-    for j, img in enumerate((references[i], images[i])):
+    row = ((references[i], images[i]) if between is None else
+           (references[i], between[i], images[i]))
+    for j, img in enumerate(row):
       arr = np.asarray(img)
       if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)

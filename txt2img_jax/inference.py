@@ -26,6 +26,8 @@ class Run:
   ema_params: Any
   frozen: Any
   stats: ae_lib.LatentStats
+  model: Any = None        # The CrossFlow module (for its other methods).
+  autoencoder: Any = None
 
 
 def load_run(workdir: str, with_data: bool = True) -> Run:
@@ -42,4 +44,5 @@ def load_run(workdir: str, with_data: bool = True) -> Run:
   return Run(workdir=workdir, config=config, step=step, text=text,
              builder=builder, generate=generate,
              ema_params=jax.device_put(raw["ema_params"]),
-             frozen=text.frozen_params, stats=assets.load_latent_stats(workdir))
+             frozen=text.frozen_params, stats=assets.load_latent_stats(workdir),
+             model=model, autoencoder=autoencoder)

@@ -3,6 +3,7 @@ run, score it, and write markdown."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from txt2img_jax import config_lib
 from txt2img_jax import evaluate
 from txt2img_jax import inference
 from txt2img_jax import train
+from txt2img_jax.models import autoencoder as ae_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -39,11 +41,79 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
 
 
 def score(workdir: str, num: int) -> dict[str, float]:
+  """Structure benchmark of the run's final EMA parameters (num captions per
+  split) plus the z_text measures below.
+
+  Cached in the workdir as benchmark_<num>.json for the checkpoint step it
+  scored, so re-running an experiment script does not re-score finished runs.
+  Also writes samples/z_text.png (reference | decoded z_text | generated).
+  """
+  path = os.path.join(workdir, f"benchmark_{num}.json")
+  _, step = checkpointing.resolve_checkpoint(workdir)
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get("step") == step:
+      return cached["summary"]
   run = inference.load_run(workdir)
   run.config.eval.num = num
   ev = evaluate.Evaluator(run.config, run.workdir, run.builder, run.text,
                           run.generate, run.frozen, run.stats)
-  return ev.benchmark(run.ema_params)
+  summary = ev.benchmark(run.ema_params)
+  data = ev.data["eval"]
+  n = min(num, len(data["caption"]))
+  mu = z_text_mean(run, data["ids"][:n], data["mask"][:n])
+  summary.update(z_text_measures(run, mu, data["image"][:n]))
+  k = min(8, n)
+  generated = ev.images(run.ema_params, data, k, seed=1)
+  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, mu[:k],
+                                            run.stats))
+  grid = evaluate.caption_grid(data["image"][:k], generated,
+                               data["caption"][:k], columns=4,
+                               between=decoded)
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  grid.save(os.path.join(workdir, "samples", "z_text.png"))
+  with open(path, "w") as f:
+    json.dump({"step": step, "summary": summary}, f, indent=1)
+  return summary
+
+
+def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The text head's posterior mean for each caption, (N, H, W, C)."""
+
+  @jax.jit
+  def mean(params, frozen, ids, mask):
+    apply = functools.partial(run.model.apply, {"params": params})
+    if run.text.frozen is not None:
+      tokens = run.text.frozen.apply(frozen, ids, mask)
+    else:
+      tokens = apply(ids, mask, method="encode_text")
+    return apply(tokens, mask, method="posterior")[0]
+
+  return np.asarray(mean(run.ema_params, run.frozen, ids, mask))
+
+
+def z_text_measures(run, mu: np.ndarray, images: np.ndarray
+                    ) -> dict[str, float]:
+  """How much of each caption's own image is already in z_text, in place.
+
+  ztext/corr: correlation, over every (example, position, channel), between
+  the posterior mean and the standardised image latent, both centred per
+  (position, channel) over the examples: 1 = z_text is (a scaled copy of)
+  the image's deviation from the average image; 0 = no caption-specific
+  layout in z_text (it is then a code the flow network must decode).
+  ztext/roughness: mean |neighbour difference| of mu over its mean |mu|
+  (the TV penalty's quantity, scale-free).
+  """
+  x1 = np.asarray(ae_lib.standardize(
+      run.autoencoder.encode_moments(images)[0], run.stats))
+  a = mu - mu.mean(0, keepdims=True)
+  b = x1 - x1.mean(0, keepdims=True)
+  corr = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+  diffs = np.concatenate([np.abs(np.diff(mu, axis=1)).ravel(),
+                          np.abs(np.diff(mu, axis=2)).ravel()])
+  rough = float(diffs.mean() / (np.abs(mu).mean() + 1e-12))
+  return {"ztext/corr": corr, "ztext/roughness": rough}
 
 
 def train_metrics(workdir: str) -> list[dict]:

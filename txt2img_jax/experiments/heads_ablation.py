@@ -41,6 +41,7 @@ ROWS = (
 )
 METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
            "size_acc", "mosaic", "pixel_mse_rel")
+ZTEXT = ("corr", "roughness")  # common.z_text_measures
 
 
 def run_row(label, kind, tv, seed, steps, num, workroot):
@@ -59,7 +60,7 @@ def run_row(label, kind, tv, seed, steps, num, workroot):
     c.total_steps = steps
   c.sample_every = steps
   c.eval_every = 0  # Scored once below, with more captions.
-  c.checkpoint_every = steps
+  c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.
   name = f"{label.replace(' + ', '_').replace(' ', '_')}_s{seed}"
   workdir = os.path.join(workroot, name)
   common.train_once(c, workdir)
@@ -84,8 +85,9 @@ def main(argv):
   os.makedirs(image_dir, exist_ok=True)
   lines = [
       "| head | params (head) | steps/s | " + " | ".join(
-          f"{m} (test)" for m in METRICS) + " | object_acc (held-out) |",
-      "|" + "---|" * (4 + len(METRICS)),
+          f"{m} (test)" for m in METRICS) + " | object_acc (held-out) | "
+      + " | ".join(f"z_text {m}" for m in ZTEXT) + " |",
+      "|" + "---|" * (4 + len(METRICS) + len(ZTEXT)),
   ]
   done = {}
   for seed in seeds:
@@ -101,8 +103,11 @@ def main(argv):
     for m in METRICS:
       cells.append(fmt([s[f"eval/{m}"] for _, s in results]))
     cells.append(fmt([s["heldout/object_acc"] for _, s in results]))
+    for m in ZTEXT:
+      cells.append(fmt([s[f"ztext/{m}"] for _, s in results]))
     lines.append("| " + " | ".join(cells) + " |")
-    grid = os.path.join(first, "samples", "latest.png")
+    # Reference | decoded z_text | generated, for the first seed's run.
+    grid = os.path.join(first, "samples", "z_text.png")
     if os.path.exists(grid):
       shutil.copy(grid, os.path.join(
           image_dir, f"heads_{label.replace(' + ', '_').replace(' ', '_')}.png"))
