@@ -27,3 +27,31 @@ def test_caption_grid_has_a_tile_pair_per_caption():
   grid = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3)
   s = 32 * 2
   assert grid.size[0] >= 3 * 2 * s and grid.size[1] >= 2 * s
+
+
+def test_caption_grid_with_a_middle_panel_is_wider():
+  refs, captions = _renders(6)
+  two = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3)
+  three = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3,
+                                between=1 - refs)
+  assert three.size[0] >= two.size[0] + 3 * 32 * 2
+  assert three.size[1] == two.size[1]
+
+
+def test_z_text_measures_tell_an_image_like_z_text_from_a_code():
+  # Imported here: the experiments package pulls in the trainer.
+  import types
+  from txt2img_jax.experiments import common
+  from txt2img_jax.models import autoencoder as ae_lib
+  refs, _ = _renders(32)
+  ae = ae_lib.PixelAutoencoder(2)
+  stats = ae_lib.LatentStats(shift=np.float32(0.1), scale=np.float32(0.5))
+  run = types.SimpleNamespace(autoencoder=ae, stats=stats)
+  x1 = np.asarray(ae_lib.standardize(ae.encode_moments(refs)[0], stats))
+  image_like = common.z_text_measures(run, 3.0 * x1 + 1.0, refs)
+  np.testing.assert_allclose(image_like["ztext/corr"], 1.0, rtol=1e-5)
+  rng = np.random.default_rng(0)
+  code = common.z_text_measures(run, rng.normal(size=x1.shape), refs)
+  assert abs(code["ztext/corr"]) < 0.05
+  # Noise is rougher than the renders (flat colour with a few edges).
+  assert code["ztext/roughness"] > 2 * image_like["ztext/roughness"]
