@@ -48,10 +48,21 @@ def test_z_text_measures_tell_an_image_like_z_text_from_a_code():
   stats = ae_lib.LatentStats(shift=np.float32(0.1), scale=np.float32(0.5))
   run = types.SimpleNamespace(autoencoder=ae, stats=stats)
   x1 = np.asarray(ae_lib.standardize(ae.encode_moments(refs)[0], stats))
+  rng = np.random.default_rng(0)
   image_like = common.z_text_measures(run, 3.0 * x1 + 1.0, refs)
   np.testing.assert_allclose(image_like["ztext/corr"], 1.0, rtol=1e-5)
-  rng = np.random.default_rng(0)
+  constant = common.z_text_measures(
+      run, np.broadcast_to(x1[:1], x1.shape) + 0.0, refs)
+  assert constant["ztext/caption_share"] < 1e-6
+  # A caption-dependent 2x2 patch repeated over the latent: all repetition.
+  patch = rng.normal(size=(32, 1, 2, 1, 2, x1.shape[-1]))
+  tiled = np.broadcast_to(patch, (32, 8, 2, 8, 2, x1.shape[-1])).reshape(
+      x1.shape)
+  np.testing.assert_allclose(
+      common.z_text_measures(run, tiled, refs)["ztext/tile_repeat"], 1.0,
+      rtol=1e-5)
   code = common.z_text_measures(run, rng.normal(size=x1.shape), refs)
+  assert code["ztext/tile_repeat"] < 0.1
   assert abs(code["ztext/corr"]) < 0.05
   # Noise is rougher than the renders (flat colour with a few edges).
   assert code["ztext/roughness"] > 2 * image_like["ztext/roughness"]

@@ -41,7 +41,7 @@ ROWS = (
 )
 METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
            "size_acc", "mosaic", "pixel_mse_rel")
-ZTEXT = ("corr", "roughness")  # common.z_text_measures
+ZTEXT = ("corr", "caption_share", "tile_repeat", "roughness")  # common.z_text_measures
 
 
 def run_row(label, kind, tv, seed, steps, num, workroot):
