@@ -69,9 +69,9 @@ BUCKET_FAR_ABOVE = 3.0
 
 # Levers: the config switch that addresses each flag. Kept in one place so that a renamed
 # config field is changed once.
-LEVER_LR_RESTART = ("restart the LR: --config.init_from=W with configs/restart.py (new cosine "
-                    "cycle, peak 2× base, floor = the LR reached now; the note: T0=20k, "
-                    "eta_min=2.5e-7)")
+LEVER_LR_RESTART = ("restart the LR: --config.init_from=W with configs/restart.py and "
+                    "--config.head.kind=<W's head> (new cosine cycle, peak 2× base, floor = "
+                    "the LR reached now; the note: T0=20k, eta_min=2.5e-7)")
 LEVER_TIME_SAMPLING = ("time sampling: configs/logsnr.py (uniform logSNR λ∈[−2, 6], "
                        "curriculum α>0.8 for the first 30k steps)")
 # On the noise-free path the text end (t ~ 0) is where the image is formed
@@ -84,8 +84,10 @@ LEVER_TEXT_END = ("more draws at the text end of the path: configs/restart.py's 
 
 def _bucket_lever(b: "BucketInfo") -> str:
   return LEVER_TEXT_END if b.index == 0 else LEVER_TIME_SAMPLING
-LEVER_SPATIAL_HEAD = ("spatial text head: --config.head.kind=grid_query (or mlp_conv); "
-                      "contrastive weight ×2: --config.loss.clip_weight=2.0")
+LEVER_TEXT_SIDE = ("lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
+                      "1e-4); contrastive weight ×2: --config.loss.clip_weight=2.0; text head "
+                      "--config.head.kind=token_transformer (best in docs/heads.md; the note's "
+                      "spatial grid_query head drew nothing there)")
 LEVER_NORMS = ("check latent standardisation (per-channel shift/scale stored with the run) "
                "and β_KL: --config.loss.kl_weight")
 LEVER_NONFINITE = ("gradient clipping --config.optim.grad_clip=1.0, a lower peak LR, and the "
@@ -389,7 +391,7 @@ def _check_loss_trend(trends: dict[str, Trend], flags: list[Flag]) -> Optional[s
         "plateau", "warning",
         f"{name} is flat {span}: fitted change {pct:+.2f}% (ends {trend.first:.4g} → "
         f"{trend.last:.4g}), threshold −{100 * PLATEAU_REL_CHANGE:.0f}%.",
-        f"in order: {LEVER_LR_RESTART}; {LEVER_TIME_SAMPLING}; {LEVER_SPATIAL_HEAD}"))
+        f"in order: {LEVER_LR_RESTART}; {LEVER_TIME_SAMPLING}; {LEVER_TEXT_SIDE}"))
   return None
 
 
@@ -437,7 +439,7 @@ def _check_posterior(post: dict[str, Optional[float]], flags: list[Flag]) -> Opt
         "posterior_collapsed", "warning",
         "text posterior ≈ N(0, I): " + "; ".join(reasons) + ". z_text carries little "
         "per-position information, so the flow learns colour statistics, not shapes.",
-        LEVER_SPATIAL_HEAD))
+        LEVER_TEXT_SIDE))
   return None
 
 
