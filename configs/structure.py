@@ -6,7 +6,10 @@ From base.py (the plateaued run) it changes only the supervision:
 - LPIPS on the decoded one-step estimate for the first half of the run
   (note: 0.1 for the first 50k steps);
 - a spatial text head, the note's option A (grid queries + cross-attention)
-  in place of the pooled MLP.
+  in place of the pooled MLP. Kept as the note wrote it, but measured: in
+  the head ablation (docs/heads.md) this head drew nothing after 800 steps
+  of the recommended recipe, because all its queries receive the same
+  caption vector; --config.head.kind=token_transformer was the best head.
 Every field is documented in base.py.
 """
 
