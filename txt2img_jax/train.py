@@ -48,6 +48,18 @@ class TrainState(flax.struct.PyTreeNode):
 # The train step: pure, closes over static things only.
 # ---------------------------------------------------------------------------
 
+def text_posterior(model, text_frozen, params, frozen_text, ids, mask):
+  """(mu, log_var) of the text head for a batch of captions: the tokens come
+  from the frozen pretrained encoder when there is one (no gradient), else
+  from the model's own text encoder. The train step, the sampler and the
+  experiments all call this."""
+  if text_frozen is not None:
+    tokens = jax.lax.stop_gradient(text_frozen.apply(frozen_text, ids, mask))
+  else:
+    tokens = model.apply({"params": params}, ids, mask, method="encode_text")
+  return model.apply({"params": params}, tokens, mask, method="posterior")
+
+
 def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
                     perceptual=None):
   """Returns train_step(state, batch, frozen, stats) -> (state, metrics).
@@ -60,19 +72,14 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
   edges = timesteps.t_bucket_edges(c.time.num_buckets)
   labels = optim.param_group_labels
 
-  def encode_text(params, frozen, ids, mask):
-    if text_frozen is not None:
-      return jax.lax.stop_gradient(text_frozen.apply(frozen["text"], ids, mask))
-    return model.apply({"params": params}, ids, mask, method="encode_text")
-
   def loss_fn(params, state, batch, frozen, stats):
     rng = jax.random.fold_in(state.rng, state.step)
     k_lat, k_eps, k_null, k_swap, k_t = jax.random.split(rng, 5)
     ids, mask = batch["ids"], batch["mask"]
     apply = functools.partial(model.apply, {"params": params})
 
-    tokens = encode_text(params, frozen, ids, mask)
-    mu, log_var = apply(tokens, mask, method="posterior")
+    mu, log_var = text_posterior(model, text_frozen, params, frozen.get("text"),
+                                 ids, mask)
     mu = mu.astype(jnp.float32)
     log_var = log_var.astype(jnp.float32)
     z_text = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_eps, mu.shape)
@@ -245,11 +252,8 @@ def make_generate_fn(config, model, autoencoder, text_frozen):
   def generate(params, frozen_params, stats, ids, mask, rng, *,
                num_steps, method, cfg_scale, use_mean):
     apply = functools.partial(model.apply, {"params": params})
-    if text_frozen is not None:
-      tokens = text_frozen.apply(frozen_params, ids, mask)
-    else:
-      tokens = apply(ids, mask, method="encode_text")
-    mu, log_var = apply(tokens, mask, method="posterior")
+    mu, log_var = text_posterior(model, text_frozen, params, frozen_params,
+                                 ids, mask)
     z = mu if use_mean else mu + jnp.exp(0.5 * log_var) * jax.random.normal(
         rng, mu.shape, mu.dtype)
 

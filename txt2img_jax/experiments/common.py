@@ -3,7 +3,6 @@ run, score it, and write markdown."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -88,12 +87,8 @@ def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
   @jax.jit
   def mean(params, frozen, ids, mask):
-    apply = functools.partial(run.model.apply, {"params": params})
-    if run.text.frozen is not None:
-      tokens = run.text.frozen.apply(frozen, ids, mask)
-    else:
-      tokens = apply(ids, mask, method="encode_text")
-    return apply(tokens, mask, method="posterior")[0]
+    return train.text_posterior(run.model, run.text.frozen, params, frozen,
+                                ids, mask)[0]
 
   return np.asarray(mean(run.ema_params, run.frozen, ids, mask))
 
