@@ -847,10 +847,9 @@ def _define_flags():
   flags.DEFINE_integer("window", DEFAULT_WINDOW,
                        "Trend window in training steps (the last N steps of the run).",
                        lower_bound=1)
-  flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from txt2img_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main, required=["workdir"])

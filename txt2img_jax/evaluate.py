@@ -13,7 +13,6 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -197,7 +196,6 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
   flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
   flags.DEFINE_enum("method", None, ["euler", "heun"], "Sampler.")
-  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -231,5 +229,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from txt2img_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main, required=["workdir"])

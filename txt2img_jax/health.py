@@ -507,7 +507,6 @@ def define_flags():
   flags.DEFINE_integer("num", DEFAULT_LATENT_NUM, "latents: images per split.")
   flags.DEFINE_float("stats_scale", 1.0, "latents, test only: multiply the "
                      "latent scale by this (3 must FAIL).")
-  flags.mark_flag_as_required("config")
 
 
 def main(argv):
@@ -544,6 +543,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app
+  from txt2img_jax import cli
   define_flags()
-  app.run(main)
+  cli.run(main, required=["config"])

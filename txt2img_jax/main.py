@@ -5,7 +5,6 @@ checkpoint. Overrides: --config.total_steps=20 --config.head.kind=grid_query.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -13,6 +12,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from txt2img_jax import cli
 from txt2img_jax import reporting
 from txt2img_jax import train
 
@@ -48,19 +48,5 @@ def main(argv):
   train.train_and_evaluate(config, workdir)
 
 
-def parse_flags_or_exit(argv):
-  """A misspelt --config.field is a one-line error, not a traceback."""
-  try:
-    flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    name = str(e).strip("\"'")
-    sys.exit(f"error: unknown config field {name!r} in the command line; "
-             "every field is listed and documented in configs/base.py")
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  parse_flags_or_exit(sys.argv)
-  app.run(main)
+  cli.run(main, required=["config"])

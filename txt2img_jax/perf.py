@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -107,5 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  from txt2img_jax import cli
+  cli.run(main, required=["config"])

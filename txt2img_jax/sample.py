@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+from txt2img_jax import cli
 from txt2img_jax import reporting
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
@@ -83,5 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main, required=["workdir"])

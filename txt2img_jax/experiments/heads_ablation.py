@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -121,10 +120,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from txt2img_jax import cli
   flags.DEFINE_integer("steps", 800, "Train steps per run (same budget; "
                        "the recipe's own is 800).")
   flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
   flags.DEFINE_string("workroot", "workdirs/ablation", "Runs go here.")
   flags.DEFINE_string("out", "docs/heads_ablation_table.md", "Markdown table.")
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -114,10 +113,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from txt2img_jax import cli
   flags.DEFINE_integer("base_steps", 800, "Steps of the base run.")
   flags.DEFINE_integer("restart_steps", 400, "Steps after the restart.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
   flags.DEFINE_string("workroot", "workdirs/restart_trial", "Runs go here.")
   flags.DEFINE_string("out", "docs/restart_trial_table.md", "Markdown table.")
   flags.DEFINE_string("image_dir", "docs/images", "Where the plot goes.")
-  app.run(main)
+  cli.run(main)
