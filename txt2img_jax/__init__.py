@@ -1,0 +1,7 @@
+"""txt2img_jax: noise-free cross-modal flow matching (CrossFlow) in JAX/Flax."""
+
+import os
+
+# TensorFlow (imported by TFDS and CLU) logs C++ info lines at import that say
+# nothing about this program; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

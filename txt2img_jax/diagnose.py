@@ -831,11 +831,7 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  try:
-    report = run(f.workdir, f.out_dir, f.window)
-  except MetricsNotFoundError as e:
-    sys.stderr.write(f"diagnose: {e}\n")
-    sys.exit(1)
+  report = run(f.workdir, f.out_dir, f.window)  # cli.run reports errors.
   print(format_report(report), end="")
   print(f"\nwrote plots and report.json to {f.out_dir or os.path.join(f.workdir, 'diagnose')}")
 

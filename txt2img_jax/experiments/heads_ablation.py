@@ -44,7 +44,7 @@ ZTEXT = ("corr", "caption_share", "tile_repeat", "roughness")  # common.z_text_m
 
 
 def run_row(label, kind, tv, seed, steps, num, workroot):
-  c = common.recipe("restart")
+  c = common.recipe("restart", flags.FLAGS.config_variant)
   c.head.kind = kind
   if tv is not None:
     c.loss.tv_weight = tv
@@ -121,6 +121,8 @@ def main(argv):
 
 if __name__ == "__main__":
   from txt2img_jax import cli
+  flags.DEFINE_string("config_variant", "", "Variant of every recipe, e.g. "
+                      "'tiny' for a seconds-long smoke run of the script.")
   flags.DEFINE_integer("steps", 800, "Train steps per run (same budget; "
                        "the recipe's own is 800).")
   flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.")

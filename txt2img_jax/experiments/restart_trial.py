@@ -43,13 +43,13 @@ def main(argv):
   restart_dir = os.path.join(f.workroot, "restarted")
   control_dir = os.path.join(f.workroot, "continued")
 
-  base = common.recipe("base")
+  base = common.recipe("base", flags.FLAGS.config_variant)
   base.total_steps = f.base_steps
   base.eval_every = 0
   common.train_once(base, base_dir)
   before = common.score(base_dir, f.num)
 
-  restart = common.recipe("restart")
+  restart = common.recipe("restart", flags.FLAGS.config_variant)
   restart.head.kind = base.head.kind  # Same architecture: every weight loads.
   restart.init_from = os.path.abspath(base_dir)
   restart.total_steps = f.restart_steps
@@ -61,7 +61,7 @@ def main(argv):
   if not os.path.isdir(control_dir):
     import shutil
     shutil.copytree(base_dir, control_dir)
-  control = common.recipe("base")
+  control = common.recipe("base", flags.FLAGS.config_variant)
   control.total_steps = f.base_steps + f.restart_steps
   control.eval_every = 0
   common.train_once(control, control_dir)
@@ -114,6 +114,8 @@ def main(argv):
 
 if __name__ == "__main__":
   from txt2img_jax import cli
+  flags.DEFINE_string("config_variant", "", "Variant of every recipe, e.g. "
+                      "'tiny' for a seconds-long smoke run of the script.")
   flags.DEFINE_integer("base_steps", 800, "Steps of the base run.")
   flags.DEFINE_integer("restart_steps", 400, "Steps after the restart.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")

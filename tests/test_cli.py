@@ -1,0 +1,225 @@
+"""Every documented command, run as a user types it (a subprocess), and the
+one-line errors a user gets for a bad command line.
+
+The commands are read from the fenced ```bash blocks of README.md and
+docs/*.md, so a documented command cannot rot silently: a new one is tested
+as soon as it is written down. Each is shrunk for CI the way a user would
+shrink it: `:tiny` configs, and the flags in `SHRINK` appended for the
+commands whose defaults take minutes (absl keeps the last value of a flag).
+Commands run in a scratch directory that has the repo's `configs/` in it,
+so the documented relative paths (`workdirs/...`, `x.png`) land there.
+
+Each subprocess compiles its own step; they share jax's persistent
+compilation cache, which the first run fills.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = [os.path.join(REPO, "README.md")] + sorted(
+    glob.glob(os.path.join(REPO, "docs", "*.md")))
+
+# Appended to a documented command of this module to make it CI-sized.
+SHRINK = {
+    "evaluate": ["--num=8"],
+    "perf": ["--steps=2"],
+    "health overfit": ["--steps=4", "--subset=16", "--recon_num=4"],
+    "health latents": ["--num=8"],
+    "experiments.heads_ablation": ["--config_variant=tiny", "--steps=4",
+                                   "--seeds=0", "--num=4"],
+    "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
+                                  "--restart_steps=2", "--num=4"],
+}
+# Runs the documented commands read from (base is diagnose's subject).
+SETUP = [
+    "python -m txt2img_jax.main --config=configs/restart.py",
+    "python -m txt2img_jax.main --config=configs/base.py",
+]
+
+
+def documented_commands() -> list[tuple[str, str]]:
+  """(file, command) for every `python -m txt2img_jax...` in a bash block."""
+  found = []
+  for path in DOCS:
+    with open(path) as f:
+      text = f.read()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+      for line in block.replace("\\\n", " ").splitlines():
+        line = " ".join(line.split())
+        if line.startswith("python -m txt2img_jax"):
+          found.append((os.path.relpath(path, REPO), line))
+  return found
+
+
+def command_name(argv: list[str]) -> str:
+  module = argv[2].removeprefix("txt2img_jax.")
+  if module == "health":
+    return f"health {argv[3]}"
+  return module
+
+
+def shrink(command: str) -> list[str]:
+  # "[--num=500]" in a synopsis is an optional flag: give it.
+  argv = [a.strip("[]") for a in shlex.split(command)]
+  out = []
+  for a in argv:
+    m = re.fullmatch(r"--config=(configs/\w+\.py)", a)
+    out.append(f"--config={m.group(1)}:tiny" if m else a)
+  return [sys.executable] + out[1:] + SHRINK.get(command_name(argv), [])
+
+
+def run(argv: list[str], cwd: str, env: dict, timeout: int = 600
+        ) -> subprocess.CompletedProcess:
+  return subprocess.run(argv, cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory, data_dir):
+  """A user's directory with configs/ in it, the documented setup runs done."""
+  root = tmp_path_factory.mktemp("user")
+  os.symlink(os.path.join(REPO, "configs"), root / "configs")
+  env = dict(os.environ)
+  env.update(
+      PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+      TXT2IMG_DATA_DIR=data_dir,
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  for command in SETUP:
+    r = run(shrink(command), str(root), env)
+    assert r.returncode == 0, (command, r.stderr[-3000:])
+  return str(root), env
+
+
+def test_documented_commands_are_found():
+  commands = [c for _, c in documented_commands()]
+  # The README's own lines, including the overrides that used to crash.
+  assert any("--config.total_steps=" in c for c in commands)
+  assert any("--config.init_from=workdirs/base" in c for c in commands)
+  for module in ("main", "sample", "evaluate", "diagnose", "health", "perf"):
+    assert any(c.startswith(f"python -m txt2img_jax.{module} ")
+               for c in commands), module
+
+
+def _promised_files(argv: list[str]) -> list[str]:
+  """The files a command says it writes, from its own arguments."""
+  flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and
+               "=" in a)
+  name = command_name(argv)
+  if name == "main":
+    config = os.path.basename(flags["config"]).split(".")[0]
+    workdir = flags.get("workdir", os.path.join("workdirs", config))
+    return [os.path.join(workdir, f) for f in
+            ("config.json", "metrics.jsonl", "samples/latest.png")]
+  if name == "sample":
+    out = flags.get("out") or (argv[argv.index("--out") + 1]
+                               if "--out" in argv else "samples.png")
+    return [out]
+  if name == "evaluate":
+    return [flags["json"]] if "json" in flags else []
+  if name == "diagnose":
+    return [os.path.join(flags.get("out_dir") or os.path.join(
+        flags["workdir"], "diagnose"), "report.json")]
+  if name.startswith("experiments."):
+    return [flags["out"]] if "out" in flags else []
+  return []
+
+
+@pytest.mark.parametrize("source,command", documented_commands(),
+                         ids=lambda x: x if "python" in x else None)
+def test_documented_command_runs(scratch, source, command):
+  cwd, env = scratch
+  argv = shrink(command)
+  # Experiments write their tables into docs/ by default: keep them here.
+  name = command_name(shlex.split(command))
+  if name.startswith("experiments."):
+    argv += ["--workroot=workdirs/exp", f"--out=exp_{name}.md"]
+  r = run(argv, cwd, env)
+  ok = (0, 1) if name.startswith("health") else (0,)  # 1 is a FAIL verdict.
+  assert r.returncode in ok, (source, command, r.stderr[-3000:])
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  if name.startswith("health"):
+    assert re.search(r"\b(PASS|FAIL)\b", r.stdout), r.stdout
+  for path in _promised_files(argv):
+    assert os.path.exists(os.path.join(cwd, path)), (command, path)
+
+
+def test_override_changes_the_run(scratch):
+  """The issue's own line: an override reaches the config of the run."""
+  cwd, env = scratch
+  r = run([sys.executable, "-m", "txt2img_jax.main",
+           "--config=configs/restart.py:tiny", "--workdir=workdirs/x1",
+           "--config.total_steps=4", "--config.head.kind=mlp_conv"], cwd, env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(os.path.join(cwd, "workdirs/x1/config.json")) as f:
+    saved = json.load(f)
+  assert saved["total_steps"] == 4 and saved["head"]["kind"] == "mlp_conv"
+  rows = open(os.path.join(cwd, "workdirs/x1/metrics.jsonl")).read().split()
+  assert json.loads(rows[-1])["step"] == 4
+
+
+BROKEN_CONFIG = "def get_config(:\n"
+
+ERRORS = [
+    # (name, argv after `python -m`, what the one line must say)
+    ("unknown field", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
+                       "--config.no_such_field=1"], "no_such_field"),
+    ("wrong type", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
+                    "--config.batch_size=abc"], "batch_size=abc"),
+    ("missing config", ["txt2img_jax.main", "--config=configs/nope.py"],
+     "No such file"),
+    ("broken config", ["txt2img_jax.main", "--config=broken.py"],
+     "SyntaxError"),
+    ("unknown variant", ["txt2img_jax.main",
+                         "--config=configs/restart.py:huge"], "huge"),
+    ("bad value", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
+                   "--config.batch_size=0"], "batch_size"),
+    ("no config", ["txt2img_jax.main"], "--config"),
+    ("sample, missing workdir", ["txt2img_jax.sample", "--workdir=nowhere",
+                                 "--prompt=a red circle"], "nowhere"),
+    ("evaluate, missing workdir", ["txt2img_jax.evaluate",
+                                   "--workdir=nowhere"], "nowhere"),
+    ("diagnose, missing workdir", ["txt2img_jax.diagnose",
+                                   "--workdir=nowhere"], "nowhere"),
+    ("health, unknown field", ["txt2img_jax.health", "latents",
+                               "--config=configs/restart.py:tiny",
+                               "--config.nope=1"], "nope"),
+    ("perf, missing config", ["txt2img_jax.perf", "--config=configs/x.py"],
+     "No such file"),
+]
+
+
+@pytest.mark.parametrize("name,args,says", ERRORS, ids=[e[0] for e in ERRORS])
+def test_user_error_is_one_line(tmp_path, name, args, says):
+  del name
+  os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
+  (tmp_path / "broken.py").write_text(BROKEN_CONFIG)
+  env = dict(os.environ, PYTHONPATH=REPO)
+  r = run([sys.executable, "-m"] + args, str(tmp_path), env)
+  assert r.returncode != 0
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  errors = [l for l in r.stderr.splitlines() if "error:" in l]
+  assert len(errors) == 1, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1] == errors[0]
+  assert says in errors[0], errors[0]
+  assert not os.path.exists(tmp_path / "workdirs"), "wrote before failing"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+  os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  r = run([sys.executable, "-m", "txt2img_jax.evaluate", "--workdir=nowhere",
+           "--debug"], str(tmp_path), env)
+  assert r.returncode != 0 and "Traceback" in r.stderr
