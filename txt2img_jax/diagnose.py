@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import sys
 from typing import Any, Mapping, Optional
 
 import numpy as np
