@@ -29,6 +29,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval_every = 800         # Steps between structure-benchmark evaluations; also at the end.
   c.max_compiles = 1         # The train step may compile this many times; more is an error.
   c.dtype = "float32"        # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU.
+  c.objective = "crossflow"  # The loss (txt2img_jax/objectives/): CrossFlow's noise-free path.
 
   # --- Data: the embedded captioned-shapes set (TFDS, array_record, grain).
   c.data = ml_collections.ConfigDict()
@@ -48,8 +49,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # --- Image autoencoder: latents x1, standardised per channel.
   c.autoencoder = ml_collections.ConfigDict()
-  c.autoencoder.kind = "pixel"    # Fixed space-to-depth autoencoder (no weights).
-  c.autoencoder.factor = 2        # 32x32x3 images -> 16x16x12 latents.
+  c.autoencoder.kind = "pixel"    # pixel: fixed space-to-depth (no weights);
+                                  # kl_vae: a pretrained SD-style KL-VAE (txt2img_jax/latents.py).
+  c.autoencoder.factor = 2        # pixel: 32x32x3 images -> 16x16x12 latents.
+  c.autoencoder.path = ""         # kl_vae: local diffusers AutoencoderKL folder
+                                  # (config.json + diffusion_pytorch_model.safetensors).
   c.autoencoder.stats_examples = 2048  # Train examples used for the shift/scale.
 
   # --- Text encoder: token features (B, L, D).

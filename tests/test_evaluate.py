@@ -47,7 +47,7 @@ def test_z_text_measures_tell_an_image_like_z_text_from_a_code():
   ae = ae_lib.PixelAutoencoder(2)
   stats = ae_lib.LatentStats(shift=np.float32(0.1), scale=np.float32(0.5))
   run = types.SimpleNamespace(autoencoder=ae, stats=stats)
-  x1 = np.asarray(ae_lib.standardize(ae.encode_moments(refs)[0], stats))
+  x1 = np.asarray(ae_lib.standardize(ae.encode_moments({}, refs)[0], stats))
   rng = np.random.default_rng(0)
   image_like = common.z_text_measures(run, 3.0 * x1 + 1.0, refs)
   np.testing.assert_allclose(image_like["ztext/corr"], 1.0, rtol=1e-5)

@@ -258,7 +258,7 @@ def test_pixel_autoencoder_round_trip():
   with pytest.raises(ValueError):
     model.latent_shape(9)
   images = _random_images(4)
-  moments = jax.jit(model.encode_moments)(images)
+  moments = jax.jit(model.encode_moments)({}, images)
   assert moments[0].shape == (4, 4, 4, 12)
   latent = jax.jit(model.sample)(moments, _key(0))
   recon = jax.jit(model.decode)(latent)
@@ -275,7 +275,7 @@ def test_latent_stats_standardise():
              .astype(np.float32) for _ in range(3)]
   stats = ae.compute_latent_stats(model, batches, _key(0))
   assert stats.shift.shape == stats.scale.shape == (12,)
-  encode = jax.jit(lambda b, key: model.sample(model.encode_moments(b), key))
+  encode = jax.jit(lambda b, key: model.sample(model.encode_moments({}, b), key))
   latents = [encode(b, _key(9)) for b in batches]
   z = ae.standardize(jnp.concatenate(latents), stats)
   flat = np.asarray(z).reshape(-1, 12)

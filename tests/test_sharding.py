@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r'''
 import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
-from txt2img_jax import config_lib, sharding, train
+from txt2img_jax import assembly, config_lib, sharding, step as step_lib
 from txt2img_jax.data import shapes, tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 
@@ -23,10 +23,10 @@ assert jax.device_count() == 8, jax.devices()
 base = config_lib.load_sibling(os.path.join(sys.argv[1], "configs", "x.py"), "base")
 c = base.get_config("tiny")
 c.head.kind = "token_transformer"  # Attention and MLP kernels to shard.
-latent_shape = train.validate_config(c)
-tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), c.data.max_len)
-model = train.build_model(c, latent_shape, len(tok), True)
-ae = ae_lib.PixelAutoencoder(c.autoencoder.factor)
+parts = assembly.build_parts(c)
+latent_shape = parts.latent_shape
+tok = parts.text.tokenizer
+model = parts.model
 rng = np.random.default_rng(0)
 examples = [shapes.example(0, "train", i) for i in range(3 * c.batch_size)]
 ch = latent_shape[-1]
@@ -40,10 +40,10 @@ def host_batch(k):
           "ids": ids, "mask": mask}
 
 def run(mesh, rules):
-  tx, schedules, state, shards = train.create_train_state(
+  tx, schedules, state, shards = assembly.create_train_state(
       c, model, latent_shape, c.text_encoder.width, mesh, rules)
-  step = train.jit_train_step(
-      train.make_train_step(c, model, tx, schedules, ae, None), shards, mesh)
+  step = assembly.jit_train_step(
+      step_lib.for_parts(c, parts, tx, schedules), shards, mesh)
   losses = []
   with mesh:
     for k in range(3):

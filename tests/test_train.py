@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from txt2img_jax import assembly
 from txt2img_jax import assets
 from txt2img_jax import checkpointing
 from txt2img_jax import config_lib
@@ -115,7 +116,7 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
 ])
 def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):
-    train.validate_config(tiny_config(**overrides))
+    assembly.validate_config(tiny_config(**overrides))
 
 
 def test_merge_matching_loads_by_path_and_shape():

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from txt2img_jax import benchmark
+from txt2img_jax import flow
 from txt2img_jax import reporting
 from txt2img_jax.data import pipeline
 
@@ -195,15 +196,15 @@ def define_flags():
   flags.DEFINE_string("json", None, "Write the summary here as JSON.")
   flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
   flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
-  flags.DEFINE_enum("method", None, ["euler", "heun"], "Sampler.")
+  flags.DEFINE_enum("method", None, list(flow.SAMPLERS), "Sampler.")
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  from txt2img_jax import inference  # Heavy imports only for the CLI.
+  from txt2img_jax import assembly  # Heavy imports only for the CLI.
   reporting.quiet_orbax()
-  run = inference.load_run(f.workdir)
+  run = assembly.load_run(f.workdir)
   c = run.config
   if f.steps:
     c.sample.num_steps = f.steps

@@ -14,6 +14,11 @@ import jax
 import jax.numpy as jnp
 
 
+# The ODE methods of `integrate`: the one list the config check, the sample
+# and evaluate commands and the evaluators use.
+SAMPLERS = ("euler", "heun")
+
+
 def _bcast(t: jax.Array, like: jax.Array) -> jax.Array:
   return t.reshape(t.shape + (1,) * (like.ndim - t.ndim))
 
@@ -59,8 +64,8 @@ def integrate(velocity_fn: Callable, x0: jax.Array, num_steps: int,
   velocity_fn(x, t (B,), indicator (B,)) -> v. Heun (the trapezoid rule on
   an Euler predictor) costs two velocity evaluations per step.
   """
-  if method not in ("euler", "heun"):
-    raise ValueError(f"unknown sampler {method!r}; use 'euler' or 'heun'")
+  if method not in SAMPLERS:
+    raise ValueError(f"unknown sampler {method!r}; expected one of {SAMPLERS}")
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   b = x0.shape[0]

@@ -196,9 +196,9 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
   parameters and sampler settings, starting at t = 0 from the text alone),
   compared with the true images and with the subset's mean image."""
   from txt2img_jax import evaluate
-  from txt2img_jax import inference
+  from txt2img_jax import assembly
   from txt2img_jax.data import pipeline
-  run = inference.load_run(workdir)
+  run = assembly.load_run(workdir)
   c = run.config
   subset = int(c.data.subset_size or c.data.num_train)
   data = pipeline.load_split(run.builder, "train", subset,
@@ -321,9 +321,10 @@ def _make_latent_fn(autoencoder):
 
   def go(x, stats, key):
     # The train step's path and the sampler's: the same two functions.
-    z = ae_lib.encode_latent(autoencoder, x, key, stats)
-    back = ae_lib.decode_latent(autoencoder, z, stats)
-    moments = autoencoder.encode_moments(x)
+    params = autoencoder.params
+    z = ae_lib.encode_latent(autoencoder, params, x, key, stats)
+    back = ae_lib.decode_latent(autoencoder, params, z, stats)
+    moments = autoencoder.encode_moments(params, x)
     err = jnp.abs(back - jnp.asarray(x, jnp.float32))
     noise = jnp.exp(0.5 * moments[1]).reshape(-1, moments[1].shape[-1]).max(0)
     return z, err.max(), err.sum(), noise

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from txt2img_jax import assembly
 from txt2img_jax import sharding
-from txt2img_jax import train
+from txt2img_jax import step as step_lib
 from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
@@ -47,18 +48,14 @@ def step_flops(jitted, *args) -> float:
 
 
 def measure(config, steps: int = 20, warmup: int = 3) -> dict:
-  latent_shape = train.validate_config(config)
+  parts = assembly.build_parts(config)
+  latent_shape, tok = parts.latent_shape, parts.text.tokenizer
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   rules = sharding.logical_rules(config.mesh.rules)
-  tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(),
-                                           config.data.max_len)
-  model = train.build_model(config, latent_shape, len(tok), True)
-  tx, schedules, state, state_shardings = train.create_train_state(
-      config, model, latent_shape, config.text_encoder.width, mesh, rules)
-  autoencoder = ae_lib.PixelAutoencoder(config.autoencoder.factor)
-  step = train.jit_train_step(
-      train.make_train_step(config, model, tx, schedules, autoencoder, None),
-      state_shardings, mesh)
+  tx, schedules, state, state_shardings = assembly.create_train_state(
+      config, parts.model, latent_shape, parts.text.width, mesh, rules)
+  step = assembly.jit_train_step(
+      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh)
   b, s = config.batch_size, config.data.image_size
   rng = np.random.default_rng(0)
   captions = [shapes.example(0, "train", i)["caption"] for i in range(b)]
@@ -69,7 +66,7 @@ def measure(config, steps: int = 20, warmup: int = 3) -> dict:
   c = latent_shape[-1]
   stats = ae_lib.LatentStats(shift=np.zeros((c,), np.float32),
                              scale=np.ones((c,), np.float32))
-  frozen = {}
+  frozen = parts.frozen
   flops = step_flops(step, state, batch, frozen, stats)
   with mesh:
     for _ in range(warmup):

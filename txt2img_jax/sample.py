@@ -13,13 +13,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from txt2img_jax import cli
+from txt2img_jax import flow
 from txt2img_jax import reporting
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Caption(s) to draw.")
 _OUT = flags.DEFINE_string("out", "samples.png", "Output PNG (a grid).")
-_METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"],
+_METHOD = flags.DEFINE_enum("method", None, list(flow.SAMPLERS),
                             "ODE sampler (default: the run's).")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: run's).")
 _CFG = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale "
@@ -66,11 +67,11 @@ def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
 
 def main(argv):
   del argv
-  from txt2img_jax import inference
+  from txt2img_jax import assembly
   reporting.quiet_orbax()
   if not _PROMPTS.value:
     raise app.UsageError("give at least one --prompt")
-  run = inference.load_run(_WORKDIR.value, with_data=False)
+  run = assembly.load_run(_WORKDIR.value, with_data=False)
   s = run.config.sample
   images = generate_images(
       run, _PROMPTS.value,

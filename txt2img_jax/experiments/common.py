@@ -10,12 +10,13 @@ import shutil
 import jax
 import numpy as np
 
+from txt2img_jax import assembly
 from txt2img_jax import checkpointing
 from txt2img_jax import config_lib
 from txt2img_jax import evaluate
-from txt2img_jax import inference
 from txt2img_jax import train
 from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.models import generator as generator_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -58,7 +59,7 @@ def score(workdir: str, num: int) -> dict[str, float]:
       summary = cached["summary"]
       if all(k in summary for k in ZTEXT_KEYS):
         return summary
-  run = inference.load_run(workdir)
+  run = assembly.load_run(workdir)
   run.config.eval.num = num
   ev = evaluate.Evaluator(run.config, run.workdir, run.builder, run.text,
                           run.generate, run.frozen, run.stats)
@@ -70,7 +71,7 @@ def score(workdir: str, num: int) -> dict[str, float]:
   summary.update(z_text_measures(run, mu, data["image"][:n]))
   k = min(8, n)
   generated = ev.images(run.ema_params, data, k, seed=1)
-  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, mu[:k],
+  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, run.latent_params, mu[:k],
                                             run.stats))
   grid = evaluate.caption_grid(data["image"][:k], generated,
                                data["caption"][:k], columns=4,
@@ -87,8 +88,8 @@ def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
   @jax.jit
   def mean(params, frozen, ids, mask):
-    return train.text_posterior(run.model, run.text.frozen, params, frozen,
-                                ids, mask)[0]
+    return generator_lib.text_posterior(run.model, run.text.frozen, params,
+                                        frozen["text"], ids, mask)[0]
 
   return np.asarray(mean(run.ema_params, run.frozen, ids, mask))
 
@@ -118,7 +119,7 @@ def z_text_measures(run, mu: np.ndarray, images: np.ndarray,
   (the TV penalty's quantity, scale-free).
   """
   x1 = np.asarray(ae_lib.standardize(
-      run.autoencoder.encode_moments(images)[0], run.stats))
+      run.autoencoder.encode_moments(run.latent_params, images)[0], run.stats))
   a = mu - mu.mean(0, keepdims=True)
   b = x1 - x1.mean(0, keepdims=True)
   corr = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))

@@ -29,14 +29,23 @@ def depth_to_space(x: jax.Array, f: int) -> jax.Array:
 class PixelAutoencoder:
   """Fixed autoencoder: pixels in [0, 1] -> [-1, 1] -> space-to-depth by `factor`.
 
-  It has the same interface as a KL-VAE (moments, reparameterised sample, decode) so training
-  exercises the same encode_moments + sample path as a real run. `logvar` is a constant:
-  log(1e-6), i.e. a std of 1e-3 in [-1, 1] units = 5e-4 in [0, 1] units, about 1/8 of an 8-bit
-  level, so a decoded sample reconstructs the input within 1/255 with overwhelming probability
-  (a 1/255 error would be a ~7.8-sigma draw).
+  It has the interface of every latent space (see `txt2img_jax/latents.py`):
+  moments, reparameterised sample, decode, with the frozen weights passed in
+  (`params`, empty here), so training exercises the same encode_moments +
+  sample path as a run on a KL-VAE. `logvar` is a constant: log(1e-6), i.e.
+  a std of 1e-3 in [-1, 1] units = 5e-4 in [0, 1] units, about 1/8 of an
+  8-bit level, so a decoded sample reconstructs the input within 1/255 with
+  overwhelming probability (a 1/255 error would be a ~7.8-sigma draw).
   """
   factor: int
   logvar: float = math.log(1e-6)
+
+  @property
+  def params(self) -> Dict:
+    return {}
+
+  def fingerprint(self) -> str:
+    return f'pixel-f{self.factor}'
 
   def latent_shape(self, image_size: int) -> Tuple[int, int, int]:
     if image_size % self.factor:
@@ -44,7 +53,8 @@ class PixelAutoencoder:
     side = image_size // self.factor
     return (side, side, 3 * self.factor ** 2)
 
-  def encode_moments(self, images: jax.Array) -> Moments:
+  def encode_moments(self, params, images: jax.Array) -> Moments:
+    del params
     mean = space_to_depth(jnp.asarray(images, jnp.float32) * 2.0 - 1.0, self.factor)
     return mean, jnp.full_like(mean, self.logvar)
 
@@ -52,7 +62,8 @@ class PixelAutoencoder:
     mean, logvar = moments
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
-  def decode(self, latent: jax.Array) -> jax.Array:
+  def decode(self, params, latent: jax.Array) -> jax.Array:
+    del params
     images = (depth_to_space(latent.astype(jnp.float32), self.factor) + 1.0) / 2.0
     return jnp.clip(images, 0.0, 1.0)
 
@@ -78,11 +89,12 @@ def compute_latent_stats(autoencoder, images_batches: Iterable[np.ndarray], rng:
   Uses the training path (moments + reparameterised sample) so the statistics describe exactly
   what the flow network sees. `min_std` keeps a constant channel from dividing by ~0.
   """
-  encode = jax.jit(lambda x, key: encode_latent(autoencoder, x, key))
+  encode = jax.jit(lambda p, x, key: encode_latent(autoencoder, p, x, key))
   total = total_sq = None
   count = 0
   for i, images in enumerate(images_batches):
-    latent = np.asarray(encode(jnp.asarray(images), jax.random.fold_in(rng, i)), np.float64)
+    latent = np.asarray(encode(autoencoder.params, jnp.asarray(images),
+                               jax.random.fold_in(rng, i)), np.float64)
     flat = latent.reshape(-1, latent.shape[-1])
     total = flat.sum(0) if total is None else total + flat.sum(0)
     total_sq = (flat ** 2).sum(0) if total_sq is None else total_sq + (flat ** 2).sum(0)
@@ -95,20 +107,27 @@ def compute_latent_stats(autoencoder, images_batches: Iterable[np.ndarray], rng:
                      scale=np.maximum(std, min_std).astype(np.float32))
 
 
-def encode_latent(autoencoder, images: jax.Array, rng: jax.Array,
+def encode_latent(autoencoder, params, images: jax.Array, rng: jax.Array,
                   stats: LatentStats | None = None) -> jax.Array:
   """The one image -> latent path: moments, reparameterised sample, then
   (with stats) per-channel standardisation. The train step, the latent
   statistics and the health check all call this, so they cannot drift apart
   (the note's "VAE consistency")."""
-  latent = autoencoder.sample(autoencoder.encode_moments(images), rng)
+  return sample_latent(autoencoder, autoencoder.encode_moments(params, images),
+                       rng, stats)
+
+
+def sample_latent(autoencoder, moments: Moments, rng: jax.Array,
+                  stats: LatentStats | None = None) -> jax.Array:
+  """The second half of encode_latent, for moments cached on disk."""
+  latent = autoencoder.sample(moments, rng)
   return latent if stats is None else standardize(latent, stats)
 
 
-def decode_latent(autoencoder, latent: jax.Array,
+def decode_latent(autoencoder, params, latent: jax.Array,
                   stats: LatentStats) -> jax.Array:
   """The inverse path used by the sampler: un-standardise, then decode."""
-  return autoencoder.decode(unstandardize(latent, stats))
+  return autoencoder.decode(params, unstandardize(latent, stats))
 
 
 def standardize(latent: jax.Array, stats: LatentStats) -> jax.Array:

@@ -93,3 +93,21 @@ def head_kwargs(config: ml_collections.ConfigDict) -> dict:
   if kind not in config.head:
     raise ValueError(f"head.kind={kind!r} has no config block head.{kind}")
   return dict(config.head[kind].to_dict())
+
+
+def text_posterior(model, text_frozen, params, frozen_text, ids, mask,
+                   tokens=None):
+  """(mu, log_var) of the text head for a batch of captions.
+
+  The token features are, in order of preference: `tokens` (cached by
+  `prepare` from a frozen encoder), the frozen pretrained encoder run here
+  (no gradient), or the model's own text encoder. The train step, the
+  sampler and the experiments all call this.
+  """
+  if tokens is None and text_frozen is not None:
+    tokens = text_frozen.apply(frozen_text, ids, mask)
+  if tokens is not None:
+    tokens = jax.lax.stop_gradient(tokens)
+  else:
+    tokens = model.apply({"params": params}, ids, mask, method="encode_text")
+  return model.apply({"params": params}, tokens, mask, method="posterior")

@@ -1,0 +1,320 @@
+"""One place that assembles a run: checks, model, sharded state, sampler,
+restore, and a trained run rebuilt from its workdir.
+
+Training (`train.py`), sampling, evaluation, the health checks and `perf`
+all build their pieces here, so they cannot drift apart. Nothing here
+imports the training loop or the evaluators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from txt2img_jax import assets
+from txt2img_jax import checkpointing
+from txt2img_jax import flow
+from txt2img_jax import latents
+from txt2img_jax import objectives
+from txt2img_jax import optim
+from txt2img_jax import perceptual as perceptual_lib
+from txt2img_jax import sharding
+from txt2img_jax import timesteps
+from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.models import generator as generator_lib
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite: jax.Array  # Steps skipped because loss or gradients were not finite.
+
+
+# ---------------------------------------------------------------------------
+# Building the run's pieces (shared with sample.py, evaluate.py, health.py).
+# ---------------------------------------------------------------------------
+
+def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """Every check that needs no compilation; returns the latent shape."""
+  from txt2img_jax.models import text_head as text_head_lib
+  shape = latents.latent_shape(config)
+  text_head_lib.check_text_head_config(
+      config.head.kind, shape, **generator_lib.head_kwargs(config))
+  timesteps.validate_time_config(config.time.sampler)
+  timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
+  p = config.flow.patch_size
+  if shape[0] % p or shape[1] % p:
+    raise ValueError(f"flow.patch_size={p} does not divide the latent "
+                     f"{shape[0]}x{shape[1]} (data.image_size="
+                     f"{config.data.image_size}, autoencoder.factor="
+                     f"{config.autoencoder.factor})")
+  if config.flow.width % config.flow.num_heads:
+    raise ValueError(f"flow.width={config.flow.width} is not divisible by "
+                     f"flow.num_heads={config.flow.num_heads}")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} must divide over "
+                     f"{jax.process_count()} hosts")
+  for name in ("total_steps", "batch_size", "log_every"):
+    if config[name] < 1:
+      raise ValueError(f"{name} must be >= 1, got {config[name]}")
+  if config.loss.lpips_weight > 0 and config.loss.lpips_net not in (
+      perceptual_lib.NETS):
+    raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
+                     f"one of {perceptual_lib.NETS}")
+  if not 0.0 <= config.loss.cfg_null_prob < 1.0:
+    raise ValueError("loss.cfg_null_prob must be in [0, 1)")
+  if config.sample.method not in flow.SAMPLERS:
+    raise ValueError(f"sample.method={config.sample.method!r}: expected one "
+                     f"of {flow.SAMPLERS}")
+  objectives.get(config.get("objective", "crossflow"))
+  return shape
+
+
+def build_model(config, latent_shape, vocab_size: int, embedded: bool):
+  return generator_lib.CrossFlow(
+      config=config, latent_shape=latent_shape, vocab_size=vocab_size,
+      embedded_text_encoder=embedded)
+
+
+def init_variables(model, config, latent_shape, text_width, rng):
+  """Boxed (logically named) params from dummy inputs; use under eval_shape."""
+  b, length = 2, config.data.max_len
+  ids = jnp.zeros((b, length), jnp.int32)
+  mask = jnp.ones((b, length), jnp.int32)
+  tokens = jnp.zeros((b, length, text_width), jnp.float32)
+  x1 = jnp.zeros((b,) + tuple(latent_shape), jnp.float32)
+  return model.init(rng, ids, mask, tokens, x1, jnp.zeros((b,)),
+                    jnp.ones((b,), jnp.int32))["params"]
+
+
+def make_generate_fn(config, model, autoencoder, text_frozen):
+  """generate(params, frozen, stats, ids, mask, rng, cfg_scale) -> images [0,1].
+
+  `frozen` is {"text": a frozen text encoder's weights, "latent": the latent
+  space's}, either may be empty. z_text comes from the head (its mean, or a draw), then the ODE carries it
+  to the image latent; the latent is un-standardised and decoded.
+  """
+  c = config
+
+  def generate(params, frozen_params, stats, ids, mask, rng, *,
+               num_steps, method, cfg_scale, use_mean):
+    apply = functools.partial(model.apply, {"params": params})
+    mu, log_var = generator_lib.text_posterior(
+        model, text_frozen, params, frozen_params.get("text"), ids, mask)
+    z = mu if use_mean else mu + jnp.exp(0.5 * log_var) * jax.random.normal(
+        rng, mu.shape, mu.dtype)
+
+    def velocity(x, t, indicator):
+      return apply(x, timesteps.time_input(t, c.flow.time_input), indicator,
+                   method="velocity").astype(jnp.float32)
+
+    x1 = flow.integrate(velocity, z.astype(jnp.float32), num_steps, method,
+                        cfg_scale)
+    return ae_lib.decode_latent(autoencoder, frozen_params.get("latent", {}),
+                                x1, stats)
+
+  return jax.jit(generate, static_argnames=("num_steps", "method",
+                                            "cfg_scale", "use_mean"))
+
+
+def create_train_state(config, model, latent_shape, text_width, mesh, rules):
+  """(tx, schedules, state, state_shardings), the state created sharded."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  boxed = jax.eval_shape(functools.partial(
+      init_variables, model, config, latent_shape, text_width), init_rng)
+  tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))
+
+  def init_state(key):
+    params = nn.unbox(init_variables(model, config, latent_shape, text_width,
+                                     key))
+    return TrainState(step=jnp.int32(0), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=tx.init(params), rng=state_rng,
+                      nonfinite=jnp.int32(0))
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  param_shardings = sharding.state_shardings(boxed, mesh, rules)
+  state_shardings = train_state_shardings(abstract_state, param_shardings,
+                                          mesh)
+  with mesh:
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+  return tx, schedules, state, state_shardings
+
+
+def jit_train_step(train_step, state_shardings, mesh):
+  """Explicit in/out shardings; the state is donated (updated in place)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(
+      train_step, donate_argnums=(0,),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl,
+                    repl),
+      out_shardings=(state_shardings, repl))
+
+
+# ---------------------------------------------------------------------------
+# Shardings of the whole state, and taking weights from another run.
+# ---------------------------------------------------------------------------
+
+def train_state_shardings(abstract_state: TrainState, param_shardings,
+                          mesh) -> TrainState:
+  """Params and EMA as the logical rules say; optimizer moments like the
+  parameter they belong to (matched by path suffix and shape); the rest
+  replicated."""
+  by_path = {}
+  for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
+    by_path[jax.tree_util.keystr(path)] = s
+  param_shapes = {jax.tree_util.keystr(p): l.shape for p, l in
+                  jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+  repl = sharding.replicated(mesh)
+
+  def like_param(path, leaf):
+    for i in range(len(path)):
+      key = jax.tree_util.keystr(path[i:])
+      if key in by_path and param_shapes[key] == leaf.shape:
+        return by_path[key]
+    return repl
+
+  opt = jax.tree_util.tree_map_with_path(like_param, abstract_state.opt_state)
+  return TrainState(step=repl, params=param_shardings,
+                    ema_params=param_shardings, opt_state=opt, rng=repl,
+                    nonfinite=repl)
+
+
+def init_from_other_run(config, state: TrainState, tx, schedules,
+                        state_shardings):
+  """Weights (and EMA) from config.init_from; a new LR cycle from step 0.
+
+  The new cycle's peak is restart.peak_factor x each group's configured lr,
+  and its floor is the lr the old run had reached (read from its config and
+  step). Parameters whose path or shape differ (a swapped head) are freshly
+  initialised; the table of what was loaded is logged.
+  """
+  raw, old_step = checkpointing.load_raw(config.init_from)
+  host = jax.device_get(state)
+  params, table = checkpointing.merge_matching(host.params, raw["params"])
+  ema, _ = checkpointing.merge_matching(host.ema_params, raw["ema_params"])
+  logging.info("init_from %s (step %d):", config.init_from, old_step)
+  checkpointing.log_merge_table(table)
+
+  old_config = assets.load_config(_run_dir(config.init_from))
+  _, old_schedules = optim.make_optimizer(old_config, host.params)
+  old_lrs = {g: float(s(old_step)) for g, s in old_schedules.items()
+             if g in schedules}
+  new_optim = optim.restart_schedules(config, old_lrs, restart_step=0,
+                                      peak_factor=config.restart.peak_factor)
+  new_config = config.copy_and_resolve_references()
+  with new_config.unlocked():
+    new_config.optim = new_optim
+  tx, schedules = optim.make_optimizer(new_config, params)
+  for g in schedules:
+    logging.info("  lr %s: old run reached %.3g; new cycle peak %.3g -> "
+                 "floor %.3g", g, old_lrs.get(g, float("nan")),
+                 float(schedules[g](0)), old_lrs.get(g, float("nan")))
+
+  opt_state = tx.init(params)
+  if config.restart.keep_opt_state:
+    opt_state, opt_table = checkpointing.merge_matching(opt_state,
+                                                        raw["opt_state"])
+    logging.info("  optimizer moments kept: %d tensors (%d new)",
+                 len(opt_table["loaded"]), len(opt_table["new"]))
+  else:
+    logging.info("  optimizer moments reset")
+  new_state = host.replace(step=np.int32(0), params=params, ema_params=ema,
+                           opt_state=opt_state)
+  return jax.device_put(new_state, state_shardings), tx, schedules
+
+
+def _run_dir(path: str) -> str:
+  """The workdir above a checkpoints dir or step dir."""
+  directory, _ = checkpointing.resolve_checkpoint(path)
+  return os.path.dirname(directory)
+
+
+# ---------------------------------------------------------------------------
+# What every command builds from a config, and a trained run from its workdir.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Parts:
+  """The pieces of a run that do not depend on its weights."""
+  config: Any
+  latent_shape: tuple[int, int, int]
+  text: assets.TextSide
+  autoencoder: Any            # A latent space (txt2img_jax/latents.py).
+  model: Any                  # The CrossFlow module.
+
+  @property
+  def frozen(self) -> dict:
+    """The frozen weights every jitted function takes as an argument."""
+    return {"text": self.text.frozen_params, "latent": self.autoencoder.params}
+
+
+def build_parts(config, workdir: str | None = None) -> Parts:
+  latent_shape = validate_config(config)
+  text = assets.load_text(config, workdir)
+  autoencoder = latents.build(config)
+  model = build_model(config, latent_shape, text.vocab_size,
+                      text.frozen is None)
+  return Parts(config, latent_shape, text, autoencoder, model)
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run rebuilt from its workdir: sample.py, evaluate.py, the
+  health checks and the experiments start here."""
+  workdir: str
+  config: Any
+  step: int
+  parts: Parts
+  builder: Any
+  generate: Any
+  ema_params: Any
+  stats: ae_lib.LatentStats
+
+  @property
+  def text(self) -> assets.TextSide:
+    return self.parts.text
+
+  @property
+  def model(self):
+    return self.parts.model
+
+  @property
+  def autoencoder(self):
+    return self.parts.autoencoder
+
+  @property
+  def frozen(self) -> dict:
+    return self.parts.frozen
+
+  @property
+  def latent_params(self):
+    return self.parts.autoencoder.params
+
+
+def load_run(workdir: str, with_data: bool = True) -> Run:
+  workdir = os.path.abspath(workdir)
+  config = assets.load_config(workdir)
+  parts = build_parts(config, workdir)
+  raw, step = checkpointing.load_raw(workdir)
+  generate = make_generate_fn(config, parts.model, parts.autoencoder,
+                              parts.text.frozen)
+  builder = assets.prepare_data(config) if with_data else None
+  return Run(workdir=workdir, config=config, step=step, parts=parts,
+             builder=builder, generate=generate,
+             ema_params=jax.device_put(raw["ema_params"]),
+             stats=assets.load_latent_stats(workdir))

@@ -1,0 +1,86 @@
+"""Latent spaces, by `config.autoencoder.kind`: one registry line each.
+
+A latent space has the interface of `models/autoencoder.PixelAutoencoder`:
+  params                              its frozen weights ({} for none)
+  latent_shape(image_size)            (H, W, C) of a latent
+  encode_moments(params, images)      images in [0, 1] -> (mean, logvar)
+  sample(moments, rng)                reparameterised draw
+  decode(params, latent)              -> images in [0, 1]
+  fingerprint()                       identity of the weights (for caches)
+The weights are passed in, never closed over, so a jitted step takes them as
+an argument (`frozen["latent"]`) instead of baking them in as constants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from txt2img_jax.models import autoencoder as ae_lib
+
+
+def _pixel(config):
+  return ae_lib.PixelAutoencoder(config.autoencoder.factor)
+
+
+def _pixel_shape(config):
+  size, f = config.data.image_size, config.autoencoder.factor
+  if f < 1 or size % f:
+    raise ValueError(f"autoencoder.factor={f} must divide "
+                     f"data.image_size={size}")
+  return size // f, size // f, 3 * f * f
+
+
+def _kl_vae(config):
+  from txt2img_jax.models import kl_vae  # Only runs that use one load it.
+  return kl_vae.load(_vae_path(config), dtype=config.dtype)
+
+
+def _kl_vae_shape(config):
+  """From the VAE's config.json alone (no weights read)."""
+  path = os.path.join(_vae_path(config), "config.json")
+  try:
+    with open(path) as f:
+      vae = json.load(f)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(
+        f"autoencoder.path: cannot read {path} ({e}); it must be a "
+        "diffusers-format AutoencoderKL folder") from e
+  factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+  size = config.data.image_size
+  if size % factor:
+    raise ValueError(f"data.image_size={size} is not divisible by the VAE's "
+                     f"downsampling factor {factor}")
+  return size // factor, size // factor, int(vae.get("latent_channels", 4))
+
+
+def _vae_path(config) -> str:
+  path = config.autoencoder.get("path", "")
+  if not path:
+    raise ValueError("autoencoder.kind='kl_vae' needs autoencoder.path: a "
+                     "local diffusers AutoencoderKL folder")
+  return os.path.expanduser(path)
+
+
+# kind -> (build(config) -> latent space, latent_shape(config) -> (H, W, C))
+REGISTRY = {
+    "pixel": (_pixel, _pixel_shape),
+    "kl_vae": (_kl_vae, _kl_vae_shape),
+}
+
+
+def _entry(config):
+  kind = config.autoencoder.kind
+  if kind not in REGISTRY:
+    raise ValueError(f"autoencoder.kind={kind!r}: expected one of "
+                     f"{sorted(REGISTRY)}")
+  return REGISTRY[kind]
+
+
+def build(config):
+  return _entry(config)[0](config)
+
+
+def latent_shape(config) -> tuple[int, int, int]:
+  """The image latent's (H, W, C) implied by the data and the latent space."""
+  return tuple(_entry(config)[1](config))
