@@ -128,6 +128,11 @@ def test_bad_inputs_are_counted_and_good_ones_kept(bad_folder, tmp_path):
       {"path": "metadata.jsonl", "line": 16},
       {"path": "metadata.jsonl", "line": 17}]
   assert first[ifo.DUPLICATE_ROW]["first"][0]["path"] == "good/red.png"
+  corrupt = first[ifo.CORRUPT_IMAGE]["first"][0]
+  assert corrupt["path"] == "bad/truncated.png"
+  assert corrupt["detail"].startswith("cannot decode"), corrupt
+  assert first[ifo.TOO_SMALL]["first"][0]["detail"] == (
+      "4x4 is below the minimum side 8")
   assert first[ifo.LONG_CAPTION]["action"] == "kept"
   assert report["bytes_per_example"] > SIZE * SIZE * 3
   with open(os.path.join(out, records.REPORT)) as f:

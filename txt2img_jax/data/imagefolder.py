@@ -61,6 +61,7 @@ class Issue:
   reason: str
   path: str
   line: int | None = None
+  detail: str = ""  # What the decoder said, for decode problems.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,9 +217,10 @@ def prepare_image(im: Image.Image, image_size: int, *,
     im.load()
     im = ImageOps.exif_transpose(im)
     rgb = _to_rgb(im, background)
-  except (OSError, SyntaxError, ValueError, EOFError, IndexError,
-          TypeError, KeyError, Image.DecompressionBombError) as e:
-    raise BadInput(CORRUPT_IMAGE, f"cannot decode: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL's plugins raise many types for broken files; none may stop a run.
+    raise BadInput(CORRUPT_IMAGE,
+                   f"cannot decode: {type(e).__name__}: {e}") from e
   return resize_center_crop(rgb, image_size)
 
 
@@ -232,8 +234,9 @@ def open_image(data: str | bytes) -> Image.Image:
     raise BadInput(TOO_MANY_PIXELS, str(e)) from e
   except UnidentifiedImageError as e:
     raise BadInput(NOT_AN_IMAGE, "not an image PIL can read") from e
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
-    raise BadInput(CORRUPT_IMAGE, f"cannot open: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise BadInput(CORRUPT_IMAGE,
+                   f"cannot open: {type(e).__name__}: {e}") from e
 
 
 # ----------------------------------------------------------------- metadata

@@ -187,6 +187,8 @@ class Report:
       entry = {"path": issue.path}
       if issue.line is not None:
         entry["line"] = issue.line
+      if issue.detail:
+        entry["detail"] = issue.detail
       self.first[issue.reason].append(entry)
 
   def reasons(self) -> dict[str, dict[str, Any]]:
@@ -207,14 +209,16 @@ class Report:
 def summary_lines(report: dict[str, Any]) -> list[str]:
   written = report["written"]
   lines = [f"prepare: {written['train']} train + {written['val']} val records "
-           f"from {report['listed']} listed inputs in {report['seconds']:.1f} s "
+           f"from {report['listed']} listed inputs in "
+           f"{report['seconds']:.1f} s "
            f"({report['bytes_per_example']:.0f} bytes/example) -> "
            f"{report['output']}"]
   if report["reasons"]:
     lines.append("prepare: " + ", ".join(
         f"{r} {v['count']} ({v['action']})"
         for r, v in report["reasons"].items()))
-    lines.append(f"prepare: details in {os.path.join(report['output'], REPORT)}")
+    path = os.path.join(report["output"], REPORT)
+    lines.append(f"prepare: details in {path}")
   return lines
 
 
@@ -229,7 +233,7 @@ class Progress:
     self.interval = 0.2 if self.tty else 10.0
     self.start = time.perf_counter()
     self.start_done = done
-    self.last = 0.0
+    self.last = self.start  # The first line once there is a rate to show.
 
   def update(self, n: int, force: bool = False) -> None:
     self.done += n
@@ -273,12 +277,12 @@ def _load_one(source, cand: ifo.Candidate, opts: _Options):
     im, captions = source.read(cand)
     captions = ifo.normalize_captions(captions)
     if not captions:
-      raise ifo.BadInput(ifo.EMPTY_CAPTION, "no caption")
+      raise ifo.BadInput(ifo.EMPTY_CAPTION, "")  # The reason says it all.
     image = ifo.prepare_image(
         im, opts.image_size, background=opts.background,
         min_side=opts.min_side, max_pixels=opts.max_pixels)
   except ifo.BadInput as e:
-    return None, [], [ifo.Issue(e.reason, cand.key, cand.line)]
+    return None, [], [ifo.Issue(e.reason, cand.key, cand.line, str(e))]
   finally:
     if im is not None:
       im.close()
@@ -546,7 +550,7 @@ def _write_chunk(chunk, futures, out_dir, json_path, featurize,
   _atomic_write_json(json_path, {
       "split": split, "chunk": k, "shard": shard if kept else None,
       "num_records": len(kept), "bytes": nbytes, "extras": spec,
-      "issues": [[i.reason, i.path, i.line] for i in issues]})
+      "issues": [[i.reason, i.path, i.line, i.detail] for i in issues]})
 
 
 def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
@@ -556,8 +560,8 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
   for split, k, _, _ in plan:
     with open(chunk_json(split, k)) as f:
       info = json.load(f)
-    for reason, path, line in info["issues"]:
-      report.add(ifo.Issue(reason, path, line))
+    for issue in info["issues"]:
+      report.add(ifo.Issue(*issue))
     s = splits[split]
     s["num_records"] += info["num_records"]
     s["bytes"] += info["bytes"]
