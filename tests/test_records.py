@@ -2,6 +2,7 @@
 resumption, the fingerprint of the cache, grain reading, and TFDS sources."""
 
 import inspect
+import io
 import json
 import os
 import shutil
@@ -185,11 +186,16 @@ def test_resume_gives_the_records_of_a_clean_run(bad_folder, tmp_path):
   assert len(done) >= 2, "chunks should have finished before the failure"
   # As if killed between a shard's rename and its chunk record.
   os.remove(os.path.join(resumed, records.CHUNKS_DIR, done[-1]))
+  # And a half-written shard of a killed run.
+  stale = os.path.join(resumed, "train-00002-of-00003.array_record.tmp")
+  with open(stale, "wb") as f:
+    f.write(b"half a shard")
   report = records.prepare(ifo.ImageFolderSource(bad_folder), resumed,
                            featurize=_featurize(), **opts)
   assert report["reasons"] == clean_report["reasons"]
   assert report["written"] == clean_report["written"]
   assert report["processed"] < report["listed"]
+  assert not os.path.exists(stale)
   a, b = _by_key(clean), _by_key(resumed)
   assert a == b
   assert (sorted(f for f in os.listdir(clean) if f.endswith("array_record"))
@@ -323,3 +329,17 @@ def test_tfds_source(tmp_path):
     tfds_source.TfdsSource(name, data_dir=data_dir, caption_key="caption")
   with pytest.raises(FileNotFoundError, match="not prepared"):
     tfds_source.TfdsSource(name, data_dir=str(tmp_path / "empty"))
+
+
+def test_progress_line_and_summary():
+  stream = io.StringIO()
+  bar = records.Progress(total=10, done=4, enabled=True, stream=stream)
+  bar.update(3)
+  bar.close()
+  line = stream.getvalue().strip().splitlines()[-1]
+  assert line.startswith("prepare: 7/10 (70%) ") and "images/s, ETA" in line
+  lines = records.summary_lines({
+      "written": {"train": 5, "val": 1}, "listed": 9, "seconds": 2.0,
+      "bytes_per_example": 100.0, "output": "/o",
+      "reasons": {"too_small": {"count": 3, "action": "skipped"}}})
+  assert lines[1] == "prepare: too_small 3 (skipped)"
