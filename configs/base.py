@@ -31,9 +31,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.dtype = "float32"        # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU.
   c.objective = "crossflow"  # The loss (txt2img_jax/objectives/): CrossFlow's noise-free path.
 
-  # --- Data: the embedded captioned-shapes set (TFDS, array_record, grain).
+  # --- Data (txt2img_jax/data/sources.py): the embedded captioned-shapes
+  # set, or a user's images (configs/folder.py).
   c.data = ml_collections.ConfigDict()
-  c.data.name = "shapes"     # Only the embedded set in this build.
+  c.data.name = "shapes"     # shapes | folder (an image folder) | tfds (a TFDS data set).
   c.data.data_dir = ""       # '' -> $TXT2IMG_DATA_DIR or ~/.cache/txt2img_jax/data.
   c.data.seed = 0            # Seed of the procedural generator (not of the run).
   c.data.image_size = 32     # Pixels per side.
@@ -46,6 +47,24 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.prefetch = 4        # Batches prepared ahead of the device.
   c.data.read_threads = 2    # Threads reading and decoding records.
   c.data.worker_count = 0    # grain worker processes (0: in the main process).
+  # folder / tfds only: prepared once into ArrayRecord shards under
+  # <data_dir>/prepared/ with a report of every bad input (prepare_report.json).
+  c.data.path = ""           # folder: images + metadata.jsonl or metadata.csv.
+  c.data.caption_column = "text"  # folder: the metadata column with the caption(s).
+  c.data.tfds_name = ""      # tfds: the data set's name (e.g. coco_captions).
+  c.data.tfds_data_dir = ""  # tfds: where it is prepared ('' -> TFDS's default).
+  c.data.image_key = "image"      # tfds: the image feature.
+  c.data.caption_key = "caption"  # tfds: the text feature (nested: 'captions/text').
+  c.data.train_split = "train"    # tfds: the split to train on.
+  c.data.val_split = ""      # tfds: a split for validation ('' -> held out of train).
+  c.data.val_fraction = 0.01  # Share of the examples held out as 'val' (stable by name).
+  c.data.val_count = 0       # >0: hold out exactly this many instead.
+  c.data.background = (255, 255, 255)  # RGBA images are composited on this colour.
+  c.data.min_side = 0        # Images with a shorter side below this are skipped (0: size/2).
+  c.data.max_pixels = 178956970  # Larger images are skipped (decompression bombs).
+  c.data.prepare_workers = 0  # Decoding threads in prepare (0: one per core).
+  c.data.cache_latents = True  # kl_vae: cache the VAE moments with the images.
+  c.data.rebuild = False     # Prepare again even if prepared data exists.
 
   # --- Image autoencoder: latents x1, standardised per channel.
   c.autoencoder = ml_collections.ConfigDict()
@@ -162,8 +181,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # --- Structure benchmark during training.
   c.eval = ml_collections.ConfigDict()
+  c.eval.kind = ""                # '' -> the data's own: structure (shapes) | prompts.
   c.eval.num = 500                # Captions per split scored at each evaluation.
   c.eval.batch_size = 250
+  c.eval.prompts = ""             # prompts: a text file, one prompt a line
+                                  # ('' -> the first val captions).
 
   # --- Device mesh and logical-axis rules (model code names logical axes).
   c.mesh = ml_collections.ConfigDict()

@@ -83,7 +83,7 @@ def test_heldout_pairings_only_in_heldout_split(builder):
   for split in SPLITS:
     data = pipeline.load_split(builder, split)
     flags = [shapes.is_heldout(shapes.objects_from_description(
-        {k: data[k][i] for k in pipeline.DESCRIPTION_KEYS}))
+        {k: data[k][i] for k in tfds_shapes.DESCRIPTION_KEYS}))
              for i in range(len(data["caption"]))]
     assert all(flags) if split == "heldout" else not any(flags), split
 

@@ -263,10 +263,13 @@ class Parts:
     return {"text": self.text.frozen_params, "latent": self.autoencoder.params}
 
 
-def build_parts(config, workdir: str | None = None) -> Parts:
+def build_parts(config, workdir: str | None = None, data=None,
+                autoencoder=None) -> Parts:
+  """`data` gives the embedded text encoder its vocabulary (else the run's
+  saved one); `autoencoder`, when already built, is reused."""
   latent_shape = validate_config(config)
-  text = assets.load_text(config, workdir)
-  autoencoder = latents.build(config)
+  text = assets.load_text(config, workdir, data)
+  autoencoder = autoencoder or latents.build(config)
   model = build_model(config, latent_shape, text.vocab_size,
                       text.frozen is None)
   return Parts(config, latent_shape, text, autoencoder, model)
@@ -313,7 +316,8 @@ def load_run(workdir: str, with_data: bool = True) -> Run:
   raw, step = checkpointing.load_raw(workdir)
   generate = make_generate_fn(config, parts.model, parts.autoencoder,
                               parts.text.frozen)
-  builder = assets.prepare_data(config) if with_data else None
+  builder = (assets.prepare_data(config, parts.autoencoder) if with_data
+             else None)
   return Run(workdir=workdir, config=config, step=step, parts=parts,
              builder=builder, generate=generate,
              ema_params=jax.device_put(raw["ema_params"]),

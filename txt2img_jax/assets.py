@@ -17,15 +17,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from txt2img_jax import latents
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import shapes
-from txt2img_jax.data import tfds_shapes
+from txt2img_jax.data import sources
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import text_encoder as text_encoder_lib
 
 CONFIG_FILE = "config.json"
 STATS_FILE = "latent_stats.json"
+VOCAB_FILE = "vocab.json"
 
 
 # --- Config ------------------------------------------------------------------
@@ -66,23 +68,13 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 # --- Data --------------------------------------------------------------------
 
-def data_dir(config: ml_collections.ConfigDict) -> str:
-  if config.data.data_dir:
-    return os.path.expanduser(config.data.data_dir)
-  return os.environ.get("TXT2IMG_DATA_DIR",
-                        os.path.expanduser("~/.cache/txt2img_jax/data"))
-
-
-def prepare_data(config: ml_collections.ConfigDict):
-  """The TFDS builder of the configured shapes set, generated if absent."""
-  if config.data.name != "shapes":
-    raise ValueError(f"data.name={config.data.name!r}: this build knows "
-                     "'shapes' (the embedded captioned-shapes set)")
-  d = config.data
-  return tfds_shapes.prepare(
-      data_dir(config), seed=d.seed, image_size=d.image_size,
-      num_train=d.num_train, num_test=d.num_test, num_heldout=d.num_heldout,
-      jitter_px=d.jitter_px)
+def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
+  """The configured data set (`data/sources.py`), prepared once; with a
+  latent space that has weights, its moments are cached with the images
+  when `data.cache_latents` is set."""
+  featurizer = (latents.featurizer(config, autoencoder)
+                if autoencoder is not None else None)
+  return sources.prepare(config, featurizer)
 
 
 def train_batches(config, builder, text: "TextSide",
@@ -94,8 +86,14 @@ def train_batches(config, builder, text: "TextSide",
       start_step=start_step, subset_size=d.subset_size or None,
       read_threads=d.read_threads, prefetch_batches=d.prefetch,
       worker_count=d.worker_count)
-  keys = ("image", "ids", "mask")  # What the train step reads.
-  return ({k: b[k] for k in keys} for b in it)
+  # What the train step reads: cached latent moments replace the image.
+  keys = ("ids", "mask", "moments_mean", "moments_logvar")
+  def pick(b):
+    out = {k: b[k] for k in keys if k in b}
+    if "moments_mean" not in out:
+      out["image"] = b["image"]
+    return out
+  return (pick(b) for b in it)
 
 
 # --- Text side ---------------------------------------------------------------
@@ -110,17 +108,39 @@ class TextSide:
   frozen_params: Any
 
 
-def load_text(config: ml_collections.ConfigDict, workdir: str) -> TextSide:
+def load_text(config: ml_collections.ConfigDict, workdir: str | None,
+              data=None) -> TextSide:
+  """The text side of a run. The embedded encoder's word vocabulary comes
+  from the data and is kept in the workdir (VOCAB_FILE), so a trained run
+  rebuilds without its data; runs made before that file are shapes runs."""
   name = config.text_encoder.name
   if not name:
-    tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(),
-                                             config.data.max_len)
+    tok = tokenizer_lib.build_word_tokenizer(
+        vocabulary(config, workdir, data), config.data.max_len)
     return TextSide(tok, len(tok), config.text_encoder.width, None, {})
   enc = text_encoder_lib.load_pretrained_text_encoder(
       name, dtype=np.dtype(config.dtype))
   logging.info("frozen text encoder %s: width %d", name, enc.width)
   return TextSide(enc.tokenizer, len(enc.tokenizer), enc.width, enc,
                   enc.params)
+
+
+def vocabulary(config, workdir: str | None, data=None) -> list[str]:
+  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
+  if path and os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  if data is not None:
+    words = list(data.vocabulary())
+  elif config.data.name == "shapes":
+    words = shapes.vocabulary()
+  else:
+    raise FileNotFoundError(
+        f"{path or 'no workdir'}: the run's word vocabulary is missing")
+  if path and jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(words, f)
+  return words
 
 
 # --- Latent statistics -------------------------------------------------------
@@ -132,7 +152,7 @@ def latent_stats(config, workdir: str, builder,
   if os.path.exists(path):
     with open(path) as f:
       return ae_lib.LatentStats.from_dict(json.load(f))
-  n = min(config.autoencoder.stats_examples, config.data.num_train)
+  n = min(config.autoencoder.stats_examples, builder.split_size("train"))
   images = pipeline.load_split(builder, "train", n,
                                max_len=config.data.max_len)["image"]
   batches = np.array_split(images, max(1, n // 256))

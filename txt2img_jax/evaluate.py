@@ -23,12 +23,28 @@ from txt2img_jax import benchmark
 from txt2img_jax import flow
 from txt2img_jax import reporting
 from txt2img_jax.data import pipeline
+from txt2img_jax.data import tfds_shapes
 
-SPLITS = {"eval": "test", "heldout": "heldout"}  # metric prefix -> data split
+def make_evaluator(config, workdir, data, parts, generate, frozen, stats,
+                   writer=None):
+  """The evaluator of `config.eval.kind`, by default the data's own: the
+  structure benchmark for the shapes set, prompts + validation loss for a
+  user's data (`evaluate_prompts.py`)."""
+  kind = config.eval.get("kind", "") or getattr(data, "DEFAULT_EVALUATOR",
+                                                "structure")
+  if kind == "structure":
+    return Evaluator(config, workdir, data, parts.text, generate, frozen,
+                     stats, writer)
+  if kind == "prompts":
+    from txt2img_jax import evaluate_prompts
+    return evaluate_prompts.PromptEvaluator(config, workdir, data, parts,
+                                            generate, frozen, stats, writer)
+  raise ValueError(f"eval.kind={kind!r}: expected 'structure' or 'prompts'")
 
 
 class Evaluator:
-  """Sample grids and benchmark scores from a set of (EMA) parameters."""
+  """Sample grids and structure-benchmark scores (the shapes set's splits
+  with known structure) from a set of (EMA) parameters."""
 
   def __init__(self, config, workdir, builder, text, generate, frozen, stats,
                writer=None):
@@ -39,11 +55,16 @@ class Evaluator:
     self.stats = stats
     self.writer = writer
     n = max(config.eval.num, config.sample.grid_size)
+    if not hasattr(builder, "EVAL_SPLITS") or "heldout" not in (
+        builder.EVAL_SPLITS):
+      raise ValueError("eval.kind='structure' scores drawings against the "
+                       "structure of the shapes set; other data uses "
+                       "eval.kind='prompts'")
     self.data = {
         prefix: pipeline.load_split(
-            builder, split, min(n, _split_size(config, split)),
+            builder, split, min(n, builder.split_size(split)),
             tokenizer=text.tokenizer, max_len=config.data.max_len)
-        for prefix, split in SPLITS.items()}
+        for prefix, split in builder.EVAL_SPLITS.items()}
 
   def images(self, params, data, num, seed=0, **overrides) -> np.ndarray:
     """Generated images (num, S, S, 3) in [0, 1] for the first num captions."""
@@ -76,8 +97,7 @@ class Evaluator:
     for prefix, data in self.data.items():
       n = min(num, len(data["caption"]))
       images = self.images(params, data, n, seed=1)
-      desc = {k: data[k][:n] for k in ("shapes", "colors", "sizes", "cells",
-                                       "num_objects")}
+      desc = {k: data[k][:n] for k in tfds_shapes.DESCRIPTION_KEYS}
       summaries[prefix] = benchmark.score(images, desc)
       pixel_errors[f"{prefix}/pixel_mse_rel"] = pixel_mse_rel(
           images, data["image"][:n])
@@ -96,6 +116,9 @@ class Evaluator:
         with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
           f.write(json.dumps({"step": step, **flat}) + "\n")
     return flat
+
+  def evaluate(self, params, step: int | None = None) -> dict[str, float]:
+    return self.benchmark(params, step)
 
 
 def generate_images(generate, params, frozen, stats, sample_config, ids, mask,
@@ -135,23 +158,19 @@ def pixel_mse_rel(images: np.ndarray, references: np.ndarray) -> float:
   return float(err / max(base, 1e-12))
 
 
-def _split_size(config, split: str) -> int:
-  return {"test": config.data.num_test, "heldout": config.data.num_heldout,
-          "train": config.data.num_train}[split]
-
-
-def caption_grid(references: np.ndarray, images: np.ndarray,
+def caption_grid(references: np.ndarray | None, images: np.ndarray,
                  captions: list[str], scale: int = 4, columns: int = 4,
                  between: np.ndarray | None = None) -> Image.Image:
   """Reference | generated pairs with their caption underneath, as one image.
 
   `between`, when given, is a third image per caption drawn between the two
-  (e.g. the decoded z_text the flow starts from).
+  (e.g. the decoded z_text the flow starts from). Without `references`,
+  only the generated images (a prompt has no reference).
   """
   n = len(images)
   s = images.shape[1] * scale
   text_h = 44
-  panels = 2 if between is None else 3
+  panels = (1 if references is None else 2) + (between is not None)
   cell_w, cell_h = panels * s + 2 * panels + 2, s + text_h
   rows = (n + columns - 1) // columns
   canvas = Image.new("RGB", (columns * cell_w + 6, rows * cell_h + 6),
@@ -160,15 +179,15 @@ def caption_grid(references: np.ndarray, images: np.ndarray,
   for i in range(n):
     r, c = divmod(i, columns)
     x, y = 6 + c * cell_w, 6 + r * cell_h
-    row = ((references[i], images[i]) if between is None else
-           (references[i], between[i], images[i]))
+    row = ([] if references is None else [references[i]]) + (
+        [] if between is None else [between[i]]) + [images[i]]
     for j, img in enumerate(row):
       arr = np.asarray(img)
       if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
       tile = Image.fromarray(arr).resize((s, s), Image.NEAREST)
       canvas.paste(tile, (x + j * (s + 2), y))
-    draw.multiline_text((x, y + s + 1), _wrap(captions[i], 2 * s // 6),
+    draw.multiline_text((x, y + s + 1), _wrap(captions[i], max(2, panels) * s // 6),
                         fill=(0, 0, 0))
   return canvas
 

@@ -84,3 +84,33 @@ def build(config):
 def latent_shape(config) -> tuple[int, int, int]:
   """The image latent's (H, W, C) implied by the data and the latent space."""
   return tuple(_entry(config)[1](config))
+
+
+class MomentsFeaturizer:
+  """For `prepare`: the latent space's moments of each image, cached once
+  so that training samples from them and never runs a frozen encoder."""
+
+  def __init__(self, autoencoder, dtype: str = "float32"):
+    import jax
+    import numpy as np
+    self._np = np
+    self._dtype = dtype
+    self._encode = jax.jit(autoencoder.encode_moments)
+    self._params = autoencoder.params
+    self.fingerprint = {"latent": autoencoder.fingerprint(),
+                        "moments_dtype": dtype}
+
+  def __call__(self, images_uint8, captions):
+    del captions
+    np = self._np
+    mean, logvar = self._encode(self._params,
+                                np.asarray(images_uint8, np.float32) / 255.0)
+    return {"moments_mean": np.asarray(mean, self._dtype),
+            "moments_logvar": np.asarray(logvar, self._dtype)}
+
+
+def featurizer(config, autoencoder):
+  """The moments cache for a latent space with weights, when asked for."""
+  if not autoencoder.params or not config.data.get("cache_latents", False):
+    return None
+  return MomentsFeaturizer(autoencoder)

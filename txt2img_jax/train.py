@@ -19,6 +19,7 @@ from txt2img_jax import assembly
 from txt2img_jax import assets
 from txt2img_jax import checkpointing
 from txt2img_jax import evaluate
+from txt2img_jax import latents
 from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import reporting
 from txt2img_jax import sharding
@@ -49,8 +50,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                jax.device_count(), jax.devices()[0].platform)
 
   # --- Input: data, tokenizer and text side, latent space and statistics.
-  data = assets.prepare_data(config)
-  parts = assembly.build_parts(config, workdir)
+  autoencoder = latents.build(config)
+  data = assets.prepare_data(config, autoencoder)
+  parts = assembly.build_parts(config, workdir, data, autoencoder)
   text, autoencoder, model = parts.text, parts.autoencoder, parts.model
   stats = assets.latent_stats(config, workdir, data, autoencoder)
 
@@ -88,8 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Evaluators: sample grid and structure benchmark (EMA params).
   generate = assembly.make_generate_fn(config, model, autoencoder,
                                        text.frozen)
-  evaluator = evaluate.Evaluator(config, workdir, data, text, generate,
-                                 frozen, stats_dev, writer)
+  evaluator = evaluate.make_evaluator(config, workdir, data, parts, generate,
+                                     frozen, stats_dev, writer)
 
   # --- Loop.
   total = config.total_steps
@@ -115,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if hooks.sample(done):
         evaluator.sample_grid(state.ema_params, done)
       if hooks.eval(done):
-        last_eval = evaluator.benchmark(state.ema_params, done)
+        last_eval = evaluator.evaluate(state.ema_params, done)
       reporting.check_compiles(p_train_step, config.max_compiles)
   if pending is not None:
     reporter.add(*pending)

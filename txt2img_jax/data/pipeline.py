@@ -1,4 +1,9 @@
-"""Deterministic, shardable, step-resumable input pipeline over the shapes set.
+"""Deterministic, shardable, step-resumable input pipeline over any data set.
+
+`data` is what a data source prepares (`sources.prepare`): it has
+`as_data_source(split)` (random access by record index), `decode_transform()`
+(a record to `image` float32 in [0, 1] plus `caption` or `captions`) and
+`vocabulary()` (words for the embedded word tokenizer).
 
 The training stream is a random-access grain `MapDataset` whose element `s` is
 this host's batch for step `s`, a pure function of (seed, s). So resuming needs
@@ -12,9 +17,10 @@ Host p's batch s is then global elements sG + p + kP (k < G/P), so the hosts'
 batches at step s are disjoint and together are global elements [sG, (s+1)G).
 
 A batch is a dict of numpy arrays: `image` float32 (B, S, S, 3) in [0, 1],
-`ids`, `mask` int32 (B, L), `shapes`, `colors`, `sizes`, `cells` int32 (B, 2)
-padded with -1, `num_objects` int32 (B,). Captions stay on the host (strings
-don't go to devices); `load_split` returns them for evaluation.
+`ids`, `mask` int32 (B, L), and whatever else the data's decode gives (the
+shapes set: its structure; prepared data: cached frozen features). Captions
+stay on the host (strings don't go to devices); `load_split` returns them for
+evaluation.
 """
 
 from __future__ import annotations
@@ -26,27 +32,23 @@ import grain
 import jax
 import numpy as np
 
-from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
-DESCRIPTION_KEYS = ("shapes", "colors", "sizes", "cells", "num_objects")
 DEFAULT_MAX_LEN = 32  # The longest shapes caption is 22 words + BOS/EOS.
 
 
-class DecodeExample(grain.transforms.Map):
-  """A TFDS record to arrays: image float32 in [0, 1], caption a str."""
+class ChooseCaption(grain.transforms.RandomMap):
+  """An example with several captions (COCO has five) trains on one of them,
+  drawn from (seed, position in the stream): the same at every resume."""
 
-  def map(self, element: dict[str, Any]) -> dict[str, Any]:
-    caption = element["caption"]
-    if isinstance(caption, bytes):
-      caption = caption.decode("utf-8")
-    out = {
-        "image": np.asarray(element["image"], np.float32) / 255.0,
-        "caption": caption,
-    }
-    for k in DESCRIPTION_KEYS:
-      out[k] = np.asarray(element[k], np.int32)
-    return out
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator
+                 ) -> dict[str, Any]:
+    if "captions" not in element:
+      return element
+    element = dict(element)
+    captions = element.pop("captions")
+    element["caption"] = captions[int(rng.integers(len(captions)))]
+    return element
 
 
 class TokenizeCaptions(grain.transforms.Map):
@@ -81,8 +83,8 @@ def _shuffle_seed(seed: int) -> int:
   return int(np.random.SeedSequence([seed, 0x5A4E]).generate_state(1)[0])
 
 
-def _source(builder, split: str, subset_size: int | None) -> grain.MapDataset:
-  ds = grain.MapDataset.source(builder.as_data_source(split=split))
+def _source(data, split: str, subset_size: int | None) -> grain.MapDataset:
+  ds = grain.MapDataset.source(data.as_data_source(split=split))
   if subset_size is not None:
     if not 0 < subset_size <= len(ds):
       raise ValueError(
@@ -93,7 +95,7 @@ def _source(builder, split: str, subset_size: int | None) -> grain.MapDataset:
 
 
 def train_dataset(
-    builder, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
+    data, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
     split: str = "train", subset_size: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
 ) -> grain.MapDataset:
@@ -111,19 +113,21 @@ def train_dataset(
     raise ValueError(f"process_index {process_index} is not in "
                      f"[0, {process_count}).")
   batch_size = host_batch_size(global_batch_size, process_count)
-  ds = _source(builder, split, subset_size)
+  ds = _source(data, split, subset_size)
   if len(ds) < global_batch_size:
     raise ValueError(
         f"Split {split!r} has {len(ds)} examples (subset_size={subset_size}), "
         f"fewer than the global batch size {global_batch_size}.")
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # Infinite, per-epoch.
   ds = ds[process_index::process_count]
-  ds = ds.map(DecodeExample()).batch(batch_size, drop_remainder=True)
+  ds = ds.map(data.decode_transform())
+  ds = ds.random_map(ChooseCaption(), seed=_shuffle_seed(seed + 1))
+  ds = ds.batch(batch_size, drop_remainder=True)
   return ds.map(TokenizeCaptions(tokenizer, max_len))
 
 
 def make_train_iterator(
-    builder, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
+    data, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
     start_step: int = 0, split: str = "train", subset_size: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
     read_threads: int = 4, prefetch_batches: int = 4, worker_count: int = 0,
@@ -135,7 +139,7 @@ def make_train_iterator(
   processes (needs absl flags parsed in the main program; slow to start).
   """
   ds = train_dataset(
-      builder, tokenizer=tokenizer, max_len=max_len,
+      data, tokenizer=tokenizer, max_len=max_len,
       global_batch_size=global_batch_size, seed=seed, split=split,
       subset_size=subset_size, process_index=process_index,
       process_count=process_count)
@@ -152,24 +156,28 @@ def make_train_iterator(
   return iter(it)
 
 
-def load_split(builder, split: str, num: int | None = None, *,
+def load_split(data, split: str, num: int | None = None, *,
                tokenizer=None, max_len: int = DEFAULT_MAX_LEN
                ) -> dict[str, Any]:
   """The first `num` examples of a split (all if None), in record order.
 
   Returns the batch arrays plus `caption` (a list of str) and `index` (int32,
   the record index, so example i is `shapes.example(seed, split, i)`).
-  Without a tokenizer, the shapes word tokenizer is used.
+  Without a tokenizer, the data's own word tokenizer is used. An example
+  with several captions is scored on its first.
   """
-  source = builder.as_data_source(split=split)
+  source = data.as_data_source(split=split)
   num = len(source) if num is None else num
   if not 0 < num <= len(source):
     raise ValueError(f"Asked for {num} examples of split {split!r}, which "
                      f"has {len(source)}.")
   if tokenizer is None:
-    tokenizer = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), max_len)
-  decode = DecodeExample()
+    tokenizer = tokenizer_lib.build_word_tokenizer(data.vocabulary(), max_len)
+  decode = data.decode_transform()
   records = [decode.map(source[i]) for i in range(num)]
+  for r in records:
+    if "captions" in r:
+      r["caption"] = r.pop("captions")[0]
   out = {k: np.stack([r[k] for r in records]) for k in records[0]
          if k != "caption"}
   out["caption"] = [r["caption"] for r in records]

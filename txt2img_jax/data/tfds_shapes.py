@@ -16,15 +16,36 @@ import inspect
 import os
 import tempfile
 import time
+from typing import Any
 
 from absl import logging
 from etils import epath
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from txt2img_jax.data import shapes
 
 _FILE_FORMAT = "array_record"
+
+# What the structure benchmark reads of each example besides its image.
+DESCRIPTION_KEYS = ("shapes", "colors", "sizes", "cells", "num_objects")
+
+
+class DecodeExample(grain.transforms.Map):
+  """A TFDS record to arrays: image float32 in [0, 1], caption a str."""
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    caption = element["caption"]
+    if isinstance(caption, bytes):
+      caption = caption.decode("utf-8")
+    out = {
+        "image": np.asarray(element["image"], np.float32) / 255.0,
+        "caption": caption,
+    }
+    for k in DESCRIPTION_KEYS:
+      out[k] = np.asarray(element[k], np.int32)
+    return out
 
 
 @dataclasses.dataclass
@@ -91,6 +112,21 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
         # Record i of a split is example i: tests and the benchmark rely on it.
         disable_shuffling=True,
     )
+
+  # --- What the input pipeline and the evaluators ask of a data set.
+  # metric prefix -> split the structure benchmark scores.
+  EVAL_SPLITS = {"eval": "test", "heldout": "heldout"}
+
+  def decode_transform(self) -> DecodeExample:
+    return DecodeExample()
+
+  def vocabulary(self) -> list[str]:
+    return shapes.vocabulary()
+
+  def split_size(self, split: str) -> int:
+    c = self.builder_config
+    return {"train": c.num_train, "test": c.num_test,
+            "heldout": c.num_heldout}[split]
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.

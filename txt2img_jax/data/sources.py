@@ -1,0 +1,110 @@
+"""Data sources, by `config.data.name`: one registry line each.
+
+`prepare(config)` returns the data set the input pipeline reads (see
+`pipeline.py` for what it must offer), preparing it first if needed:
+- `shapes`: the embedded captioned-shapes set (TFDS, generated here);
+- `folder`: a user's image folder (Hugging Face `imagefolder` layout:
+  images + metadata.jsonl/.csv with `file_name` and a caption column);
+- `tfds`: a user's TFDS data set with an image and a text feature.
+The last two go through `records.prepare` once: ArrayRecord shards under
+the data dir, a report of every bad input, and (for a KL-VAE latent space)
+the VAE moments cached next to each image, so training never runs the
+frozen encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from absl import logging
+
+from txt2img_jax.data import prepared
+from txt2img_jax.data import records
+from txt2img_jax.data import tfds_shapes
+
+
+def data_dir(config) -> str:
+  if config.data.data_dir:
+    return os.path.expanduser(config.data.data_dir)
+  return os.environ.get("TXT2IMG_DATA_DIR",
+                        os.path.expanduser("~/.cache/txt2img_jax/data"))
+
+
+def _shapes(config, featurizer=None):
+  del featurizer  # The shapes set is small: encoders run in the step.
+  d = config.data
+  return tfds_shapes.prepare(
+      data_dir(config), seed=d.seed, image_size=d.image_size,
+      num_train=d.num_train, num_test=d.num_test, num_heldout=d.num_heldout,
+      jitter_px=d.jitter_px)
+
+
+def _folder_source(config):
+  from txt2img_jax.data import imagefolder
+  if not config.data.path:
+    raise ValueError("data.name='folder' needs data.path: a folder of images "
+                     "with metadata.jsonl or metadata.csv")
+  return imagefolder.ImageFolderSource(os.path.expanduser(config.data.path),
+                                       config.data.caption_column)
+
+
+def _tfds_source(config):
+  from txt2img_jax.data import tfds_source
+  d = config.data
+  if not d.tfds_name:
+    raise ValueError("data.name='tfds' needs data.tfds_name")
+  return tfds_source.TfdsSource(
+      d.tfds_name, data_dir=d.tfds_data_dir or None, image_key=d.image_key,
+      caption_key=d.caption_key, train_split=d.train_split,
+      val_split=d.val_split or None)
+
+
+def prepared_dir(config, featurizer=None) -> str:
+  """Where a user's data is prepared: named by what the records depend on,
+  so another image size or encoder never reuses the wrong records."""
+  d = config.data
+  what = {"name": d.name, "path": os.path.abspath(
+      os.path.expanduser(d.path)) if d.name == "folder" else d.tfds_name,
+          "image_size": d.image_size,
+          "features": featurizer.fingerprint if featurizer else None}
+  digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
+  base = (os.path.basename(os.path.normpath(d.path)) if d.name == "folder"
+          else d.tfds_name.replace("/", "_"))
+  return os.path.join(data_dir(config), "prepared",
+                      f"{d.name}_{base}_s{d.image_size}_{digest[:10]}")
+
+
+def _prepare_records(make_source):
+  def prepare(config, featurizer=None):
+    d = config.data
+    out_dir = prepared_dir(config, featurizer)
+    if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
+        d.rebuild):
+      logging.info("preparing %s data into %s", d.name, out_dir)
+    report = records.prepare(
+        make_source(config), out_dir, image_size=d.image_size,
+        fingerprint=featurizer.fingerprint if featurizer else None,
+        featurize=featurizer, rebuild=d.rebuild,
+        val_fraction=d.val_fraction, val_count=d.val_count or None,
+        background=tuple(d.background), min_side=d.min_side or None,
+        max_pixels=d.max_pixels, max_caption_words=d.max_len,
+        num_workers=d.prepare_workers or None)
+    return prepared.PreparedData(out_dir, report)
+  return prepare
+
+
+REGISTRY = {
+    "shapes": _shapes,
+    "folder": _prepare_records(_folder_source),
+    "tfds": _prepare_records(_tfds_source),
+}
+
+
+def prepare(config, featurizer=None):
+  """The configured data set, prepared once (later calls reuse it)."""
+  name = config.data.name
+  if name not in REGISTRY:
+    raise ValueError(f"data.name={name!r}: expected one of {sorted(REGISTRY)}")
+  return REGISTRY[name](config, featurizer)
