@@ -44,6 +44,8 @@ SHRINK = {
 SETUP = [
     "python -m txt2img_jax.main --config=configs/restart.py",
     "python -m txt2img_jax.main --config=configs/base.py",
+    "python -m txt2img_jax.main --config=configs/folder.py "
+    "--config.data.path=my_images",
 ]
 
 
@@ -84,11 +86,27 @@ def run(argv: list[str], cwd: str, env: dict, timeout: int = 600
                         text=True, timeout=timeout)
 
 
+def write_image_folder(path, num: int = 24) -> None:
+  """A user's image folder (the README's `my_images`): shapes renders as
+  PNGs with a metadata.jsonl, two captions per image."""
+  from PIL import Image
+  from txt2img_jax.data import shapes
+  os.makedirs(path)
+  with open(os.path.join(path, "metadata.jsonl"), "w") as f:
+    for i in range(num):
+      ex = shapes.example(0, "train", i, 32)
+      Image.fromarray(ex["image"]).save(os.path.join(path, f"{i:03d}.png"))
+      f.write(json.dumps({"file_name": f"{i:03d}.png",
+                          "text": [ex["caption"], ex["caption"].upper()]})
+              + "\n")
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, data_dir):
   """A user's directory with configs/ in it, the documented setup runs done."""
   root = tmp_path_factory.mktemp("user")
   os.symlink(os.path.join(REPO, "configs"), root / "configs")
+  write_image_folder(str(root / "my_images"))
   env = dict(os.environ)
   env.update(
       PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
@@ -108,7 +126,8 @@ def test_documented_commands_are_found():
   # The README's own lines, including the overrides that used to crash.
   assert any("--config.total_steps=" in c for c in commands)
   assert any("--config.init_from=workdirs/base" in c for c in commands)
-  for module in ("main", "sample", "evaluate", "diagnose", "health", "perf"):
+  for module in ("main", "sample", "evaluate", "diagnose", "health", "perf",
+                 "prepare"):
     assert any(c.startswith(f"python -m txt2img_jax.{module} ")
                for c in commands), module
 
@@ -118,6 +137,8 @@ def _promised_files(argv: list[str]) -> list[str]:
   flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and
                "=" in a)
   name = command_name(argv)
+  if name == "prepare":
+    return []
   if name == "main":
     config = os.path.basename(flags["config"]).split(".")[0]
     workdir = flags.get("workdir", os.path.join("workdirs", config))

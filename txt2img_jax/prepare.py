@@ -1,0 +1,45 @@
+"""Prepare a data set once: python -m txt2img_jax.prepare --config=C [--config.x=...]
+
+For a user's data (`data.name` folder or tfds) this writes the ArrayRecord
+shards the trainer reads, under <data_dir>/prepared/, with a progress line,
+`prepare_report.json` (every bad input counted by reason, with the first
+offending paths) and, for a KL-VAE latent space, the VAE moments of every
+image. Interrupted, it continues where it stopped. The main command runs
+the same preparation by itself when it is missing; this command lets you
+do it ahead (e.g. on one host before a pod run) and read the report first.
+"""
+
+from ml_collections import config_flags
+
+from txt2img_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, e.g. configs/folder.py.", lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+  from txt2img_jax import assets  # Heavy imports after the flags are good.
+  from txt2img_jax import latents
+  config = _CONFIG.value
+  latents.latent_shape(config)
+  autoencoder = latents.build(config) if config.data.get(
+      "cache_latents", False) and config.autoencoder.kind != "pixel" else None
+  data = assets.prepare_data(config, autoencoder)
+  splits = {s: data.split_size(s) for s in ("train", "val", "test",
+                                            "heldout") if _has(data, s)}
+  where = getattr(data, "out_dir", None) or getattr(data, "data_dir", "")
+  print(f"prepared {config.data.name}: " + ", ".join(
+      f"{n} {s}" for s, n in splits.items()) + f" at {where}")
+
+
+def _has(data, split: str) -> bool:
+  try:
+    return data.split_size(split) > 0
+  except KeyError:
+    return False
+
+
+if __name__ == "__main__":
+  cli.run(main, required=["config"])
