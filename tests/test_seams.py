@@ -1,0 +1,96 @@
+"""The seams: a new data source, latent space or objective is one module plus
+one registry line (docs/architecture.md shows the data source below)."""
+
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+
+from txt2img_jax import latents
+from txt2img_jax import objectives
+from txt2img_jax import train
+from txt2img_jax.data import sources
+from txt2img_jax.data import tokenizer as tokenizer_lib
+import test_train
+
+COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0),
+           "blue": (0.0, 0.0, 1.0), "white": (1.0, 1.0, 1.0)}
+
+
+# --- The whole "solid colours" data source (the docs' worked example). ---
+class SolidColours:
+  EVAL_SPLITS = {"val": "val"}
+  DEFAULT_EVALUATOR = "prompts"
+
+  def __init__(self, size: int):
+    self.size = size
+    self.splits = {"train": 64, "val": 8}
+
+  def as_data_source(self, split):
+    names = list(COLOURS)
+    return [names[i % len(names)] for i in range(self.splits[split])]
+
+  def decode_transform(self):
+    size = self.size
+
+    class Decode(grain.transforms.Map):
+      def map(self, name):
+        image = np.ones((size, size, 3), np.float32) * COLOURS[name]
+        return {"image": image, "caption": f"a {name} image"}
+    return Decode()
+
+  def vocabulary(self):
+    return ["a", "image"] + list(COLOURS)
+
+  def split_size(self, split):
+    return self.splits[split]
+
+
+def prepare_solid(config, featurizer=None):
+  del featurizer
+  return SolidColours(config.data.image_size)
+# --- end of the example. ---
+
+
+@pytest.fixture
+def solid_registered(monkeypatch):
+  monkeypatch.setitem(sources.REGISTRY, "solid", prepare_solid)
+
+
+def test_a_new_data_source_trains_and_evaluates(solid_registered, tmp_path):
+  c = test_train.tiny_config(total_steps=2)
+  c.data.name = "solid"
+  c.data.image_size = 8
+  c.eval.kind = "prompts"
+  c.eval.num = 8
+  c.eval.batch_size = 8
+  out = train.train_and_evaluate(c, str(tmp_path))
+  assert np.isfinite(out["train"]["train/loss"])
+  assert "val/flow" in out["eval"]
+  assert os.path.exists(tmp_path / "samples" / "latest.png")
+  with open(tmp_path / "vocab.json") as f:
+    assert json.load(f) == SolidColours(8).vocabulary()
+
+
+def test_unknown_names_are_one_clear_error():
+  c = test_train.tiny_config()
+  for field, value, registry in (("data.name", "nope", sources.REGISTRY),
+                                 ("autoencoder.kind", "nope",
+                                  latents.REGISTRY)):
+    section, key = field.split(".")
+    c[section][key] = value
+    with pytest.raises(ValueError, match=sorted(registry)[0]):
+      (sources.prepare(c) if section == "data" else latents.latent_shape(c))
+    c = test_train.tiny_config()
+  with pytest.raises(ValueError, match="crossflow"):
+    objectives.get("nope")
+
+
+def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
+  from txt2img_jax.data import prepared
+  words = prepared._WORDS.findall("a red-ish circle, left!")
+  tok = tokenizer_lib.build_word_tokenizer(sorted(set(words)), 16)
+  ids, _ = tokenizer_lib.tokenize(tok, ["a red-ish circle, left!"], 16)
+  assert tok.unk_token_id not in ids[0]
