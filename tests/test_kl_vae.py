@@ -71,57 +71,82 @@ def _rel(a, b):
   return np.abs(a - b).max() / np.abs(b).max()
 
 
+def _forward(vae):
+  """Everything the tests compare, in one jitted function (one compile per VAE)."""
+  encode = lambda p, x: vae.module.apply({'params': p}, x, method=kl_vae.AutoencoderKLModule.encode)
+  decode = lambda p, z: vae.module.apply({'params': p}, z, method=kl_vae.AutoencoderKLModule.decode)
+
+  @jax.jit
+  def forward(params, images, latent, rng):
+    raw_latent = latent / vae.scaling_factor + vae.shift_factor
+    scaled = vae.encode_moments(params, images)
+    sampled = vae.sample(scaled, rng)
+    return dict(moments=encode(params, images * 2 - 1), scaled=scaled,
+                raw_decoded=decode(params, raw_latent.astype(vae.dtype)).astype(jnp.float32),
+                decoded=vae.decode(params, latent),
+                sampled=sampled, round_trip=vae.decode(params, sampled))
+  return forward
+
+
+_LOADED = {}
+
+
+def _load(path, dtype='float32'):
+  """Load once per folder and dtype, with its compiled forward."""
+  if (path, dtype) not in _LOADED:
+    vae = kl_vae.load(path, dtype)
+    _LOADED[path, dtype] = vae, _forward(vae)
+  return _LOADED[path, dtype]
+
+
+def _latent(vae, images):
+  """A latent near the encoded one, so the decoder sees realistic and off-mean inputs alike."""
+  shape = (images.shape[0],) + vae.latent_shape(images.shape[1])
+  return np.random.RandomState(1).randn(*shape).astype(np.float32)
+
+
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_matches_diffusers(vaes, images, name):
   path, ref = vaes[name]
-  vae = kl_vae.load(path)
+  vae, forward = _load(path)
   # diffusers' defaults where a variant leaves them out.
   scale = VARIANTS[name].get('scaling_factor', 0.18215)
   shift = VARIANTS[name].get('shift_factor', 0.0)
   assert (vae.scaling_factor, vae.shift_factor) == pytest.approx((scale, shift))
+  latent = _latent(vae, images)
+  out = forward(vae.params, images, latent, jax.random.PRNGKey(0))
   with torch.no_grad():
     dist = ref.encode(_nchw(images * 2 - 1)).latent_dist
+    ref_x = _nhwc(ref.decode(_nchw(latent / scale + shift)).sample)
   ref_mean, ref_logvar = _nhwc(dist.mean), _nhwc(dist.logvar)
 
-  mean, logvar = vae.module.apply({'params': vae.params}, jnp.asarray(images * 2 - 1),
-                                  method=kl_vae.AutoencoderKLModule.encode)
+  mean, logvar = out['moments']
+  assert mean.shape == (2,) + vae.latent_shape(SIZE)
   assert _rel(mean, ref_mean) <= 1e-4 and _rel(logvar, ref_logvar) <= 1e-4
-  mean_s, logvar_s = vae.encode_moments(vae.params, jnp.asarray(images))
+  mean_s, logvar_s = out['scaled']
   assert _rel(mean_s, (ref_mean - shift) * scale) <= 1e-4
   assert _rel(logvar_s, ref_logvar + 2 * math.log(scale)) <= 1e-4
-
-  latent = np.asarray(mean_s) + 0.5 * np.random.RandomState(1).randn(*mean_s.shape)
-  latent = latent.astype(np.float32)
-  with torch.no_grad():
-    ref_x = _nhwc(ref.decode(_nchw(latent / scale + shift)).sample)
-  raw = vae.module.apply({'params': vae.params}, jnp.asarray(latent / scale + shift),
-                         method=kl_vae.AutoencoderKLModule.decode)
-  assert _rel(raw, ref_x) <= 1e-4
-  decoded = vae.decode(vae.params, jnp.asarray(latent))
-  assert _rel(decoded, np.clip((ref_x + 1) / 2, 0, 1)) <= 1e-4
-  assert float(decoded.min()) >= 0.0 and float(decoded.max()) <= 1.0
+  assert _rel(out['raw_decoded'], ref_x) <= 1e-4
+  assert _rel(out['decoded'], np.clip((ref_x + 1) / 2, 0, 1)) <= 1e-4
+  assert float(out['decoded'].min()) >= 0.0 and float(out['decoded'].max()) <= 1.0
 
 
 def test_latent_shape_and_jitted_round_trip(vaes, images):
-  vae = kl_vae.load(vaes['flux'][0])
+  vae, forward = _load(vaes['flux'][0])
   assert vae.latent_shape(SIZE) == (SIZE // 4, SIZE // 4, 16)
   with pytest.raises(ValueError, match='divisible'):
     vae.latent_shape(SIZE + 2)
-
-  @jax.jit
-  def round_trip(params, x, rng):
-    latent = vae.sample(vae.encode_moments(params, x), rng)
-    return latent, vae.decode(params, latent)
-
-  rng = jax.random.PRNGKey(0)
-  latent, out = round_trip(vae.params, images, rng)
-  assert latent.shape == (2,) + vae.latent_shape(SIZE)
-  assert out.shape == images.shape and out.dtype == jnp.float32
+  latent = _latent(vae, images)
+  out = forward(vae.params, images, latent, jax.random.PRNGKey(3))
+  assert out['sampled'].shape == (2,) + vae.latent_shape(SIZE)
+  assert out['round_trip'].shape == images.shape and out['round_trip'].dtype == jnp.float32
+  assert not np.allclose(out['sampled'], out['scaled'][0])  # the noise is there
   # Params are an argument, not baked-in constants: new values, same compiled function.
+  compiled = forward._cache_size()
   zeroed = jax.tree.map(np.zeros_like, vae.params)
-  latent0, _ = round_trip(zeroed, images, rng)
-  assert round_trip._cache_size() == 1
-  assert not np.allclose(latent0, latent)
+  out0 = forward(zeroed, images, latent, jax.random.PRNGKey(3))
+  assert forward._cache_size() == compiled
+  assert not np.allclose(out0['sampled'], out['sampled'])
 
 
 def test_sample_draws_from_the_moments():
@@ -134,15 +159,15 @@ def test_sample_draws_from_the_moments():
 
 def test_bfloat16_runs_close_to_float32(vaes, images):
   path = vaes['sd'][0]
-  f32, bf16 = kl_vae.load(path), kl_vae.load(path, dtype='bfloat16')
+  (f32, fwd32), (bf16, fwd16) = _load(path), _load(path, 'bfloat16')
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(bf16.params))
-  m32, _ = f32.encode_moments(f32.params, images)
-  m16, lv16 = jax.jit(bf16.encode_moments)(bf16.params, images)
-  assert m16.dtype == jnp.float32 and np.isfinite(np.asarray(lv16)).all()
-  assert _rel(m16, m32) < 5e-2
-  x16 = jax.jit(bf16.decode)(bf16.params, m32)
-  x32 = f32.decode(f32.params, m32)
-  assert x16.dtype == jnp.float32 and np.abs(np.asarray(x16) - np.asarray(x32)).max() < 5e-2
+  latent = _latent(f32, images)
+  rng = jax.random.PRNGKey(0)
+  out32, out16 = fwd32(f32.params, images, latent, rng), fwd16(bf16.params, images, latent, rng)
+  for key in ('scaled', 'decoded'):
+    for a16, a32 in zip(jax.tree.leaves(out16[key]), jax.tree.leaves(out32[key])):
+      assert a16.dtype == jnp.float32 and np.isfinite(np.asarray(a16)).all()
+      assert _rel(a16, a32) < 5e-2, key
   assert bf16.fingerprint() == f32.fingerprint()  # same weights: a latent cache is shared
 
 
