@@ -314,8 +314,12 @@ class KLVAE:
     return jnp.clip((x.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
 
   def fingerprint(self) -> str:
-    """Stable hash of the architecture, the scaling and every weight, e.g. to key latent caches."""
-    meta = json.dumps({'config': dataclasses.asdict(self.config),
+    """Stable hash of the architecture, the scaling, the compute dtype and every weight.
+
+    Meant to key latent caches, so the dtype is in it: bfloat16 latents differ from float32 ones
+    by ~1e-2, and a cache must hold what the current encode path would give.
+    """
+    meta = json.dumps({'config': dataclasses.asdict(self.config), 'dtype': self.dtype,
                        'scaling_factor': self.scaling_factor, 'shift_factor': self.shift_factor},
                       sort_keys=True)
     return hashlib.sha256((meta + self.weights_hash).encode()).hexdigest()[:16]
