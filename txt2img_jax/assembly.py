@@ -25,6 +25,7 @@ from txt2img_jax import assets
 from txt2img_jax import checkpointing
 from txt2img_jax import flow
 from txt2img_jax import latents
+from txt2img_jax import losses
 from txt2img_jax import objectives
 from txt2img_jax import optim
 from txt2img_jax import perceptual as perceptual_lib
@@ -74,6 +75,12 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
       perceptual_lib.NETS):
     raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
                      f"one of {perceptual_lib.NETS}")
+  if config.loss.kl_kind not in losses.KL_KINDS:
+    raise ValueError(f"loss.kl_kind={config.loss.kl_kind!r}: expected one of "
+                     f"{losses.KL_KINDS}")
+  if config.loss.logit_scale_kind not in losses.LOGIT_SCALE_KINDS:
+    raise ValueError(f"loss.logit_scale_kind={config.loss.logit_scale_kind!r}:"
+                     f" expected one of {losses.LOGIT_SCALE_KINDS}")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
   if config.sample.method not in flow.SAMPLERS:

@@ -2,12 +2,25 @@
 
 Conventions (so the numbers read like the diagnosis note's):
 - flow: mean squared error over every latent element and the batch;
-- kl_raw: KL(N(mu, var) || N(0, I)) summed over the latent dimensions,
-  averaged over the batch (the note's kl_raw ~ 70 on 8192 dims);
+- kl_raw: the posterior's penalty summed over the latent dimensions and
+  averaged over the batch (the note's kl_raw ~ 70 on 8192 dims), of one of
+  two kinds (`KL_KINDS`, `config.loss.kl_kind`):
+    gaussian:  0.5 sum(mu^2 + e^lv - 1 - lv), KL(N(mu, e^lv) || N(0, I));
+    crossflow: 0.5 sum((0.3 mu)^6 + e^lv - 1 - lv), CrossFlow's own term
+      (trained there with weight 1e-2). It is not a KL: the sixth power
+      barely pulls mu while |mu| < 2 (gradient < 0.07 against the
+      Gaussian's 2) and climbs steeply past 0.3|mu| = 1, so the means keep
+      their spread within a box and mainly the variances are drawn to 1;
 - tv: total variation of z_text, summed over the latent like kl_raw
   (so the note's weights 1e-6 - 5e-6 have the scale they had there);
 - clip: symmetric InfoNCE between flattened, normalised z_text and the image
-  tower's embedding, with a learnable temperature.
+  tower's embedding, with a learnable temperature s read in one of two ways
+  (`LOGIT_SCALE_KINDS`, `config.loss.logit_scale_kind`):
+    exp: logits = min(e^s, 100) cos (CLIP's log-temperature, capped);
+    raw: logits = s cos, unbounded (CrossFlow multiplies by open_clip's
+      log-scale parameter as it is). The same s then means a far warmer
+      softmax (s = 2.66 is a scale of 2.66, not 14.3), and nothing stops s
+      from growing or turning negative.
 """
 
 from __future__ import annotations
@@ -16,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+KL_KINDS = ("gaussian", "crossflow")
+LOGIT_SCALE_KINDS = ("exp", "raw")
+
 
 def flow_mse_per_example(v_pred: jax.Array, v_target: jax.Array) -> jax.Array:
   err = jnp.square(v_pred.astype(jnp.float32) - v_target.astype(jnp.float32))
@@ -23,10 +39,18 @@ def flow_mse_per_example(v_pred: jax.Array, v_target: jax.Array) -> jax.Array:
 
 
 def kl_to_standard_normal(mu: jax.Array, log_var: jax.Array) -> jax.Array:
-  """Per-example KL summed over all latent dims, (B,)."""
+  """Per-example KL(N(mu, e^lv) || N(0, I)) summed over the latent, (B,)."""
+  return kl_term(mu, log_var, "gaussian")
+
+
+def kl_term(mu: jax.Array, log_var: jax.Array, kind: str) -> jax.Array:
+  """Per-example posterior penalty of `kind` (see the module doc), (B,)."""
+  if kind not in KL_KINDS:
+    raise ValueError(f"loss.kl_kind={kind!r}: expected one of {KL_KINDS}")
   mu = mu.astype(jnp.float32)
   log_var = log_var.astype(jnp.float32)
-  kl = 0.5 * (jnp.square(mu) + jnp.exp(log_var) - 1.0 - log_var)
+  mean_term = jnp.square(mu) if kind == "gaussian" else (0.3 * mu) ** 6
+  kl = 0.5 * (mean_term + jnp.exp(log_var) - 1.0 - log_var)
   return kl.reshape(kl.shape[0], -1).sum(axis=1)
 
 
@@ -38,12 +62,23 @@ def total_variation(z: jax.Array) -> jax.Array:
 
 
 def contrastive(text_vec: jax.Array, image_vec: jax.Array,
-                logit_scale: jax.Array, max_scale: float = 100.0) -> jax.Array:
-  """Symmetric InfoNCE; logit_scale is a log-temperature (CLIP style)."""
+                logit_scale: jax.Array, kind: str = "exp",
+                max_scale: float = 100.0) -> jax.Array:
+  """Symmetric InfoNCE; `kind` says how logit_scale becomes the multiplier.
+
+  exp: min(exp(logit_scale), max_scale); raw: logit_scale itself
+  (see the module doc for why the two differ).
+  """
+  if kind not in LOGIT_SCALE_KINDS:
+    raise ValueError(f"loss.logit_scale_kind={kind!r}: expected one of "
+                     f"{LOGIT_SCALE_KINDS}")
+
   def norm(x):
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
     return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
-  scale = jnp.minimum(jnp.exp(logit_scale.astype(jnp.float32)), max_scale)
+
+  s = logit_scale.astype(jnp.float32)
+  scale = jnp.minimum(jnp.exp(s), max_scale) if kind == "exp" else s
   logits = scale * norm(text_vec) @ norm(image_vec).T
   labels = jnp.arange(logits.shape[0])
   l_t = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -52,16 +87,20 @@ def contrastive(text_vec: jax.Array, image_vec: jax.Array,
 
 
 def swap_null_targets(rng: jax.Array, null: jax.Array,
-                      x1: jax.Array) -> jax.Array:
-  """Classifier-free guidance targets (CrossFlow).
+                      x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Classifier-free guidance targets (CrossFlow): returns (null, targets).
 
   A null sample (indicator 0) gets the image of another null sample, so the
   null branch learns to carry any text latent to *some* image and the
   conditional-minus-null difference is what the caption adds. The permutation
   is a cyclic shift among the null samples in a random order, so no null
-  sample keeps its own image when there are two or more.
+  sample keeps its own image. A lone null sample has no other null image to
+  take: as in CrossFlow it goes back to being conditional (the returned null
+  mask drops it), since training it as null on its own image would teach the
+  null branch its caption.
   """
   b = null.shape[0]
+  null = null & (null.sum() >= 2)
   # Null samples first, in random order; the others after them.
   key = jnp.where(null, 0.0, 2.0) + jax.random.uniform(rng, (b,))
   order = jnp.argsort(key)
@@ -71,7 +110,7 @@ def swap_null_targets(rng: jax.Array, null: jax.Array,
   src = order[src_pos]
   # Position p in `order` takes its image from `src[p]`.
   perm = jnp.zeros((b,), jnp.int32).at[order].set(src.astype(jnp.int32))
-  return x1[perm]
+  return null, x1[perm]
 
 
 def kl_weight(step: jax.Array, weight: float, warmup_steps: int) -> jax.Array:

@@ -67,7 +67,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
 
     b = ids.shape[0]
     null = jax.random.bernoulli(k_null, c.loss.cfg_null_prob, (b,))
-    x1_target = losses.swap_null_targets(k_swap, null, x1)
+    null, x1_target = losses.swap_null_targets(k_swap, null, x1)
     indicator = 1 - null.astype(jnp.int32)
 
     t = timesteps.sample_t(k_t, b, c.time.sampler, step)
@@ -78,10 +78,11 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     flow_per_ex = losses.flow_mse_per_example(v_pred, v_target)
     loss_flow = flow_per_ex.mean()
 
-    kl_raw = losses.kl_to_standard_normal(mu, log_var).mean()
+    kl_raw = losses.kl_term(mu, log_var, c.loss.kl_kind).mean()
     kl_w = losses.kl_weight(step, c.loss.kl_weight, c.loss.kl_warmup_steps)
     img_emb, logit_scale = apply(x1, method="embed_image")
-    loss_clip = losses.contrastive(z_text, img_emb, logit_scale)
+    loss_clip = losses.contrastive(z_text, img_emb, logit_scale,
+                                   c.loss.logit_scale_kind)
     loss_tv = losses.total_variation(z_text).mean()
 
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
