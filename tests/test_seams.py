@@ -94,3 +94,16 @@ def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
   tok = tokenizer_lib.build_word_tokenizer(sorted(set(words)), 16)
   ids, _ = tokenizer_lib.tokenize(tok, ["a red-ish circle, left!"], 16)
   assert tok.unk_token_id not in ids[0]
+
+
+def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
+  from txt2img_jax import assets
+  c = test_train.tiny_config()
+  d = c.to_dict()
+  del d["loss"]["kl_kind"], d["objective"]
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(d, f)
+  loaded = assets.load_config(str(tmp_path))
+  assert loaded.loss.kl_kind == "gaussian"
+  assert loaded.objective == "crossflow"
+  assert loaded.total_steps == c.total_steps

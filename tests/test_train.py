@@ -113,6 +113,10 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
     ({"head.kind": "nonsense"}, "nonsense"),
     ({"time.sampler.kind": "nonsense"}, "nonsense"),
     ({"flow.time_input": "nonsense"}, "nonsense"),
+    ({"loss.kl_kind": "normal"}, "loss.kl_kind='normal'"),
+    ({"data.name": "nonsense"}, "nonsense"),
+    ({"autoencoder.kind": "nonsense"}, "nonsense"),
+    ({"autoencoder.kind": "kl_vae"}, "autoencoder.path"),
 ])
 def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -25,6 +25,7 @@ from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import text_encoder as text_encoder_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = "config.json"
 STATS_FILE = "latent_stats.json"
 VOCAB_FILE = "vocab.json"
@@ -49,7 +50,27 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     d = json.load(f)
   d.pop("latent_dims", None)
-  return ml_collections.ConfigDict(d)
+  return ml_collections.ConfigDict(_with_defaults(d, _base_defaults()))
+
+
+def _base_defaults() -> dict:
+  """Every field's default (configs/base.py): a run saved before a field
+  existed gets the default, which is the behaviour it was trained with."""
+  from txt2img_jax import config_lib
+  base = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
+                                 "base")
+  return base.get_config().to_dict()
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  out = dict(saved)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict) and k not in (
+        "sampler", "schedule", "then", "first"):  # Kind-specific blocks.
+      out[k] = _with_defaults(out[k], v)
+  return out
 
 
 def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -153,9 +174,14 @@ def latent_stats(config, workdir: str, builder,
     with open(path) as f:
       return ae_lib.LatentStats.from_dict(json.load(f))
   n = min(config.autoencoder.stats_examples, builder.split_size("train"))
-  images = pipeline.load_split(builder, "train", n,
-                               max_len=config.data.max_len)["image"]
-  batches = np.array_split(images, max(1, n // 256))
+  split = pipeline.load_split(builder, "train", n,
+                              max_len=config.data.max_len)
+  chunks = max(1, n // 256)
+  if "moments_mean" in split:  # Cached: the frozen encoder need not run.
+    batches = list(zip(np.array_split(split["moments_mean"], chunks),
+                       np.array_split(split["moments_logvar"], chunks)))
+  else:
+    batches = np.array_split(split["image"], chunks)
   stats = ae_lib.compute_latent_stats(
       autoencoder, batches, jax.random.PRNGKey(config.seed + 1))
   if jax.process_index() == 0:

@@ -86,15 +86,22 @@ def compute_latent_stats(autoencoder, images_batches: Iterable[np.ndarray], rng:
                          min_std: float = 1e-4) -> LatentStats:
   """Per-channel mean / std over every pixel of every example of sample(encode_moments(x)).
 
+  A batch may also be a (mean, logvar) pair of moments cached by `prepare`.
+
   Uses the training path (moments + reparameterised sample) so the statistics describe exactly
   what the flow network sees. `min_std` keeps a constant channel from dividing by ~0.
   """
   encode = jax.jit(lambda p, x, key: encode_latent(autoencoder, p, x, key))
+  from_moments = jax.jit(lambda m, key: sample_latent(autoencoder, m, key))
   total = total_sq = None
   count = 0
   for i, images in enumerate(images_batches):
-    latent = np.asarray(encode(autoencoder.params, jnp.asarray(images),
-                               jax.random.fold_in(rng, i)), np.float64)
+    key = jax.random.fold_in(rng, i)
+    if isinstance(images, tuple):  # Moments cached by `prepare`.
+      latent = np.asarray(from_moments(images, key), np.float64)
+    else:
+      latent = np.asarray(encode(autoencoder.params, jnp.asarray(images), key),
+                          np.float64)
     flat = latent.reshape(-1, latent.shape[-1])
     total = flat.sum(0) if total is None else total + flat.sum(0)
     total_sq = (flat ** 2).sum(0) if total_sq is None else total_sq + (flat ** 2).sum(0)
