@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from txt2img_jax import benchmark
+from txt2img_jax import benchmark_scoring as benchmark
 from txt2img_jax import reporting
 from txt2img_jax.data import pipeline
 
