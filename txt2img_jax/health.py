@@ -64,8 +64,9 @@ def define_flags():
   config_flags.DEFINE_config_file(
       "config", None, "Recipe file, e.g. configs/restart.py[:tiny].",
       lock_config=False)
-  flags.DEFINE_string("workdir", None, "overfit: the run's directory (wiped "
-                      "first; default workdirs/health_overfit_<name>). "
+  flags.DEFINE_string("workdir", None, "overfit: a new or empty directory, or "
+                      "one an earlier check made (wiped first; default "
+                      "workdirs/health_overfit_<name>). "
                       "latents: a run whose latent_stats.json to check "
                       "(default: compute the statistics).")
   flags.DEFINE_integer("steps", DEFAULT_STEPS, "overfit: train steps (the "

@@ -167,16 +167,25 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
           "rel": mse_gen / max(mse_mean, 1e-12), "step": run.step}
 
 
+# Written into every workdir the check makes: the only non-empty directory it will wipe. Any
+# other (a training run above all, which holds config.json and metrics.jsonl like a check's
+# run does) is refused.
+MARKER = ".health_overfit"
+
+
 def _prepare_workdir(workdir: str) -> None:
-  """Remove a previous check's run so every check starts fresh; refuse to
-  delete a directory that does not look like one."""
+  """Empty a directory an earlier check made, or make a new one, and mark it as the check's;
+  refuse to touch any other non-empty directory."""
   if os.path.isdir(workdir) and os.listdir(workdir):
-    known = {"config.json", "metrics.jsonl", "overfit.json"}
-    if not known & set(os.listdir(workdir)):
-      raise ValueError(f"{workdir} is not empty and is not a previous run; "
-                       "refusing to delete it")
+    if not os.path.exists(os.path.join(workdir, MARKER)):
+      raise ValueError(
+          f"workdir {workdir} is not empty and was not made by the overfit check (no "
+          f"{MARKER} file in it); refusing to delete it: give --workdir a new or empty "
+          "directory")
     shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, MARKER), "w") as f:
+    f.write("Made by `python -m txt2img_jax.health overfit`; the next check here wipes it.\n")
 
 
 def run_overfit(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -184,8 +193,9 @@ def run_overfit(config: ml_collections.ConfigDict, workdir: str | None = None,
                 break_targets: bool = False, *, lr_factor: float = LR_FACTOR,
                 recon_num: int = DEFAULT_RECON, min_fall: float = MIN_FALL,
                 max_rel: float = MAX_REL, plot: bool = True) -> Result:
-  """Trains the overfit copy of `config` in `workdir` (wiped first) and
-  judges it; writes W/overfit.json and W/overfit.png."""
+  """Trains the overfit copy of `config` in `workdir` (a new or empty
+  directory, or one an earlier check made, which is wiped first) and judges
+  it; writes W/overfit.json and W/overfit.png."""
   from txt2img_jax import train
   c = overfit_config(config, steps, subset, lr_factor)
   workdir = os.path.abspath(
