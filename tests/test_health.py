@@ -1,8 +1,11 @@
 """The health checks (txt2img_jax/health.py) on the tiny config: each passes on
 a sound setup and fails on a deliberately broken one."""
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,8 +13,10 @@ import pytest
 
 from txt2img_jax import assets
 from txt2img_jax import health
+from txt2img_jax import health_overfit
+from txt2img_jax import train
 from txt2img_jax.models import autoencoder as ae_lib
-from test_train import tiny_config
+from test_train import REPO, tiny_config
 
 # The tiny model at the check's defaults does not learn to use the caption
 # at t = 0 within a test's budget: loss_flow falls by 50-80% while the
@@ -143,6 +148,47 @@ def test_overfit_starts_fresh(data_dir, tmp_path):
   with pytest.raises(ValueError, match="refusing"):
     health.run_overfit(tiny_config(), str(keep), steps=20)
   assert (keep / "notes.txt").exists()
+
+
+def test_overfit_reuses_only_its_own_workdir(tmp_path):
+  workdir = str(tmp_path / "check")
+  health_overfit._prepare_workdir(workdir)  # pylint: disable=protected-access
+  assert os.listdir(workdir) == [health_overfit.MARKER]
+  (tmp_path / "check" / "metrics.jsonl").write_text("{}\n")  # A check's leftovers ...
+  health_overfit._prepare_workdir(workdir)  # pylint: disable=protected-access
+  assert os.listdir(workdir) == [health_overfit.MARKER]  # ... are wiped.
+
+
+def _snapshot(root):
+  """{relative path: (size, mtime, sha1)} of every file under root."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()
+      st = os.stat(path)
+      out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, digest)
+  return out
+
+
+def test_overfit_refuses_a_training_run(data_dir, tmp_path):
+  # Issue 16, item 1: a training run's workdir given as --workdir looked like an earlier
+  # check (config.json, metrics.jsonl) and was wiped without a word.
+  run = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(), str(run))
+  before = _snapshot(run)
+  assert {"config.json", "metrics.jsonl"} <= set(before)
+  result = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.health", "overfit",
+       "--config=configs/restart.py:tiny", f"--workdir={run}", "--steps=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stdout + result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("health: error:")]
+  assert len(errors) == 1, result.stderr
+  assert "not made by" in errors[0] and "refusing" in errors[0]
+  assert "Traceback" not in result.stderr
+  assert _snapshot(run) == before
 
 
 # --- latents -----------------------------------------------------------------

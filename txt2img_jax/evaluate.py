@@ -19,11 +19,12 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from txt2img_jax import benchmark
+from txt2img_jax import benchmark_scoring as benchmark
 from txt2img_jax import flow
 from txt2img_jax import reporting
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tfds_shapes
+
 
 def make_evaluator(config, workdir, data, parts, generate, frozen, stats,
                    writer=None):
