@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Optional
 
 # The public API, gathered in one namespace for tests and notebooks.

@@ -93,7 +93,7 @@ def run_latents(config: ml_collections.ConfigDict, workdir: str | None = None,
   else:
     with tempfile.TemporaryDirectory() as tmp:
       stats = assets.latent_stats(config, tmp, builder, autoencoder)
-    source = (f"computed ({min(config.autoencoder.stats_examples, builder.split_size("train"))}"
+    source = (f"computed ({min(config.autoencoder.stats_examples, builder.split_size('train'))}"
               " train examples, as a run does)")
   if stats_scale != 1.0:
     stats = ae_lib.LatentStats(
