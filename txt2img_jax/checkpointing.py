@@ -89,6 +89,12 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def describe_latest(self) -> str:
+    step = self.latest_step()
+    if step is None:
+      return "No checkpoint was saved yet (the run stopped before its first)"
+    return f"Last good checkpoint: step {step} in {self.directory}"
+
   def save(self, step: int, state: Any) -> None:
     if step == self._saved:  # E.g. a preemption on a checkpoint step.
       return

@@ -28,6 +28,7 @@ from txt2img_jax import evaluate
 from txt2img_jax import losses
 from txt2img_jax import optim
 from txt2img_jax import perceptual as perceptual_lib
+from txt2img_jax import preemption
 from txt2img_jax import reporting
 from txt2img_jax import sharding
 from txt2img_jax import timesteps
@@ -153,11 +154,21 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
     updates, new_opt = tx.update(grads, state.opt_state, state.params,
                                  step=state.step)
     new_params = optax.apply_updates(state.params, updates)
+    group_labels = labels(grads)
 
-    # A step with a non-finite loss or gradient is skipped, and counted.
-    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+    # A step with a non-finite loss, gradient or update is skipped, and
+    # counted; so is an update above max_update_ratio x the parameters (the
+    # loop then stops the run). Skipped: params, moments and EMA unchanged.
+    ratios = optim.group_global_norms(updates, group_labels)
+    for g, p in optim.group_global_norms(state.params, group_labels).items():
+      ratios[g] = ratios[g] / jnp.maximum(p, 1e-6)
+    ratio = jnp.max(jnp.stack(list(ratios.values())))
+    finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+              & jnp.isfinite(ratio))
+    bound = c.get("max_update_ratio", 0.0)  # Absent in older runs' configs.
+    ok = finite & ((bound <= 0) | (ratio <= bound))
     keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
+        lambda n, o: jnp.where(ok, n, o), new, old)
     new_params = keep(new_params, state.params)
     new_opt = keep(new_opt, state.opt_state)
 
@@ -165,11 +176,15 @@ def make_train_step(config, model, tx, schedules, autoencoder, text_frozen,
     if c.ema_warmup:
       s = state.step.astype(jnp.float32)
       decay = jnp.minimum(decay, (1.0 + s) / (10.0 + s))
-    new_ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
-                           state.ema_params, new_params)
+    new_ema = keep(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                                state.ema_params, new_params),
+                   state.ema_params)
 
-    group_labels = labels(grads)
     metrics = dict(aux)
+    metrics["skipped"] = ~ok
+    metrics["update_ratio"] = ratio
+    for g, v in ratios.items():
+      metrics[f"update_ratio/{g}"] = v
     metrics["grad_norm"] = optax.tree.norm(grads)
     for g, v in optim.group_global_norms(grads, group_labels).items():
       metrics[f"grad_norm/{g}"] = v
@@ -217,6 +232,16 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
       perceptual_lib.NETS):
     raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
                      f"one of {perceptual_lib.NETS}")
+  if not 0.0 <= config.ema_decay <= 1.0:
+    raise ValueError(f"ema_decay={config.ema_decay} must lie in [0, 1] "
+                     "(0.999 keeps ~1000 steps)")
+  # .get: configs saved by older runs lack these two.
+  if config.get("max_skipped_steps", 0) < 0:
+    raise ValueError(f"max_skipped_steps={config.max_skipped_steps} must be "
+                     ">= 0 (0: never stop on skipped steps)")
+  if not config.get("max_update_ratio", 0.0) >= 0:
+    raise ValueError(f"max_update_ratio={config.max_update_ratio} must be "
+                     ">= 0 (0: no bound)")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
   if config.sample.method not in ("euler", "heun"):
@@ -380,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   hooks = reporting.Periodic(config, total)
   pending = None  # Metrics are fetched one step late: logging never stalls.
   last_eval = {}
-  with mesh:
+  with mesh, preemption.StopOnSignal() as stop:
     for step in range(start_step, total):
       batch = sharding.put_batch(next(batches), mesh)
       state, metrics = p_train_step(state, batch, frozen, stats_dev)
@@ -388,16 +413,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reporter.add(*pending)
       pending = (step + 1, metrics)
       done = step + 1
-      if hooks.log(done) or done == total:
+      stopping = stop.requested(done)  # SIGTERM / SIGINT / preemption.
+      # A state is checked (its metrics fetched) before it is saved.
+      if hooks.log(done) or done == total or hooks.checkpoint(done) or stopping:
         reporter.add(*pending)
         pending = None
+      if reporter.failure:  # Runaway updates: keep the last good checkpoint.
         reporter.flush(done)
-      if hooks.checkpoint(done):
+        ckpt.close()
+        writer.flush()
+        raise reporting.RunawayError(
+            f"run stopped: {reporter.failure}. {ckpt.describe_latest()}")
+      if hooks.log(done) or done == total:
+        reporter.flush(done)
+      if hooks.checkpoint(done) or stopping:
         ckpt.save(done, state)
       if hooks.sample(done):
         evaluator.sample_grid(state.ema_params, done)
       if hooks.eval(done):
         last_eval = evaluator.benchmark(state.ema_params, done)
+      if stopping:
+        reporter.save_partial(done)
+        ckpt.wait()
+        stop.report(done, ckpt.directory)
+        break
       reporting.check_compiles(p_train_step, config.max_compiles)
   if pending is not None:
     reporter.add(*pending)
