@@ -27,6 +27,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2     # Checkpoints kept on disk (older ones deleted).
   c.sample_every = 400       # Steps between sample grids (PNG + TB); also at the end.
   c.eval_every = 800         # Steps between structure-benchmark evaluations; also at the end.
+  c.max_skipped_steps = 25   # Stop after this many skipped (non-finite) steps in a row; 0: never.
+  c.max_update_ratio = 1.0   # Stop when a step's update exceeds this x the parameter norm
+                             # (per group; the update is not applied); 0: no bound.
   c.max_compiles = 1         # The train step may compile this many times; more is an error.
   c.dtype = "float32"        # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU.
   c.objective = "crossflow"  # The loss (txt2img_jax/objectives/): CrossFlow's noise-free path.

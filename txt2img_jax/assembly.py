@@ -75,6 +75,16 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
       perceptual_lib.NETS):
     raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
                      f"one of {perceptual_lib.NETS}")
+  if not 0.0 <= config.ema_decay <= 1.0:
+    raise ValueError(f"ema_decay={config.ema_decay} must lie in [0, 1] "
+                     "(0.999 keeps ~1000 steps)")
+  # .get: configs saved by older runs lack these two.
+  if config.get("max_skipped_steps", 0) < 0:
+    raise ValueError(f"max_skipped_steps={config.max_skipped_steps} must be "
+                     ">= 0 (0: never stop on skipped steps)")
+  if not config.get("max_update_ratio", 0.0) >= 0:
+    raise ValueError(f"max_update_ratio={config.max_update_ratio} must be "
+                     ">= 0 (0: no bound)")
   if config.loss.kl_kind not in losses.KL_KINDS:
     raise ValueError(f"loss.kl_kind={config.loss.kl_kind!r}: expected one of "
                      f"{losses.KL_KINDS}")

@@ -16,26 +16,120 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+# What orbax writes last when it commits a step (after every array and the
+# tree's _METADATA): a step dir without these is an interrupted save.
+_COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
+BROKEN_DIR = "checkpoints_broken"
+
+
+class NoCheckpointError(FileNotFoundError):
+  """No readable checkpoint where one was expected."""
+
+
+def is_complete(step_dir: str) -> bool:
+  """A committed step: orbax's commit files present and not empty.
+
+  Cheap (no array is read): a truncated array file passes, and is caught
+  when the restore fails.
+  """
+  return all(os.path.isfile(p) and os.path.getsize(p) > 0
+             for p in (os.path.join(step_dir, f) for f in _COMMIT_FILES))
+
+
+def step_dirs(directory: str) -> tuple[list[int], list[int]]:
+  """(complete steps, incomplete steps) of a checkpoints dir, ascending."""
+  if not os.path.isdir(directory):
+    return [], []
+  steps = sorted(int(d) for d in os.listdir(directory)
+                 if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  good = [s for s in steps if is_complete(os.path.join(directory, str(s)))]
+  return good, [s for s in steps if s not in good]
+
+
 class Checkpointer:
-  """Async, keep-N checkpoints under `<workdir>/checkpoints`."""
+  """Async, keep-N checkpoints under `<workdir>/checkpoints`.
+
+  A step dir that is not a committed checkpoint (empty, or a save cut off
+  before orbax's commit files) or that fails to restore is moved to
+  `<workdir>/checkpoints_broken/` with a warning, and the run resumes from
+  the newest step that restores.
+  """
 
   def __init__(self, workdir: str, max_to_keep: int = 3,
                async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    _, incomplete = step_dirs(self.directory)
+    for step in incomplete:
+      self._set_aside(step, "not a complete checkpoint (empty, or its save "
+                      "was cut off before orbax committed it)")
+    self._manager = ocp.CheckpointManager(self.directory,
+                                          options=self._options)
+    self._saved = None
+
+  def _set_aside(self, step: int, why: str) -> None:
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.workdir, BROKEN_DIR, str(step))
+    n = 1
+    while os.path.exists(dst):
+      n += 1
+      dst = os.path.join(self.workdir, BROKEN_DIR, f"{step}_{n}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      os.rename(src, dst)
+    logging.warning("checkpoint step %d in %s is %s; moved it to %s",
+                    step, self.directory, why, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set_aside_{step}")
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def describe_latest(self) -> str:
+    step = self.latest_step()
+    if step is None:
+      return "No checkpoint was saved yet (the run stopped before its first)"
+    return f"Last good checkpoint: step {step} in {self.directory}"
+
   def save(self, step: int, state: Any) -> None:
+    if step == self._saved:  # E.g. a preemption on a checkpoint step.
+      return
     self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._saved = step
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """Restores into the structure, dtypes and shardings of abstract_state."""
-    step = self.latest_step() if step is None else step
+    """Restores into the structure, dtypes and shardings of abstract_state.
+
+    Without `step`: the newest checkpoint that restores; a newer one that
+    fails is set aside with a warning.
+    """
+    if step is not None:
+      return self._restore(abstract_state, step)
+    errors = []
+    while (latest := self.latest_step()) is not None:
+      try:
+        state = self._restore(abstract_state, latest)
+      except Exception as e:  # Orbax and tensorstore raise many kinds.
+        errors.append(f"step {latest}: {_short(e)}")
+        self._manager.close()
+        self._set_aside(latest, f"unreadable ({_short(e)})")
+        self._manager = ocp.CheckpointManager(self.directory,
+                                              options=self._options)
+        continue
+      if errors:
+        logging.warning("resumed from step %d, the newest checkpoint that "
+                        "restores", latest)
+      return state
+    raise NoCheckpointError(
+        f"no checkpoint in {self.directory} restores ({'; '.join(errors)}); "
+        f"the broken ones are in {os.path.join(self.workdir, BROKEN_DIR)}. "
+        "Use a new --workdir to start afresh")
+
+  def _restore(self, abstract_state: Any, step: int) -> Any:
     return self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract_state))
 
@@ -47,31 +141,72 @@ class Checkpointer:
     self._manager.close()
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int]:
-  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step)."""
+def _short(e: BaseException, n: int = 200) -> str:
+  """Orbax errors can be 100 KB long (a whole tree); a log line needs the
+  gist."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= n else text[:n] + "..."
+
+
+def _candidates(path: str) -> tuple[str, list[int]]:
+  """(checkpoints dir, its complete steps, newest first) for `path`."""
   path = os.path.abspath(path)
-  candidates = [os.path.join(path, "checkpoints"), path]
-  for directory in candidates:
-    if not os.path.isdir(directory):
-      continue
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-    if steps:
-      return directory, steps[-1]
+  for directory in (os.path.join(path, "checkpoints"), path):
+    good, bad = step_dirs(directory)
+    if good or bad:
+      newer_bad = [s for s in bad if not good or s > good[-1]]
+      if newer_bad:
+        logging.warning("%s: skipping step dir(s) %s, not complete "
+                        "checkpoints (empty, or a save that was cut off)",
+                        directory, newer_bad)
+      if good:
+        return directory, good[::-1]
+      raise NoCheckpointError(
+          f"no complete checkpoint in {directory}: step dir(s) {bad} are "
+          "empty or were cut off in mid-save")
   parent, leaf = os.path.split(path)
   if leaf.isdigit() and os.path.isdir(path):
-    return parent, int(leaf)
-  raise FileNotFoundError(
+    if is_complete(path):
+      return parent, [int(leaf)]
+    raise NoCheckpointError(
+        f"{path} is not a complete checkpoint (empty, or its save was cut "
+        "off); pass the workdir to use its newest complete one")
+  raise NoCheckpointError(
       f"no checkpoint found at {path!r}: expected a workdir with "
       "checkpoints/<step>/, a checkpoints dir, or a step dir")
 
 
+def resolve_checkpoint(path: str) -> tuple[str, int]:
+  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step).
+
+  The newest complete step; empty or half-saved step dirs are skipped.
+  """
+  directory, steps = _candidates(path)
+  return directory, steps[0]
+
+
 def load_raw(path: str) -> tuple[dict, int]:
-  """The saved state as nested dicts of host arrays, whatever its model."""
-  directory, step = resolve_checkpoint(path)
-  manager = ocp.CheckpointManager(directory)
-  raw = manager.restore(step, args=ocp.args.StandardRestore())
-  manager.close()
-  return jax.tree.map(np.asarray, raw), step
+  """The saved state as nested dicts of host arrays, whatever its model.
+
+  Falls back to an older complete step, with a warning, when the newest
+  does not restore (a truncated array file).
+  """
+  directory, steps = _candidates(path)
+  errors = []
+  for step in steps:
+    manager = ocp.CheckpointManager(directory)
+    try:
+      raw = manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # Orbax and tensorstore raise many kinds.
+      errors.append(f"step {step}: {_short(e)}")
+      logging.warning("%s: checkpoint step %d does not restore (%s); trying "
+                      "an older one", directory, step, _short(e))
+      continue
+    finally:
+      manager.close()
+    return jax.tree.map(np.asarray, raw), step
+  raise NoCheckpointError(
+      f"no checkpoint in {directory} restores: {'; '.join(errors)}")
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from txt2img_jax import runfiles
 from txt2img_jax.diagnose_checks import (
     check_buckets, check_loss_trend, check_lr, check_nonfinite, check_norms,
     check_posterior)
@@ -36,8 +37,8 @@ def load_metrics(workdir: str) -> Metrics:
   """Reads W/metrics.jsonl into {name: (steps, values)}.
 
   A step logged twice (a run resumed from a checkpoint older than its last log line) keeps its
-  latest value: that is the history the current run has. Lines that do not parse (a run killed
-  mid-write) are skipped.
+  latest value: that is the history the current run has. A torn last line (a run killed
+  mid-write) is dropped with a warning; a broken line elsewhere is an error (see runfiles).
   """
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -45,23 +46,15 @@ def load_metrics(workdir: str) -> Metrics:
         f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
         "logged its first step?")
   by_name: dict[str, dict[int, float]] = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
+  for record in runfiles.read_metrics(workdir):
+    step = int(record["step"])
+    for name, value in record.items():
+      if name == "step" or isinstance(value, bool):
         continue
       try:
-        record = json.loads(line)
-        step = int(record["step"])
-      except (ValueError, KeyError, TypeError):
+        by_name.setdefault(name, {})[step] = float(value)
+      except (TypeError, ValueError):
         continue
-      for name, value in record.items():
-        if name == "step" or isinstance(value, bool):
-          continue
-        try:
-          by_name.setdefault(name, {})[step] = float(value)
-        except (TypeError, ValueError):
-          continue
   metrics = {}
   for name, points in by_name.items():
     steps = np.array(sorted(points), dtype=np.int64)
@@ -79,8 +72,7 @@ def load_config(workdir: str) -> dict[str, Any]:
 
 
 def count_lines(workdir: str) -> int:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return sum(1 for line in f if line.strip())
+  return len(runfiles.read_metrics(workdir))
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from txt2img_jax import benchmark_scoring as benchmark
 from txt2img_jax import flow
 from txt2img_jax import reporting
+from txt2img_jax import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tfds_shapes
 
@@ -114,8 +115,7 @@ class Evaluator:
       if self.writer is not None:
         self.writer.write_scalars(step, flat)
       if jax.process_index() == 0:
-        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-          f.write(json.dumps({"step": step, **flat}) + "\n")
+        runfiles.append_metrics(self.workdir, {"step": step, **flat})
     return flat
 
   def evaluate(self, params, step: int | None = None) -> dict[str, float]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from txt2img_jax import evaluate
 from txt2img_jax import objectives
+from txt2img_jax import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
@@ -111,8 +112,7 @@ class PromptEvaluator:
       if self.writer is not None:
         self.writer.write_scalars(step, out)
       if jax.process_index() == 0:
-        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-          f.write(json.dumps({"step": step, **out}) + "\n")
+        runfiles.append_metrics(self.workdir, {"step": step, **out})
     return out
 
 

@@ -21,6 +21,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from txt2img_jax import runfiles
 from txt2img_jax import assets
 from txt2img_jax.health_result import Result
 
@@ -122,13 +123,11 @@ def broken_targets(seed: int = 0):
 def read_loss_curve(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(steps, loss_flow, loss_flow_ema or NaN) from W/metrics.jsonl."""
   steps, flow, ema = [], [], []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if "train/loss_flow" in row:
-        steps.append(row["step"])
-        flow.append(row["train/loss_flow"])
-        ema.append(row.get("train/loss_flow_ema", float("nan")))
+  for row in runfiles.read_metrics(workdir):
+    if "train/loss_flow" in row:
+      steps.append(row["step"])
+      flow.append(row["train/loss_flow"])
+      ema.append(row.get("train/loss_flow_ema", float("nan")))
   return np.asarray(steps), np.asarray(flow), np.asarray(ema)
 
 

@@ -1,5 +1,6 @@
-"""Progress on the console, metrics to TensorBoard and metrics.jsonl, and the
-one helper that decides when it is time to log, save, sample or evaluate."""
+"""Progress on the console, metrics to TensorBoard and metrics.jsonl, the
+one helper that decides when it is time to log, save, sample or evaluate, and
+the watch that stops a run whose updates have run away."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from absl import logging
 import jax
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from txt2img_jax import runfiles
+
+METRICS_FILE = runfiles.METRICS_FILE
+# Per-step metrics of an interval cut short by a preemption, so the resumed
+# run logs the same averages as a run that was never stopped.
+PARTIAL_FILE = "metrics_partial.json"
 # Loss EMAs on the host, per log step: smooth enough to read a trend in a few
 # hundred steps of the embedded run, fast enough to show a restart.
 LOSS_EMA = 0.9
@@ -82,7 +88,8 @@ class Reporter:
     self.writer = writer
     self.total = total_steps
     self.start_step = start_step
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.workdir = workdir
+    self.path = runfiles.metrics_path(workdir)
     self.is_main = jax.process_index() == 0
     self._rows: list[dict[str, np.ndarray]] = []
     self._ema: dict[str, float] = {}
@@ -90,27 +97,46 @@ class Reporter:
     self._t_last = self._t0
     self._step_last = start_step
     self.last: dict[str, float] = {}
-    if start_step and os.path.exists(self.path):
+    self.guard = RunawayGuard(config)
+    # Also from step 0: a run killed before its first checkpoint left rows.
+    if os.path.exists(self.path):
       self._restore_ema(start_step)
 
   def _restore_ema(self, start_step: int) -> None:
     """A resumed run continues its loss EMAs and drops log lines past the
     checkpoint (they will be written again, identically)."""
-    kept = []
-    with open(self.path) as f:
-      for line in f:
-        row = json.loads(line)
-        if row.get("step", 0) <= start_step:
-          kept.append(line)
-          for k in EMA_KEYS:
-            if f"train/{k}_ema" in row:
-              self._ema[k] = row[f"train/{k}_ema"]
+    kept = [r for r in runfiles.read_metrics(self.workdir)
+            if r.get("step", 0) <= start_step]
+    for row in kept:
+      for k in EMA_KEYS:
+        if f"train/{k}_ema" in row:
+          self._ema[k] = row[f"train/{k}_ema"]
     if self.is_main:
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+      runfiles.write_metrics(self.workdir, kept)
+    self._rows = _load_partial(os.path.join(self.workdir, PARTIAL_FILE),
+                               start_step)
+
+  def save_partial(self, step: int) -> None:
+    """Keeps the steps logged since the last flush for a resume at `step`."""
+    if not self.is_main:
+      return
+    path = os.path.join(self.workdir, PARTIAL_FILE)
+    rows = [{k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
+             for k, v in r.items()} for r in self._rows]
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": step, "rows": rows}, f)
+    os.replace(path + ".tmp", path)
 
   def add(self, step: int, metrics: dict[str, Any]) -> None:
-    self._rows.append(jax.device_get(metrics))
+    """Fetches one step's metrics (one step late) and checks them."""
+    row = jax.device_get(metrics)
+    self._rows.append(row)
+    self.guard.check(step, row)
+
+  @property
+  def failure(self) -> str | None:
+    """Why the run must stop (runaway updates), or None."""
+    return self.guard.failure
 
   def flush(self, step: int) -> dict[str, float]:
     if not self._rows:
@@ -146,8 +172,7 @@ class Reporter:
 
   def write_jsonl(self, step: int, values: dict[str, float]) -> None:
     if self.is_main:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, **values}) + "\n")
+      runfiles.append_metrics(self.workdir, {"step": step, **values})
 
   def _console(self, step: int, out: dict[str, float]) -> None:
     done = step - self.start_step
@@ -163,6 +188,72 @@ class Reporter:
         out["train/loss_flow"], out["train/kl_raw"], out["train/clip_raw"],
         out["train/grad_norm"], lrs, out["train/steps_per_sec"],
         _hms(elapsed), _hms(eta))
+
+
+def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
+  """The rows save_partial kept, if they belong to this resume's step."""
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError:
+    logging.warning("%s is damaged; the log interval around the resume "
+                    "averages fewer steps", path)
+    return []
+  if saved.get("step") != start_step:
+    return []
+  return [{k: np.asarray(v, dtype=dtype) for k, (dtype, v) in r.items()}
+          for r in saved["rows"]]
+
+
+class RunawayError(ValueError):
+  """The run was stopped because its updates ran away; the message says why
+  and what to change. (A ValueError: commands print it as one line.)"""
+
+
+class RunawayGuard:
+  """Watches each step's `skipped` and `update_ratio` as they are fetched.
+
+  The train step refuses an update that is non-finite or larger than
+  config.max_update_ratio x the parameters, so the state never holds it; this
+  decides when refusing is no longer enough and the run must stop: one
+  absurd update, or config.max_skipped_steps skipped steps in a row.
+  """
+
+  def __init__(self, config):
+    self.max_skipped = int(config.get("max_skipped_steps", 0))
+    self.max_ratio = float(config.get("max_update_ratio", 0.0))
+    self.streak = 0
+    self.failure: str | None = None
+
+  def check(self, step: int, row: dict[str, Any]) -> None:
+    if self.failure is not None or "skipped" not in row:
+      return
+    ratio = float(row.get("update_ratio", 0.0))
+    if self.max_ratio > 0 and ratio > self.max_ratio:
+      groups = {k.split("/", 1)[1]: float(v) for k, v in row.items()
+                if k.startswith("update_ratio/")}
+      worst = max(groups, key=groups.get) if groups else "?"
+      self.failure = (
+          f"step {step}'s update was {ratio:.3g} x the parameter norm (group "
+          f"{worst}), above config.max_update_ratio={self.max_ratio:g}; it was "
+          "not applied. The learning rate is far too high: lower "
+          f"config.optim.groups.{worst}.lr")
+      return
+    if not bool(row["skipped"]):
+      self.streak = 0
+      return
+    self.streak += 1
+    if self.streak == 1:
+      logging.warning("step %d skipped: its loss or gradient is not finite "
+                      "(update_ratio %.3g)", step, ratio)
+    if self.max_skipped > 0 and self.streak >= self.max_skipped:
+      self.failure = (
+          f"{self.streak} steps in a row (up to step {step}) had a non-finite "
+          f"loss or gradient (config.max_skipped_steps={self.max_skipped}): "
+          "the run is not learning any more. Lower the learning rates or "
+          "check the data")
 
 
 def _hms(seconds: float) -> str:

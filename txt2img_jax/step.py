@@ -32,11 +32,21 @@ def make_train_step(config, loss_fn, tx, schedules):
     updates, new_opt = tx.update(grads, state.opt_state, state.params,
                                  step=state.step)
     new_params = optax.apply_updates(state.params, updates)
+    group_labels = labels(grads)
 
-    # A step with a non-finite loss or gradient is skipped, and counted.
-    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+    # A step with a non-finite loss, gradient or update is skipped, and
+    # counted; so is an update above max_update_ratio x the parameters (the
+    # loop then stops the run). Skipped: params, moments and EMA unchanged.
+    ratios = optim.group_global_norms(updates, group_labels)
+    for g, p in optim.group_global_norms(state.params, group_labels).items():
+      ratios[g] = ratios[g] / jnp.maximum(p, 1e-6)
+    ratio = jnp.max(jnp.stack(list(ratios.values())))
+    finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+              & jnp.isfinite(ratio))
+    bound = c.get("max_update_ratio", 0.0)  # Absent in older runs' configs.
+    ok = finite & ((bound <= 0) | (ratio <= bound))
     keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
+        lambda n, o: jnp.where(ok, n, o), new, old)
     new_params = keep(new_params, state.params)
     new_opt = keep(new_opt, state.opt_state)
 
@@ -44,11 +54,15 @@ def make_train_step(config, loss_fn, tx, schedules):
     if c.ema_warmup:
       s = state.step.astype(jnp.float32)
       decay = jnp.minimum(decay, (1.0 + s) / (10.0 + s))
-    new_ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
-                           state.ema_params, new_params)
+    new_ema = keep(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                                state.ema_params, new_params),
+                   state.ema_params)
 
-    group_labels = labels(grads)
     metrics = dict(aux)
+    metrics["skipped"] = ~ok
+    metrics["update_ratio"] = ratio
+    for g, v in ratios.items():
+      metrics[f"update_ratio/{g}"] = v
     metrics["grad_norm"] = optax.tree.norm(grads)
     for g, v in optim.group_global_norms(grads, group_labels).items():
       metrics[f"grad_norm/{g}"] = v

@@ -21,6 +21,7 @@ from txt2img_jax import checkpointing
 from txt2img_jax import evaluate
 from txt2img_jax import latents
 from txt2img_jax import perceptual as perceptual_lib
+from txt2img_jax import preemption
 from txt2img_jax import reporting
 from txt2img_jax import sharding
 from txt2img_jax import step as step_lib
@@ -100,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   hooks = reporting.Periodic(config, total)
   pending = None  # Metrics are fetched one step late: logging never stalls.
   last_eval = {}
-  with mesh:
+  with mesh, preemption.StopOnSignal() as stop:
     for step in range(start_step, total):
       batch = sharding.put_batch(next(batches), mesh)
       state, metrics = p_train_step(state, batch, frozen, stats_dev)
@@ -108,16 +109,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reporter.add(*pending)
       pending = (step + 1, metrics)
       done = step + 1
-      if hooks.log(done) or done == total:
+      stopping = stop.requested(done)  # SIGTERM / SIGINT / preemption.
+      # A state is checked (its metrics fetched) before it is saved.
+      if hooks.log(done) or done == total or hooks.checkpoint(done) or stopping:
         reporter.add(*pending)
         pending = None
+      if reporter.failure:  # Runaway updates: keep the last good checkpoint.
         reporter.flush(done)
-      if hooks.checkpoint(done):
+        ckpt.close()
+        writer.flush()
+        raise reporting.RunawayError(
+            f"run stopped: {reporter.failure}. {ckpt.describe_latest()}")
+      if hooks.log(done) or done == total:
+        reporter.flush(done)
+      if hooks.checkpoint(done) or stopping:
         ckpt.save(done, state)
       if hooks.sample(done):
         evaluator.sample_grid(state.ema_params, done)
       if hooks.eval(done):
         last_eval = evaluator.evaluate(state.ema_params, done)
+      if stopping:
+        reporter.save_partial(done)
+        ckpt.wait()
+        stop.report(done, ckpt.directory)
+        break
       reporting.check_compiles(p_train_step, config.max_compiles)
   if pending is not None:
     reporter.add(*pending)

@@ -14,6 +14,7 @@ from txt2img_jax import assembly
 from txt2img_jax import checkpointing
 from txt2img_jax import config_lib
 from txt2img_jax import evaluate
+from txt2img_jax import runfiles
 from txt2img_jax import train
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import generator as generator_lib
@@ -137,8 +138,7 @@ def z_text_measures(run, mu: np.ndarray, images: np.ndarray,
 
 
 def train_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f]
+  return runfiles.read_metrics(workdir)
 
 
 def text_head_params(workdir: str) -> int:

@@ -1,0 +1,103 @@
+"""The run's metrics file, `<workdir>/metrics.jsonl`: one JSON object a line.
+
+Every writer and reader of the file goes through here, so they agree on what
+a damaged file means. A kill in the middle of a write leaves a torn last line
+(no newline, half an object): that line is dropped with a warning, since the
+step it held is written again when the run resumes. A line that does not
+parse anywhere else was not made by a kill, so it is an error that names the
+line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class CorruptMetricsError(ValueError):
+  """metrics.jsonl has a broken line that a kill cannot have left."""
+
+
+def metrics_path(workdir: str) -> str:
+  return os.path.join(workdir, METRICS_FILE)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of W/metrics.jsonl, in file order ([] when there is none)."""
+  path = metrics_path(workdir)
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  rows = []
+  last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if not isinstance(row, dict) or "step" not in row:
+        raise ValueError("not an object with a 'step'")
+    except ValueError as e:
+      if i == last:
+        logging.warning("%s: dropped its last line, cut off in mid-write (a "
+                        "kill or crash while logging): %r", path,
+                        _preview(line))
+        break
+      raise CorruptMetricsError(
+          f"{path}, line {i + 1} is not a metrics row ({e}): "
+          f"{_preview(line)!r}. The file is damaged in the middle, not by a "
+          "kill; fix or delete that line") from None
+    rows.append(row)
+  return rows
+
+
+def _preview(line: bytes, n: int = 60) -> str:
+  text = line.decode("utf-8", errors="replace")
+  return text if len(text) <= n else text[:n] + "..."
+
+
+def append_metrics(workdir: str, row: dict[str, Any]) -> None:
+  """Adds one row (it must hold 'step'). Call on process 0 only.
+
+  A torn last line is cut off first, or the new row would be glued to it and
+  the damage would move into the middle of the file.
+  """
+  path = metrics_path(workdir)
+  _drop_torn_tail(path)
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def _drop_torn_tail(path: str) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return
+    f.seek(0)
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    logging.warning("%s: cut off a torn last line before appending: %r", path,
+                    _preview(data[keep:]))
+    f.truncate(keep)
+
+
+def write_metrics(workdir: str, rows: Iterable[dict[str, Any]]) -> None:
+  """Replaces the file with `rows`; a kill meanwhile leaves the old file."""
+  path = metrics_path(workdir)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
