@@ -2,7 +2,6 @@
 broken checkpoints, a torn metrics line, skipped and runaway steps, corrupt
 prepared data. docs/reliability.md lists them."""
 
-import json
 import os
 import random
 import shutil

@@ -9,7 +9,6 @@ that only falls near t = 1, where the image leaks into x_t, is visible).
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import logging
