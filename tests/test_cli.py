@@ -191,6 +191,18 @@ def test_override_changes_the_run(scratch):
   assert json.loads(rows[-1])["step"] == 4
 
 
+def test_sample_reports_what_it_changes_in_a_prompt(scratch):
+  cwd, env = scratch
+  r = run([sys.executable, "-m", "txt2img_jax.sample",
+           "--workdir=workdirs/restart", "--out=warned.png",
+           "--prompt=a purple dragon in the center"], cwd, env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "'purple', 'dragon'" in r.stderr and "[UNK]" in r.stderr
+  r = run([sys.executable, "-m", "txt2img_jax.sample",
+           "--workdir=workdirs/restart", "--prompt= "], cwd, env)
+  assert r.returncode == 1 and "--prompt number 1 is empty" in r.stderr
+
+
 BROKEN_CONFIG = "def get_config(:\n"
 
 ERRORS = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from typing import Any
 
@@ -68,6 +69,20 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size={config.batch_size} must divide over "
                      f"{jax.process_count()} hosts")
+  model_axis = config.mesh.model
+  if model_axis < 1 or jax.device_count() % model_axis:
+    raise ValueError(f"mesh.model={model_axis} must divide the "
+                     f"{jax.device_count()} devices")
+  data_axis = (config.mesh.data if config.mesh.data > 0
+               else jax.device_count() // model_axis)
+  if config.batch_size % data_axis:
+    raise ValueError(f"batch_size={config.batch_size} must divide over the "
+                     f"mesh's data axis of {data_axis} devices")
+  for name, group in config.optim.groups.items():
+    lr = group.lr
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+      raise ValueError(f"optim.groups.{name}.lr={lr} must be a finite "
+                       "number >= 0")
   for name in ("total_steps", "batch_size", "log_every"):
     if config[name] < 1:
       raise ValueError(f"{name} must be >= 1, got {config[name]}")

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,6 +45,27 @@ def generate_images(run, prompts, *, method, num_steps, cfg_scale, use_mean,
   return np.asarray(jax.device_get(images))
 
 
+def prompt_changes(tokenizer, prompts, max_len: int) -> list[str]:
+  """What the run's tokenizer does to each prompt that the user should know:
+  words it does not know (they become [UNK]) and text cut at max_len."""
+  lines = []
+  for i, prompt in enumerate(prompts):
+    enc = tokenizer(prompt, add_special_tokens=False, verbose=False,
+                    return_offsets_mapping=True)
+    ids, spans = enc["input_ids"], enc["offset_mapping"]
+    specials = len(tokenizer("", verbose=False)["input_ids"])  # BOS/EOS.
+    room = max_len - specials
+    if len(ids) > room:
+      lines.append(f"prompt {i + 1} is cut to the run's {max_len} tokens; "
+                   f"dropped: {prompt[spans[room][0]:]!r}")
+    unk = tokenizer.unk_token_id
+    unknown = [prompt[a:b] for t, (a, b) in zip(ids, spans) if t == unk]
+    if unk is not None and unknown:
+      lines.append(f"prompt {i + 1}: not in the run's vocabulary, drawn as "
+                   f"[UNK]: {', '.join(repr(w) for w in unknown)}")
+  return lines
+
+
 def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
   s = images.shape[1] * scale
   text_h = 30
@@ -71,7 +95,14 @@ def main(argv):
   reporting.quiet_orbax()
   if not _PROMPTS.value:
     raise app.UsageError("give at least one --prompt")
+  empty = [i for i, p in enumerate(_PROMPTS.value) if not p.strip()]
+  if empty:
+    raise cli.UserError(f"--prompt number {empty[0] + 1} is empty")
   run = assembly.load_run(_WORKDIR.value, with_data=False)
+  for line in prompt_changes(run.text.tokenizer, _PROMPTS.value,
+                             run.config.data.max_len):
+    logging.warning("%s", line)
+    print(f"warning: {line}", file=sys.stderr)
   s = run.config.sample
   images = generate_images(
       run, _PROMPTS.value,
