@@ -46,7 +46,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 # ---------------------------------------------------------------------------
-# Building the run's pieces (shared with sample.py, evaluate.py, health.py).
+# Building the run's pieces (shared with sample.py, evaluate.py, the health checks, perf).
 # ---------------------------------------------------------------------------
 
 def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
