@@ -32,6 +32,7 @@ from txt2img_jax import optim
 from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import sharding
 from txt2img_jax import timesteps
+from txt2img_jax.data import sources
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import generator as generator_lib
 
@@ -52,6 +53,7 @@ class TrainState(flax.struct.PyTreeNode):
 def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """Every check that needs no compilation; returns the latent shape."""
   from txt2img_jax.models import text_head as text_head_lib
+  sources.validate(config)
   shape = latents.latent_shape(config)
   text_head_lib.check_text_head_config(
       config.head.kind, shape, **generator_lib.head_kwargs(config))
