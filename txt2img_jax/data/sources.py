@@ -77,22 +77,7 @@ def prepared_dir(config, featurizer=None) -> str:
 
 
 def _prepare_records(make_source):
-  def validate(config) -> None:
-  """The data settings that can be checked before anything is written."""
-  d = config.data
-  if d.name not in REGISTRY:
-    raise ValueError(f"data.name={d.name!r}: expected one of {sorted(REGISTRY)}")
-  if d.name == "folder":
-    if not d.path:
-      raise ValueError("data.name='folder' needs data.path: a folder of "
-                       "images with metadata.jsonl or metadata.csv")
-    if not os.path.isdir(os.path.expanduser(d.path)):
-      raise FileNotFoundError(f"data.path={d.path!r} is not a folder")
-  if d.name == "tfds" and not d.tfds_name:
-    raise ValueError("data.name='tfds' needs data.tfds_name")
-
-
-def prepare(config, featurizer=None):
+  def prepare(config, featurizer=None):
     d = config.data
     out_dir = prepared_dir(config, featurizer)
     if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
@@ -123,3 +108,18 @@ def prepare(config, featurizer=None):
   if name not in REGISTRY:
     raise ValueError(f"data.name={name!r}: expected one of {sorted(REGISTRY)}")
   return REGISTRY[name](config, featurizer)
+
+
+def validate(config) -> None:
+  """The data settings that can be checked before anything is written."""
+  d = config.data
+  if d.name not in REGISTRY:
+    raise ValueError(f"data.name={d.name!r}: expected one of {sorted(REGISTRY)}")
+  if d.name == "folder":
+    if not d.path:
+      raise ValueError("data.name='folder' needs data.path: a folder of "
+                       "images with metadata.jsonl or metadata.csv")
+    if not os.path.isdir(os.path.expanduser(d.path)):
+      raise FileNotFoundError(f"data.path={d.path!r} is not a folder")
+  if d.name == "tfds" and not d.tfds_name:
+    raise ValueError("data.name='tfds' needs data.tfds_name")
