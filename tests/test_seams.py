@@ -107,3 +107,54 @@ def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
   assert loaded.loss.kl_kind == "gaussian"
   assert loaded.objective == "crossflow"
   assert loaded.total_steps == c.total_steps
+
+
+def _package_imports():
+  """{module: modules of the package it imports anywhere in its file}."""
+  import ast
+  root = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "txt2img_jax")
+  graph = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, os.path.dirname(root))[:-3]
+      module = rel.replace(os.sep, ".").removesuffix(".__init__")
+      deps = set()
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+            node.module.startswith("txt2img_jax")):
+          for alias in node.names:
+            deps.add(f"{node.module}.{alias.name}")
+            deps.add(node.module)
+        elif isinstance(node, ast.Import):
+          deps.update(a.name for a in node.names
+                      if a.name.startswith("txt2img_jax"))
+      graph[module] = deps
+  return {m: {d for d in deps if d in graph and d != m}
+          for m, deps in graph.items()}
+
+
+def test_no_import_circle():
+  graph = _package_imports()
+  # A package's __init__ importing its own modules is not a loop.
+  for m in list(graph):
+    graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+  state, path = {}, []
+
+  def visit(m):
+    state[m] = "open"
+    path.append(m)
+    for d in sorted(graph[m]):
+      if state.get(d) == "open":
+        raise AssertionError(" -> ".join(path[path.index(d):] + [d]))
+      if d not in state:
+        visit(d)
+    path.pop()
+    state[m] = "done"
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m)

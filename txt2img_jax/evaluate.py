@@ -27,23 +27,6 @@ from txt2img_jax.data import pipeline
 from txt2img_jax.data import tfds_shapes
 
 
-def make_evaluator(config, workdir, data, parts, generate, frozen, stats,
-                   writer=None):
-  """The evaluator of `config.eval.kind`, by default the data's own: the
-  structure benchmark for the shapes set, prompts + validation loss for a
-  user's data (`evaluate_prompts.py`)."""
-  kind = config.eval.get("kind", "") or getattr(data, "DEFAULT_EVALUATOR",
-                                                "structure")
-  if kind == "structure":
-    return Evaluator(config, workdir, data, parts.text, generate, frozen,
-                     stats, writer)
-  if kind == "prompts":
-    from txt2img_jax import evaluate_prompts
-    return evaluate_prompts.PromptEvaluator(config, workdir, data, parts,
-                                            generate, frozen, stats, writer)
-  raise ValueError(f"eval.kind={kind!r}: expected 'structure' or 'prompts'")
-
-
 class Evaluator:
   """Sample grids and structure-benchmark scores (the shapes set's splits
   with known structure) from a set of (EMA) parameters."""

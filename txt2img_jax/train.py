@@ -18,7 +18,7 @@ import ml_collections
 from txt2img_jax import assembly
 from txt2img_jax import assets
 from txt2img_jax import checkpointing
-from txt2img_jax import evaluate
+from txt2img_jax import evaluators
 from txt2img_jax import latents
 from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import preemption
@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Evaluators: sample grid and structure benchmark (EMA params).
   generate = assembly.make_generate_fn(config, model, autoencoder,
                                        text.frozen)
-  evaluator = evaluate.make_evaluator(config, workdir, data, parts, generate,
+  evaluator = evaluators.make_evaluator(config, workdir, data, parts, generate,
                                      frozen, stats_dev, writer)
 
   # --- Loop.
