@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
 from txt2img_jax.data import records_prepare
+from txt2img_jax.data import records_report
 from txt2img_jax.data import tfds_source
 
 from test_imagefolder import png_bytes  # pylint: disable=g-bad-import-order
@@ -339,12 +340,12 @@ def test_tfds_source(tmp_path):
 
 def test_progress_line_and_summary():
   stream = io.StringIO()
-  bar = records_prepare.Progress(total=10, done=4, enabled=True, stream=stream)
+  bar = records_report.Progress(total=10, done=4, enabled=True, stream=stream)
   bar.update(3)
   bar.close()
   line = stream.getvalue().strip().splitlines()[-1]
   assert line.startswith("prepare: 7/10 (70%) ") and "images/s, ETA" in line
-  lines = records_prepare.summary_lines({
+  lines = records_report.summary_lines({
       "written": {"train": 5, "val": 1}, "listed": 9, "seconds": 2.0,
       "bytes_per_example": 100.0, "output": "/o",
       "reasons": {"too_small": {"count": 3, "action": "skipped"}}})

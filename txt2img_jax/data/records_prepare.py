@@ -10,9 +10,9 @@
     out_dir/prepare_report.json  every bad input, counted by reason
     out_dir/manifest.json        written last: its presence means complete
 
-The record format and the reader are in `records.py`. Shards are written
-uncompressed with group_size 1 (fastest random reads; compression gains
-nothing on pixels).
+The record format and the reader are in `records.py`, the report and the
+progress line in `records_report.py`. Shards are written uncompressed with
+group_size 1 (fastest random reads; compression gains nothing on pixels).
 
 Resumability: each split is cut into fixed chunks of `chunk_size` listed
 examples, decided before any image is read. A chunk becomes one shard,
@@ -40,95 +40,11 @@ import numpy as np
 
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
+from txt2img_jax.data import records_report
 
 _WRITER_OPTIONS = "group_size:1,uncompressed"
 
 Featurize = Callable[[np.ndarray, list], Mapping[str, np.ndarray]]
-
-
-# ------------------------------------------------------------------- report
-
-class Report:
-  """Counts by reason, with the first few offending inputs of each."""
-
-  def __init__(self, keep: int = 5):
-    self.keep = keep
-    self.counts: collections.Counter = collections.Counter()
-    self.first: dict[str, list[dict]] = collections.defaultdict(list)
-
-  def add(self, issue: ifo.Issue) -> None:
-    self.counts[issue.reason] += 1
-    if len(self.first[issue.reason]) < self.keep:
-      entry = {"path": issue.path}
-      if issue.line is not None:
-        entry["line"] = issue.line
-      if issue.detail:
-        entry["detail"] = issue.detail
-      self.first[issue.reason].append(entry)
-
-  def reasons(self) -> dict[str, dict[str, Any]]:
-    out = {}
-    for reason in sorted(self.counts):
-      action = ("kept" if reason in ifo.KEPT_REASONS else
-                "not used (no metadata row)" if reason in ifo.UNUSED_REASONS
-                else "skipped")
-      out[reason] = {"count": self.counts[reason], "action": action,
-                     "first": self.first[reason]}
-    return out
-
-  def skipped(self) -> int:
-    return sum(c for r, c in self.counts.items()
-               if r not in ifo.KEPT_REASONS and r not in ifo.UNUSED_REASONS)
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-  written = report["written"]
-  lines = [f"prepare: {written['train']} train + {written['val']} val records "
-           f"from {report['listed']} listed inputs in "
-           f"{report['seconds']:.1f} s "
-           f"({report['bytes_per_example']:.0f} bytes/example) -> "
-           f"{report['output']}"]
-  if report["reasons"]:
-    lines.append("prepare: " + ", ".join(
-        f"{r} {v['count']} ({v['action']})"
-        for r, v in report["reasons"].items()))
-    path = os.path.join(report["output"], records.REPORT)
-    lines.append(f"prepare: details in {path}")
-  return lines
-
-
-class Progress:
-  """count/total, rate and ETA on stderr: redrawn on a terminal, else a
-  line every `interval` seconds."""
-
-  def __init__(self, total: int, done: int, enabled: bool, stream=None):
-    self.total, self.done, self.enabled = total, done, enabled
-    self.stream = stream or sys.stderr
-    self.tty = getattr(self.stream, "isatty", lambda: False)()
-    self.interval = 0.2 if self.tty else 10.0
-    self.start = time.perf_counter()
-    self.start_done = done
-    self.last = self.start  # The first line once there is a rate to show.
-
-  def update(self, n: int, force: bool = False) -> None:
-    self.done += n
-    now = time.perf_counter()
-    if not self.enabled or (not force and now - self.last < self.interval):
-      return
-    self.last = now
-    rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
-    left = self.total - self.done
-    eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-    pct = 100.0 * self.done / max(self.total, 1)
-    msg = (f"prepare: {self.done}/{self.total} ({pct:.0f}%) "
-           f"{rate:.1f} images/s, ETA {eta}")
-    self.stream.write(("\r" + msg + " " * 8) if self.tty else msg + "\n")
-    self.stream.flush()
-
-  def close(self) -> None:
-    self.update(0, force=True)
-    if self.enabled and self.tty:
-      self.stream.write("\n")
 
 
 # ----------------------------------------------------------------- prepare
@@ -331,7 +247,7 @@ def prepare(source, out_dir: str, *, image_size: int,
               "reusing it.", file=sys.stderr)
       return report
 
-  report = Report(report_first)
+  report = records_report.Report(report_first)
   for issue in source.issues:
     report.add(issue)
   cands = list(source.candidates)
@@ -363,7 +279,7 @@ def prepare(source, out_dir: str, *, image_size: int,
 
   todo = [p for p in plan if not os.path.exists(chunk_json(p[0], p[1]))]
   done = len(cands) - sum(len(p[3]) for p in todo)
-  bar = Progress(len(cands), done, progress)
+  bar = records_report.Progress(len(cands), done, progress)
   workers = num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     def submit(chunk):
@@ -471,7 +387,7 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
         f"({dict(report.counts)}); see "
         f"{os.path.join(out_dir, records.REPORT)}.")
   if progress:
-    for line in summary_lines(result):
+    for line in records_report.summary_lines(result):
       print(line, file=sys.stderr)
   # Last: the manifest is what makes the directory count as prepared.
   _atomic_write_json(os.path.join(out_dir, records.MANIFEST), {
