@@ -13,6 +13,7 @@ import pytest
 
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
+from txt2img_jax.data import records_prepare
 from txt2img_jax.data import shapes
 
 
@@ -198,8 +199,8 @@ def test_fatal_listing_errors_are_one_clear_line(tmp_path):
   (empty / "metadata.csv").write_text("file_name,text\n")
   out = tmp_path / "out"
   with pytest.raises(ValueError, match="No usable examples"):
-    records.prepare(ifo.ImageFolderSource(str(empty)), str(out),
-                    image_size=8, progress=False)
+    records_prepare.prepare(ifo.ImageFolderSource(str(empty)), str(out),
+                            image_size=8, progress=False)
   assert not out.exists()
 
 
@@ -213,8 +214,9 @@ def test_shapes_written_as_folder_read_back_bit_identical(tmp_path):
       name = f"img/{i:04d}.png"
       _save(root, name, ex["image"])
       f.write(json.dumps({"file_name": name, "text": ex["caption"]}) + "\n")
-  report = records.prepare(ifo.ImageFolderSource(root), out, image_size=size,
-                           val_count=4, chunk_size=10, progress=False)
+  report = records_prepare.prepare(ifo.ImageFolderSource(root), out,
+                                   image_size=size, val_count=4, chunk_size=10,
+                                   progress=False)
   assert report["written"] == {"train": 20, "val": 4}
   assert report["reasons"] == {}
   seen = []

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
+from txt2img_jax.data import records_prepare
+from txt2img_jax.data import records_report
 from txt2img_jax.data import tfds_source
 
 from test_imagefolder import png_bytes  # pylint: disable=g-bad-import-order
@@ -117,7 +119,8 @@ def _by_key(out):
 
 def test_bad_inputs_are_counted_and_good_ones_kept(bad_folder, tmp_path):
   out = str(tmp_path / "out")
-  report = records.prepare(ifo.ImageFolderSource(bad_folder), out, **OPTS)
+  report = records_prepare.prepare(ifo.ImageFolderSource(bad_folder), out,
+                                   **OPTS)
   counts = {r: v["count"] for r, v in report["reasons"].items()}
   assert counts == EXPECTED
   assert report["written"] == {"train": 6, "val": 2}
@@ -175,11 +178,11 @@ def test_resume_gives_the_records_of_a_clean_run(bad_folder, tmp_path):
   fp = {"encoder": "mean-rgb", "weights_sha256": "0" * 8, "max_len": 4}
   opts = dict(OPTS, chunk_size=3, featurize_batch_size=2, fingerprint=fp)
   clean, resumed = str(tmp_path / "clean"), str(tmp_path / "resumed")
-  clean_report = records.prepare(ifo.ImageFolderSource(bad_folder), clean,
-                                 featurize=_featurize(), **opts)
+  clean_report = records_prepare.prepare(
+      ifo.ImageFolderSource(bad_folder), clean, featurize=_featurize(), **opts)
   with pytest.raises(RuntimeError, match="interrupted"):
-    records.prepare(ifo.ImageFolderSource(bad_folder), resumed,
-                    featurize=_featurize(fail_on_call=5), **opts)
+    records_prepare.prepare(ifo.ImageFolderSource(bad_folder), resumed,
+                            featurize=_featurize(fail_on_call=5), **opts)
   with pytest.raises(FileNotFoundError, match="unfinished"):
     records.PreparedSource(resumed, "train")
   done = sorted(os.listdir(os.path.join(resumed, records.CHUNKS_DIR)))
@@ -190,8 +193,8 @@ def test_resume_gives_the_records_of_a_clean_run(bad_folder, tmp_path):
   stale = os.path.join(resumed, "train-00002-of-00003.array_record.tmp")
   with open(stale, "wb") as f:
     f.write(b"half a shard")
-  report = records.prepare(ifo.ImageFolderSource(bad_folder), resumed,
-                           featurize=_featurize(), **opts)
+  report = records_prepare.prepare(ifo.ImageFolderSource(bad_folder), resumed,
+                                   featurize=_featurize(), **opts)
   assert report["reasons"] == clean_report["reasons"]
   assert report["written"] == clean_report["written"]
   assert report["processed"] < report["listed"]
@@ -218,34 +221,38 @@ def test_fingerprint_mismatch_is_an_error_or_a_rebuild(bad_folder, tmp_path):
   out = str(tmp_path / "out")
   fp = {"encoder": "mean-rgb", "weights_sha256": "abc", "max_len": 4}
   src = ifo.ImageFolderSource(bad_folder)
-  records.prepare(src, out, featurize=_featurize(), fingerprint=fp, **OPTS)
+  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
+                          **OPTS)
   manifest = os.path.join(out, records.MANIFEST)
   mtime = os.stat(manifest).st_mtime_ns
   # Same settings: reused, nothing rewritten.
-  records.prepare(src, out, featurize=_featurize(), fingerprint=fp, **OPTS)
+  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
+                          **OPTS)
   assert os.stat(manifest).st_mtime_ns == mtime
   other = dict(fp, weights_sha256="def")
   with pytest.raises(ValueError, match=r"differs in: featurize.weights_sha256"):
-    records.prepare(src, out, featurize=_featurize(), fingerprint=other, **OPTS)
+    records_prepare.prepare(src, out, featurize=_featurize(),
+                            fingerprint=other, **OPTS)
   with pytest.raises(ValueError, match=r"prepare.image_size"):
-    records.prepare(src, out, featurize=_featurize(), fingerprint=fp,
-                    **dict(OPTS, image_size=8))
+    records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
+                            **dict(OPTS, image_size=8))
   with pytest.raises(ValueError, match="needs a `fingerprint`"):
-    records.prepare(src, out, featurize=_featurize(), **OPTS)
-  records.prepare(src, out, featurize=_featurize(), fingerprint=other,
-                  rebuild=True, **OPTS)
+    records_prepare.prepare(src, out, featurize=_featurize(), **OPTS)
+  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=other,
+                          rebuild=True, **OPTS)
   assert records.PreparedSource(out).fingerprint["featurize"] == other
 
   # A changed image in the source changes the fingerprint too.
   changed = str(tmp_path / "changed")
   shutil.copytree(bad_folder, changed)
-  records.prepare(ifo.ImageFolderSource(changed), str(tmp_path / "o2"), **OPTS)
+  records_prepare.prepare(ifo.ImageFolderSource(changed), str(tmp_path / "o2"),
+                          **OPTS)
   Image.new("RGB", (20, 20), (0, 0, 0)).save(
       os.path.join(changed, "good/red.png"))
   os.utime(os.path.join(changed, "good/red.png"), ns=(1, 1))
   with pytest.raises(ValueError, match=r"source.files_digest"):
-    records.prepare(ifo.ImageFolderSource(changed), str(tmp_path / "o2"),
-                    **OPTS)
+    records_prepare.prepare(ifo.ImageFolderSource(changed),
+                            str(tmp_path / "o2"), **OPTS)
 
 
 def test_fatal_output_errors(bad_folder, tmp_path):
@@ -253,7 +260,7 @@ def test_fatal_output_errors(bad_folder, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   with pytest.raises(PermissionError, match="is not writable") as e:
-    records.prepare(src, str(blocker / "out"), **OPTS)
+    records_prepare.prepare(src, str(blocker / "out"), **OPTS)
   assert "\n" not in str(e.value)
 
   # Every listed input bad: an error, and nothing that looks complete.
@@ -263,7 +270,7 @@ def test_fatal_output_errors(bad_folder, tmp_path):
   (root / "metadata.jsonl").write_text('{"file_name": "x.jpg", "text": "x"}\n')
   out = str(tmp_path / "out")
   with pytest.raises(ValueError, match=r"No usable examples.*not_an_image"):
-    records.prepare(ifo.ImageFolderSource(str(root)), out, **OPTS)
+    records_prepare.prepare(ifo.ImageFolderSource(str(root)), out, **OPTS)
   assert not os.path.exists(os.path.join(out, records.MANIFEST))
   with pytest.raises(FileNotFoundError, match="unfinished"):
     records.PreparedSource(out, "train")
@@ -312,7 +319,7 @@ def test_tfds_source(tmp_path):
       name, data_dir=data_dir, image_key="image", caption_key="meta/caption",
       val_split="validation")
   out = str(tmp_path / "out")
-  report = records.prepare(src, out, **OPTS)
+  report = records_prepare.prepare(src, out, **OPTS)
   assert report["written"] == {"train": 9, "val": 3}
   assert {r: v["count"] for r, v in report["reasons"].items()} == {
       ifo.EMPTY_CAPTION: 1}
@@ -333,12 +340,12 @@ def test_tfds_source(tmp_path):
 
 def test_progress_line_and_summary():
   stream = io.StringIO()
-  bar = records.Progress(total=10, done=4, enabled=True, stream=stream)
+  bar = records_report.Progress(total=10, done=4, enabled=True, stream=stream)
   bar.update(3)
   bar.close()
   line = stream.getvalue().strip().splitlines()[-1]
   assert line.startswith("prepare: 7/10 (70%) ") and "images/s, ETA" in line
-  lines = records.summary_lines({
+  lines = records_report.summary_lines({
       "written": {"train": 5, "val": 1}, "listed": 9, "seconds": 2.0,
       "bytes_per_example": 100.0, "output": "/o",
       "reasons": {"too_small": {"count": 3, "action": "skipped"}}})

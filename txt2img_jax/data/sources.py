@@ -6,9 +6,9 @@
 - `folder`: a user's image folder (Hugging Face `imagefolder` layout:
   images + metadata.jsonl/.csv with `file_name` and a caption column);
 - `tfds`: a user's TFDS data set with an image and a text feature.
-The last two go through `records.prepare` once: ArrayRecord shards under
-the data dir, a report of every bad input, and (for a KL-VAE latent space)
-the VAE moments cached next to each image, so training never runs the
+The last two go through `records_prepare.prepare` once: ArrayRecord shards
+under the data dir, a report of every bad input, and (for a KL-VAE latent
+space) the VAE moments cached next to each image, so training never runs the
 frozen encoder.
 """
 
@@ -22,6 +22,7 @@ from absl import logging
 
 from txt2img_jax.data import prepared
 from txt2img_jax.data import records
+from txt2img_jax.data import records_prepare
 from txt2img_jax.data import tfds_shapes
 
 
@@ -83,7 +84,7 @@ def _prepare_records(make_source):
     if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
         d.rebuild):
       logging.info("preparing %s data into %s", d.name, out_dir)
-    report = records.prepare(
+    report = records_prepare.prepare(
         make_source(config), out_dir, image_size=d.image_size,
         fingerprint=featurizer.fingerprint if featurizer else None,
         featurize=featurizer, rebuild=d.rebuild,
