@@ -91,6 +91,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.flow.mlp_ratio = 4
   c.flow.time_input = "linear_logsnr"  # t | logsnr | linear_logsnr (note's run: 4 - 8t).
   c.flow.sigma_min = 1e-5         # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
+  c.flow.scan = True              # Blocks under nn.scan: compile time independent of depth.
+                                  # Params then live stacked under flow/blocks (a 'layers'
+                                  # axis); models/dit.py converts older block_<i> trees.
+  c.flow.remat = "none"           # Recompute blocks in the backward pass to save memory:
+                                  # none | full | dots | dots_no_batch (keep matmul outputs).
 
   # --- Contrastive image tower (its embedding is compared with flat z_text).
   c.image_encoder = ml_collections.ConfigDict()
@@ -170,6 +175,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.mesh.rules = [
       ["batch", "data"], ["embed", None], ["mlp", "model"], ["heads", "model"],
       ["vocab", None], ["latent", None], ["conv_in", None], ["conv_out", None],
+      ["layers", None],           # The stacked axis of scanned blocks: never split.
   ]
 
   if variant == "tiny":
