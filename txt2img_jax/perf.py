@@ -9,7 +9,7 @@ executable. The FLOPs are the model FLOPs counted from the config
 (txt2img_jax/flops.py, the PaLM/maxtext MFU convention); XLA's own count
 from the same compiled object is printed beside them, with a warning when
 the two differ by more than 10% (on GPUs XLA does not count the matmuls it
-gives to cuBLAS). Utilisation is achieved model FLOP/s over the FLOP/s of a
+gives to cuBLAS, and it counts a scanned loop's body once). Utilisation is achieved model FLOP/s over the FLOP/s of a
 large matmul in the same dtype, measured in the same run.
 
 --steps=0 compiles and counts only: for scales too slow to step on a CPU.
@@ -162,9 +162,13 @@ def mismatch_warning(r: dict) -> str | None:
   ratio = r["xla_over_model"]
   if math.isfinite(ratio) and abs(ratio - 1) <= MISMATCH_TOLERANCE:
     return None
-  why = (" (XLA does not count the matmuls it hands to cuBLAS on GPUs)"
-         if r["platform"] == "gpu" else
-         " (at small widths XLA's elementwise work is a large share)")
+  if r["flow_scan"]:
+    why = (" (XLA counts the body of the scanned DiT blocks once, not once"
+           " per layer; --config.flow.scan=False to cross-check)")
+  elif r["platform"] == "gpu":
+    why = " (XLA does not count the matmuls it hands to cuBLAS on GPUs)"
+  else:
+    why = " (at small widths XLA's elementwise work is a large share)"
   return (f"WARNING: XLA counts {r['xla_flops'] / 1e9:.1f} GFLOP per step, "
           f"{ratio:.2f}x the model count{why}")
 
