@@ -9,8 +9,9 @@ executable. The FLOPs are the model FLOPs counted from the config
 (txt2img_jax/flops.py, the PaLM/maxtext MFU convention); XLA's own count
 from the same compiled object is printed beside them, with a warning when
 the two differ by more than 10% (on GPUs XLA does not count the matmuls it
-gives to cuBLAS, and it counts a scanned loop's body once). Utilisation is achieved model FLOP/s over the FLOP/s of a
-large matmul in the same dtype, measured in the same run.
+gives to cuBLAS, and it counts a scanned loop's body once). Utilisation is
+achieved model FLOP/s over the FLOP/s of a large matmul in the same dtype,
+measured in the same run.
 
 --steps=0 compiles and counts only: for scales too slow to step on a CPU.
 """
