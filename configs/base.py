@@ -91,9 +91,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.flow.mlp_ratio = 4
   c.flow.time_input = "linear_logsnr"  # t | logsnr | linear_logsnr (note's run: 4 - 8t).
   c.flow.sigma_min = 1e-5         # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
-  c.flow.scan = True              # Blocks under nn.scan: compile time independent of depth.
-                                  # Params then live stacked under flow/blocks (a 'layers'
-                                  # axis); models/dit.py converts older block_<i> trees.
+  c.flow.scan = False             # Blocks under nn.scan: the DiT compiles in a time that
+                                  # does not grow with depth (on at scale: perf_b2.py), but
+                                  # the default step ran ~20% slower on CPU with it. Params
+                                  # then live stacked under flow/blocks (a 'layers' axis);
+                                  # models/dit.py converts block_<i> trees both ways.
   c.flow.remat = "none"           # Recompute blocks in the backward pass to save memory:
                                   # none | full | dots | dots_no_batch (keep matmul outputs).
 

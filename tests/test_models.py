@@ -222,7 +222,7 @@ def test_logical_axis_annotations():
 
 
 def test_scanned_blocks_stack_on_a_layers_axis():
-  model = _tiny_dit()
+  model = _tiny_dit(scan=True)
   x, t, ind = _dit_inputs()
   variables = jax.eval_shape(model.init, _key(0), x, t, ind)
   specs = nn.get_partition_spec(variables)['params']
@@ -281,7 +281,7 @@ def test_stack_block_params_round_trip_on_a_state_tree():
   assert jax.tree.structure(back) == jax.tree.structure(state)
   jax.tree.map(np.testing.assert_array_equal, back, state)
   # The stacked tree is exactly what a scanned DiT initialises.
-  scanned_shapes = jax.eval_shape(_tiny_dit().init, _key(0), x, t, ind)['params']
+  scanned_shapes = jax.eval_shape(_tiny_dit(scan=True).init, _key(0), x, t, ind)['params']
   assert (jax.tree.structure(nn.unbox(scanned_shapes))
           == jax.tree.structure(stacked['params']['flow']))
 
@@ -297,7 +297,7 @@ def test_stack_block_params_rejects_gaps():
 def test_dit_rejects_unknown_remat():
   x, t, ind = _dit_inputs()
   with pytest.raises(ValueError, match='flow.remat'):
-    _tiny_dit(remat='some').init(_key(0), x, t, ind)
+    _tiny_dit(scan=True, remat='some').init(_key(0), x, t, ind)
 
 
 def test_replicated_rules_apply():

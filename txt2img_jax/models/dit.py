@@ -1,9 +1,10 @@
 """The flow network v_theta(x_t, time, indicator): a DiT with adaLN-Zero blocks.
 
-The blocks run under `nn.scan` by default: one block is traced and compiled whatever the depth,
-so compile time stays seconds at DiT-XL scale. Their parameters are then stacked on a leading
-'layers' axis under `blocks/`; `stack_block_params` / `unstack_block_params` convert parameter
-trees (or whole train states) between that layout and the unrolled `block_0 .. block_N` one.
+With scan=True the blocks run under `nn.scan`: one block is traced and compiled whatever the
+depth, so the DiT's share of compile time stays flat at DiT-XL scale. Their parameters are then
+stacked on a leading 'layers' axis under `blocks/`; `stack_block_params` /
+`unstack_block_params` convert parameter trees (or whole train states) between that layout and
+the unrolled `block_0 .. block_N` one.
 """
 
 import re
@@ -92,7 +93,7 @@ class DiT(nn.Module):
   time_embed_dim: Optional[int] = None  # Sinusoidal feature size; None -> width.
   time_min_freq: float = 0.05
   time_max_freq: float = 1000.0
-  scan: bool = True      # Blocks under nn.scan (params stacked under 'blocks'), else unrolled.
+  scan: bool = False     # Blocks under nn.scan (params stacked under 'blocks'), else unrolled.
   remat: str = 'none'    # none | full | dots | dots_no_batch (see REMAT_POLICIES).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
