@@ -117,6 +117,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.flow.mlp_ratio = 4
   c.flow.time_input = "linear_logsnr"  # t | logsnr | linear_logsnr (note's run: 4 - 8t).
   c.flow.sigma_min = 1e-5         # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
+  c.flow.scan = False             # Blocks under nn.scan: the DiT compiles in a time that
+                                  # does not grow with depth (on at scale: perf_b2.py), but
+                                  # the default step ran ~20% slower on CPU with it. Params
+                                  # then live stacked under flow/blocks (a 'layers' axis);
+                                  # models/dit.py converts block_<i> trees both ways.
+  c.flow.remat = "none"           # Recompute blocks in the backward pass to save memory:
+                                  # none | full | dots | dots_no_batch (keep matmul outputs).
 
   # --- Contrastive image tower (its embedding is compared with flat z_text).
   c.image_encoder = ml_collections.ConfigDict()
@@ -212,6 +219,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.mesh.rules = [
       ["batch", "data"], ["embed", None], ["mlp", "model"], ["heads", "model"],
       ["vocab", None], ["latent", None], ["conv_in", None], ["conv_out", None],
+      ["layers", None],           # The stacked axis of scanned blocks: never split.
   ]
 
   if variant == "tiny":

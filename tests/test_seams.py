@@ -158,3 +158,19 @@ def test_no_import_circle():
   for m in sorted(graph):
     if m not in state:
       visit(m)
+
+
+def test_resume_with_another_model_is_an_error_that_keeps_the_run(
+    tmp_path, data_dir):
+  del data_dir
+  workdir = str(tmp_path)
+  train.train_and_evaluate(test_train.tiny_config(total_steps=2), workdir)
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  config_before = (tmp_path / "config.json").read_text()
+  changed = test_train.tiny_config(total_steps=4)
+  changed.head.kind = "mlp_conv"
+  with pytest.raises(ValueError, match="holds another model"):
+    train.train_and_evaluate(changed, workdir)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  assert not os.path.exists(tmp_path / "checkpoints_broken")
+  assert (tmp_path / "config.json").read_text() == config_before

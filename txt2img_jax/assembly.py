@@ -34,6 +34,7 @@ from txt2img_jax import sharding
 from txt2img_jax import timesteps
 from txt2img_jax.data import sources
 from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.models import generator as generator_lib
 
 
@@ -238,6 +239,7 @@ def init_from_other_run(config, state: TrainState, tx, schedules,
   initialised; the table of what was loaded is logged.
   """
   raw, old_step = checkpointing.load_raw(config.init_from)
+  raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
   host = jax.device_get(state)
   params, table = checkpointing.merge_matching(host.params, raw["params"])
   ema, _ = checkpointing.merge_matching(host.ema_params, raw["ema_params"])
@@ -270,6 +272,14 @@ def init_from_other_run(config, state: TrainState, tx, schedules,
   new_state = host.replace(step=np.int32(0), params=params, ema_params=ema,
                            opt_state=opt_state)
   return jax.device_put(new_state, state_shardings), tx, schedules
+
+
+def dit_layout(config):
+  """The converter of a checkpoint's DiT blocks to this config's layout
+  (stacked under flow.scan, else one subtree per block); both leave a tree
+  already in that layout unchanged."""
+  return (dit_lib.stack_block_params if config.flow.get("scan", False)
+          else dit_lib.unstack_block_params)
 
 
 def _run_dir(path: str) -> str:
@@ -348,6 +358,7 @@ def load_run(workdir: str, with_data: bool = True) -> Run:
   config = assets.load_config(workdir)
   parts = build_parts(config, workdir)
   raw, step = checkpointing.load_raw(workdir)
+  raw = dit_layout(config)(raw)
   generate = make_generate_fn(config, parts.model, parts.autoencoder,
                               parts.text.frozen)
   builder = (assets.prepare_data(config, parts.autoencoder) if with_data

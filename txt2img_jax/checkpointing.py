@@ -111,6 +111,8 @@ class Checkpointer:
       return self._restore(abstract_state, step)
     errors = []
     while (latest := self.latest_step()) is not None:
+      # A checkpoint of another model is not a broken one: never set it aside.
+      self._check_structure(abstract_state, latest)
       try:
         state = self._restore(abstract_state, latest)
       except Exception as e:  # Orbax and tensorstore raise many kinds.
@@ -129,6 +131,33 @@ class Checkpointer:
         f"the broken ones are in {os.path.join(self.workdir, BROKEN_DIR)}. "
         "Use a new --workdir to start afresh")
 
+  def _check_structure(self, abstract_state: Any, step: int) -> None:
+    """A clear error when the checkpoint holds other arrays than the
+    configured model (a changed head, depth or flow.scan on resume)."""
+    try:
+      meta = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), "default"))
+      saved = _shapes_by_path(getattr(meta, "item_metadata", meta))
+    except Exception:  # Unreadable metadata: restore fails and falls back.
+      return
+    want = _shapes_by_path(abstract_state)
+    if not saved or saved == want:
+      return
+    missing = sorted(set(want) - set(saved))
+    extra = sorted(set(saved) - set(want))
+    reshaped = sorted(k for k in set(want) & set(saved)
+                      if want[k] != saved[k])
+    detail = "; ".join(f"{name}: {', '.join(keys[:3])}"
+                       + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
+                       for name, keys in (("not in the checkpoint", missing),
+                                          ("only in the checkpoint", extra),
+                                          ("other shape", reshaped)) if keys)
+    raise ValueError(
+        f"checkpoint step {step} in {self.directory} holds another model than "
+        f"this config ({detail}): resume with the run's own config "
+        "(its config.json), or use --config.init_from with a new --workdir "
+        "to take the weights that fit")
+
   def _restore(self, abstract_state: Any, step: int) -> Any:
     return self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract_state))
@@ -139,6 +168,17 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+  """{'params/flow/...': shape} for a state, its abstract form or orbax's
+  metadata of it (dataclass fields and dict keys named alike)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+             for k in path]
+    out["/".join(names)] = tuple(getattr(leaf, "shape", ()) or ())
+  return out
 
 
 def _short(e: BaseException, n: int = 200) -> str:

@@ -1,15 +1,25 @@
 """Train-step throughput against what this machine's XLA matmul can do.
 
-  python -m txt2img_jax.perf --config=configs/restart.py [--steps=20]
+  python -m txt2img_jax.perf --config=configs/perf_b2.py [--steps=20]
+      [--json=perf.json] [--matmul_n=8192]
 
 Builds the real train step of a config on synthetic batches (no data
-preparation), counts its FLOPs from XLA's cost analysis, times it, and times
-a large matmul in the same dtype. Prints steps/s, achieved FLOP/s, the matmul
-peak and their ratio (the model-FLOPs utilisation against this machine).
+preparation), lowers and compiles it once, and times that compiled
+executable. The FLOPs are the model FLOPs counted from the config
+(txt2img_jax/flops.py, the PaLM/maxtext MFU convention); XLA's own count
+from the same compiled object is printed beside them, with a warning when
+the two differ by more than 10% (on GPUs XLA does not count the matmuls it
+gives to cuBLAS, and it counts a scanned loop's body once). Utilisation is
+achieved model FLOP/s over the FLOP/s of a large matmul in the same dtype,
+measured in the same run.
+
+--steps=0 compiles and counts only: for scales too slow to step on a CPU.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 
 from absl import flags
@@ -20,19 +30,32 @@ import numpy as np
 from ml_collections import config_flags
 
 from txt2img_jax import assembly
+from txt2img_jax import flops as flops_lib
 from txt2img_jax import sharding
 from txt2img_jax import step as step_lib
 from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 
+MISMATCH_TOLERANCE = 0.10
 
-def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of an n x n x n matmul on the default device."""
+
+def default_matmul_n(platform: str) -> int:
+  # Large enough to reach the peak on each kind of device, small enough to
+  # take about a second on a laptop CPU.
+  return 2048 if platform == "cpu" else 8192
+
+
+def matmul_flops_per_s(dtype, n: int, min_seconds: float = 1.0) -> float:
+  """FLOP/s of an n x n x n matmul in `dtype` on the default device."""
   a = jnp.ones((n, n), dtype)
   b = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a, b: a @ b)
+  f = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
   f(a, b).block_until_ready()
+  t0 = time.perf_counter()
+  f(a, b).block_until_ready()
+  once = time.perf_counter() - t0
+  repeats = int(min(200, max(3, math.ceil(min_seconds / max(once, 1e-6)))))
   t0 = time.perf_counter()
   for _ in range(repeats):
     out = f(a, b)
@@ -40,22 +63,16 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
-def step_flops(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
+def xla_flops(compiled) -> float:
+  """FLOPs of one call by XLA's cost analysis of a compiled executable."""
+  cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
 
 
-def measure(config, steps: int = 20, warmup: int = 3) -> dict:
-  parts = assembly.build_parts(config)
-  latent_shape, tok = parts.latent_shape, parts.text.tokenizer
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  rules = sharding.logical_rules(config.mesh.rules)
-  tx, schedules, state, state_shardings = assembly.create_train_state(
-      config, parts.model, latent_shape, parts.text.width, mesh, rules)
-  step = assembly.jit_train_step(
-      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh)
+def synthetic_inputs(config, latent_shape, tok, mesh):
+  """A batch of real captions and uniform-noise images, and identity stats."""
   b, s = config.batch_size, config.data.image_size
   rng = np.random.default_rng(0)
   captions = [shapes.example(0, "train", i)["caption"] for i in range(b)]
@@ -66,40 +83,135 @@ def measure(config, steps: int = 20, warmup: int = 3) -> dict:
   c = latent_shape[-1]
   stats = ae_lib.LatentStats(shift=np.zeros((c,), np.float32),
                              scale=np.ones((c,), np.float32))
-  frozen = parts.frozen
-  flops = step_flops(step, state, batch, frozen, stats)
+  return batch, stats
+
+
+def measure(config, steps: int = 20, warmup: int = 3,
+            matmul_n: int | None = None) -> dict:
+  """Compiles the train step once and times that executable `steps` times."""
+  parts = assembly.build_parts(config)
+  latent_shape, tok = parts.latent_shape, parts.text.tokenizer
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  rules = sharding.logical_rules(config.mesh.rules)
+  t0 = time.perf_counter()
+  tx, schedules, state, state_shardings = assembly.create_train_state(
+      config, parts.model, latent_shape, parts.text.width, mesh, rules)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  step = assembly.jit_train_step(
+      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh)
+  batch, stats = synthetic_inputs(config, latent_shape, tok, mesh)
+  frozen = jax.device_put(parts.frozen)
+
   with mesh:
+    t0, c0 = time.perf_counter(), time.process_time()
+    lowered = step.lower(state, batch, frozen, stats)
+    lower_s = time.perf_counter() - t0
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    # CPU seconds of this process: on a shared machine they say what the
+    # compile costs when wall time also counts waiting for a core.
+    compile_cpu_s = time.process_time() - c0
+  model_flops, per_row = flops_lib.train_step_flops(config, latent_shape)
+  counted_by_xla = xla_flops(compiled)
+  platform = jax.devices()[0].platform
+  r = {
+      "config": config.get("name", ""), "platform": platform,
+      "device_kind": jax.devices()[0].device_kind,
+      "devices": jax.device_count(), "dtype": str(config.dtype),
+      "batch_size": config.batch_size, "jax": jax.__version__,
+      "flow_scan": bool(config.flow.get("scan", False)),
+      "flow_remat": str(config.flow.get("remat", "none")),
+      "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
+      "compile_cpu_s": compile_cpu_s,
+      "model_flops": model_flops, "xla_flops": counted_by_xla,
+      "xla_over_model": counted_by_xla / model_flops,
+      "model_flops_by_module": flops_lib.by_module(per_row),
+      "model_flops_by_part": per_row,
+      "steps": steps, "step_time_s": None, "steps_per_sec": None,
+      "achieved_flops_per_s": None, "matmul_n": None,
+      "matmul_flops_per_s": None, "utilisation": None,
+  }
+  if steps <= 0:
+    return r
+
+  with mesh:
+    # The compiled executable itself: no second compilation, no cache look-up.
     for _ in range(warmup):
-      state, metrics = step(state, batch, frozen, stats)
+      state, metrics = compiled(state, batch, frozen, stats)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(steps):
-      state, metrics = step(state, batch, frozen, stats)
+      state, metrics = compiled(state, batch, frozen, stats)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
-  peak = matmul_peak(jnp.dtype(config.dtype))
-  return {
-      "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-      "batch_size": b, "step_time_s": dt, "steps_per_sec": 1 / dt,
-      "step_gflops": flops / 1e9, "achieved_gflops_per_s": flops / dt / 1e9,
-      "matmul_peak_gflops_per_s": peak / 1e9,
-      "utilisation": flops / dt / (peak * jax.device_count()),
-  }
+  n = matmul_n or default_matmul_n(platform)
+  peak = matmul_flops_per_s(jnp.dtype(config.dtype), n)
+  r.update({
+      "step_time_s": dt, "steps_per_sec": 1 / dt,
+      "achieved_flops_per_s": model_flops / dt, "matmul_n": n,
+      "matmul_flops_per_s": peak,
+      "utilisation": model_flops / dt / (peak * jax.device_count()),
+  })
+  return r
+
+
+def mismatch_warning(r: dict) -> str | None:
+  ratio = r["xla_over_model"]
+  if math.isfinite(ratio) and abs(ratio - 1) <= MISMATCH_TOLERANCE:
+    return None
+  if r["flow_scan"]:
+    why = (" (XLA counts the body of the scanned DiT blocks once, not once"
+           " per layer; --config.flow.scan=False to cross-check)")
+  elif r["platform"] == "gpu":
+    why = " (XLA does not count the matmuls it hands to cuBLAS on GPUs)"
+  else:
+    why = " (at small widths XLA's elementwise work is a large share)"
+  return (f"WARNING: XLA counts {r['xla_flops'] / 1e9:.1f} GFLOP per step, "
+          f"{ratio:.2f}x the model count{why}")
+
+
+def report(r: dict) -> str:
+  g = 1e9
+  lines = [
+      f"{r['config']}: {r['platform']} ({r['device_kind']}) x{r['devices']}, "
+      f"{r['dtype']}, batch {r['batch_size']}, jax {r['jax']}",
+      f"compile {r['compile_s']:.1f} s (lower {r['lower_s']:.1f} s; "
+      f"{r['compile_cpu_s']:.1f} s of CPU), "
+      f"state init {r['init_s']:.1f} s",
+      f"model {r['model_flops'] / g:.1f} GFLOP/step, XLA "
+      f"{r['xla_flops'] / g:.1f} GFLOP/step (x{r['xla_over_model']:.2f})",
+      "  by module: " + ", ".join(
+          f"{k} {v / g:.1f}" for k, v in r["model_flops_by_module"].items()),
+  ]
+  if r["step_time_s"] is not None:
+    lines.append(
+        f"{r['steps_per_sec']:.2f} steps/s ({r['step_time_s'] * 1e3:.1f} ms), "
+        f"{r['achieved_flops_per_s'] / g:.1f} GFLOP/s achieved vs "
+        f"{r['matmul_flops_per_s'] / g:.1f} GFLOP/s {r['matmul_n']}^3 matmul "
+        f"per device -> utilisation {r['utilisation']:.3f}")
+  warning = mismatch_warning(r)
+  if warning:
+    lines.append(warning)
+  return "\n".join(lines)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (0: compile and count only).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before the timed ones.")
+_MATMUL_N = flags.DEFINE_integer(
+    "matmul_n", 0, "Side of the reference matmul (0: 2048 on CPU, 8192 elsewhere).")
+_JSON = flags.DEFINE_string("json", "", "Also write the measurement to this file.")
 
 
 def main(argv):
   del argv
-  r = measure(_CONFIG.value, _STEPS.value)
+  r = measure(_CONFIG.value, _STEPS.value, _WARMUP.value, _MATMUL_N.value or None)
   logging.info("%s", r)
-  print(f"{r['platform']} x{r['devices']}, batch {r['batch_size']}: "
-        f"{r['steps_per_sec']:.2f} steps/s, {r['step_gflops']:.1f} GFLOP/step,"
-        f" {r['achieved_gflops_per_s']:.1f} GFLOP/s achieved vs "
-        f"{r['matmul_peak_gflops_per_s']:.1f} GFLOP/s matmul peak per device "
-        f"-> utilisation {r['utilisation']:.2f}")
+  print(report(r))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(r, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  assets.save_config(config, workdir, latent_shape)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
   writer.write_hparams(assets.flat_hparams(config))
@@ -76,6 +75,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, tx, schedules = assembly.init_from_other_run(
         config, state, tx, schedules, state_shardings)
   start_step = int(state.step)
+  # Written once the checkpoint is known to fit: a resume with a config of
+  # another model fails above and leaves the run's own config.json.
+  assets.save_config(config, workdir, latent_shape)
 
   # --- The jitted train step: donated state, explicit shardings.
   perceptual = (perceptual_lib.load(config.loss.lpips_net)

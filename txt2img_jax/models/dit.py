@@ -1,16 +1,33 @@
-"""The flow network v_theta(x_t, time, indicator): a DiT with adaLN-Zero blocks."""
+"""The flow network v_theta(x_t, time, indicator): a DiT with adaLN-Zero blocks.
 
+With scan=True the blocks run under `nn.scan`: one block is traced and compiled whatever the
+depth, so the DiT's share of compile time stays flat at DiT-XL scale. Their parameters are then
+stacked on a leading 'layers' axis under `blocks/`; `stack_block_params` /
+`unstack_block_params` convert parameter trees (or whole train states) between that layout and
+the unrolled `block_0 .. block_N` one.
+"""
+
+import re
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from txt2img_jax.models import layers
 
 Dtype = Any
 
 NUM_INDICATORS = 2  # 0: null (classifier-free guidance), 1: conditional.
+
+# What a rematerialised block keeps for the backward pass: nothing ('full': recompute the whole
+# block), or the outputs of its matmuls ('dots'; the cheap elementwise work is recomputed).
+REMAT_POLICIES = {
+    'full': None,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -42,9 +59,10 @@ class DiTBlock(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scanned: bool = False  # Under nn.scan the block returns (x, None): carry and no output.
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, c: jax.Array):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     mod = _zero_dense(6 * width, ('embed', 'mlp'), 'modulation', kw)(nn.silu(c))
@@ -54,7 +72,8 @@ class DiTBlock(nn.Module):
     x = x + gate_a[:, None] * layers.Attention(self.num_heads, name='attn', **kw)(h)
     h = modulate(norm('ln_mlp')(x), shift_m, scale_m)
     mlp = layers.MLP(int(width * self.mlp_ratio), name='mlp', **kw)
-    return x + gate_m[:, None] * mlp(h)
+    x = x + gate_m[:, None] * mlp(h)
+    return (x, None) if self.scanned else x
 
 
 class DiT(nn.Module):
@@ -74,6 +93,8 @@ class DiT(nn.Module):
   time_embed_dim: Optional[int] = None  # Sinusoidal feature size; None -> width.
   time_min_freq: float = 0.05
   time_max_freq: float = 1000.0
+  scan: bool = False     # Blocks under nn.scan (params stacked under 'blocks'), else unrolled.
+  remat: str = 'none'    # none | full | dots | dots_no_batch (see REMAT_POLICIES).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -98,8 +119,7 @@ class DiT(nn.Module):
         patchify(x.astype(self.dtype), p))
     tokens = tokens + jnp.asarray(layers.sincos_2d(self.width, h // p, w // p), self.dtype)
     cond = self.condition(time_input, indicator)
-    for i in range(self.depth):
-      tokens = DiTBlock(self.num_heads, self.mlp_ratio, name=f'block_{i}', **kw)(tokens, cond)
+    tokens = self.blocks(tokens, cond)
     shift, scale = jnp.split(
         _zero_dense(2 * self.width, ('embed', 'mlp'), 'final_modulation', kw)(nn.silu(cond)),
         2, axis=-1)
@@ -107,3 +127,87 @@ class DiT(nn.Module):
         tokens), shift, scale)
     out = _zero_dense(p * p * c, ('embed', None), 'final', kw)(tokens)
     return unpatchify(out, p, self.latent_shape).astype(jnp.float32)
+
+  def blocks(self, tokens: jax.Array, cond: jax.Array) -> jax.Array:
+    """The `depth` adaLN-Zero blocks, scanned or unrolled, optionally rematerialised."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    block = DiTBlock
+    if self.remat != 'none':
+      if self.remat not in REMAT_POLICIES:
+        raise ValueError(f'flow.remat={self.remat!r}: expected none or one of '
+                         f'{sorted(REMAT_POLICIES)}')
+      # Under scan the loop already keeps XLA from merging recomputation with the forward pass.
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+    if not self.scan:
+      for i in range(self.depth):
+        tokens = block(self.num_heads, self.mlp_ratio, name=f'block_{i}', **kw)(tokens, cond)
+      return tokens
+    stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                    in_axes=(nn.broadcast,), length=self.depth,
+                    metadata_params={nn.PARTITION_NAME: 'layers'})
+    tokens, _ = stack(self.num_heads, self.mlp_ratio, scanned=True, name='blocks', **kw)(
+        tokens, cond)
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Converting parameter trees between the unrolled and the scanned layout.
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK = re.compile(r'block_(\d+)$')
+
+
+def _is_dit(tree) -> bool:
+  return isinstance(tree, dict) and 'patch_embed' in tree and 'final' in tree
+
+
+def _map_dits(fn, tree):
+  """Applies fn to every DiT parameter dict inside nested dicts/lists/tuples (a params tree,
+  an optimizer state that mirrors it, or a whole restored train state as nested dicts)."""
+  if _is_dit(tree):
+    return fn(tree)
+  if isinstance(tree, dict):
+    return {k: _map_dits(fn, v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)) and not hasattr(tree, '_fields'):
+    return type(tree)(_map_dits(fn, v) for v in tree)
+  if hasattr(tree, '_fields'):  # NamedTuple optimizer states.
+    return type(tree)(*(_map_dits(fn, v) for v in tree))
+  return tree
+
+
+def _stack_one(dit: dict) -> dict:
+  indices = sorted(int(_BLOCK.match(k).group(1)) for k in dit if _BLOCK.match(k))
+  if not indices:
+    return dit
+  if 'blocks' in dit:
+    raise ValueError('DiT params hold both block_<i> and blocks; cannot stack them')
+  if indices != list(range(len(indices))):
+    raise ValueError(f'DiT block indices {indices} are not 0..{len(indices) - 1}')
+  out = {k: v for k, v in dit.items() if not _BLOCK.match(k)}
+  out['blocks'] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                               *[dit[f'block_{i}'] for i in indices])
+  return out
+
+
+def _unstack_one(dit: dict) -> dict:
+  if 'blocks' not in dit:
+    return dit
+  leaves = jax.tree.leaves(dit['blocks'])
+  depth = int(np.shape(leaves[0])[0]) if leaves else 0
+  out = {k: v for k, v in dit.items() if k != 'blocks'}
+  for i in range(depth):
+    out[f'block_{i}'] = jax.tree.map(lambda x, i=i: np.asarray(x)[i], dit['blocks'])
+  return out
+
+
+def stack_block_params(tree):
+  """Unrolled -> scanned layout: in every DiT param dict within `tree`, `block_0 .. block_N-1`
+  become one `blocks` subtree whose leaves are stacked on a new leading axis (N, ...). Pure:
+  returns a new tree (host numpy leaves for the stacked part); trees already scanned pass
+  through unchanged."""
+  return _map_dits(_stack_one, tree)
+
+
+def unstack_block_params(tree):
+  """Scanned -> unrolled layout: the inverse of `stack_block_params`."""
+  return _map_dits(_unstack_one, tree)

@@ -65,7 +65,8 @@ class CrossFlow(nn.Module):
     self.flow = dit_lib.DiT(
         latent_shape=self.latent_shape, patch_size=c.flow.patch_size,
         width=c.flow.width, depth=c.flow.depth, num_heads=c.flow.num_heads,
-        mlp_ratio=c.flow.mlp_ratio, dtype=dtype)
+        mlp_ratio=c.flow.mlp_ratio, dtype=dtype,
+        scan=c.flow.get("scan", False), remat=c.flow.get("remat", "none"))
 
   def encode_text(self, ids, mask):
     return self.text_encoder(ids, mask)

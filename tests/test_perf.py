@@ -1,0 +1,128 @@
+"""The analytic FLOP count against XLA's on CPU, and the perf measurement's fields.
+
+XLA's CPU cost analysis counts every matmul (and elementwise ops too), so at
+widths where matmuls dominate the two must agree within 10%.
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from txt2img_jax import config_lib
+from txt2img_jax import flops
+from txt2img_jax import perf
+from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.models import image_encoder
+from txt2img_jax.models import text_encoder
+from txt2img_jax.models import text_head
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+B = 4
+
+
+def _config(name="base", variant=""):
+  return config_lib.load_sibling(os.path.join(CONFIGS, "x.py"), name).get_config(variant)
+
+
+def _xla_forward_flops(module, *args):
+  variables = jax.eval_shape(module.init, jax.random.key(0, impl="rbg"), *args)
+  compiled = jax.jit(module.apply).lower(variables, *args).compile()
+  return perf.xla_flops(compiled)
+
+
+def _forward(rows):
+  return 2.0 * B * sum(r.macs_per_example for r in rows)
+
+
+def _close(ours, xla):
+  assert abs(xla / ours - 1) < 0.10, (ours, xla)
+
+
+def test_flow_flops_match_xla():
+  c = _config()
+  c.flow.update(width=256, depth=2, num_heads=4)
+  latent = (16, 16, 12)
+  model = dit_lib.DiT(latent, c.flow.patch_size, c.flow.width, c.flow.depth, c.flow.num_heads,
+                      scan=False)
+  xla = _xla_forward_flops(model, jnp.zeros((B, *latent)), jnp.zeros((B,)),
+                           jnp.ones((B,), jnp.int32))
+  _close(_forward(flops.flow_rows(c, latent)), xla)
+
+
+def test_text_encoder_flops_match_xla():
+  c = _config()
+  c.text_encoder.update(width=256, depth=2, num_heads=4)
+  model = text_encoder.SmallTextEncoder(vocab_size=64, max_len=c.data.max_len, width=256,
+                                        depth=2, num_heads=4)
+  ids = jnp.zeros((B, c.data.max_len), jnp.int32)
+  _close(_forward(flops.text_encoder_rows(c)), _xla_forward_flops(model, ids, ids > -1))
+
+
+@pytest.mark.parametrize("kind,fields", [
+    ("pooled_mlp", dict(hidden=512)),
+    ("token_transformer", dict(width=256, depth=2, num_heads=4, reduced_width=16)),
+    ("grid_query", dict(width=256, depth=2, num_heads=4, grid_size=8)),
+    ("mlp_conv", dict(hidden=512, conv_width=64, num_groups=8)),
+])
+def test_text_head_flops_match_xla(kind, fields):
+  c = _config()
+  c.head.kind = kind
+  c.head[kind].update(fields)
+  latent, width = (16, 16, 12), 256
+  model = text_head.make_text_head(kind, latent, **c.head[kind].to_dict())
+  tokens = jnp.zeros((B, c.data.max_len, width))
+  mask = jnp.ones((B, c.data.max_len), bool)
+  _close(_forward(flops.text_head_rows(c, latent, width)),
+         _xla_forward_flops(model, tokens, mask))
+
+
+def test_image_encoder_flops_match_xla():
+  c = _config()
+  c.image_encoder.update(width=128, depth=2)
+  latent = (16, 16, 12)
+  model = image_encoder.ImageEncoder(out_dim=16 * 16 * 12, width=128, depth=2)
+  _close(_forward(flops.image_encoder_rows(c, latent)),
+         _xla_forward_flops(model, jnp.zeros((B, *latent))))
+
+
+def test_train_step_flops_trainable_and_frozen():
+  c = _config("restart")
+  latent = (16, 16, 12)
+  total, per_row = flops.train_step_flops(c, latent)
+  forward = 2.0 * c.batch_size * sum(r.macs_per_example for r in flops.rows(c, latent))
+  assert total == pytest.approx(3 * forward)
+  assert set(flops.by_module(per_row)) == {"text_encoder", "text_head", "image_encoder",
+                                            "flow", "contrastive"}
+  # A frozen group costs its forward pass only.
+  c.optim.groups.flow.trainable = False
+  frozen_total, frozen_rows = flops.train_step_flops(c, latent)
+  flow = flops.by_module(per_row)["flow"]
+  assert flops.by_module(frozen_rows)["flow"] == pytest.approx(flow / 3)
+  assert frozen_total == pytest.approx(total - flow * 2 / 3)
+
+
+def test_perf_b2_hand_count():
+  """DiT-B/2: 6 x (per-token matmul params) x tokens + attention, the issue's hand count."""
+  c = _config("perf_b2")
+  total, per_row = flops.train_step_flops(c, (32, 32, 12))
+  w, depth, tokens = 768, 12, 256
+  dense_params = depth * 12 * w * w
+  attention = depth * 2 * 2 * tokens * tokens * w
+  hand = 3 * c.batch_size * (2 * dense_params * tokens + attention)
+  assert flops.by_module(per_row)["flow"] == pytest.approx(hand, rel=0.01)
+  assert 34e12 < total < 38e12  # XLA's CPU count of the unrolled step: 36.6e12.
+
+
+def test_measure_compiles_once_and_reports():
+  c = _config("restart", "tiny")
+  r = perf.measure(c, steps=1, warmup=1, matmul_n=128)
+  for key in ("step_time_s", "compile_s", "model_flops", "xla_flops", "achieved_flops_per_s",
+              "matmul_flops_per_s", "utilisation"):
+    assert r[key] > 0, key
+  assert r["achieved_flops_per_s"] == pytest.approx(r["model_flops"] / r["step_time_s"])
+  assert "model" in perf.report(r)
+  only_compile = perf.measure(c, steps=0)
+  assert only_compile["step_time_s"] is None and only_compile["compile_s"] > 0
