@@ -9,7 +9,7 @@ metadata file at the top of DIR is read. The caption column is configurable.
 
 This module lists the rows (finding the problems a listing can see: bad
 metadata lines, duplicates, missing files, unlisted images) and turns one
-image into the uint8 (S, S, 3) array that is stored. `records.prepare` runs it
+image into the uint8 (S, S, 3) array that is stored. `records_prepare.prepare` runs it
 over the whole folder; every problem becomes a counted reason in its report.
 """
 
@@ -347,7 +347,7 @@ def _walk(root: str) -> dict[str, os.stat_result]:
 
 
 class ImageFolderSource:
-  """The rows of an image folder, ready for `records.prepare`.
+  """The rows of an image folder, ready for `records_prepare.prepare`.
 
   Listing happens once, here; `issues` holds what listing found. Fatal
   problems (no folder, no metadata, missing columns) raise from the

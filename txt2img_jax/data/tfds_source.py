@@ -6,7 +6,7 @@ TensorFlow input pipeline. Keys may name nested features with '/', e.g.
 `coco_captions` has `image` and `captions/text` (five captions per image).
 The TFDS splits map onto the prepared ones: `train_split` -> train and
 `val_split` -> val; without a `val_split`, val is a stable hash-chosen share
-of `train_split` (see `records.prepare`).
+of `train_split` (see `records_prepare.prepare`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _to_pil(array: np.ndarray) -> Image.Image:
 
 
 class TfdsSource:
-  """The examples of one or two TFDS splits, ready for `records.prepare`."""
+  """The examples of one or two TFDS splits, ready for `records_prepare.prepare`."""
 
   kind = "tfds"
 
