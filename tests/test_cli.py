@@ -187,7 +187,7 @@ def test_override_changes_the_run(scratch):
   with open(os.path.join(cwd, "workdirs/x1/config.json")) as f:
     saved = json.load(f)
   assert saved["total_steps"] == 4 and saved["head"]["kind"] == "mlp_conv"
-  rows = open(os.path.join(cwd, "workdirs/x1/metrics.jsonl")).read().split()
+  rows = open(os.path.join(cwd, "workdirs/x1/metrics.jsonl")).read().splitlines()
   assert json.loads(rows[-1])["step"] == 4
 
 

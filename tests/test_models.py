@@ -341,7 +341,7 @@ def test_pixel_autoencoder_round_trip():
   moments = jax.jit(model.encode_moments)({}, images)
   assert moments[0].shape == (4, 4, 4, 12)
   latent = jax.jit(model.sample)(moments, _key(0))
-  recon = jax.jit(model.decode)(latent)
+  recon = jax.jit(model.decode)({}, latent)
   assert recon.shape == images.shape
   assert float(jnp.abs(recon - images).max()) < 1.0 / 255
   assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0

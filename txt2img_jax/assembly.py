@@ -348,10 +348,6 @@ class Run:
   def frozen(self) -> dict:
     return self.parts.frozen
 
-  @property
-  def latent_params(self):
-    return self.parts.autoencoder.params
-
 
 def load_run(workdir: str, with_data: bool = True) -> Run:
   workdir = os.path.abspath(workdir)

@@ -58,7 +58,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for a --config.<field> the config lacks.
-    _fail(prog, f"unknown config field {_one_line(e)!r} in the command line; "
+    name = str(e)
+    while len(name) > 1 and name[0] in "\"'" and name[-1] in "\"'":
+      name = name[1:-1]
+    _fail(prog, f"unknown config field {name!r} in the command line; "
           "every field is listed and documented in configs/base.py")
   except flags.Error as e:
     _fail(prog, _describe(_root_cause(e)))

@@ -72,7 +72,7 @@ def score(workdir: str, num: int) -> dict[str, float]:
   summary.update(z_text_measures(run, mu, data["image"][:n]))
   k = min(8, n)
   generated = ev.images(run.ema_params, data, k, seed=1)
-  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, run.latent_params, mu[:k],
+  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, run.autoencoder.params, mu[:k],
                                             run.stats))
   grid = evaluate.caption_grid(data["image"][:k], generated,
                                data["caption"][:k], columns=4,
@@ -120,7 +120,7 @@ def z_text_measures(run, mu: np.ndarray, images: np.ndarray,
   (the TV penalty's quantity, scale-free).
   """
   x1 = np.asarray(ae_lib.standardize(
-      run.autoencoder.encode_moments(run.latent_params, images)[0], run.stats))
+      run.autoencoder.encode_moments(run.autoencoder.params, images)[0], run.stats))
   a = mu - mu.mean(0, keepdims=True)
   b = x1 - x1.mean(0, keepdims=True)
   corr = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
