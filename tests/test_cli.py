@@ -36,7 +36,8 @@ SHRINK = {
     "health overfit": ["--steps=4", "--subset=16", "--recon_num=4"],
     "health latents": ["--num=8"],
     "experiments.heads_ablation": ["--config_variant=tiny", "--steps=4",
-                                   "--seeds=0", "--num=4"],
+                                   "--seeds=0", "--num=4",
+                                   "--heads=token_transformer"],
     "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
                                   "--restart_steps=2", "--num=4"],
 }

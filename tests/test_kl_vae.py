@@ -10,7 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+
+# The package keeps transformers from importing PyTorch (USE_TORCH=0); this
+# test needs diffusers' PyTorch model as the reference.
+os.environ["USE_TORCH"] = "1"
+import torch  # noqa: E402
 from diffusers import AutoencoderKL
 from safetensors.numpy import load_file, save_file
 

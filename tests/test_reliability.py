@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -24,7 +25,12 @@ from txt2img_jax import train
 from txt2img_jax.data import tfds_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+# The subprocesses of a test compile the same step: they share jax's
+# persistent compilation cache.
+ENV = dict(os.environ, JAX_PLATFORMS="cpu",
+           JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="jax_cache_"),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def _main(workdir, *flags):
@@ -188,7 +194,8 @@ def _wait_for_step(proc, workdir, step, timeout=600):
 def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
     data_dir, tmp_path):
   flags = ("--config=configs/restart.py:tiny", "--config.total_steps=40",
-           "--config.checkpoint_every=1000")
+           "--config.checkpoint_every=1000", "--config.sample_every=0",
+           "--config.eval_every=0")
   seed = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 10_000))
   at = random.Random(seed).randrange(3, 30)
   where = f"(SIGTERM after step {at}; RELIABILITY_SEED={seed} repeats it)"

@@ -5,3 +5,7 @@ import os
 # TensorFlow (imported by TFDS and CLU) logs C++ info lines at import that say
 # nothing about this program; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# transformers imports PyTorch whenever it is installed (it is a test-only
+# dependency here, for the KL-VAE parity test); nothing in this package uses
+# it, and importing it costs every command ~2 s.
+os.environ.setdefault("USE_TORCH", "0")

@@ -13,8 +13,6 @@ import jax
 from ml_collections import config_flags
 
 from txt2img_jax import cli
-from txt2img_jax import reporting
-from txt2img_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/restart.py[:tiny].",
@@ -31,6 +29,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 
 def main(argv):
+  # Imported here so that a bad command line fails before the heavy imports.
+  from txt2img_jax import reporting
+  from txt2img_jax import train
   reporting.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
