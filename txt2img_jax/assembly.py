@@ -57,7 +57,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   sources.validate(config)
   shape = latents.latent_shape(config)
   text_head_lib.check_text_head_config(
-      config.head.kind, shape, **generator_lib.head_kwargs(config))
+      config.head.kind, shape, **generator_lib.head_kwargs(config.head))
   timesteps.validate_time_config(config.time.sampler)
   timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
   p = config.flow.patch_size
@@ -119,9 +119,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
-  return generator_lib.CrossFlow(
-      config=config, latent_shape=latent_shape, vocab_size=vocab_size,
-      embedded_text_encoder=embedded)
+  return generator_lib.CrossFlow.from_config(config, latent_shape,
+                                            vocab_size, embedded)
 
 
 def init_variables(model, config, latent_shape, text_width, rng):

@@ -8,7 +8,6 @@ exact model of a run from its workdir alone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from txt2img_jax import latents
+from txt2img_jax import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import shapes
 from txt2img_jax.data import sources
@@ -26,9 +26,10 @@ from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import text_encoder as text_encoder_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILE = "config.json"
-STATS_FILE = "latent_stats.json"
-VOCAB_FILE = "vocab.json"
+# The run's files and their reading/writing live in runfiles.py.
+CONFIG_FILE = runfiles.CONFIG_FILE
+STATS_FILE = runfiles.STATS_FILE
+VOCAB_FILE = runfiles.VOCAB_FILE
 
 
 # --- Config ------------------------------------------------------------------
@@ -38,17 +39,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str,
   d = config.to_dict()
   d["latent_dims"] = int(np.prod(latent_shape))  # Read by diagnose.
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      json.dump(d, f, indent=2, sort_keys=True, default=str)
+    runfiles.write_json(workdir, CONFIG_FILE, d, indent=2, sort_keys=True,
+                        default=str)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} not found: {workdir!r} is not the workdir of a training run")
-  with open(path) as f:
-    d = json.load(f)
+  d = runfiles.read_json(workdir, CONFIG_FILE)
   d.pop("latent_dims", None)
   return ml_collections.ConfigDict(_with_defaults(d, _base_defaults()))
 
@@ -149,8 +145,7 @@ def load_text(config: ml_collections.ConfigDict, workdir: str | None,
 def vocabulary(config, workdir: str | None, data=None) -> list[str]:
   path = os.path.join(workdir, VOCAB_FILE) if workdir else None
   if path and os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+    return runfiles.read_json(workdir, VOCAB_FILE)
   if data is not None:
     words = list(data.vocabulary())
   elif config.data.name == "shapes":
@@ -159,8 +154,7 @@ def vocabulary(config, workdir: str | None, data=None) -> list[str]:
     raise FileNotFoundError(
         f"{path or 'no workdir'}: the run's word vocabulary is missing")
   if path and jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(words, f)
+    runfiles.write_json(workdir, VOCAB_FILE, words)
   return words
 
 
@@ -171,8 +165,7 @@ def latent_stats(config, workdir: str, builder,
   """Per-channel shift/scale, computed once and kept with the run."""
   path = os.path.join(workdir, STATS_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      return ae_lib.LatentStats.from_dict(json.load(f))
+    return load_latent_stats(workdir)
   n = min(config.autoencoder.stats_examples, builder.split_size("train"))
   split = pipeline.load_split(builder, "train", n,
                               max_len=config.data.max_len)
@@ -185,11 +178,9 @@ def latent_stats(config, workdir: str, builder,
   stats = ae_lib.compute_latent_stats(
       autoencoder, batches, jax.random.PRNGKey(config.seed + 1))
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(stats.to_dict(), f)
+    runfiles.write_json(workdir, STATS_FILE, stats.to_dict())
   return stats
 
 
 def load_latent_stats(workdir: str) -> ae_lib.LatentStats:
-  with open(os.path.join(workdir, STATS_FILE)) as f:
-    return ae_lib.LatentStats.from_dict(json.load(f))
+  return ae_lib.LatentStats.from_dict(runfiles.read_json(workdir, STATS_FILE))

@@ -6,7 +6,6 @@ model, so it runs anywhere the logs are.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, Optional
@@ -40,7 +39,7 @@ def load_metrics(workdir: str) -> Metrics:
   latest value: that is the history the current run has. A torn last line (a run killed
   mid-write) is dropped with a warning; a broken line elsewhere is an error (see runfiles).
   """
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = runfiles.metrics_path(workdir)
   if not os.path.exists(path):
     raise MetricsNotFoundError(
         f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
@@ -64,11 +63,9 @@ def load_metrics(workdir: str) -> Metrics:
 
 def load_config(workdir: str) -> dict[str, Any]:
   """W/config.json as a dict; {} when absent (the LR and KL-per-dim checks are then skipped)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(workdir, runfiles.CONFIG_FILE)):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return runfiles.read_json(workdir, runfiles.CONFIG_FILE)
 
 
 def count_lines(workdir: str) -> int:

@@ -79,7 +79,7 @@ def text_encoder_rows(c: ml_collections.ConfigDict) -> list[Row]:
 
 def text_head_rows(c: ml_collections.ConfigDict, latent_shape, text_width: int) -> list[Row]:
   kind = c.head.kind
-  f = generator_lib.head_kwargs(c)
+  f = generator_lib.head_kwargs(c.head)
   h, w, ch = latent_shape
   moments = h * w * 2 * ch
   length = c.data.max_len

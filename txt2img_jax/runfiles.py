@@ -101,3 +101,30 @@ def write_metrics(workdir: str, rows: Iterable[dict[str, Any]]) -> None:
     for row in rows:
       f.write(json.dumps(row) + "\n")
   os.replace(tmp, path)
+
+
+# --- The run's other files: config, latent statistics, word vocabulary. ------
+
+CONFIG_FILE = "config.json"       # The run's config (assets.load_config reads it).
+STATS_FILE = "latent_stats.json"  # Per-channel latent shift and scale.
+VOCAB_FILE = "vocab.json"         # The embedded text encoder's words.
+
+
+def read_json(workdir: str, name: str) -> Any:
+  """A run file; FileNotFoundError (one line) when the run has none."""
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {workdir!r} is not the workdir of a training run"
+        if name == CONFIG_FILE else f"{path} not found")
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json(workdir: str, name: str, obj: Any, **kwargs) -> None:
+  """Written whole or not at all (a temporary file renamed over it)."""
+  path = os.path.join(workdir, name)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, **kwargs)
+  os.replace(tmp, path)

@@ -39,34 +39,54 @@ class ContrastiveTower(nn.Module):
 
 
 class CrossFlow(nn.Module):
-  """Text encoder (optional), text head, contrastive tower and flow DiT."""
-  config: ml_collections.ConfigDict
+  """Text encoder (optional), text head, contrastive tower and flow DiT.
+
+  Each part gets its own block of the config (`from_config` picks them), not
+  the whole run's config.
+  """
+  text_encoder_config: Any    # config.text_encoder; unused with a frozen one.
+  head_config: Any            # config.head (its kind and that kind's block).
+  image_encoder_config: Any   # config.image_encoder.
+  flow_config: Any            # config.flow.
   latent_shape: tuple[int, int, int]
   vocab_size: int
+  max_len: int
+  dtype: Any = jnp.float32
   embedded_text_encoder: bool = True
 
   def setup(self):
-    c = self.config
-    dtype = jnp.dtype(c.dtype)
+    dtype = jnp.dtype(self.dtype)
     if self.embedded_text_encoder:
+      t = self.text_encoder_config
       self.text_encoder = text_encoder_lib.SmallTextEncoder(
-          vocab_size=self.vocab_size, max_len=c.data.max_len,
-          width=c.text_encoder.width, depth=c.text_encoder.depth,
-          num_heads=c.text_encoder.num_heads,
-          mlp_ratio=c.text_encoder.mlp_ratio, dtype=dtype)
-    kind = c.head.kind
+          vocab_size=self.vocab_size, max_len=self.max_len, width=t.width,
+          depth=t.depth, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio,
+          dtype=dtype)
     self.text_head = text_head_lib.make_text_head(
-        kind, self.latent_shape, dtype=dtype, **head_kwargs(c))
+        self.head_config.kind, self.latent_shape, dtype=dtype,
+        **head_kwargs(self.head_config))
     h, w, ch = self.latent_shape
+    i = self.image_encoder_config
     self.image_encoder = ContrastiveTower(
-        out_dim=h * w * ch, width=c.image_encoder.width,
-        depth=c.image_encoder.depth,
-        init_logit_scale=c.image_encoder.init_logit_scale, dtype=dtype)
+        out_dim=h * w * ch, width=i.width, depth=i.depth,
+        init_logit_scale=i.init_logit_scale, dtype=dtype)
+    f = self.flow_config
     self.flow = dit_lib.DiT(
-        latent_shape=self.latent_shape, patch_size=c.flow.patch_size,
-        width=c.flow.width, depth=c.flow.depth, num_heads=c.flow.num_heads,
-        mlp_ratio=c.flow.mlp_ratio, dtype=dtype,
-        scan=c.flow.get("scan", False), remat=c.flow.get("remat", "none"))
+        latent_shape=self.latent_shape, patch_size=f.patch_size,
+        width=f.width, depth=f.depth, num_heads=f.num_heads,
+        mlp_ratio=f.mlp_ratio, dtype=dtype,
+        scan=f.get("scan", False), remat=f.get("remat", "none"))
+
+  @classmethod
+  def from_config(cls, config, latent_shape, vocab_size: int,
+                  embedded_text_encoder: bool = True) -> "CrossFlow":
+    return cls(text_encoder_config=config.text_encoder,
+               head_config=config.head,
+               image_encoder_config=config.image_encoder,
+               flow_config=config.flow, latent_shape=tuple(latent_shape),
+               vocab_size=vocab_size, max_len=config.data.max_len,
+               dtype=config.dtype,
+               embedded_text_encoder=embedded_text_encoder)
 
   def encode_text(self, ids, mask):
     return self.text_encoder(ids, mask)
@@ -89,11 +109,12 @@ class CrossFlow(nn.Module):
     return self.velocity(mu, time_input, indicator)
 
 
-def head_kwargs(config: ml_collections.ConfigDict) -> dict:
-  kind = config.head.kind
-  if kind not in config.head:
+def head_kwargs(head_config: ml_collections.ConfigDict) -> dict:
+  """The fields of the chosen head's own block (`config.head`)."""
+  kind = head_config.kind
+  if kind not in head_config:
     raise ValueError(f"head.kind={kind!r} has no config block head.{kind}")
-  return dict(config.head[kind].to_dict())
+  return dict(head_config[kind].to_dict())
 
 
 def text_posterior(model, text_frozen, params, frozen_text, ids, mask,
