@@ -5,6 +5,8 @@ Kept apart from the code that uses them so that the numbers a person tunes sit o
 
 import re
 
+from txt2img_jax import metric_names
+
 # --------------------------------------------------------------------------------------------
 # Thresholds. Each is a judgement; docs/diagnostics.md says how it was chosen.
 # --------------------------------------------------------------------------------------------
@@ -70,5 +72,5 @@ LEVER_NONFINITE = ("gradient clipping --config.optim.grad_clip=1.0, a lower peak
 LEVER_RISING = "lower the peak LR or restart from the last good checkpoint"
 
 # Names as the trainer logs them.
-LOSS_COMPONENTS = ("flow", "kl", "clip", "tv", "lpips")
+LOSS_COMPONENTS = metric_names.LOSS_TERMS
 BUCKET_RE = re.compile(r"^train/loss_flow_bucket/(\d+)$")

@@ -14,6 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from txt2img_jax import metric_names
 from txt2img_jax import runfiles
 
 METRICS_FILE = runfiles.METRICS_FILE
@@ -23,8 +24,7 @@ PARTIAL_FILE = "metrics_partial.json"
 # Loss EMAs on the host, per log step: smooth enough to read a trend in a few
 # hundred steps of the embedded run, fast enough to show a restart.
 LOSS_EMA = 0.9
-EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "clip_raw",
-            "loss_tv", "loss_lpips")
+EMA_KEYS = metric_names.EMA_KEYS
 
 
 class _QuietOrbax(logging_lib.Filter):

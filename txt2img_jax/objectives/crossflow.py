@@ -19,15 +19,13 @@ import jax.numpy as jnp
 
 from txt2img_jax import flow
 from txt2img_jax import losses
+from txt2img_jax import metric_names
 from txt2img_jax import timesteps
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import generator as generator_lib
 
-# aux holds loss_<term> (weighted; they add up to `loss`) and <term>_raw.
-LOSS_TERMS = ("flow", "kl", "clip", "tv", "lpips")
-# The values the reporter smooths with an EMA on the host.
-EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "clip_raw",
-            "loss_tv", "loss_lpips")
+LOSS_TERMS = metric_names.LOSS_TERMS
+EMA_KEYS = metric_names.EMA_KEYS
 
 
 def image_latent(autoencoder, frozen, batch, rng, stats):
