@@ -64,15 +64,7 @@ class Evaluator:
     n = min(n, len(data["caption"]))
     images = self.images(params, data, n)
     grid = caption_grid(data["image"][:n], images, data["caption"][:n])
-    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      grid.save(path)
-      grid.save(os.path.join(self.workdir, "samples", "latest.png"))
-      if self.writer is not None:
-        self.writer.write_images(step, {"samples": np.asarray(grid)[None]})
-    logging.info("sample grid: %s", path)
-    return path
+    return save_grid(grid, self.workdir, step, self.writer)
 
   def benchmark(self, params, step: int | None = None,
                 num: int | None = None) -> dict[str, float]:
@@ -103,6 +95,19 @@ class Evaluator:
 
   def evaluate(self, params, step: int | None = None) -> dict[str, float]:
     return self.benchmark(params, step)
+
+
+def save_grid(grid, workdir: str, step: int, writer=None) -> str:
+  """samples/step_N.png and samples/latest.png (and TensorBoard), host 0."""
+  path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    grid.save(path)
+    grid.save(os.path.join(workdir, "samples", "latest.png"))
+    if writer is not None:
+      writer.write_images(step, {"samples": np.asarray(grid)[None]})
+  logging.info("sample grid: %s", path)
+  return path
 
 
 def generate_images(generate, params, frozen, stats, sample_config, ids, mask,

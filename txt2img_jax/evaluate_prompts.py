@@ -75,15 +75,7 @@ class PromptEvaluator:
   def sample_grid(self, params, step: int) -> str:
     images = self.images(params)
     grid = evaluate.caption_grid(self.references, images, self.prompts)
-    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      grid.save(path)
-      grid.save(os.path.join(self.workdir, "samples", "latest.png"))
-      if self.writer is not None:
-        self.writer.write_images(step, {"samples": np.asarray(grid)[None]})
-    logging.info("sample grid: %s", path)
-    return path
+    return evaluate.save_grid(grid, self.workdir, step, self.writer)
 
   def evaluate(self, params, step: int | None = None) -> dict[str, float]:
     """Validation flow loss, t ~ U[0, 1], conditional only, fixed noise."""
