@@ -230,6 +230,25 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert _train_rows(stopped) == _train_rows(whole), where
 
+  # kill -9 (no handler runs): the rerun resumes from the last checkpoint
+  # and ends bit-equal to the uninterrupted run.
+  killed = str(tmp_path / "killed")
+  kill_flags = flags + ("--config.checkpoint_every=10",)
+  proc = subprocess.Popen(_main(killed, *kill_flags), cwd=REPO, env=ENV,
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _wait_for_step(proc, killed, 25)
+  proc.kill()
+  proc.wait(timeout=60)
+  r = subprocess.run(_main(killed, *kill_flags), cwd=REPO, env=ENV,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "resumed from" in r.stderr
+  c, step_c = checkpointing.load_raw(killed)
+  assert step_c == 40
+  jax.tree.map(np.testing.assert_array_equal, a, c)
+  assert _train_rows(killed) == _train_rows(whole)
+
 
 # --- prepared data ------------------------------------------------------------
 
