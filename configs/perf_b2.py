@@ -7,6 +7,7 @@ tokens), a DiT of width 768, depth 12, 12 heads (~130 M parameters), a
 batch 256, bfloat16 compute (float32 parameters and optimizer state).
 
   python -m txt2img_jax.perf --config=configs/perf_b2.py [--steps=0]
+  (:tiny runs the same code path, bf16 and a scanned DiT, at a test's size)
   python -m txt2img_jax.main --config=configs/perf_b2.py --workdir=workdirs/b2
 
 It trains on the embedded captioned shapes rendered at 64 px; on a CPU use
@@ -38,10 +39,21 @@ def scale(c: ml_collections.ConfigDict, width: int, depth: int,
   c.head.token_transformer.update(width=512, depth=2, num_heads=8)
 
 
+def tiny(c: ml_collections.ConfigDict) -> None:
+  """The preset's code path (bf16, scanned DiT, 64 px) at a test's size."""
+  restart.base.shrink(c)
+  c.batch_size = 8
+  c.flow.update(width=32, depth=2, num_heads=2)
+  c.text_encoder.update(width=32, depth=1, num_heads=2)
+  c.head.token_transformer.update(width=32, depth=1, num_heads=2)
+
+
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  if variant:
-    raise ValueError(f"unknown config variant {variant!r}; perf_b2 has none")
   c = restart.get_config()
   c.name = "perf_b2"
   scale(c, width=768, depth=12, num_heads=12)
+  if variant == "tiny":
+    tiny(c)
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
   return c

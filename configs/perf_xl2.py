@@ -16,9 +16,11 @@ perf_b2 = config_lib.load_sibling(__file__, "perf_b2")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  if variant:
-    raise ValueError(f"unknown config variant {variant!r}; perf_xl2 has none")
   c = perf_b2.get_config()
   c.name = "perf_xl2"
   perf_b2.scale(c, width=1152, depth=28, num_heads=16)
+  if variant == "tiny":
+    perf_b2.tiny(c)
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
   return c
