@@ -201,12 +201,15 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   where = f"(SIGTERM after step {at}; RELIABILITY_SEED={seed} repeats it)"
 
   stopped = str(tmp_path / "stopped")
-  proc = subprocess.Popen(_main(stopped, *flags), cwd=REPO, env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-  _wait_for_step(proc, stopped, at)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=600)
+  # The log goes to a file: an undrained pipe fills up and blocks the run.
+  log = tmp_path / "stopped.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(_main(stopped, *flags), cwd=REPO, env=ENV,
+                            stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_step(proc, stopped, at)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=600)
+  err = log.read_text()
   assert proc.returncode == 0, where + err[-3000:]
   assert "stopped by SIGTERM" in err, where
   _, saved = checkpointing.resolve_checkpoint(stopped)
