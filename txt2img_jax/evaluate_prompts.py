@@ -23,7 +23,7 @@ from txt2img_jax.data import pipeline
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 
-def prompt_list(config, data) -> tuple[list[str], np.ndarray | None]:
+def prompt_list(config, data, tokenizer) -> tuple[list[str], np.ndarray | None]:
   """`eval.prompts` (a list, or a text file with one prompt a line), else
   the first captions of the val split (with their images as references)."""
   prompts = config.eval.get("prompts", "")
@@ -41,13 +41,8 @@ def prompt_list(config, data) -> tuple[list[str], np.ndarray | None]:
   if n == 0:
     raise ValueError("no val split to take prompts from: set eval.prompts")
   val = pipeline.load_split(data, "val", n, max_len=config.data.max_len,
-                            tokenizer=_words(data, config))
+                            tokenizer=tokenizer)
   return list(val["caption"]), val["image"]
-
-
-def _words(data, config):
-  return tokenizer_lib.build_word_tokenizer(data.vocabulary(),
-                                            config.data.max_len)
 
 
 class PromptEvaluator:
@@ -58,7 +53,7 @@ class PromptEvaluator:
     self.config, self.workdir, self.writer = config, workdir, writer
     self.generate, self.frozen, self.stats = generate, frozen, stats
     tok = parts.text.tokenizer
-    self.prompts, self.references = prompt_list(config, data)
+    self.prompts, self.references = prompt_list(config, data, tok)
     self.ids, self.mask = tokenizer_lib.tokenize(tok, self.prompts,
                                                  config.data.max_len)
     n = min(config.eval.num, data.split_size("val"))
