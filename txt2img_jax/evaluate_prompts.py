@@ -77,8 +77,8 @@ class PromptEvaluator:
     if self.val is None:
       return {}
     bs = self.config.eval.batch_size
-    keys = [k for k in ("image", "moments_mean", "moments_logvar")
-            if k in self.val]
+    keys = [k for k in ("image", "moments_mean", "moments_logvar",
+                        "text_tokens") if k in self.val]
     total = bucket_sum = bucket_count = 0.0
     n = (len(self.val["ids"]) // bs) * bs or len(self.val["ids"])
     for i in range(0, n, bs):

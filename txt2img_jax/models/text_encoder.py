@@ -1,14 +1,16 @@
 """Text encoders: a small transformer trained from scratch, or a frozen pretrained CLIP / T5."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from txt2img_jax.models import layers
 from txt2img_jax.models import text_encoder_weights as weights_lib
@@ -104,6 +106,30 @@ def _architecture(config) -> dict:
 
 def load_pretrained_text_encoder(name_or_path: str, dtype: Dtype = jnp.float32,
                                  max_len: Optional[int] = None) -> PretrainedTextEncoder:
+  """`_load` once per process for the same files: `prepare` (to cache features) and the run
+  both ask for the encoder, and hashing a T5-XXL's weights twice would cost tens of seconds."""
+  return _load_cached(name_or_path, jnp.dtype(dtype).name, max_len, _files_state(name_or_path))
+
+
+def _files_state(path: str) -> tuple:
+  """(name, size, mtime) of a folder's files: a rewritten folder is loaded again."""
+  if not os.path.isdir(path):
+    return ()
+  out = []
+  for name in sorted(os.listdir(path)):
+    st = os.stat(os.path.join(path, name))
+    out.append((name, st.st_size, st.st_mtime_ns))
+  return tuple(out)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(name_or_path, dtype, max_len, files_state):
+  del files_state  # Only part of the cache key.
+  return _load(name_or_path, jnp.dtype(dtype), max_len)
+
+
+def _load(name_or_path: str, dtype: Dtype = jnp.float32,
+          max_len: Optional[int] = None) -> PretrainedTextEncoder:
   """Loads a Flax CLIP text model or T5 encoder plus its tokenizer from a folder.
 
   Weights: `flax_model.msgpack`, else PyTorch `model.safetensors` (or its shards) converted
@@ -156,3 +182,55 @@ def load_pretrained_text_encoder(name_or_path: str, dtype: Dtype = jnp.float32,
   return PretrainedTextEncoder(params=params, apply=apply, width=width,
                                tokenizer=tokenizer, max_len=max_len or default_len,
                                model_type=model_type, identity=identity)
+
+
+class TextFeaturizer:
+  """For `prepare`: a frozen encoder's token features of every caption of an example, so that
+  training never runs the encoder.
+
+  Every caption is kept, not one chosen here, because the run draws one caption per example
+  and step (COCO has five): a cache of one would train on a fifth of the text. An example keeps
+  at most `max_captions` (its `text_tokens` are (max_captions, max_len, width), zero-padded past
+  its own captions; `prepare` drops the extra captions and counts them). The mask is not stored:
+  the host tokenizes the drawn caption each step anyway, with the same tokenizer and max_len,
+  which are part of the cache's key.
+  """
+
+  def __init__(self, encoder: PretrainedTextEncoder, max_len: int, max_captions: int = 5,
+               dtype: str = 'float16', batch_size: int = 64):
+    if dtype not in ('float16', 'float32'):
+      raise ValueError(f'data.text_cache_dtype={dtype!r}: expected float16 or float32')
+    if max_captions < 1:
+      raise ValueError(f'data.cache_captions={max_captions} must be >= 1')
+    if max_len > encoder.max_len:
+      raise ValueError(f'data.max_len={max_len} exceeds the text encoder\'s {encoder.max_len} '
+                       'positions; lower data.max_len')
+    self.encoder, self.max_len, self.max_captions = encoder, max_len, max_captions
+    self.dtype, self.batch_size = dtype, batch_size
+    self._apply = jax.jit(encoder.apply)
+    self.fingerprint = {'text': encoder.fingerprint(), 'text_max_len': max_len,
+                        'text_dtype': dtype, 'text_captions': max_captions}
+
+  def features(self, captions: Sequence[str]) -> np.ndarray:
+    """(N, max_len, width) in the cache dtype; batches padded to one shape (one compile)."""
+    from txt2img_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    ids, mask = tokenizer_lib.tokenize(self.encoder.tokenizer, list(captions), self.max_len)
+    out, bs = [], self.batch_size
+    for s in range(0, len(ids), bs):
+      n = min(bs, len(ids) - s)
+      pad = ((0, bs - n), (0, 0))
+      f = self._apply(self.encoder.params, np.pad(ids[s:s + n], pad),
+                      np.pad(mask[s:s + n], pad))
+      out.append(np.asarray(f[:n], self.dtype))
+    return np.concatenate(out)
+
+  def __call__(self, images_uint8, captions: Sequence[Sequence[str]]):
+    del images_uint8
+    caps = [list(c)[:self.max_captions] for c in captions]
+    flat = self.features([c for cs in caps for c in cs])
+    out = np.zeros((len(caps), self.max_captions) + flat.shape[1:], self.dtype)
+    i = 0
+    for b, cs in enumerate(caps):
+      out[b, :len(cs)] = flat[i:i + len(cs)]
+      i += len(cs)
+    return {'text_tokens': out}
