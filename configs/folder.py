@@ -51,6 +51,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.schedule.t0 = c.total_steps - c.optim.schedule.warmup_steps
   c.eval.kind = "prompts"
   c.eval.num = 256                # Validation examples for the val loss.
+  c.eval.clip_model = ""          # A local CLIP folder: adds val/clip_score.
   c.eval.batch_size = 64
   c.sample.grid_size = 16
 

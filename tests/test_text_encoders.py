@@ -85,6 +85,37 @@ def _save_in_torch(specs):
              mask=batch['attention_mask'], features=out.last_hidden_state.numpy())
 
 
+def _clip_score_in_torch(path, images_path, prompts):
+  """In the child: torchmetrics' CLIP score definition on a CLIPModel folder, for images already
+  at the model's size (so no resize) in [0, 1], (N, S, S, 3)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = transformers.CLIPModel.from_pretrained(path).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  images = np.load(images_path)
+  mean = np.array([0.48145466, 0.4578275, 0.40821073])
+  std = np.array([0.26862954, 0.26130258, 0.27577711])
+  x = torch.tensor(((images - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
+  batch = tokenizer(prompts, padding='max_length', max_length=MAX_LEN, truncation=True,
+                    return_tensors='pt')
+  with torch.no_grad():
+    img = model.get_image_features(pixel_values=x)
+    txt = model.get_text_features(**batch)
+  cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+  print(float(torch.clamp(100 * cos, min=0).mean()))
+
+
+def torch_clip_score(path, images, prompts, tmp_dir):
+  images_path = os.path.join(tmp_dir, 'images.npy')
+  np.save(images_path, images)
+  code = ('import json, sys, test_text_encoders as t; '
+          't._clip_score_in_torch(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))')
+  env = dict(os.environ, USE_TORCH='1', PYTHONPATH=os.pathsep.join([TESTS, REPO]))
+  out = subprocess.run([sys.executable, '-c', code, path, images_path, json.dumps(prompts)],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return float(out.stdout.strip().splitlines()[-1])
+
+
 def save_tiny_encoders(specs):
   """Saves tiny random encoders [(kind, seed, path)] with PyTorch's classes (safetensors only)."""
   specs = [(k, s, str(p)) for k, s, p in specs]
@@ -170,3 +201,14 @@ def test_folder_without_weights_is_a_clear_error(encoders, tmp_path):
   with pytest.raises(FileNotFoundError, match='model.safetensors'):
     text_encoder.load_pretrained_text_encoder(str(tmp_path))
   assert not text_encoder_weights.has_safetensors(str(tmp_path))
+
+
+def test_clip_score_matches_torch(encoders, tmp_path):
+  from txt2img_jax import evaluate_prompts  # pylint: disable=g-import-not-at-top
+  scorer = evaluate_prompts.ClipScorer(encoders['clip_full'])
+  assert scorer.size == 16
+  images = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  ours = scorer(images, CAPTIONS)
+  theirs = torch_clip_score(encoders['clip_full'], images, CAPTIONS, str(tmp_path))
+  assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+  assert 0.0 <= ours <= 100.0

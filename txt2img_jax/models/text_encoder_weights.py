@@ -72,12 +72,13 @@ def _read_tensors(files: Sequence[str]) -> Dict[str, np.ndarray]:
 
 def _torch_name(path: Tuple[str, ...]) -> str:
   *modules, leaf = path
-  if leaf not in _LEAF_TO_TORCH:
-    raise ValueError(f'no PyTorch name for Flax parameter {"/".join(path)}')
-  return '.'.join(modules + [_LEAF_TO_TORCH[leaf]])
+  # Bare parameters (CLIP's logit_scale, class_embedding) keep their name.
+  return '.'.join(modules + [_LEAF_TO_TORCH.get(leaf, leaf)])
 
 
 def _to_flax_layout(leaf: str, array: np.ndarray) -> np.ndarray:
+  if leaf == 'kernel' and array.ndim == 4:  # conv OIHW -> HWIO (CLIP's patch embedding)
+    return array.transpose(2, 3, 1, 0)
   return array.T if leaf == 'kernel' else array
 
 
