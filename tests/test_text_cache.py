@@ -122,8 +122,7 @@ def test_cached_and_uncached_runs_train_alike(setup):
   Not bit-equal: prepare encodes captions 64 at a time, the step 8 at a time, so the features
   differ by float32 rounding (~1e-7 relative); Adam's first updates divide each gradient by its
   own size, which carries such differences into the weights, and after 6 steps the losses
-  differ by ~5e-4 relative (measured). A wrong cache (another caption's or encoder's features)
-  changes them by far more.
+  differ by ~5e-4 relative (measured).
   """
   folder, enc_a, _, root = setup
   c = cached_config(folder, enc_a)
