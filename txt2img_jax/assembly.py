@@ -312,10 +312,40 @@ def build_parts(config, workdir: str | None = None, data=None,
   saved one); `autoencoder`, when already built, is reused."""
   latent_shape = validate_config(config)
   text = assets.load_text(config, workdir, data)
+  check_text_cache(config, data, text)
   autoencoder = autoencoder or latents.build(config)
   model = build_model(config, latent_shape, text.vocab_size,
                       text.frozen is None)
   return Parts(config, latent_shape, text, autoencoder, model)
+
+
+def check_text_cache(config, data, text: assets.TextSide) -> None:
+  """Cached text features are read only if this run's encoder made them.
+
+  The prepared directory is already named by the encoder's fingerprint, so
+  this fails only if data and encoder were put together by hand; a stale
+  cache must then stop the run, not train it on another encoder's features.
+  """
+  extras = getattr(data, "extras", lambda: {})()
+  if "text_tokens" not in extras:
+    return
+  where = getattr(data, "out_dir", "the prepared data")
+  if text.frozen is None:
+    raise ValueError(f"{where} holds cached text features, but this run "
+                     "trains its own text encoder; prepare without "
+                     "data.cache_text, or set text_encoder.name")
+  made_by = data.manifest["fingerprint"]["featurize"].get("text")
+  if made_by != text.frozen.fingerprint():
+    raise ValueError(f"{where} holds text features of another encoder "
+                     f"({made_by}, this run's is "
+                     f"{text.frozen.fingerprint()}); prepare again with "
+                     "--config.data.rebuild=True")
+  shape = tuple(extras["text_tokens"]["shape"][1:])
+  if shape != (config.data.max_len, text.width):
+    raise ValueError(f"{where}: cached text features are {shape} per "
+                     f"caption, this run needs ({config.data.max_len}, "
+                     f"{text.width}); prepare again with "
+                     "--config.data.rebuild=True")
 
 
 @dataclasses.dataclass

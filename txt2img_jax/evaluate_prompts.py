@@ -4,12 +4,15 @@ validation flow loss per t bucket on the held-out `val` split.
 There is no structure to score a photo against, so what a run shows is what
 it draws for the same prompts at every evaluation, and whether the flow
 loss on images it never trained on keeps falling (per t bucket, so a loss
-that only falls near t = 1, where the image leaks into x_t, is visible).
+that only falls near t = 1, where the image leaks into x_t, is visible),
+the z_text measures of the val captions, and with `eval.clip_model` (a local
+CLIP folder) the CLIP score of the prompts' samples.
 """
 
 from __future__ import annotations
 
 import os
+import types
 
 from absl import logging
 import jax
@@ -21,6 +24,7 @@ from txt2img_jax import objectives
 from txt2img_jax import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tokenizer as tokenizer_lib
+from txt2img_jax.models import generator as generator_lib
 
 
 def prompt_list(config, data, tokenizer) -> tuple[list[str], np.ndarray | None]:
@@ -61,6 +65,11 @@ class PromptEvaluator:
                                     max_len=config.data.max_len)
                 if n else None)
     self._val_loss = jax.jit(_val_loss_fn(config, parts))
+    self._posterior_mean = jax.jit(_posterior_mean_fn(parts))
+    self._latent_side = types.SimpleNamespace(autoencoder=parts.autoencoder,
+                                              stats=stats)
+    clip_model = config.eval.get("clip_model", "")
+    self.clip = ClipScorer(clip_model) if clip_model else None
 
   def images(self, params) -> np.ndarray:
     return evaluate.generate_images(
@@ -77,8 +86,8 @@ class PromptEvaluator:
     if self.val is None:
       return {}
     bs = self.config.eval.batch_size
-    keys = [k for k in ("image", "moments_mean", "moments_logvar")
-            if k in self.val]
+    keys = [k for k in ("image", "moments_mean", "moments_logvar",
+                        "text_tokens") if k in self.val]
     total = bucket_sum = bucket_count = 0.0
     n = (len(self.val["ids"]) // bs) * bs or len(self.val["ids"])
     for i in range(0, n, bs):
@@ -92,6 +101,9 @@ class PromptEvaluator:
     for b, (s, c) in enumerate(zip(bucket_sum, bucket_count)):
       if c:  # A small val split can leave a bucket empty.
         out[f"val/flow_t{b}"] = float(s / c)
+    out.update(self.z_text(params))
+    if self.clip is not None:
+      out["val/clip_score"] = self.clip(self.images(params), self.prompts)
     logging.info("validation%s: %s", f" at step {step}" if step else "",
                  ", ".join(f"{k}={v:.4f}" for k, v in out.items()))
     if step is not None:
@@ -100,6 +112,31 @@ class PromptEvaluator:
       if jax.process_index() == 0:
         runfiles.append_metrics(self.workdir, {"step": step, **out})
     return out
+
+
+  def z_text(self, params) -> dict[str, float]:
+    """The z_text measures of the val captions against their own images
+    (experiments/common.py says what each means)."""
+    from txt2img_jax.experiments import common
+    v, bs = self.val, self.config.eval.batch_size
+    mus = []
+    for i in range(0, len(v["ids"]), bs):
+      mus.append(np.asarray(self._posterior_mean(
+          params, self.frozen.get("text"), v["ids"][i:i + bs],
+          v["mask"][i:i + bs],
+          v["text_tokens"][i:i + bs] if "text_tokens" in v else None)))
+    out = common.z_text_measures(self._latent_side, np.concatenate(mus),
+                                 v["image"])
+    return {f"val/{k}": v for k, v in out.items()}
+
+
+def _posterior_mean_fn(parts):
+  def mean(params, frozen_text, ids, mask, tokens):
+    mu, _ = generator_lib.text_posterior(
+        parts.model, parts.text.frozen, params, frozen_text, ids, mask,
+        tokens=tokens)
+    return mu.astype(jnp.float32)
+  return mean
 
 
 def _val_loss_fn(config, parts):
@@ -115,3 +152,66 @@ def _val_loss_fn(config, parts):
     return aux["flow_raw"], aux["flow_bucket_sum"], aux["flow_bucket_count"]
 
   return val
+
+
+# OpenAI CLIP's preprocessing, used when the folder has no preprocessor_config.json.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ClipScorer:
+  """CLIP score of images against their prompts: mean over pairs of
+  max(100 cos(image, text), 0), as torchmetrics' CLIPScore, with a local
+  CLIP folder (`eval.clip_model`: Flax msgpack or PyTorch safetensors)."""
+
+  def __init__(self, path: str):
+    import json as json_lib
+    import transformers
+    from txt2img_jax.models import text_encoder_weights as weights_lib
+    path = os.path.expanduser(path)
+    try:
+      config = transformers.CLIPConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+      raise FileNotFoundError(f"eval.clip_model={path!r}: not a CLIP folder "
+                              f"({e})") from None
+    if weights_lib.has_flax(path):
+      model, params = transformers.FlaxCLIPModel.from_pretrained(
+          path, _do_init=False)
+    else:
+      model = transformers.FlaxCLIPModel(config, _do_init=False)
+      params, _ = weights_lib.load_safetensors(path, model.params_shape_tree)
+      # Its shape tree says (1,), the module a scalar; the score never uses it.
+      params["logit_scale"] = params["logit_scale"].reshape(())
+    self.params = params
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    self.max_len = config.text_config.max_position_embeddings
+    self.size = config.vision_config.image_size
+    mean, std = _CLIP_MEAN, _CLIP_STD
+    pre = os.path.join(path, "preprocessor_config.json")
+    if os.path.exists(pre):
+      with open(pre) as f:
+        d = json_lib.load(f)
+      mean, std = d.get("image_mean", mean), d.get("image_std", std)
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+    def features(params, images, ids, mask):
+      x = jax.image.resize(images, (images.shape[0], self.size, self.size,
+                                    3), "bicubic")
+      x = ((jnp.clip(x, 0, 1) - mean) / std).transpose(0, 3, 1, 2)
+      img = model.get_image_features(pixel_values=x, params=params)
+      txt = model.get_text_features(input_ids=ids, attention_mask=mask,
+                                    params=params)
+      return img, txt
+
+    self._features = jax.jit(features)
+
+  def __call__(self, images: np.ndarray, prompts) -> float:
+    ids, mask = tokenizer_lib.tokenize(self.tokenizer, list(prompts),
+                                       self.max_len)
+    img, txt = self._features(self.params, jnp.asarray(images, jnp.float32),
+                              ids, mask)
+    img = np.asarray(img, np.float64)
+    txt = np.asarray(txt, np.float64)
+    cos = (img * txt).sum(-1) / (np.linalg.norm(img, axis=-1)
+                                 * np.linalg.norm(txt, axis=-1) + 1e-12)
+    return float(np.maximum(100.0 * cos, 0.0).mean())

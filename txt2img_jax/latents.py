@@ -7,6 +7,7 @@ A latent space has the interface of `models/autoencoder.PixelAutoencoder`:
   sample(moments, rng)                reparameterised draw
   decode(params, latent)              -> images in [0, 1]
   fingerprint()                       identity of the weights (for caches)
+`featurizer(config, ...)` is what `prepare` caches of the frozen networks.
 The weights are passed in, never closed over, so a jitted step takes them as
 an argument (`frozen["latent"]`) instead of baking them in as constants.
 """
@@ -109,8 +110,52 @@ class MomentsFeaturizer:
             "moments_logvar": np.asarray(logvar, self._dtype)}
 
 
-def featurizer(config, autoencoder):
-  """The moments cache for a latent space with weights, when asked for."""
-  if not autoencoder.params or not config.data.get("cache_latents", False):
+class Featurizers:
+  """Several featurizers as one: their outputs and fingerprints merged."""
+
+  def __init__(self, parts):
+    self.parts = list(parts)
+    self.fingerprint = {}
+    for p in self.parts:
+      self.fingerprint.update(p.fingerprint)
+    caps = [p.max_captions for p in self.parts if hasattr(p, "max_captions")]
+    if caps:
+      self.max_captions = min(caps)
+
+  def __call__(self, images_uint8, captions):
+    out = {}
+    for p in self.parts:
+      out.update(p(images_uint8, captions))
+    return out
+
+
+def text_featurizer(config):
+  """The text-feature cache of a frozen pretrained text encoder, when asked
+  for (`data.cache_text`)."""
+  if not config.text_encoder.name or not config.data.get("cache_text", False):
     return None
-  return MomentsFeaturizer(autoencoder)
+  import numpy as np
+  from txt2img_jax.models import text_encoder as text_encoder_lib
+  enc = text_encoder_lib.load_pretrained_text_encoder(
+      config.text_encoder.name, dtype=np.dtype(config.dtype))
+  return text_encoder_lib.TextFeaturizer(
+      enc, config.data.max_len, config.data.get("cache_captions", 5),
+      config.data.get("text_cache_dtype", "float16"))
+
+
+def featurizer(config, autoencoder):
+  """What `prepare` caches beside the images: the latent space's moments
+  (with weights, `data.cache_latents`) and a frozen text encoder's token
+  features (`data.cache_text`); None when neither."""
+  parts = []
+  if (autoencoder is not None and autoencoder.params
+      and config.data.get("cache_latents", False)):
+    parts.append(MomentsFeaturizer(autoencoder))
+  text = text_featurizer(config)
+  if text is not None:
+    parts.append(text)
+  if not parts:
+    return None
+  # One part keeps its own fingerprint, so data prepared before the text
+  # cache existed keeps its key.
+  return parts[0] if len(parts) == 1 else Featurizers(parts)

@@ -4,7 +4,8 @@ For a user's data (`data.name` folder or tfds) this writes the ArrayRecord
 shards the trainer reads, under <data_dir>/prepared/, with a progress line,
 `prepare_report.json` (every bad input counted by reason, with the first
 offending paths) and, for a KL-VAE latent space, the VAE moments of every
-image. Interrupted, it continues where it stopped. The main command runs
+image; for a frozen text encoder with data.cache_text, the token features of
+every caption. Interrupted, it continues where it stopped. The main command runs
 the same preparation by itself when it is missing; this command lets you
 do it ahead (e.g. on one host before a pod run) and read the report first.
 """
@@ -24,8 +25,7 @@ def main(argv):
   from txt2img_jax import latents
   config = _CONFIG.value
   latents.latent_shape(config)
-  autoencoder = latents.build(config) if config.data.get(
-      "cache_latents", False) and config.autoencoder.kind != "pixel" else None
+  autoencoder = latents.build(config)  # A pixel space has nothing to cache.
   data = assets.prepare_data(config, autoencoder)
   splits = {s: data.split_size(s) for s in ("train", "val", "test",
                                             "heldout") if _has(data, s)}

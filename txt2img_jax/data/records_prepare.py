@@ -190,7 +190,9 @@ def prepare(source, out_dir: str, *, image_size: int,
       names, weight hashes, max_len, ...); JSON-serialisable. Required with
       `featurize`.
     featurize: (uint8 (B, S, S, 3), list of B caption lists) -> {name: array
-      with leading dim B}; each example's slice is stored in its record.
+      with leading dim B}; each example's slice is stored in its record. If
+      it has `max_captions`, records keep that many captions at most (the
+      rest are counted in the report's `captions_dropped`).
     rebuild: discard what out_dir holds and prepare from scratch.
     val_fraction: the share of keys (by a stable hash) held out as `val`.
     val_count: if set, exactly this many listed keys (the lowest hashes) are
@@ -313,6 +315,13 @@ def _write_chunk(chunk, futures, out_dir, json_path, featurize,
       captions.append(caps)
       kept.append(cand)
     bar.update(1)
+  # A featurizer with per-caption outputs has room for `max_captions`: the
+  # record keeps those captions only, so the one drawn always has features.
+  limit = getattr(featurize, "max_captions", None)
+  dropped = 0
+  if limit is not None:
+    dropped = sum(max(0, len(c) - limit) for c in captions)
+    captions = [c[:limit] for c in captions]
   extras: dict[str, np.ndarray] = {}
   if featurize is not None and images:
     parts = collections.defaultdict(list)
@@ -341,6 +350,7 @@ def _write_chunk(chunk, futures, out_dir, json_path, featurize,
   _atomic_write_json(json_path, {
       "split": split, "chunk": k, "shard": shard if kept else None,
       "num_records": len(kept), "bytes": nbytes, "extras": spec,
+      "captions_dropped": dropped,
       "issues": [[i.reason, i.path, i.line, i.detail] for i in issues]})
 
 
@@ -349,9 +359,11 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
   splits = {s: {"num_records": 0, "shards": [], "bytes": 0}
             for s in records.SPLITS}
   extras = None
+  dropped = 0
   for split, k, _, _ in plan:
     with open(chunk_json(split, k)) as f:
       info = json.load(f)
+    dropped += info.get("captions_dropped", 0)
     for issue in info["issues"]:
       report.add(ifo.Issue(*issue))
     s = splits[split]
@@ -374,6 +386,8 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
       "skipped": report.skipped(),
       "reasons": report.reasons(),
       "bytes_per_example": total_bytes / max(total, 1),
+      # Captions past a per-caption cache's room (data.cache_captions).
+      "captions_dropped": dropped,
       "total_bytes": total_bytes,
       "seconds": seconds,
       # Of this run only (a resumed run did part of the work before).
