@@ -68,6 +68,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.prepare_workers = 0  # Decoding threads in prepare (0: one per core).
   c.data.cache_latents = True  # kl_vae: cache the VAE moments with the images.
   c.data.rebuild = False     # Prepare again even if prepared data exists.
+  # With a frozen text encoder (text_encoder.name), prepare can store the
+  # token features of every caption and training never runs the encoder.
+  c.data.cache_text = False  # Cache the frozen text encoder's token features.
+  c.data.cache_captions = 5  # Captions cached per example (COCO has 5; more are dropped, counted).
+  c.data.text_cache_dtype = "float16"  # float16 (half the disk) | float32.
 
   # --- Image autoencoder: latents x1, standardised per channel.
   c.autoencoder = ml_collections.ConfigDict()
@@ -209,6 +214,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 250
   c.eval.prompts = ""             # prompts: a text file, one prompt a line
                                   # ('' -> the first val captions).
+  c.eval.clip_model = ""          # prompts: a local CLIP folder (Flax or safetensors)
+                                  # adds val/clip_score (mean max(100 cos, 0)).
 
   # --- Device mesh and logical-axis rules (model code names logical axes).
   c.mesh = ml_collections.ConfigDict()

@@ -36,13 +36,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.image_size = 64
   c.data.max_len = 32             # Words + BOS/EOS; longer captions are cut.
   c.data.val_fraction = 0.02
-  # With a frozen text encoder (text_encoder.name), prepare stores the token
-  # features of every caption (up to cache_captions per example; COCO has 5)
-  # and training never runs the encoder. float16 halves the disk; the
-  # features are read back as they were stored.
+  # With a frozen text encoder (text_encoder.name), cache its features of
+  # every caption once in prepare; training never runs the encoder.
   c.data.cache_text = True
-  c.data.cache_captions = 5
-  c.data.text_cache_dtype = "float16"
   c.autoencoder.factor = 4        # 64x64x3 -> 16x16x48.
   c.total_steps = 2000
   c.checkpoint_every = 500
@@ -51,7 +47,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim.schedule.t0 = c.total_steps - c.optim.schedule.warmup_steps
   c.eval.kind = "prompts"
   c.eval.num = 256                # Validation examples for the val loss.
-  c.eval.clip_model = ""          # A local CLIP folder: adds val/clip_score.
   c.eval.batch_size = 64
   c.sample.grid_size = 16
 

@@ -103,8 +103,9 @@ def train_batches(config, builder, text: "TextSide",
       start_step=start_step, subset_size=d.subset_size or None,
       read_threads=d.read_threads, prefetch_batches=d.prefetch,
       worker_count=d.worker_count)
-  # What the train step reads: cached latent moments replace the image.
-  keys = ("ids", "mask", "moments_mean", "moments_logvar")
+  # What the train step reads: cached latent moments replace the image,
+  # cached text features (`text_tokens`) the frozen text encoder.
+  keys = ("ids", "mask", "moments_mean", "moments_logvar", "text_tokens")
   def pick(b):
     out = {k: b[k] for k in keys if k in b}
     if "moments_mean" not in out:

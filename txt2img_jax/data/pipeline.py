@@ -35,6 +35,9 @@ import numpy as np
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 DEFAULT_MAX_LEN = 32  # The longest shapes caption is 22 words + BOS/EOS.
+# Arrays with one row per caption of an example (a frozen text encoder's
+# features cached by `prepare`): the caption drawn picks its row.
+PER_CAPTION_KEYS = ("text_tokens",)
 
 
 class ChooseCaption(grain.transforms.RandomMap):
@@ -47,7 +50,11 @@ class ChooseCaption(grain.transforms.RandomMap):
       return element
     element = dict(element)
     captions = element.pop("captions")
-    element["caption"] = captions[int(rng.integers(len(captions)))]
+    i = int(rng.integers(len(captions)))
+    element["caption"] = captions[i]
+    for key in PER_CAPTION_KEYS:
+      if key in element:
+        element[key] = element[key][i]
     return element
 
 
@@ -178,6 +185,9 @@ def load_split(data, split: str, num: int | None = None, *,
   for r in records:
     if "captions" in r:
       r["caption"] = r.pop("captions")[0]
+      for key in PER_CAPTION_KEYS:
+        if key in r:
+          r[key] = r[key][0]
   out = {k: np.stack([r[k] for r in records]) for k in records[0]
          if k != "caption"}
   out["caption"] = [r["caption"] for r in records]
