@@ -22,6 +22,21 @@ _COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
 BROKEN_DIR = "checkpoints_broken"
 
 
+def local_workdir(workdir: str) -> str:
+  """The absolute path of a workdir on a file system this host mounts.
+
+  The run's files (metrics, config, samples, and the checks of which
+  checkpoints are complete) go through os and open(), which take no URLs: a
+  gs:// workdir would silently become a local folder named 'gs:'.
+  """
+  if "://" in workdir:
+    raise ValueError(
+        f"--workdir={workdir}: the workdir must be a mounted path, not a URL; "
+        "mount the bucket on every host (gcsfuse, see launch/README.md) and "
+        "pass the mount path, e.g. /gcs/<bucket>/<run>")
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
 class NoCheckpointError(FileNotFoundError):
   """No readable checkpoint where one was expected."""
 

@@ -101,6 +101,7 @@ def launch(args: list[str], num_processes: int, devices: int, port: int = 0,
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     procs.append(proc)
+    printer.line(f"[launch] p{i}: pid {proc.pid}")
     t = threading.Thread(target=_stream, args=(proc, f"[p{i}] ", printer),
                          daemon=True)
     t.start()

@@ -37,7 +37,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final train metrics and the last evaluation."""
   # --- Logging and checks (before anything compiles).
   latent_shape = assembly.validate_config(config)
-  workdir = os.path.abspath(workdir)
+  workdir = checkpointing.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
