@@ -3,8 +3,7 @@
 kill, and only process 0 writes the run's files.
 
 Every run goes through `launch_local` (or main.py for the 1-process runs)
-in subprocesses; the runs are shared by the tests through module fixtures,
-and a compilation cache shared by all processes keeps the repeats cheap.
+in subprocesses; the runs are shared by the tests through module fixtures.
 """
 
 import glob
@@ -37,15 +36,24 @@ ARGS = ["--config=configs/base.py:tiny", f"--config.total_steps={TOTAL}",
 
 
 @pytest.fixture(scope="module")
-def env(data_dir, tmp_path_factory):
-  cache = tmp_path_factory.mktemp("jax_cache")
+def env(data_dir):
   return dict(os.environ, TXT2IMG_DATA_DIR=data_dir, PYTHONPATH=REPO,
-              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+              JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _one_process(env, workdir, *extra):
-  """1 process x 4 fake devices, no jax.distributed."""
+  """1 process x 4 fake devices, no jax.distributed.
+
+  The 1-process runs share a compilation cache. The 2-process runs do not:
+  with one, a resumed 2-process run hung in its first step here (one process
+  seemed to load the step from the cache while the other compiled it; the
+  same resume without the cache finished).
+  """
   run_env = launch_local.process_env(4, env)
   r = subprocess.run([sys.executable, "-m", "txt2img_jax.main", *ARGS,
                       f"--workdir={workdir}", *extra], env=run_env, cwd=REPO,
@@ -78,9 +86,9 @@ def _copy_up_to(src, dst, step):
 
 
 @pytest.fixture(scope="module")
-def one(env, tmp_path_factory):
+def one(env, cache_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one") / "run")
-  _one_process(env, workdir)
+  _one_process(dict(env, JAX_COMPILATION_CACHE_DIR=cache_dir), workdir)
   return workdir
 
 
@@ -151,18 +159,19 @@ def test_only_process_zero_writes(killed_and_resumed):
   steps = [r["step"] for r in runfiles.read_metrics(two)
            if "train/loss" in r]
   assert steps == list(range(1, TOTAL + 1)), steps
-  assert sorted(os.listdir(os.path.join(two, "samples"))) == [
-      "latest.png", "step_0000002.png", "step_0000004.png"]
+  # (The kill landed in step 2's sampling: the resumed run draws step 4's.)
+  assert {"latest.png", "step_0000004.png"} <= set(
+      os.listdir(os.path.join(two, "samples")))
   # Both processes logged their progress (with their prefix).
   assert "[p0] " in resumed_log and "[p1] " in resumed_log
 
 
-def test_checkpoint_of_two_processes_restores_in_one(env, one,
+def test_checkpoint_of_two_processes_restores_in_one(env, cache_dir, one,
                                                      killed_and_resumed,
                                                      tmp_path):
   two, _, _ = killed_and_resumed
   workdir = _copy_up_to(two, str(tmp_path / "run"), 2)
-  log = _one_process(env, workdir)
+  log = _one_process(dict(env, JAX_COMPILATION_CACHE_DIR=cache_dir), workdir)
   assert "at step 2" in log
   _assert_same_state(one, workdir)
 
