@@ -249,19 +249,28 @@ def load_raw(path: str) -> tuple[dict, int]:
   directory, steps = _candidates(path)
   errors = []
   for step in steps:
-    manager = ocp.CheckpointManager(directory)
     try:
-      raw = manager.restore(step, args=ocp.args.StandardRestore())
+      raw = _restore_to_host(os.path.join(directory, str(step), "default"))
     except Exception as e:  # Orbax and tensorstore raise many kinds.
       errors.append(f"step {step}: {_short(e)}")
       logging.warning("%s: checkpoint step %d does not restore (%s); trying "
                       "an older one", directory, step, _short(e))
       continue
-    finally:
-      manager.close()
-    return jax.tree.map(np.asarray, raw), step
+    return raw, step
   raise NoCheckpointError(
       f"no checkpoint in {directory} restores: {'; '.join(errors)}")
+
+
+def _restore_to_host(path: str) -> Any:
+  """Every array as numpy: a checkpoint saved on other devices or hosts
+  (orbax would otherwise restore onto the saved topology, and refuse)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      tree)
+  return checkpointer.restore(path, restore_args=args)
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

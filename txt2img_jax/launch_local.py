@@ -108,12 +108,15 @@ def launch(args: list[str], num_processes: int, devices: int, port: int = 0,
     threads.append(t)
 
   def forward(signum, frame):
+    # As SIGTERM: on several processes JAX's coordination service turns a
+    # SIGTERM into the preemption notice the hosts agree on a step with;
+    # a SIGINT would only raise KeyboardInterrupt in each.
     del frame
-    printer.line(f"[launch] {signal.Signals(signum).name}: passing it on to "
-                 "every process")
+    printer.line(f"[launch] {signal.Signals(signum).name}: sending SIGTERM "
+                 "to every process")
     for p in procs:
       if p.poll() is None:
-        p.send_signal(signum)
+        p.send_signal(signal.SIGTERM)
 
   previous = {s: signal.signal(s, forward)
               for s in (signal.SIGTERM, signal.SIGINT)}
