@@ -221,8 +221,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                # -1: all devices not used by 'model'.
   c.mesh.model = 1
-  # [logical axis, mesh axis or None]; None replicates. FSDP on a pod: map
-  # 'embed' to 'data'; tensor parallel: 'mlp' and 'heads' to 'model'.
+  # How params and optimizer state are laid out over the mesh:
+  #   ''     as the rules below say (default: replicated on every device:
+  #          plain data parallel);
+  #   fsdp   each parameter, its EMA and its Adam moments are also split
+  #          over 'data' along their largest dimension the axis divides, so
+  #          each device holds ~1/n of the state (ZeRO-3/FSDP; the step
+  #          gathers weights as it needs them). For models whose replicated
+  #          state does not fit one device; the losses equal data parallel's.
+  #          Combines with tensor parallel (mesh.model > 1 and the rules).
+  c.mesh.preset = ""
+  # [logical axis, mesh axis or None]; None replicates. Tensor parallel:
+  # 'mlp' and 'heads' to 'model' (as here) with mesh.model > 1.
   c.mesh.rules = [
       ["batch", "data"], ["embed", None], ["mlp", "model"], ["heads", "model"],
       ["vocab", None], ["latent", None], ["conv_in", None], ["conv_out", None],

@@ -1,5 +1,6 @@
 """The sharded train step on 8 fake CPU devices equals the one-device step,
-data-parallel and with tensor-parallel rules, and compiles once.
+data-parallel, with tensor-parallel rules and with the fsdp preset (which
+really leaves each device ~1/8 of the state), and compiles once.
 
 XLA fixes the device count when JAX starts, so the check runs in a fresh
 process with --xla_force_host_platform_device_count=8.
@@ -50,20 +51,33 @@ def run(mesh, rules):
       state, metrics = step(state, sharding.put_batch(host_batch(k), mesh), {}, stats)
       losses.append(float(metrics["loss"]))
   specs = sorted({str(s.spec) for s in jax.tree.leaves(shards.params)})
-  return losses, jax.device_get(state.params), step._cache_size(), specs
+  # Bytes of params and optimizer state on each device, over the total.
+  share = {}
+  for name in ("params", "opt_state"):
+    leaves = jax.tree.leaves(getattr(state, name))
+    total = sum(x.nbytes for x in leaves)
+    per = {}
+    for x in leaves:
+      for shard in x.addressable_shards:
+        per[shard.device.id] = per.get(shard.device.id, 0) + shard.data.nbytes
+    share[name] = [per[d] / total for d in sorted(per)]
+  return (losses, jax.device_get(state.params), step._cache_size(), specs,
+          share)
 
 rules = sharding.logical_rules(c.mesh.rules)
 one = run(sharding.make_mesh(1, 1, jax.devices()[:1]), rules)
 dp = run(sharding.make_mesh(8, 1), rules)
 tp = run(sharding.make_mesh(4, 2), rules)
-out = {"losses": [one[0], dp[0], tp[0]], "compiles": [one[2], dp[2], tp[2]],
-       "tp_specs": tp[3]}
+fsdp = run(sharding.make_mesh(8, 1), sharding.logical_rules(c.mesh.rules, "fsdp"))
+out = {"losses": [one[0], dp[0], tp[0], fsdp[0]],
+       "compiles": [one[2], dp[2], tp[2], fsdp[2]], "tp_specs": tp[3],
+       "dp_share": dp[4], "fsdp_share": fsdp[4]}
 # Attention key biases have an exactly zero gradient (the softmax ignores a
 # constant added to every logit of a query), so Adam turns rounding noise
 # into updates of ~1e-5 there; they are compared on their size instead.
 diffs, key_bias = [], []
 flat_one = jax.tree_util.tree_flatten_with_path(one[1])[0]
-for other in (dp, tp):
+for other in (dp, tp, fsdp):
   worst = 0.0
   for (path, a), b in zip(flat_one, jax.tree.leaves(other[1])):
     if "['key']['bias']" in jax.tree_util.keystr(path):
@@ -86,14 +100,24 @@ def test_sharded_step_matches_one_device():
   assert r.returncode == 0, r.stderr[-4000:]
   line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")][-1]
   out = json.loads(line[len("RESULT "):])
-  one, dp, tp = out["losses"]
+  one, dp, tp, fsdp = out["losses"]
   # The same three steps: equal losses up to reduction order.
-  for other in (dp, tp):
+  for other in (dp, tp, fsdp):
     for a, b in zip(one, other):
       assert abs(a - b) <= 1e-4 * abs(a), (one, other)
   assert max(out["param_rel_diff"]) < 1e-4, out["param_rel_diff"]
   assert out["key_bias_max"] < 1e-4, out["key_bias_max"]
   # Each configuration compiled its step once for three steps.
-  assert out["compiles"] == [1, 1, 1]
+  assert out["compiles"] == [1, 1, 1, 1]
+  # fsdp equals data parallel step for step...
+  for a, b in zip(dp, fsdp):
+    assert abs(a - b) <= 1e-5 * abs(a), (dp, fsdp)
+  # ... and each of the 8 devices holds ~1/8 of the parameters and of the
+  # Adam moments (a few small leaves the axis does not divide stay whole),
+  # where data parallel keeps a whole copy on each.
+  for name in ("params", "opt_state"):
+    assert out["dp_share"][name] == [1.0] * 8
+    assert all(1 / 8 <= f <= 1.05 / 8 for f in out["fsdp_share"][name]), (
+        out["fsdp_share"])
   # The tensor-parallel rules really split kernels over 'model'.
   assert any("model" in s for s in out["tp_specs"]), out["tp_specs"]

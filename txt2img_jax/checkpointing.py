@@ -22,6 +22,21 @@ _COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
 BROKEN_DIR = "checkpoints_broken"
 
 
+def local_workdir(workdir: str) -> str:
+  """The absolute path of a workdir on a file system this host mounts.
+
+  The run's files (metrics, config, samples, and the checks of which
+  checkpoints are complete) go through os and open(), which take no URLs: a
+  gs:// workdir would silently become a local folder named 'gs:'.
+  """
+  if "://" in workdir:
+    raise ValueError(
+        f"--workdir={workdir}: the workdir must be a mounted path, not a URL; "
+        "mount the bucket on every host (gcsfuse, see launch/README.md) and "
+        "pass the mount path, e.g. /gcs/<bucket>/<run>")
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
 class NoCheckpointError(FileNotFoundError):
   """No readable checkpoint where one was expected."""
 
@@ -234,19 +249,28 @@ def load_raw(path: str) -> tuple[dict, int]:
   directory, steps = _candidates(path)
   errors = []
   for step in steps:
-    manager = ocp.CheckpointManager(directory)
     try:
-      raw = manager.restore(step, args=ocp.args.StandardRestore())
+      raw = _restore_to_host(os.path.join(directory, str(step), "default"))
     except Exception as e:  # Orbax and tensorstore raise many kinds.
       errors.append(f"step {step}: {_short(e)}")
       logging.warning("%s: checkpoint step %d does not restore (%s); trying "
                       "an older one", directory, step, _short(e))
       continue
-    finally:
-      manager.close()
-    return jax.tree.map(np.asarray, raw), step
+    return raw, step
   raise NoCheckpointError(
       f"no checkpoint in {directory} restores: {'; '.join(errors)}")
+
+
+def _restore_to_host(path: str) -> Any:
+  """Every array as numpy: a checkpoint saved on other devices or hosts
+  (orbax would otherwise restore onto the saved topology, and refuse)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      tree)
+  return checkpointer.restore(path, restore_args=args)
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from txt2img_jax import assets
 from txt2img_jax import checkpointing
 from txt2img_jax import evaluators
 from txt2img_jax import latents
+from txt2img_jax import multihost
 from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import preemption
 from txt2img_jax import reporting
@@ -36,7 +37,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final train metrics and the last evaluation."""
   # --- Logging and checks (before anything compiles).
   latent_shape = assembly.validate_config(config)
-  workdir = os.path.abspath(workdir)
+  workdir = checkpointing.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
@@ -45,13 +46,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Mesh.
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  rules = sharding.logical_rules(config.mesh.rules)
+  rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape),
                jax.device_count(), jax.devices()[0].platform)
 
   # --- Input: data, tokenizer and text side, latent space and statistics.
   autoencoder = latents.build(config)
-  data = assets.prepare_data(config, autoencoder)
+  with multihost.main_process_first("prepare_data"):  # A shared data dir.
+    data = assets.prepare_data(config, autoencoder)
   parts = assembly.build_parts(config, workdir, data, autoencoder)
   text, autoencoder, model = parts.text, parts.autoencoder, parts.model
   stats = assets.latent_stats(config, workdir, data, autoencoder)

@@ -9,12 +9,16 @@ The training stream is a random-access grain `MapDataset` whose element `s` is
 this host's batch for step `s`, a pure function of (seed, s). So resuming needs
 no saved iterator state: a run restored at step `s` asks for batches from `s`.
 
-How the global stream is laid out:
+How the global stream is laid out (G the global batch, P hosts, b = G/P):
   records --shuffle(seed), reshuffled every epoch--> repeat forever
-          --host p takes elements p, p + P, p + 2P, ... (P hosts)-->
-          --batches of global_batch_size // P-->
-Host p's batch s is then global elements sG + p + kP (k < G/P), so the hosts'
-batches at step s are disjoint and together are global elements [sG, (s+1)G).
+          --decode, caption drawn from (seed, global position)-->
+          --chunks of b consecutive elements-->
+          --host p takes chunks p, p + P, p + 2P, ...-->
+Host p's batch s is then global elements sG + pb + k (k < b): the rows the
+mesh gives host p's devices (devices are ordered by host along 'data'). So
+the global batch at step s is elements [sG, (s+1)G) in order, the same
+array whatever P, and a run on 2 hosts trains on exactly the batches of a
+run on 1. Each host decodes only its own chunks.
 
 A batch is a dict of numpy arrays: `image` float32 (B, S, S, 3) in [0, 1],
 `ids`, `mask` int32 (B, L), and whatever else the data's decode gives (the
@@ -126,10 +130,13 @@ def train_dataset(
         f"Split {split!r} has {len(ds)} examples (subset_size={subset_size}), "
         f"fewer than the global batch size {global_batch_size}.")
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # Infinite, per-epoch.
-  ds = ds[process_index::process_count]
   ds = ds.map(data.decode_transform())
+  # Drawn before the hosts split the stream, so a caption depends on the
+  # example's global position, not on how many hosts there are.
   ds = ds.random_map(ChooseCaption(), seed=_shuffle_seed(seed + 1))
+  # Lazy: a host's chunk is read and decoded only when that host asks.
   ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds[process_index::process_count]
   return ds.map(TokenizeCaptions(tokenizer, max_len))
 
 
