@@ -2,6 +2,7 @@
 
   python -m txt2img_jax.experiments.torch_compare [--sizes=default,mid]
       [--repeats=5] [--round_steps=3] [--threads=2] [--out=F.json]
+      [--xla_option=xla_cpu_enable_fast_math=true ...] [--jax_only]
 
 Both sides build the DiT of `models/dit.py` at a recipe's sizes (patch
 embedding, fixed sin-cos positions, time MLP, indicator embedding, adaLN-Zero
@@ -79,8 +80,10 @@ def synthetic(config, latent_shape, seed: int = 0) -> dict[str, np.ndarray]:
 
 # --- JAX ---------------------------------------------------------------------
 
-def jax_step(config, latent_shape, data):
-  """(step, state, count): the jitted flow-only train step and its first state."""
+def jax_step(config, latent_shape, data, compiler_options: dict | None = None):
+  """(step, state, batch, count): the compiled flow-only train step, its first
+  state and batch, and the parameter count. compiler_options: XLA debug
+  options for this compilation only (e.g. {"xla_cpu_enable_fast_math": True})."""
   f = config.flow
   model = dit_lib.DiT(latent_shape, f.patch_size, f.width, f.depth, f.num_heads,
                       mlp_ratio=f.mlp_ratio, time_embed_dim=f.get("time_embed_dim"),
@@ -99,7 +102,8 @@ def jax_step(config, latent_shape, data):
 
   batch = {k: jnp.asarray(v) for k, v in data.items()}
   state = (params, tx.init(params))
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, batch).compile()
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, batch).compile(
+      compiler_options=compiler_options or None)
   count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   return compiled, state, batch, count
 
@@ -223,19 +227,33 @@ def time_torch(step, steps: int) -> float:
 
 # --- The comparison ----------------------------------------------------------
 
+def parse_option(text: str) -> dict:
+  """'key=value' -> {key: value} with true/false and integers converted."""
+  key, sep, value = text.partition("=")
+  if not sep or not key.startswith("xla_"):
+    raise ValueError(f"--xla_option={text!r}: expected xla_<name>=<value>")
+  if value.lower() in ("true", "false"):
+    return {key: value.lower() == "true"}
+  return {key: int(value) if value.lstrip("-").isdigit() else value}
+
+
 def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
-            recipe: str = "restart", overrides: dict | None = None,
-            with_torch: bool = True) -> dict:
+            recipe: str = "restart", with_torch: bool = True,
+            variants: dict[str, dict] | None = None) -> dict:
+  """Times the JAX step (and each variant: XLA options) and the PyTorch one,
+  interleaved round by round."""
   config = size_config(size, recipe)
-  for key, value in (overrides or {}).items():
-    node, _, leaf = key.rpartition(".")
-    (config[node] if node else config)[leaf] = value
   latent_shape = latents.latent_shape(config)
   data = synthetic(config, latent_shape)
   t0 = time.perf_counter()
   compiled, state, batch, jax_count = jax_step(config, latent_shape, data)
   compile_s = time.perf_counter() - t0
   _, state = time_jax(compiled, state, batch, 1)  # Warm-up.
+  others = {}
+  for name, options in (variants or {}).items():
+    v_compiled, v_state, _, _ = jax_step(config, latent_shape, data, options)
+    _, v_state = time_jax(v_compiled, v_state, batch, 1)
+    others[name] = [v_compiled, v_state, []]
   if with_torch:
     torch = _import_torch()
     torch.set_num_threads(threads)
@@ -248,6 +266,9 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
   for _ in range(repeats):
     dt, state = time_jax(compiled, state, batch, steps)
     jax_s.append(dt)
+    for v in others.values():
+      v_dt, v[1] = time_jax(v[0], v[1], batch, steps)
+      v[2].append(v_dt)
     matmul.append(perf.matmul_flops_per_s(jnp.float32, 2048, min_seconds=0.5))
     if with_torch:
       torch_s.append(time_torch(t_step, steps))
@@ -263,6 +284,8 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
       "matmul_flops_per_s": matmul_med, "matmul_all": matmul,
       "jax_utilisation": model_flops / jax_med / matmul_med,
       "repeats": repeats, "steps": steps, "threads": threads,
+      "variants": {name: {"options": variants[name], "jax_s": statistics.median(v[2]),
+                          "jax_all_s": v[2]} for name, v in others.items()},
   }
   if with_torch:
     torch_med = statistics.median(torch_s)
@@ -287,6 +310,10 @@ def report(r: dict) -> str:
         f"  PyTorch {r['torch_s']:.3f} s/step ({min(r['torch_all_s']):.3f}-"
         f"{max(r['torch_all_s']):.3f}), {r['torch_utilisation']:.2f} of the "
         f"matmul rate; PyTorch/JAX time {r['torch_over_jax']:.2f}")
+  for name, v in r["variants"].items():
+    lines.append(f"  JAX with {name}: {v['jax_s']:.3f} s/step "
+                 f"({min(v['jax_all_s']):.3f}-{max(v['jax_all_s']):.3f}), "
+                 f"{v['jax_s'] / r['jax_s']:.2f}x the plain JAX time")
   lines.append(f"  XLA f32 2048^3 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
                f"(median; {min(r['matmul_all']) / 1e9:.1f}-"
                f"{max(r['matmul_all']) / 1e9:.1f})")
@@ -298,6 +325,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved JAX/PyTorch rounds.")
 _STEPS = flags.DEFINE_integer("round_steps", 3, "Steps per side per round.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 _RECIPE = flags.DEFINE_string("recipe", "restart", "configs/<recipe>.py to size from.")
+_XLA_OPTIONS = flags.DEFINE_multi_string(
+    "xla_option", [], "Also time the JAX step compiled with this XLA option "
+    "(xla_<name>=<value>; repeatable, one variant each), interleaved.")
 _NO_TORCH = flags.DEFINE_bool("jax_only", False, "Time the JAX step alone.")
 _JSON = flags.DEFINE_string("out", "", "Also write the results (JSON) here.")
 
@@ -306,8 +336,9 @@ def main(argv):
   del argv
   results = []
   for size in _SIZES.value:
+    variants = {o: parse_option(o) for o in _XLA_OPTIONS.value}
     r = compare(size, _REPEATS.value, _STEPS.value, _THREADS.value,
-                _RECIPE.value, with_torch=not _NO_TORCH.value)
+                _RECIPE.value, with_torch=not _NO_TORCH.value, variants=variants)
     print(report(r), flush=True)
     results.append(r)
   if _JSON.value:
