@@ -4,6 +4,7 @@ XLA's CPU cost analysis counts every matmul (and elementwise ops too), so at
 widths where matmuls dominate the two must agree within 10%.
 """
 
+import math
 import os
 
 import flax.linen as nn
@@ -126,3 +127,33 @@ def test_measure_compiles_once_and_reports():
   assert "model" in perf.report(r)
   only_compile = perf.measure(c, steps=0)
   assert only_compile["step_time_s"] is None and only_compile["compile_s"] > 0
+
+
+def test_op_profile_finds_the_matmul():
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(axis=0))
+  a = jnp.ones((256, 256))
+  compiled = f.lower(a, a).compile()
+  classes = perf.hlo_op_classes(compiled.as_text())
+  assert "matmul" in {v[0] for v in classes.values()}, classes
+  p = perf.op_profile(compiled, lambda: compiled(a, a), steps=2)
+  kinds = {k.split(" / ")[0] for k in p["by_class"]}
+  assert "matmul" in kinds and p["op_s"] > 0 and p["wall_s"] > 0, p
+
+
+def test_torch_twin_of_the_dit_has_the_same_parameters():
+  torch = pytest.importorskip("torch")
+  import flax.linen as nn
+  from txt2img_jax import latents
+  from txt2img_jax.experiments import torch_compare
+  c = torch_compare.size_config("default")
+  c.flow.update(width=64, depth=2, num_heads=2)
+  shape = latents.latent_shape(c)
+  f = c.flow
+  model = dit_lib.DiT(shape, f.patch_size, f.width, f.depth, f.num_heads)
+  b = jnp.zeros((2,))
+  params = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                   jnp.zeros((2, *shape)), b, b.astype(jnp.int32)))
+  twin = torch_compare.torch_dit(torch, c, shape)
+  # Tensor by tensor (sizes; a torch Linear stores its kernel transposed).
+  assert (sorted(math.prod(p.shape) for p in jax.tree.leaves(params))
+          == sorted(p.numel() for p in twin.parameters()))

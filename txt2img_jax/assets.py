@@ -3,6 +3,9 @@
 Data (prepared once per data dir), the tokenizer and text encoder, the
 latent statistics, and the run's config: sample.py and evaluate.py rebuild the
 exact model of a run from its workdir alone.
+
+The input pipeline (grain) is imported only by the functions that read data,
+so that rebuilding a model (`perf`, `sample`) needs no data-side packages.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import numpy as np
 
 from txt2img_jax import latents
 from txt2img_jax import runfiles
-from txt2img_jax.data import pipeline
 from txt2img_jax.data import shapes
 from txt2img_jax.data import sources
 from txt2img_jax.data import tokenizer as tokenizer_lib
@@ -96,6 +98,7 @@ def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
 
 def train_batches(config, builder, text: "TextSide",
                   start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  from txt2img_jax.data import pipeline
   d = config.data
   it = pipeline.make_train_iterator(
       builder, tokenizer=text.tokenizer, max_len=d.max_len,
@@ -164,6 +167,7 @@ def vocabulary(config, workdir: str | None, data=None) -> list[str]:
 def latent_stats(config, workdir: str, builder,
                  autoencoder) -> ae_lib.LatentStats:
   """Per-channel shift/scale, computed once and kept with the run."""
+  from txt2img_jax.data import pipeline
   path = os.path.join(workdir, STATS_FILE)
   if os.path.exists(path):
     return load_latent_stats(workdir)

@@ -18,8 +18,13 @@ measured in the same run.
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
 import math
+import os
+import re
+import tempfile
 import time
 
 from absl import flags
@@ -87,7 +92,7 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
 
 
 def measure(config, steps: int = 20, warmup: int = 3,
-            matmul_n: int | None = None) -> dict:
+            matmul_n: int | None = None, profile_steps: int = 0) -> dict:
   """Compiles the train step once and times that executable `steps` times."""
   parts = assembly.build_parts(config)
   latent_shape, tok = parts.latent_shape, parts.text.tokenizer
@@ -139,12 +144,18 @@ def measure(config, steps: int = 20, warmup: int = 3,
     # The compiled executable itself: no second compilation, no cache look-up.
     for _ in range(warmup):
       state, metrics = compiled(state, batch, frozen, stats)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
       state, metrics = compiled(state, batch, frozen, stats)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
+    if profile_steps:
+      def call():
+        nonlocal state
+        state, m = compiled(state, batch, frozen, stats)
+        return m
+      r["profile"] = op_profile(compiled, call, profile_steps)
   n = matmul_n or default_matmul_n(platform)
   peak = matmul_flops_per_s(jnp.dtype(config.dtype), n)
   r.update({
@@ -154,6 +165,111 @@ def measure(config, steps: int = 20, warmup: int = 3,
       "utilisation": model_flops / dt / (peak * jax.device_count()),
   })
   return r
+
+
+# --- Where the step's time goes ----------------------------------------------
+
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%(\S+) = .*? ([a-z][\w-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) ")
+_MOVES = {"transpose", "copy", "bitcast", "reshape", "parameter", "broadcast",
+          "slice", "concatenate", "pad", "dynamic-slice", "constant", "iota",
+          "dynamic-update-slice", "tuple", "get-tuple-element", "reverse"}
+# Ops whose thunk spans the thunks of the computations they run.
+_CONTAINERS = {"while", "conditional", "call"}
+_MODULES = ("flow", "text_encoder", "text_head", "image_encoder")
+
+
+def hlo_op_classes(hlo_text: str) -> dict[str, tuple[str, str, bool, str]]:
+  """name -> (op class, model module, in the backward pass, source scope) of
+  every instruction of a compiled module's text (`compiled.as_text()`)."""
+  computations, current, calls = {}, None, {}
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m and line.rstrip().endswith("{"):
+      current = computations.setdefault(m.group(1), [])
+      continue
+    m = _INSTRUCTION.match(line)
+    if m and current is not None:
+      name, opcode, rest = m.groups()
+      current.append(opcode)
+      called = re.search(r"calls=%([\w.\-]+)", rest)
+      op_name = re.search(r'op_name="([^"]*)"', rest)
+      calls[name] = (opcode, called.group(1) if called else None,
+                     op_name.group(1) if op_name else "", rest)
+  out = {}
+  # op_name: "jit(f)/transpose(jvp(CrossFlow.velocity))/flow/flow.blocks/...".
+  for name, (opcode, called, op_name, rest) in calls.items():
+    body = set(computations.get(called, ())) if called else {opcode}
+    if opcode in _CONTAINERS:
+      kind = "container"
+    elif "dot" in body or "__onednn$matmul" in rest or "matmul" in rest.lower():
+      kind = "matmul"
+    elif "convolution" in body:
+      kind = "convolution"
+    elif body & {"reduce", "reduce-window", "sort"}:
+      kind = "reduction"
+    elif body <= _MOVES:
+      kind = "data movement"
+    else:
+      kind = "elementwise"
+    module = next((m for m in _MODULES if re.search(rf"(^|/){m}(/|$)", op_name)),
+                  "other")
+    scope = "/".join(re.sub(r"^jit\([^)]*\)/", "", op_name).split("/")[:3])
+    out[name] = (kind, module, "transpose(" in op_name, scope)
+  return out
+
+
+def op_profile(compiled, call, steps: int = 3) -> dict:
+  """Seconds per step by op class, model module and pass, from a profiler trace
+  of `call()` (which runs `compiled` once) repeated `steps` times.
+
+  Thunks can run concurrently on CPU, so the op seconds may add up to more
+  than the step's wall time; 'wall_s' is that time.
+  """
+  from jax.profiler import ProfileData
+  classes = hlo_op_classes(compiled.as_text())
+  with tempfile.TemporaryDirectory() as d:
+    jax.block_until_ready(call())
+    t0 = time.perf_counter()
+    jax.profiler.start_trace(d)
+    for _ in range(steps):
+      jax.block_until_ready(call())
+    jax.profiler.stop_trace()
+    wall = (time.perf_counter() - t0) / steps
+    trace = ProfileData.from_file(
+        glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+    by_class, by_op, by_scope = (collections.Counter() for _ in range(3))
+    for plane in trace.planes:
+      for line in plane.lines:
+        for e in line.events:
+          if e.name not in classes:
+            continue
+          kind, module, backward, scope = classes[e.name]
+          if kind == "container":
+            continue
+          seconds = e.duration_ns * 1e-9 / steps
+          by_class[(kind, module, "backward" if backward else "forward")] += seconds
+          by_op[e.name] += seconds
+          by_scope[f"{kind} {scope}"] += seconds
+  return {"wall_s": wall, "op_s": sum(by_class.values()),
+          "by_class": {" / ".join(k): v for k, v in by_class.most_common()},
+          "top_ops": dict(by_op.most_common(15)),
+          "top_scopes": dict(by_scope.most_common(25))}
+
+
+def profile_report(p: dict) -> str:
+  total = p["op_s"]
+  lines = [f"op time {total * 1e3:.1f} ms per step (wall {p['wall_s'] * 1e3:.1f} ms); "
+           "by op class / module / pass:"]
+  summary = collections.Counter()
+  for k, v in p["by_class"].items():
+    summary[k.split(" / ")[0]] += v
+  lines += [f"  {k:<14} {v * 1e3:8.1f} ms {v / total:6.1%}"
+            for k, v in summary.most_common()]
+  lines += [f"    {k:<40} {v * 1e3:8.1f} ms {v / total:6.1%}"
+            for k, v in list(p["by_class"].items())[:12]]
+  return "\n".join(lines)
 
 
 def mismatch_warning(r: dict) -> str | None:
@@ -202,13 +318,18 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before the timed ones
 _MATMUL_N = flags.DEFINE_integer(
     "matmul_n", 0, "Side of the reference matmul (0: 2048 on CPU, 8192 elsewhere).")
 _JSON = flags.DEFINE_string("json", "", "Also write the measurement to this file.")
+_PROFILE = flags.DEFINE_integer(
+    "profile", 0, "Also trace this many steps and print where their time goes.")
 
 
 def main(argv):
   del argv
-  r = measure(_CONFIG.value, _STEPS.value, _WARMUP.value, _MATMUL_N.value or None)
+  r = measure(_CONFIG.value, _STEPS.value, _WARMUP.value, _MATMUL_N.value or None,
+              _PROFILE.value)
   logging.info("%s", r)
   print(report(r))
+  if "profile" in r:
+    print(profile_report(r["profile"]))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(r, f, indent=1)

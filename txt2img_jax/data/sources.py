@@ -10,6 +10,10 @@ The last two go through `records_prepare.prepare` once: ArrayRecord shards
 under the data dir, a report of every bad input, and (for a KL-VAE latent
 space) the VAE moments cached next to each image, so training never runs the
 frozen encoder.
+
+Each source's modules (TFDS, grain, ArrayRecord) are imported when that source
+is prepared, not when this module is: the registry and `validate` are all
+that model-side code (`perf`, `sample`) reaches, and they need none of them.
 """
 
 from __future__ import annotations
@@ -20,11 +24,6 @@ import os
 
 from absl import logging
 
-from txt2img_jax.data import prepared
-from txt2img_jax.data import records
-from txt2img_jax.data import records_prepare
-from txt2img_jax.data import tfds_shapes
-
 
 def data_dir(config) -> str:
   if config.data.data_dir:
@@ -34,6 +33,7 @@ def data_dir(config) -> str:
 
 
 def _shapes(config, featurizer=None):
+  from txt2img_jax.data import tfds_shapes
   del featurizer  # The shapes set is small: encoders run in the step.
   d = config.data
   return tfds_shapes.prepare(
@@ -79,6 +79,9 @@ def prepared_dir(config, featurizer=None) -> str:
 
 def _prepare_records(make_source):
   def prepare(config, featurizer=None):
+    from txt2img_jax.data import prepared
+    from txt2img_jax.data import records
+    from txt2img_jax.data import records_prepare
     d = config.data
     out_dir = prepared_dir(config, featurizer)
     if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
