@@ -106,7 +106,7 @@ def save_grid(grid, workdir: str, step: int, writer=None) -> str:
     grid.save(os.path.join(workdir, "samples", "latest.png"))
     if writer is not None:
       writer.write_images(step, {"samples": np.asarray(grid)[None]})
-  logging.info("sample grid: %s", path)
+    logging.info("sample grid: %s", path)
   return path
 
 

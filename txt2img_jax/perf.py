@@ -97,7 +97,7 @@ def measure(config, steps: int = 20, warmup: int = 3,
   parts = assembly.build_parts(config)
   latent_shape, tok = parts.latent_shape, parts.text.tokenizer
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  rules = sharding.logical_rules(config.mesh.rules)
+  rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   t0 = time.perf_counter()
   tx, schedules, state, state_shardings = assembly.create_train_state(
       config, parts.model, latent_shape, parts.text.width, mesh, rules)

@@ -39,7 +39,7 @@ _JSON = flags.DEFINE_string("json", "", "Also write the numbers here.")
 
 def time_steps(config, parts, batch, steps: int) -> float:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  rules = sharding.logical_rules(config.mesh.rules)
+  rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   tx, schedules, state, shardings = assembly.create_train_state(
       config, parts.model, parts.latent_shape, parts.text.width, mesh, rules)
   step = assembly.jit_train_step(
