@@ -88,7 +88,7 @@ def test_loss_is_finite_and_trains_the_output_layer(parts):
       p["params"], p["batch"], jax.random.PRNGKey(3), jnp.int32(0),
       p["frozen"], p["stats"])
   assert np.isfinite(float(total))
-  # v_pred is 0 at init, so the loss is E|x1 - x0|^2 per dim.
+  # The flow term is the whole loss (weight 1; no text-latent terms).
   assert float(aux["flow_raw"]) == pytest.approx(float(total))
   assert aux["flow_bucket_count"].sum() == B
   assert float(aux["kl_raw"]) == 0.0 and float(aux["clip_raw"]) == 0.0
