@@ -73,6 +73,37 @@ def test_calibration_blur_is_not_punished(cal):
   assert s["mosaic"] < 0.15
 
 
+def test_calibration_hard_edges_are_not_punished(cal):
+  # A perfect drawing without anti-aliasing: the mosaic index measures
+  # fragmentation, not edge sharpness (it scored 0.30 when its hf term was
+  # taken on alpha-weighted colours).
+  s, render = cal["hard_edges"], cal["render"]
+  for key in ("color_acc", "shape_acc", "position_acc", "size_acc",
+              "object_acc"):
+    assert s[key] >= 0.99, (key, s[key])
+  assert s["mosaic"] < 0.05
+  assert s["mosaic"] < render["mosaic"] + 0.02
+  assert s["mosaic"] * 30 < cal["pixel_shuffle"]["mosaic"]
+
+
+def test_edge_sharpness_leaves_each_images_mosaic_unchanged(data):
+  """The same drawings, hard-edged and anti-aliased (same jitter): image by
+  image the mosaic index moves little (a pixel flipping at a small shape's
+  edge moves it by up to ~0.2; another jitter of the same render moves it by
+  up to ~0.1), and not on average."""
+  _, desc = data
+  soft = _render_all(desc, lambda o: o)
+  hard = np.stack([benchmark.render_hard_edges(
+      {k: v[i:i + 1] for k, v in desc.items()}, 32,
+      np.random.default_rng([0, i]))[0] for i in range(len(soft))])
+  m_soft = benchmark.score(soft, desc)["mosaic"]
+  m_hard = benchmark.score(hard, desc)["mosaic"]
+  diff = np.abs(m_hard - m_soft)
+  assert np.percentile(diff, 90) < 0.1
+  assert diff.mean() < 0.03
+  assert m_hard.mean() < 0.05
+
+
 # --- Targeted cases. -------------------------------------------------------
 
 def test_all_black_image_scores_nothing(data):

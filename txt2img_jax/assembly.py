@@ -119,6 +119,9 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
+  objective = objectives.get(config.get("objective", "crossflow"))
+  if hasattr(objective, "build_model"):  # Its own model (noise_flow).
+    return objective.build_model(config, latent_shape, vocab_size, embedded)
   return generator_lib.CrossFlow.from_config(config, latent_shape,
                                             vocab_size, embedded)
 
@@ -141,6 +144,9 @@ def make_generate_fn(config, model, autoencoder, text_frozen):
   space's}, either may be empty. z_text comes from the head (its mean, or a draw), then the ODE carries it
   to the image latent; the latent is un-standardised and decoded.
   """
+  objective = objectives.get(config.get("objective", "crossflow"))
+  if hasattr(objective, "make_generate"):  # Its own sampler (noise_flow).
+    return objective.make_generate(config, model, autoencoder, text_frozen)
   c = config
 
   def generate(params, frozen_params, stats, ids, mask, rng, *,

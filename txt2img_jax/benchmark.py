@@ -28,10 +28,11 @@ import time
 # The public API, gathered in one namespace.
 # pylint: disable=unused-import
 from txt2img_jax.benchmark_calibration import (
-    _stack, blur, calibrate, calibration_table, chance_levels, shuffle_pixels)
+    _stack, blur, calibrate, calibration_table, chance_levels, perturbations,
+    render_hard_edges, shuffle_blocks, shuffle_pixels)
 from txt2img_jax.benchmark_pixels import (
-    AMBIGUOUS_CLASS, BACKGROUND_CLASS, COLOR_DIST, MIN_COVERAGE, classify_pixels,
-    expected_areas, laplacian_energy, quantize)
+    AMBIGUOUS_CLASS, BACKGROUND_CLASS, COLOR_DIST, MIN_COVERAGE, class_colors,
+    classify_pixels, expected_areas, laplacian_energy, quantize)
 from txt2img_jax.benchmark_scoring import (
     HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS, PRESENT_FRAC,
     SUMMARY_KEYS, TEMPLATE_SIGMAS, format_table, score, summarize, summarize_splits)
@@ -40,8 +41,14 @@ from txt2img_jax.data import shapes
 
 
 def main() -> None:
+  """Prints the tables of docs/benchmark.md: the calibration at 32 and 64 px,
+  the perturbations, and the scoring speed."""
   cal = calibrate()
   print(calibration_table(cal))
+  print("\n64 px, 100 examples:")
+  print(calibration_table(calibrate(num=100, image_size=64)))
+  print("\nperturbations of 300 renders:")
+  print(format_table(summarize_splits(perturbations())))
   exs = [shapes.example(1, "test", i) for i in range(1000)]
   images, desc = _stack(exs)
   score(images[:10], {k: v[:10] for k, v in desc.items()})  # warm up

@@ -2,8 +2,8 @@
 
 The data's own renders must score near 1, renders scored against another example's
 description near chance, pixel-shuffled renders (right colours, no shapes) high on the
-mosaic index, and blurred renders (soft but coherent) near the renders. docs/benchmark.md
-quotes the table.
+mosaic index, and blurred renders (soft but coherent) and hard-edged renders (no
+anti-aliasing) near the renders. docs/benchmark.md quotes the table.
 """
 
 from __future__ import annotations
@@ -43,6 +43,31 @@ def blur(images, sigma: float = 0.7) -> np.ndarray:
   return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
+def render_hard_edges(descriptions, image_size: int, rng: np.random.Generator,
+                      jitter_px: float = 1.0) -> np.ndarray:
+  """Draws every description with hard edges: a pixel takes an object's colour
+  when its centre lies inside the shape (no anti-aliasing), each object
+  jittered like the data. uint8 (N, S, S, 3)."""
+  n = len(descriptions["num_objects"])
+  small, large = shapes.size_pixels(image_size)
+  out = np.zeros((n, image_size, image_size, 3), np.uint8)
+  for i in range(n):
+    objs = shapes.objects_from_description(
+        {k: np.asarray(v)[i] for k, v in descriptions.items()})
+    img = np.zeros((image_size, image_size, 3), np.uint8)
+    img[:] = shapes.BACKGROUND
+    for o in objs:
+      cy, cx = shapes.cell_center(o.cell, image_size)
+      cy, cx = cy + rng.uniform(-jitter_px, jitter_px), cx + rng.uniform(
+          -jitter_px, jitter_px)
+      radius = large if o.size == 1 else small
+      inside = shapes.shape_mask(o.shape, (cy, cx), radius, image_size,
+                                 supersample=1) > 0.5
+      img[inside] = shapes.COLOR_RGB[o.color]
+    out[i] = img
+  return out
+
+
 def chance_levels(descriptions) -> dict[str, float]:
   """Accuracy of an image that ignores its caption, per attribute, assuming
   the attributes are independent: colour present with probability
@@ -62,14 +87,17 @@ def calibrate(num: int = 500, seed: int = 0, image_size: int = 32) -> dict:
   """Scores the reference cases on `num` test-split examples.
 
   Returns {"render": summary, "shuffled_desc": summary,
-  "pixel_shuffle": summary, "blur": summary, "chance": chance_levels,
+  "pixel_shuffle": summary, "blur": summary, "hard_edges": summary,
+  "chance": chance_levels,
   "seconds": {case: scoring time}}.
   - render: the data's own jittered renders with their own descriptions;
   - shuffled_desc: the same renders scored against a permutation of the
     descriptions (a generator that ignores the caption);
   - pixel_shuffle: each render's pixels permuted within the image (the
     colour-block failure: right colours, no shapes);
-  - blur: renders blurred by a Gaussian of sigma 0.7 px (soft but coherent).
+  - blur: renders blurred by a Gaussian of sigma 0.7 px (soft but coherent);
+  - hard_edges: the same descriptions drawn without anti-aliasing (sharp
+    but coherent: edge sharpness is no fragmentation).
   """
   exs = [shapes.example(seed, "test", i, image_size) for i in range(num)]
   images, desc = _stack(exs)
@@ -85,6 +113,7 @@ def calibrate(num: int = 500, seed: int = 0, image_size: int = 32) -> dict:
       "shuffled_desc": (images, shuffled_desc),
       "pixel_shuffle": (shuffle_pixels(images, rng), desc),
       "blur": (blur(images, 0.7), desc),
+      "hard_edges": (render_hard_edges(desc, image_size, rng), desc),
   }
   result, seconds = {}, {}
   for name, (imgs, d) in cases.items():
@@ -94,6 +123,38 @@ def calibrate(num: int = 500, seed: int = 0, image_size: int = 32) -> dict:
   result["chance"] = chance_levels(desc)
   result["seconds"] = seconds
   return result
+
+
+def shuffle_blocks(images, block: int, rng: np.random.Generator) -> np.ndarray:
+  """Permutes the (block, block) tiles of each image independently."""
+  x = np.asarray(images)
+  n, s = x.shape[:2]
+  g = s // block
+  tiles = x.reshape(n, g, block, g, block, -1).transpose(0, 1, 3, 2, 4, 5)
+  tiles = tiles.reshape(n, g * g, block, block, -1)
+  tiles = np.stack([t[rng.permutation(g * g)] for t in tiles])
+  tiles = tiles.reshape(n, g, g, block, block, -1).transpose(0, 1, 3, 2, 4, 5)
+  return tiles.reshape(x.shape)
+
+
+def perturbations(num: int = 300, seed: int = 0,
+                  image_size: int = 32) -> dict[str, dict]:
+  """Summaries of renders under perturbations a generator's output may show
+  (noise, dimmed colours, more blur: no fragmentation) and two that break
+  the drawing into blocks (fragmentation)."""
+  images, desc = _stack([shapes.example(seed, "test", i, image_size)
+                         for i in range(num)])
+  rng = np.random.default_rng(seed)
+  x = images.astype(np.float32) / 255.0
+  cases = {
+      "noise_0.03": np.clip(x + rng.normal(0, 0.03, x.shape), 0, 1),
+      "noise_0.08": np.clip(x + rng.normal(0, 0.08, x.shape), 0, 1),
+      "dimmed_0.85x+0.05": 0.85 * x + 0.05,
+      "blur_1.2": blur(images, 1.2),
+      "blocks_4x4_shuffled": shuffle_blocks(images, 4, rng),
+      "blocks_8x8_shuffled": shuffle_blocks(images, 8, rng),
+  }
+  return {name: summarize(score(imgs, desc)) for name, imgs in cases.items()}
 
 
 def calibration_table(cal: dict) -> str:

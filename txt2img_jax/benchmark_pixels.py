@@ -96,6 +96,23 @@ def quantize(images, classified=None) -> np.ndarray:
   return q
 
 
+def class_colors(images, classified=None) -> np.ndarray:
+  """Each pixel replaced by the full colour of its class: black for
+  background, the palette colour for a colour (whatever its coverage), itself
+  when ambiguous. The drawing's class map: an anti-aliased and a hard-edged
+  drawing of the same shape give the same map, so high-frequency energy
+  measured on it counts boundaries between regions (fragments), not how soft
+  each boundary is. `classified`: optional precomputed classify_pixels(images)."""
+  x = to_float(images)
+  classes, _ = classified if classified is not None else classify_pixels(x)
+  k = np.clip(classes, 0, None).astype(np.int64)
+  q = _PALETTE[k].astype(np.float32)
+  q[classes == BACKGROUND_CLASS] = 0.0
+  amb = classes == AMBIGUOUS_CLASS
+  q[amb] = x[amb]
+  return q
+
+
 def laplacian_energy(images) -> np.ndarray:
   """Sum over pixels and channels of the squared 5-point Laplacian, (N,)."""
   q = np.asarray(images, np.float32)
@@ -138,7 +155,8 @@ def templates(shape: int, centers: np.ndarray, radii: np.ndarray,
 
 
 def reference_energy(descriptions, image_size: int) -> np.ndarray:
-  """Laplacian energy of each description rendered at the cell centres."""
+  """Laplacian energy of the class map (`class_colors`) of each description
+  rendered at the cell centres."""
   n = len(descriptions["num_objects"])
   index: dict[tuple, int] = {}
   refs, which = [], np.zeros(n, np.int64)
@@ -152,7 +170,7 @@ def reference_energy(descriptions, image_size: int) -> np.ndarray:
     which[i] = index[key]
   if not refs:
     return np.zeros(0)
-  energy = laplacian_energy(quantize(np.stack(refs)))
+  energy = laplacian_energy(class_colors(np.stack(refs)))
   return energy[which].astype(np.float64)
 
 

@@ -60,9 +60,11 @@ class DiTBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   scanned: bool = False  # Under nn.scan the block returns (x, None): carry and no output.
+  cross_attention: bool = False  # Attend to caption tokens after self-attention (noise path).
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array):
+  def __call__(self, x: jax.Array, c: jax.Array, context: Optional[jax.Array] = None,
+               context_mask: Optional[jax.Array] = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     mod = _zero_dense(6 * width, ('embed', 'mlp'), 'modulation', kw)(nn.silu(c))
@@ -70,6 +72,10 @@ class DiTBlock(nn.Module):
     norm = lambda name: nn.LayerNorm(use_bias=False, use_scale=False, name=name, **kw)
     h = modulate(norm('ln_attn')(x), shift_a, scale_a)
     x = x + gate_a[:, None] * layers.Attention(self.num_heads, name='attn', **kw)(h)
+    if self.cross_attention:
+      # Ungated, as in PixArt: the caption must reach every patch from step 0.
+      h = nn.LayerNorm(name='ln_cross', **kw)(x)
+      x = x + layers.Attention(self.num_heads, name='cross_attn', **kw)(h, context, context_mask)
     h = modulate(norm('ln_mlp')(x), shift_m, scale_m)
     mlp = layers.MLP(int(width * self.mlp_ratio), name='mlp', **kw)
     x = x + gate_m[:, None] * mlp(h)
@@ -83,6 +89,13 @@ class DiT(nn.Module):
   in float32. time_input may be t in [0, 1] or logSNR in about [-10, 10]: see
   `layers.ScalarEmbed` for the frequency range (time_min_freq .. time_max_freq rad/unit).
   The output is exactly zero at init (zero final linear).
+
+  With text_conditioning (the noise-path control, `objectives/noise_flow.py`), __call__ also
+  takes caption token features (B, L, D) and their mask: their masked mean, projected, is added
+  to the time + indicator embedding that drives adaLN, and every block cross-attends to the
+  projected tokens plus one learned null token. A sample whose indicator is 0 (null, for
+  classifier-free guidance) sees no caption: its pooled feature is zeroed and all its caption
+  tokens are masked, so it attends to the null token alone.
   """
   latent_shape: Tuple[int, int, int]
   patch_size: int
@@ -93,6 +106,7 @@ class DiT(nn.Module):
   time_embed_dim: Optional[int] = None  # Sinusoidal feature size; None -> width.
   time_min_freq: float = 0.05
   time_max_freq: float = 1000.0
+  text_conditioning: bool = False  # Caption tokens condition the blocks (noise path; see below).
   scan: bool = False     # Blocks under nn.scan (params stacked under 'blocks'), else unrolled.
   remat: str = 'none'    # none | full | dots | dots_no_batch (see REMAT_POLICIES).
   dtype: Dtype = jnp.float32
@@ -106,8 +120,32 @@ class DiT(nn.Module):
         nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, 'embed'))), **kw)
     return t + ind(indicator)
 
+  def text_context(self, text: jax.Array, text_mask: jax.Array,
+                   indicator: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """(pooled (B, width), context (B, 1 + L, width), context mask) with the caption removed
+    from null samples."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    keep = indicator.astype(bool)
+    mask = text_mask.astype(bool) & keep[:, None]
+    pooled = layers.masked_mean(text.astype(self.dtype), mask)
+    pooled = layers.dense(self.width, (None, 'embed'), name='text_pool', **kw)(pooled)
+    tokens = layers.dense(self.width, (None, 'embed'), name='text_proj', **kw)(
+        text.astype(self.dtype))
+    null = self.param('null_token', nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, 'embed')), (1, self.width), self.param_dtype)
+    b = text.shape[0]
+    null = jnp.broadcast_to(null.astype(self.dtype)[None], (b, 1, self.width))
+    context = jnp.concatenate([null, tokens], axis=1)
+    context_mask = jnp.concatenate([jnp.ones((b, 1), bool), mask], axis=1)
+    return pooled, context, context_mask
+
   @nn.compact
-  def __call__(self, x: jax.Array, time_input: jax.Array, indicator: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, time_input: jax.Array, indicator: jax.Array,
+               text: Optional[jax.Array] = None,
+               text_mask: Optional[jax.Array] = None) -> jax.Array:
+    if self.text_conditioning != (text is not None):
+      raise ValueError('DiT(text_conditioning=%s) called %s caption tokens' % (
+          self.text_conditioning, 'with' if text is not None else 'without'))
     h, w, c = self.latent_shape
     p = self.patch_size
     if h % p or w % p:
@@ -119,7 +157,13 @@ class DiT(nn.Module):
         patchify(x.astype(self.dtype), p))
     tokens = tokens + jnp.asarray(layers.sincos_2d(self.width, h // p, w // p), self.dtype)
     cond = self.condition(time_input, indicator)
-    tokens = self.blocks(tokens, cond)
+    context = context_mask = None
+    if self.text_conditioning:
+      if text_mask is None:
+        text_mask = jnp.ones(text.shape[:2], bool)
+      pooled, context, context_mask = self.text_context(text, text_mask, indicator)
+      cond = cond + pooled
+    tokens = self.blocks(tokens, cond, context, context_mask)
     shift, scale = jnp.split(
         _zero_dense(2 * self.width, ('embed', 'mlp'), 'final_modulation', kw)(nn.silu(cond)),
         2, axis=-1)
@@ -128,7 +172,8 @@ class DiT(nn.Module):
     out = _zero_dense(p * p * c, ('embed', None), 'final', kw)(tokens)
     return unpatchify(out, p, self.latent_shape).astype(jnp.float32)
 
-  def blocks(self, tokens: jax.Array, cond: jax.Array) -> jax.Array:
+  def blocks(self, tokens: jax.Array, cond: jax.Array, context: Optional[jax.Array] = None,
+             context_mask: Optional[jax.Array] = None) -> jax.Array:
     """The `depth` adaLN-Zero blocks, scanned or unrolled, optionally rematerialised."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     block = DiTBlock
@@ -138,15 +183,17 @@ class DiT(nn.Module):
                          f'{sorted(REMAT_POLICIES)}')
       # Under scan the loop already keeps XLA from merging recomputation with the forward pass.
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+    kw['cross_attention'] = self.text_conditioning
     if not self.scan:
       for i in range(self.depth):
-        tokens = block(self.num_heads, self.mlp_ratio, name=f'block_{i}', **kw)(tokens, cond)
+        tokens = block(self.num_heads, self.mlp_ratio, name=f'block_{i}', **kw)(
+            tokens, cond, context, context_mask)
       return tokens
     stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                    in_axes=(nn.broadcast,), length=self.depth,
+                    in_axes=(nn.broadcast,) * 3, length=self.depth,
                     metadata_params={nn.PARTITION_NAME: 'layers'})
     tokens, _ = stack(self.num_heads, self.mlp_ratio, scanned=True, name='blocks', **kw)(
-        tokens, cond)
+        tokens, cond, context, context_mask)
     return tokens
 
 
