@@ -105,7 +105,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.head.grid_query = ml_collections.ConfigDict(dict(
       grid_size=8,                # Query grid side; must divide the latent's H and W.
       width=128, depth=2, num_heads=4, mlp_ratio=4.0,
-      num_smooth=2))              # Residual depthwise 3x3 convs for local continuity.
+      num_smooth=2,               # Residual depthwise 3x3 convs for local continuity.
+      # Queries that differ by position from step 0 (models/text_head.py); all four
+      # at 1 / False is the first version (docs/heads.md's ablation):
+      query_pos_scale=4.0,        # The queries' 2-D sin-cos positions x this.
+      token_pos=True,             # 1-D sin-cos positions added to the caption tokens.
+      self_attention=True,        # Self-attention among queries (gated from 0).
+      attn_scale=8.0))            # Cross-attention logits x this (sharper from the start).
   c.head.mlp_conv = ml_collections.ConfigDict(dict(
       hidden=512, num_layers=2,
       conv_width=32,              # C' of the (H, W, C') map the MLP produces.

@@ -19,9 +19,9 @@ From base.py (the plateaued run) it changes:
   queries all receive the same caption vector, so nothing is placed;
 - the contrastive weight doubled (note: 1.0 -> 2.0) and a small TV on z_text
   (note: 1e-6 - 5e-6);
-- beta_KL = 1e-4 on the summed KL: 1e-2 (CrossFlow) or the note's 0.1 pull
-  the posterior onto the prior within a few hundred steps here (kl_raw -> 0,
-  z_text carries no caption: the note's collapse).
+- beta_KL = 1e-4 on the summed KL: a choice, not a measured optimum (the
+  claim that 1e-2 or the note's 0.1 collapse the posterior here was
+  withdrawn: no experiment measured it; docs/recipes.md).
 
 To restart a plateaued run from its checkpoint instead (keeping its weights;
 name the old run's head, or the head is swapped and initialised fresh):
