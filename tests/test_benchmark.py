@@ -1,6 +1,5 @@
 """Tests of the structure benchmark, including its built-in calibration."""
 
-import time
 
 import numpy as np
 import pytest
@@ -212,11 +211,3 @@ def test_summarize_splits_and_table(data):
   table = benchmark.format_table(flat)
   assert "eval" in table and "heldout" in table and "object_acc" in table
   assert "value" in benchmark.format_table(benchmark.summarize(sc))
-
-
-def test_speed_1000_images():
-  images, desc = benchmark._stack(
-      [shapes.example(1, "test", i) for i in range(1000)])
-  t0 = time.perf_counter()
-  benchmark.score(images, desc)
-  assert time.perf_counter() - t0 < 15.0
