@@ -147,7 +147,8 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
   """Both paths as train.py runs them, for STEPS steps: the same batches,
   statistics, program and losses.
 
-  Compiling the tiny step costs ~35 CPU-s here, so it is compiled once: the
+  Compiling is most of the CPU time of a run this short (the first step
+  took 77 of ~140 s wall here, under load), so the step is compiled once: the
   folder run's own step (built from its own config and parts) is checked to
   lower to the same program text as the shapes run's, and then runs on that
   one compiled copy from the same initial state (equal configs and models
