@@ -117,21 +117,25 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(setup, monkeypatch)
 
 
 def test_cached_and_uncached_runs_train_alike(setup):
-  """float32 cache: the same features up to summation order, so nearly the same losses.
+  """float32 cache: the first step's losses agree with the encoder run in the step.
 
-  Not bit-equal: prepare encodes captions 64 at a time, the step 8 at a time, so the features
-  differ by float32 rounding (~1e-7 relative); Adam's first updates divide each gradient by its
-  own size, which carries such differences into the weights, and after 6 steps the losses
-  differ by ~5e-4 relative (measured).
+  Every caption is kept (with cache_captions=2 the cached run would drop the third caption of
+  one example and draw its captions from a shorter list). The first step is compared, on the same initial weights and batch: prepare encodes
+  captions 64 at a time and the step 8 at a time, so the features differ by float32
+  rounding (~1e-7 relative), and that is all that may differ. Later steps are not compared:
+  Adam divides each gradient by its own running size, so rounding-level differences in
+  small gradients become visible differences in the weights (measured: kl_raw 1.2% apart
+  after 6 steps).
   """
   folder, enc_a, _, root = setup
-  c = cached_config(folder, enc_a)
+  c = cached_config(folder, enc_a, total_steps=1)
   c.data.text_cache_dtype = "float32"
+  c.data.cache_captions = 3  # Keep every caption: both runs draw from the same lists.
   cached = train.train_and_evaluate(c, str(root / "run_f32"))["train"]
   c.data.cache_text = False
   uncached = train.train_and_evaluate(c, str(root / "run_uncached"))["train"]
-  for key in ("train/loss", "train/flow_raw", "train/kl_raw"):
-    np.testing.assert_allclose(cached[key], uncached[key], rtol=2e-3, err_msg=key)
+  for key in ("train/loss", "train/flow_raw", "train/kl_raw", "train/clip_raw"):
+    np.testing.assert_allclose(cached[key], uncached[key], rtol=1e-5, err_msg=key)
 
 
 def test_another_encoder_never_reads_the_cache(setup):
