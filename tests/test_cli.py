@@ -51,15 +51,19 @@ SETUP = [
 
 
 def documented_commands() -> list[tuple[str, str]]:
-  """(file, command) for every `python -m txt2img_jax...` in a bash block."""
-  found = []
+  """(file, command) for every `python -m txt2img_jax...` in a bash block;
+  a command written in several places, or that shrinks to one already
+  found (`restart.py` and `restart.py:tiny`), is run once (its first place)."""
+  found, seen = [], set()
   for path in DOCS:
     with open(path) as f:
       text = f.read()
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
       for line in block.replace("\\\n", " ").splitlines():
         line = " ".join(line.split())
-        if line.startswith("python -m txt2img_jax"):
+        if line.startswith("python -m txt2img_jax") and (
+            tuple(shrink(line)) not in seen):
+          seen.add(tuple(shrink(line)))
           found.append((os.path.relpath(path, REPO), line))
   return found
 
