@@ -180,7 +180,10 @@ def test_loading_safetensors_does_not_import_torch(encoders):
   code = ('import sys; from txt2img_jax.models import text_encoder as t; '
           f'e = t.load_pretrained_text_encoder({encoders["t5"]!r}); '
           'assert "torch" not in sys.modules, "torch was imported"; print(e.width)')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+  # USE_TORCH unset, as for a user (test_kl_vae sets it to 1 in this process for diffusers).
+  env = {k: v for k, v in os.environ.items() if k != 'USE_TORCH'}
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO,
+                       env=env)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith('32')
 

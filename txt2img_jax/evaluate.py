@@ -16,6 +16,7 @@ import time
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -130,6 +131,8 @@ def generate_images(generate, params, frozen, stats, sample_config, ids, mask,
       b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
     imgs = generate(params, frozen, stats, b_ids, b_mask, rng, **kw)
+    if not imgs.is_fully_addressable:  # Sharded over hosts (e.g. fsdp).
+      imgs = multihost_utils.process_allgather(imgs, tiled=True)
     out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
   return np.concatenate(out)
 

@@ -22,6 +22,7 @@ import numpy as np
 from txt2img_jax import evaluate
 from txt2img_jax import objectives
 from txt2img_jax import runfiles
+from txt2img_jax import ztext
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import generator as generator_lib
@@ -116,8 +117,7 @@ class PromptEvaluator:
 
   def z_text(self, params) -> dict[str, float]:
     """The z_text measures of the val captions against their own images
-    (experiments/common.py says what each means)."""
-    from txt2img_jax.experiments import common
+    (ztext.py says what each means)."""
     v, bs = self.val, self.config.eval.batch_size
     mus = []
     for i in range(0, len(v["ids"]), bs):
@@ -125,7 +125,7 @@ class PromptEvaluator:
           params, self.frozen.get("text"), v["ids"][i:i + bs],
           v["mask"][i:i + bs],
           v["text_tokens"][i:i + bs] if "text_tokens" in v else None)))
-    out = common.z_text_measures(self._latent_side, np.concatenate(mus),
+    out = ztext.z_text_measures(self._latent_side, np.concatenate(mus),
                                  v["image"])
     return {f"val/{k}": v for k, v in out.items()}
 

@@ -101,6 +101,8 @@ def text_head_rows(c: ml_collections.ConfigDict, latent_shape, text_width: int) 
     return ([Row("text_head/in_proj", g, length * text_width * width)]
             + _transformer("text_head", g, gh * gw, width, f["depth"], f["mlp_ratio"],
                            context=length)
+            + ([Row("text_head/query_self_attention", g, f["depth"] * sum(
+                _self_attention(gh * gw, width)))] if f.get("self_attention", False) else [])
             + [Row("text_head/out", g, gh * gw * width * cells * 2 * ch),
                Row("text_head/smooth", g,
                    f["num_smooth"] * _conv(h, w, 3, 2 * ch, 2 * ch, groups=2 * ch))])

@@ -141,7 +141,7 @@ class GridQueryHead(_HeadBase):
 
   The queries must differ by position from the first step, or every cell receives the same
   caption vector and nothing is placed (the first version measured tile_repeat 0.98 at init,
-  `experiments/common.z_text_measures`). So: the queries are 2D sin-cos positions times
+  `ztext.z_text_measures`). So: the queries are 2D sin-cos positions times
   `query_pos_scale` plus a small learned part; the tokens get 1D sin-cos positions of their index
   (`token_pos`) so keys differ by place in the caption; the queries attend to each other
   (`self_attention`, gated from 0) so cells can divide the objects between them; and
