@@ -75,7 +75,12 @@ out = {"losses": [one[0], dp[0], tp[0], fsdp[0]],
 # Attention key biases have an exactly zero gradient (the softmax ignores a
 # constant added to every logit of a query), so Adam turns rounding noise
 # into updates of ~1e-5 there; they are compared on their size instead.
-diffs, key_bias = [], []
+# Under fsdp the gradients are reduce-scattered, another summation order:
+# the zero-initialised adaLN modulation kernels (max |w| ~ 1.7e-4 after three
+# steps) then differ by ~1.4e-6 where Adam normalises near-zero gradients,
+# 0.85% of their size; so fsdp is compared as the multi-host test compares
+# states, |a - b| <= 1e-5 * max(1, max |a|), and the others on each leaf's size.
+diffs, key_bias, fsdp_abs = [], [], 0.0
 flat_one = jax.tree_util.tree_flatten_with_path(one[1])[0]
 for other in (dp, tp, fsdp):
   worst = 0.0
@@ -83,9 +88,14 @@ for other in (dp, tp, fsdp):
     if "['key']['bias']" in jax.tree_util.keystr(path):
       key_bias.append(float(np.max(np.abs(b))))
       continue
+    if other is fsdp:
+      fsdp_abs = max(fsdp_abs, float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a))))))
+      continue
     worst = max(worst, float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-8)))
-  diffs.append(worst)
+  if other is not fsdp:
+    diffs.append(worst)
 out["param_rel_diff"] = diffs
+out["fsdp_param_diff"] = fsdp_abs
 out["key_bias_max"] = max(key_bias) if key_bias else 0.0
 print("RESULT " + json.dumps(out))
 '''
@@ -106,6 +116,7 @@ def test_sharded_step_matches_one_device():
     for a, b in zip(one, other):
       assert abs(a - b) <= 1e-4 * abs(a), (one, other)
   assert max(out["param_rel_diff"]) < 1e-4, out["param_rel_diff"]
+  assert out["fsdp_param_diff"] <= 1e-5, out["fsdp_param_diff"]
   assert out["key_bias_max"] < 1e-4, out["key_bias_max"]
   # Each configuration compiled its step once for three steps.
   assert out["compiles"] == [1, 1, 1, 1]
