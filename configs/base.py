@@ -95,6 +95,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # --- Text variational encoder ("text head"): tokens -> mu, log_var (H, W, C).
   c.head = ml_collections.ConfigDict()
   c.head.kind = "pooled_mlp"      # pooled_mlp | token_transformer | grid_query | mlp_conv
+                                  # | token_splat
   # Each kind's own fields; only the chosen kind's are used.
   c.head.pooled_mlp = ml_collections.ConfigDict(dict(
       hidden=512,                 # note: pooled feature -> 3-layer MLP -> 8192 values.
@@ -112,6 +113,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       token_pos=True,             # 1-D sin-cos positions added to the caption tokens.
       self_attention=True,        # Self-attention among queries (gated from 0).
       attn_scale=8.0))            # Cross-attention logits x this (sharper from the start).
+  c.head.token_splat = ml_collections.ConfigDict(dict(
+      width=128, depth=2, num_heads=4, mlp_ratio=4.0,
+      grid_size=None,             # None: one cell per latent position (must divide H, W).
+      content_width=64,           # Per-token content placed on the grid by its map.
+      num_smooth=2))              # Residual depthwise 3x3 convs (zero-initialised).
   c.head.mlp_conv = ml_collections.ConfigDict(dict(
       hidden=512, num_layers=2,
       conv_width=32,              # C' of the (H, W, C') map the MLP produces.
@@ -148,6 +154,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # curriculum; see txt2img_jax/timesteps.py for each kind's fields.
   c.time.sampler = ml_collections.ConfigDict(dict(
       kind="uniform", t_min=0.0, t_max=1.0))  # note's run: t ~ U[0, 1].
+  # Share of each batch put at t = 0 instead (after the sampler): the start of
+  # the path, where sampling begins and x_t holds no image, only z_text.
+  c.time.start_prob = 0.0
   c.time.num_buckets = 4          # Flow loss is logged per equal-width t bucket.
 
   # --- Loss weights.
@@ -270,6 +279,7 @@ def shrink(c: ml_collections.ConfigDict) -> None:
   c.head.pooled_mlp.hidden = 32
   c.head.token_transformer.update(width=32, depth=1, num_heads=2, reduced_width=4)
   c.head.grid_query.update(width=32, depth=1, num_heads=2)
+  c.head.token_splat.update(width=32, depth=1, num_heads=2, content_width=8)
   c.head.mlp_conv.update(hidden=32, conv_width=8)
   c.flow.width = 32
   c.flow.depth = 1

@@ -25,6 +25,7 @@ HEAD_KWARGS = {
     'token_transformer': dict(width=16, depth=1, num_heads=2, reduced_width=2),
     'grid_query': dict(width=16, depth=1, num_heads=2, grid_size=4),
     'mlp_conv': dict(hidden=32, conv_width=8, num_blocks=2, num_groups=4),
+    'token_splat': dict(width=16, depth=1, num_heads=2, content_width=4),
 }
 
 

@@ -67,6 +67,7 @@ def test_text_encoder_flops_match_xla():
     ("token_transformer", dict(width=256, depth=2, num_heads=4, reduced_width=16)),
     ("grid_query", dict(width=256, depth=2, num_heads=4, grid_size=8)),
     ("mlp_conv", dict(hidden=512, conv_width=64, num_groups=8)),
+    ("token_splat", dict(width=256, depth=2, num_heads=4, content_width=64)),
 ])
 def test_text_head_flops_match_xla(kind, fields):
   c = _config()

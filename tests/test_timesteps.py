@@ -139,3 +139,20 @@ def test_buckets():
   np.testing.assert_allclose(counts, [2, 2, 1, 2])
   with pytest.raises(ValueError):
     timesteps.t_bucket_edges(0)
+
+
+def test_start_prob_puts_that_share_at_the_start_and_keeps_the_rest():
+  cfg = _cfg(kind='uniform', t_min=0.2, t_max=0.7)
+  key = jax.random.key(3)
+  base = np.asarray(timesteps.sample_t(key, N, cfg))
+  # 0 is the sampler alone, draw for draw.
+  np.testing.assert_array_equal(
+      np.asarray(timesteps.sample_t(key, N, cfg, start_prob=0.0)), base)
+  t = np.asarray(timesteps.sample_t(key, N, cfg, start_prob=0.3))
+  at_start = t == np.float32(timesteps.T_EPS)
+  assert abs(at_start.mean() - 0.3) < 0.015
+  # The others are the sampler's own draws, unchanged.
+  np.testing.assert_array_equal(t[~at_start], base[~at_start])
+  for bad in (-0.1, 1.0, '0.5'):
+    with pytest.raises(ValueError, match='start_prob'):
+      timesteps.validate_start_prob(bad)

@@ -59,6 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   text_head_lib.check_text_head_config(
       config.head.kind, shape, **generator_lib.head_kwargs(config.head))
   timesteps.validate_time_config(config.time.sampler)
+  timesteps.validate_start_prob(config.time.get("start_prob", 0.0))
   timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
   p = config.flow.patch_size
   if shape[0] % p or shape[1] % p:

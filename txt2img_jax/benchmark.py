@@ -34,7 +34,8 @@ from txt2img_jax.benchmark_pixels import (
     AMBIGUOUS_CLASS, BACKGROUND_CLASS, COLOR_DIST, MIN_COVERAGE, class_colors,
     classify_pixels, expected_areas, laplacian_energy, quantize)
 from txt2img_jax.benchmark_scoring import (
-    HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS, PRESENT_FRAC,
+    BY_COUNT_KEYS, HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS,
+    PRESENT_FRAC,
     SUMMARY_KEYS, TEMPLATE_SIGMAS, format_table, score, summarize, summarize_splits)
 # pylint: enable=unused-import
 from txt2img_jax.data import shapes

@@ -43,10 +43,14 @@ PER_OBJECT_KEYS = (
 PER_IMAGE_KEYS = (
     "image_ok", "num_objects", "mosaic", "fragmentation", "stray", "hf_ratio",
     "hf")
+# Per number of objects in the caption: composing two objects (binding each
+# colour, shape and size to its place) fails long after one object is drawn.
+BY_COUNT_KEYS = tuple(f"{m}_{k}obj" for k in range(1, shapes.MAX_OBJECTS + 1)
+                      for m in ("color_acc", "object_acc"))
 SUMMARY_KEYS = (
     "color_acc", "shape_acc", "position_acc", "size_acc", "object_acc",
     "image_acc", "mosaic", "fragmentation", "stray", "hf", "num_images",
-    "num_objects")
+    "num_objects") + BY_COUNT_KEYS
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +233,14 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
   def acc(key):
     return float((scores[key] & valid).sum() / nobj)
 
+  by_count = {}
+  for k in range(1, shapes.MAX_OBJECTS + 1):
+    # Objects of the images that describe exactly k objects (0 if none).
+    sel = valid & (np.asarray(scores["num_objects"]) == k)[:, None]
+    for m, key in (("color_acc", "color_ok"), ("object_acc", "object_ok")):
+      by_count[f"{m}_{k}obj"] = float(
+          (scores[key] & sel).sum() / max(int(sel.sum()), 1))
+
   return {
       "color_acc": acc("color_ok"),
       "shape_acc": acc("shape_ok"),
@@ -242,6 +254,7 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
       "hf": float(np.mean(scores["hf"])) if len(valid) else 0.0,
       "num_images": float(len(valid)),
       "num_objects": float(valid.sum()),
+      **by_count,
   }
 
 

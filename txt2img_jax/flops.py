@@ -106,6 +106,18 @@ def text_head_rows(c: ml_collections.ConfigDict, latent_shape, text_width: int) 
             + [Row("text_head/out", g, gh * gw * width * cells * 2 * ch),
                Row("text_head/smooth", g,
                    f["num_smooth"] * _conv(h, w, 3, 2 * ch, 2 * ch, groups=2 * ch))])
+  if kind == "token_splat":
+    width, k = f["width"], f["content_width"]
+    gs = f["grid_size"]
+    gh, gw = (h, w) if gs is None else (gs, gs)
+    cells = (h // gh) * (w // gw)
+    return ([Row("text_head/in_proj", g, length * text_width * width)]
+            + _transformer("text_head", g, length, width, f["depth"], f["mlp_ratio"])
+            + [Row("text_head/where_what", g, length * width * (gh * gw + k)),
+               Row("text_head/splat", g, length * gh * gw * k),
+               Row("text_head/out", g, gh * gw * k * cells * 2 * ch),
+               Row("text_head/smooth", g,
+                   f["num_smooth"] * _conv(h, w, 3, 2 * ch, 2 * ch, groups=2 * ch))])
   if kind == "mlp_conv":
     cw = f["conv_width"]
     macs, last = _mlp_stack(text_width, f["hidden"], f["num_layers"])

@@ -119,22 +119,36 @@ def curriculum_then_prob(step: Any, steps: int, blend_steps: int) -> jax.Array:
   return jnp.clip((step - steps) / blend_steps, 0.0, 1.0)
 
 
-def sample_t(rng: jax.Array, batch_size: int, cfg: Any, step: Any = 0) -> jax.Array:
+def sample_t(rng: jax.Array, batch_size: int, cfg: Any, step: Any = 0,
+             start_prob: float = 0.0) -> jax.Array:
   """Draws t of shape (batch_size,), float32 in (0, 1), from the sampler `cfg`.
 
   `step` (may be traced) only matters for 'curriculum': both samplers are drawn
   and each sample takes `then`'s draw with probability
   `curriculum_then_prob(step, steps, blend_steps)`.
+  `start_prob` (`time.start_prob`): each sample is instead put at the start of
+  the path, t = T_EPS, with this probability (0: the sampler alone, and the
+  same draws as without the argument).
   """
   f = _fields(cfg)
   if f['kind'] != 'curriculum':
-    return _sample(rng, batch_size, f)
-  k_first, k_then, k_mix = jax.random.split(rng, 3)
-  t_first = _sample(k_first, batch_size, f['first'])
-  t_then = _sample(k_then, batch_size, f['then'])
-  p_then = curriculum_then_prob(step, int(f['steps']), int(f['blend_steps']))
-  use_then = jax.random.uniform(k_mix, (batch_size,)) < p_then
-  return jnp.where(use_then, t_then, t_first)
+    t = _sample(rng, batch_size, f)
+  else:
+    k_first, k_then, k_mix = jax.random.split(rng, 3)
+    t_first = _sample(k_first, batch_size, f['first'])
+    t_then = _sample(k_then, batch_size, f['then'])
+    p_then = curriculum_then_prob(step, int(f['steps']), int(f['blend_steps']))
+    use_then = jax.random.uniform(k_mix, (batch_size,)) < p_then
+    t = jnp.where(use_then, t_then, t_first)
+  if start_prob:
+    at_start = jax.random.uniform(jax.random.fold_in(rng, 7), (batch_size,)) < start_prob
+    t = jnp.where(at_start, jnp.float32(T_EPS), t)
+  return t
+
+
+def validate_start_prob(p: Any) -> None:
+  if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+    raise ValueError(f'time.start_prob must be a number in [0, 1), got {p!r}.')
 
 
 def logsnr(t: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from txt2img_jax import assembly
+from txt2img_jax import benchmark
 from txt2img_jax import checkpointing
 from txt2img_jax import config_lib
 from txt2img_jax import evaluate
@@ -27,6 +28,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 def recipe(name: str, variant: str = ""):
   module = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name)
   return module.get_config(variant)
+
+
+def rescale_steps(c, steps: int) -> None:
+  """Sets total_steps and scales the recipe's step-based schedules with it
+  (warmup, the SGDR cycle or cosine decay, the time-sampling curriculum), so
+  that a shorter or longer run still ends its cycle on its last step."""
+  if steps == c.total_steps:
+    return
+  scale = steps / c.total_steps
+  sched = c.optim.schedule
+  sched.warmup_steps = max(1, round(sched.warmup_steps * scale))
+  if "t0" in sched:
+    sched.t0 = steps - sched.warmup_steps
+  if "decay_steps" in sched:
+    sched.decay_steps = max(1, round(sched.decay_steps * scale))
+  sampler = c.time.sampler
+  if sampler.kind == "curriculum":
+    sampler.steps = round(sampler.steps * scale)
+    if sampler.blend_steps:
+      sampler.blend_steps = max(1, round(sampler.blend_steps * scale))
+  c.total_steps = steps
 
 
 def train_once(config, workdir: str, fresh: bool = False) -> None:
@@ -59,7 +81,9 @@ def score(workdir: str, num: int) -> dict[str, float]:
       cached = json.load(f)
     if cached.get("step") == step:
       summary = cached["summary"]
-      if all(k in summary for k in ZTEXT_KEYS):
+      if not all(f"eval/{k}" in summary for k in benchmark.BY_COUNT_KEYS):
+        summary = None  # Scored before the per-count accuracies existed.
+      elif all(k in summary for k in ZTEXT_KEYS):
         return summary
   run = assembly.load_run(workdir)
   run.config.eval.num = num

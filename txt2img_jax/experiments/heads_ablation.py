@@ -49,14 +49,7 @@ def run_row(label, kind, tv, seed, steps, num, workroot):
   if tv is not None:
     c.loss.tv_weight = tv
   c.seed = seed
-  if steps != c.total_steps:
-    scale = steps / c.total_steps
-    sched = c.optim.schedule
-    sched.warmup_steps = max(1, round(sched.warmup_steps * scale))
-    sched.t0 = steps - sched.warmup_steps
-    c.time.sampler.blend_steps = max(1, round(c.time.sampler.blend_steps *
-                                              scale))
-    c.total_steps = steps
+  common.rescale_steps(c, steps)
   c.sample_every = steps
   c.eval_every = 0  # Scored once below, with more captions.
   c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.

@@ -195,6 +195,59 @@ class GridQueryHead(_HeadBase):
     return split_moments(x)
 
 
+class TokenSplatHead(_HeadBase):
+  """Each token places its own content on the latent grid: z = sum_i map_i (x) content_i.
+
+  A transformer over the tokens (as in token_transformer), then per token a map over the
+  (G, G) grid (softmax over cells; padding tokens place nothing) and a content vector of
+  `content_width`; the grid is the sum over tokens of map times content, projected per cell
+  to the 2C moments of its (H/G, W/G) patch (pixel shuffle), then `num_smooth` residual
+  depthwise 3x3 convs. The weights are the same for every token slot, so a word acts the same
+  wherever the caption template puts it, and each token's contribution is a product of where
+  (its map) and what (its content): a token that carries its object's colour and place puts
+  that colour at that place. The flatten head (token_transformer) instead sums slot-specific
+  linear maps of 16 features per token, so two objects' contributions superpose and their
+  colours blend (docs/recipes.md)."""
+  width: int = 128
+  depth: int = 2
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  grid_size: Optional[int] = None
+  content_width: int = 64
+  num_smooth: int = 2
+
+  def grid(self) -> Tuple[int, int]:
+    h, w, _ = self.latent_shape
+    return (h, w) if self.grid_size is None else (self.grid_size, self.grid_size)
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array):
+    h, w, c = self.latent_shape
+    gh, gw = self.grid()
+    fh, fw = h // gh, w // gw
+    batch = tokens.shape[0]
+    x = layers.dense(self.width, (None, 'embed'), name='in_proj', **self.kw)(tokens)
+    for i in range(self.depth):
+      x = layers.TransformerBlock(self.num_heads, self.mlp_ratio, name=f'block_{i}',
+                                  **self.kw)(x, mask)
+    x = nn.LayerNorm(name='ln_final', **self.kw)(x)
+    logits = layers.dense(gh * gw, ('embed', None), name='where', **self.kw)(x)
+    maps = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    maps = (maps * mask.astype(jnp.float32)[..., None]).astype(self.dtype)
+    content = layers.dense(self.content_width, ('embed', None), name='what', **self.kw)(x)
+    grid = jnp.einsum('blg,blk->bgk', maps, content).reshape(
+        batch, gh, gw, self.content_width)
+    grid = nn.LayerNorm(name='ln_grid', **self.kw)(grid)
+    out = self.moments_dense(fh * fw * 2 * c, (None, None))(grid)
+    out = out.reshape(batch, gh, gw, fh, fw, 2 * c).transpose(0, 1, 3, 2, 4, 5)
+    out = out.reshape(batch, h, w, 2 * c)
+    for i in range(self.num_smooth):
+      out = out + layers.conv(2 * c, (3, 3), (None, None, None, 'conv_out'),
+                              feature_group_count=2 * c, name=f'smooth_{i}',
+                              kernel_init=nn.initializers.zeros_init(), **self.kw)(out)
+    return split_moments(out)
+
+
 class ConvBlock(nn.Module):
   """Residual: norm -> depthwise 3x3 -> GELU -> pointwise 1x1 (zero-init, so identity at start)."""
   norm: str = 'group'
@@ -251,12 +304,14 @@ HEADS = {
     'token_transformer': TokenTransformerHead,
     'grid_query': GridQueryHead,
     'mlp_conv': MLPConvHead,
+    'token_splat': TokenSplatHead,
 }
 
 _NOT_CONFIG = ('parent', 'name', 'latent_shape')
 # Smallest valid value of each integer field (a depth of 0 is a legal ablation).
 _INT_FIELDS = {'hidden': 1, 'width': 1, 'num_heads': 1, 'reduced_width': 1, 'conv_width': 1,
-               'num_groups': 1, 'num_layers': 0, 'depth': 0, 'num_blocks': 0, 'num_smooth': 0}
+               'num_groups': 1, 'num_layers': 0, 'depth': 0, 'num_blocks': 0, 'num_smooth': 0,
+               'content_width': 1}
 
 
 def _config_fields(kind: str):
@@ -284,11 +339,12 @@ def _check_sizes(kind: str, latent_shape: Sequence[int], cfg: dict):
     for key in ('query_pos_scale', 'attn_scale'):
       _require(isinstance(cfg[key], (int, float)) and cfg[key] > 0,
                f'text head grid_query: {key} must be a number > 0, got {cfg[key]!r}')
+  if kind in ('grid_query', 'token_splat'):
     g = cfg['grid_size']
     if g is None:
       return
     _require(isinstance(g, (int, np.integer)) and g >= 1 and h % g == 0 and w % g == 0,
-             f'text head grid_query: grid_size {g!r} must divide the latent height {h} and '
+             f'text head {kind}: grid_size {g!r} must divide the latent height {h} and '
              f'width {w}')
   if kind == 'mlp_conv':
     _require(cfg['norm'] in ('group', 'layer'),

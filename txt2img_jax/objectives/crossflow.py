@@ -68,7 +68,8 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     null, x1_target = losses.swap_null_targets(k_swap, null, x1)
     indicator = 1 - null.astype(jnp.int32)
 
-    t = timesteps.sample_t(k_t, b, c.time.sampler, step)
+    t = timesteps.sample_t(k_t, b, c.time.sampler, step,
+                           c.time.get("start_prob", 0.0))
     x_t = flow.interpolate(z_text, x1_target, t, sigma_min)
     v_target = flow.velocity_target(z_text, x1_target, sigma_min)
     v_pred = apply(x_t, timesteps.time_input(t, c.flow.time_input), indicator,

@@ -63,7 +63,8 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     null = jax.random.bernoulli(k_null, c.loss.cfg_null_prob, (b,))
     indicator = 1 - null.astype(jnp.int32)
 
-    t = timesteps.sample_t(k_t, b, c.time.sampler, step)
+    t = timesteps.sample_t(k_t, b, c.time.sampler, step,
+                           c.time.get("start_prob", 0.0))
     x_t = flow.interpolate(x0, x1, t, sigma_min)
     v_target = flow.velocity_target(x0, x1, sigma_min)
     v_pred = model.apply(

@@ -1,0 +1,59 @@
+"""The sweep's variant syntax (experiments/sweep.py): parsed, checked and
+applied before anything trains. Its command line runs in test_cli."""
+
+import pytest
+
+from txt2img_jax.experiments import common
+from txt2img_jax.experiments import sweep
+
+
+def test_parse_variant_literals_strings_and_dicts():
+  label, o = sweep.parse_variant(
+      "mix: loss.clip_weight=0.5, head.kind=grid_query,"
+      "time.sampler.then={'kind': 'uniform', 't_max': 1.0},batch_size=32")
+  assert label == "mix"
+  assert o == {"loss.clip_weight": 0.5, "head.kind": "grid_query",
+               "time.sampler.then": {"kind": "uniform", "t_max": 1.0},
+               "batch_size": 32}
+  assert sweep.parse_variant("baseline:") == ("baseline", {})
+
+
+@pytest.mark.parametrize("text", ["no colon", ":x=1", "a:clip_weight"])
+def test_parse_variant_rejects_malformed(text):
+  with pytest.raises(ValueError):
+    sweep.parse_variant(text)
+
+
+def test_apply_overrides_sets_nested_fields_and_refuses_unknown():
+  c = common.recipe("restart")
+  sweep.apply_overrides(c, {"loss.clip_weight": 0.5,
+                            "time.sampler.then": {"kind": "uniform"}})
+  assert c.loss.clip_weight == 0.5
+  assert c.time.sampler.then.to_dict() == {"kind": "uniform"}
+  for key in ("loss.no_such_field", "nope.kl_weight"):
+    with pytest.raises(ValueError, match="no config field"):
+      sweep.apply_overrides(common.recipe("restart"), {key: 1})
+
+
+def test_variant_steps_and_rescaled_schedules():
+  assert sweep.variant_steps(None, 400) == 400
+  assert sweep.variant_steps("2x", 400) == 800
+  assert sweep.variant_steps(123, 400) == 123
+  c = common.recipe("restart")
+  assert (c.total_steps, c.optim.schedule.warmup_steps,
+          c.optim.schedule.t0, c.time.sampler.blend_steps) == (800, 50, 750, 1600)
+  common.rescale_steps(c, 400)
+  # The cycle still ends on the last step; the blend keeps its pace.
+  assert (c.total_steps, c.optim.schedule.warmup_steps,
+          c.optim.schedule.t0, c.time.sampler.blend_steps) == (400, 25, 375, 800)
+  b = common.recipe("base")
+  common.rescale_steps(b, 400)
+  assert b.optim.schedule.decay_steps == 400
+
+
+def test_every_suite_variant_applies():
+  for spec in sweep.SUITES["levers"]:
+    _, overrides = sweep.parse_variant(spec)
+    overrides = dict(overrides)
+    overrides.pop("total_steps", None)
+    sweep.apply_overrides(common.recipe("restart"), overrides)

@@ -1,0 +1,220 @@
+"""Recipe variants x seeds, trained at one budget and scored in one table.
+
+  python -m txt2img_jax.experiments.sweep --suite=levers [--steps=400]
+      [--seeds=0] [--num=200] [--workroot=workdirs/sweep]
+      [--out=docs/sweep_levers.md]
+  python -m txt2img_jax.experiments.sweep --recipe=restart \\
+      --variant='lr x2:optim.groups.flow.lr=2e-3' --variant='baseline:'
+
+Each variant is `label:field=value,field=value` (the fields of the
+recipe's config, as with `--config.field=value`; values are Python
+literals, else strings; `total_steps=2x` runs twice --steps); a suite is a
+named list of them below. Every
+(variant, seed) trains in `<workroot>/<label>_s<seed>` with the recipe's
+schedules rescaled to --steps (`common.rescale_steps`), is scored with the
+structure benchmark (EMA parameters, --num captions per split), and the
+table gives mean ± std over seeds. Runs go seed-major and finished runs are
+reused, so an interrupted sweep resumes where it stopped (a run killed
+mid-way resumes from its last checkpoint). `minutes` is the wall time of a
+run trained start to finish in one go (blank for a resumed one).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import time
+
+from absl import flags
+from absl import logging
+import numpy as np
+
+from txt2img_jax import reporting
+from txt2img_jax.experiments import common
+
+METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
+           "size_acc", "mosaic")
+# One object drawn vs two composed (benchmark.BY_COUNT_KEYS).
+BY_COUNT = ("object_acc_1obj", "object_acc_2obj", "color_acc_2obj")
+
+# Screens of the levers issue #13 lists, one change each from restart.py.
+SUITES = {
+    "levers": (
+        "baseline:",
+        "grid_query head:head.kind=grid_query",
+        "token_splat head:head.kind=token_splat",
+        "25% at t = 0:time.start_prob=0.25",
+        "token head reduced_width 64:head.token_transformer.reduced_width=64",
+        "50% at t = 0:time.start_prob=0.5",
+        "token_splat head, 25% at t = 0:head.kind=token_splat,time.start_prob=0.25",
+        "clip 0.2:loss.clip_weight=0.2",
+        "text encoder depth 4:text_encoder.depth=4",
+        "text lr 4e-3:optim.groups.text_encoder.lr=4e-3,"
+        "optim.groups.text_head.lr=4e-3,optim.groups.image_encoder.lr=4e-3",
+        "no CFG nulls:loss.cfg_null_prob=0.0",
+        "flow lr 2e-3:optim.groups.flow.lr=2e-3",
+    ),
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+  label, sep, rest = text.partition(":")
+  if not sep or not label.strip():
+    raise ValueError(f"variant {text!r}: expected 'label:field=value,...'")
+  overrides = {}
+  # Commas inside a value (a dict or tuple literal) do not split fields.
+  for item in filter(None, (s.strip() for s in
+                            re.split(r",(?=\s*[\w.]+\s*=)", rest))):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise ValueError(f"variant {label!r}: {item!r} is not field=value")
+    try:
+      overrides[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      overrides[key.strip()] = value.strip()
+  return label.strip(), overrides
+
+
+def apply_overrides(c, overrides: dict) -> None:
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = c
+    for part in path:
+      if part not in node:
+        raise ValueError(f"no config field {key!r}")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"no config field {key!r}")
+    if isinstance(node[leaf], tuple) and isinstance(value, list):
+      value = tuple(value)
+    node[leaf] = value
+
+
+def variant_steps(value, steps: int) -> int:
+  """A variant's own `total_steps`: a number, or 'Nx' times --steps (a
+  budget of equal time for a variant whose step is N times cheaper)."""
+  if value is None:
+    return steps
+  if isinstance(value, str) and value.endswith("x"):
+    return max(1, round(float(value[:-1]) * steps))
+  return int(value)
+
+
+def slug(label: str) -> str:
+  return re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_")
+
+
+def run_one(recipe, variant_cfg, label, overrides, seed, steps, num, workroot):
+  c = common.recipe(recipe, variant_cfg)
+  overrides = dict(overrides)
+  steps = variant_steps(overrides.pop("total_steps", None), steps)
+  apply_overrides(c, overrides)
+  c.seed = seed
+  common.rescale_steps(c, steps)
+  c.sample_every = steps
+  c.eval_every = 0  # Scored once below, with more captions.
+  c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.
+  workdir = os.path.join(workroot, f"{slug(label)}_s{seed}")
+  timing = os.path.join(workdir, "sweep_minutes.json")
+  fresh_start = not os.path.exists(os.path.join(workdir, "checkpoints"))
+  start = time.time()
+  common.train_once(c, workdir)
+  if fresh_start and not os.path.exists(timing):
+    with open(timing, "w") as f:
+      json.dump({"minutes": (time.time() - start) / 60}, f)
+  return workdir, common.score(workdir, num)
+
+
+def minutes(workdir: str) -> float:
+  path = os.path.join(workdir, "sweep_minutes.json")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(path) as f:
+    return json.load(f)["minutes"]
+
+
+def fmt(values):
+  values = np.asarray(values, float)
+  values = values[np.isfinite(values)]
+  if len(values) == 0:
+    return ""
+  if len(values) == 1:
+    return f"{values[0]:.3f}"
+  return f"{values.mean():.3f} ± {values.std():.3f}"
+
+
+def table(rows, done, seeds) -> str:
+  head = (["variant", "seeds", "steps/s", "minutes"]
+          + [f"{m} (test)" for m in METRICS] + ["object_acc (held-out)"]
+          + [f"{m} (test)" for m in BY_COUNT])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for label, _ in rows:
+    results = [done[label, s] for s in seeds if (label, s) in done]
+    if not results:
+      continue
+    cells = [label, str(len(results)),
+             fmt([common.median_steps_per_sec(w) for w, _ in results]),
+             fmt([minutes(w) for w, _ in results])]
+    cells += [fmt([s[f"eval/{m}"] for _, s in results]) for m in METRICS]
+    cells.append(fmt([s["heldout/object_acc"] for _, s in results]))
+    cells += [fmt([s[f"eval/{m}"] for _, s in results]) for m in BY_COUNT]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  reporting.quiet_orbax()
+  f = flags.FLAGS
+  specs = list(SUITES[f.suite]) if f.suite else []
+  specs += f.variant or []
+  if not specs:
+    raise ValueError("give --suite or at least one --variant")
+  rows = [parse_variant(s) for s in specs]
+  if f.only:
+    keep = set(f.only.split(","))
+    rows = [r for r in rows if r[0] in keep]
+  seeds = [int(s) for s in f.seeds.split(",")]
+  # Every variant is checked before the first run trains.
+  for _, overrides in rows:
+    overrides = dict(overrides)
+    variant_steps(overrides.pop("total_steps", None), f.steps)
+    apply_overrides(common.recipe(f.recipe, f.config_variant), overrides)
+  command = ("python -m txt2img_jax.experiments.sweep "
+             + (f"--suite={f.suite} " if f.suite else "")
+             + f"--recipe={f.recipe} --steps={f.steps} --seeds={f.seeds} "
+             f"--num={f.num}")
+  done = {}
+  for seed in seeds:
+    for label, overrides in rows:
+      done[label, seed] = run_one(f.recipe, f.config_variant, label,
+                                  overrides, seed, f.steps, f.num, f.workroot)
+      logging.info("%s seed %d: %s", label, seed, done[label, seed][1])
+      text = table(rows, done, seeds)
+      if f.out:
+        os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
+        with open(f.out, "w") as fh:
+          fh.write(f"<!-- written by {command} -->\n{text}\n")
+  print(table(rows, done, seeds))
+  if f.out:
+    print(f"wrote {f.out}")
+
+
+if __name__ == "__main__":
+  from txt2img_jax import cli
+  flags.DEFINE_string("suite", "", f"A named list of variants: "
+                      f"{', '.join(SUITES)}.")
+  flags.DEFINE_multi_string("variant", None, "'label:field=value,...' "
+                            "(repeatable; 'baseline:' is the recipe itself).")
+  flags.DEFINE_string("only", "", "Comma-separated labels to run of those given.")
+  flags.DEFINE_string("recipe", "restart", "The config file in configs/.")
+  flags.DEFINE_string("config_variant", "", "The recipe's variant, e.g. "
+                      "'tiny' for a seconds-long smoke run of the script.")
+  flags.DEFINE_integer("steps", 800, "Train steps per run.")
+  flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
+  flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
+  flags.DEFINE_string("workroot", "workdirs/sweep", "Runs go here.")
+  flags.DEFINE_string("out", "", "Markdown table (rewritten after each run).")
+  cli.run(main)
