@@ -41,7 +41,7 @@ SHRINK = {
     "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
                                   "--restart_steps=2", "--num=4"],
     "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
-                          "--num=4", "--only=baseline"],
+                          "--num=4", "--limit=1"],
 }
 # Runs the documented commands read from (base is diagnose's subject).
 SETUP = [

@@ -57,3 +57,19 @@ def test_every_suite_variant_applies():
     overrides = dict(overrides)
     overrides.pop("total_steps", None)
     sweep.apply_overrides(common.recipe("restart"), overrides)
+
+
+def test_a_stopped_run_stops_the_experiment(monkeypatch, tmp_path):
+  # SIGTERM/SIGINT end train_and_evaluate early (checkpoint saved); the
+  # experiment must not score the partial run and start the next one.
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append(workdir)
+    return {"stopped_by": "SIGTERM"}
+
+  monkeypatch.setattr(common.train, "train_and_evaluate", fake_train)
+  c = common.recipe("restart", "tiny")
+  with pytest.raises(SystemExit) as e:
+    common.train_once(c, str(tmp_path / "run"))
+  assert e.value.code == 0 and len(calls) == 1

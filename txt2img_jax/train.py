@@ -147,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.flush()
   return {"train": reporter.last, "eval": last_eval,
           "compiles": reporting.num_compiles(p_train_step),
-          "resumed": resumed, "start_step": start_step}
+          "resumed": resumed, "start_step": start_step,
+          "stopped_by": stop.signal_name}  # A signal ended it early, else None.
 
 

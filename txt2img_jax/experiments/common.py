@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -61,7 +62,13 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
       return
   except FileNotFoundError:
     pass
-  train.train_and_evaluate(config, workdir)
+  result = train.train_and_evaluate(config, workdir)
+  if result.get("stopped_by"):
+    # SIGTERM/SIGINT: the run saved its checkpoint; the experiment stops too
+    # rather than scoring a partial run and starting the next one.
+    logging.warning("%s: the experiment stops here; the same command "
+                    "resumes it", result["stopped_by"])
+    raise SystemExit(0)
 
 
 def score(workdir: str, num: int) -> dict[str, float]:
