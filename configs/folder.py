@@ -40,9 +40,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # every caption once in prepare; training never runs the encoder.
   c.data.cache_text = True
   c.autoencoder.factor = 4        # 64x64x3 -> 16x16x48.
-  # CrossFlow's per-token width: restart.py's 64 would make the flatten
-  # 32 x 64 x (16 x 16 x 96) = 50M weights at this latent size.
-  c.head.token_transformer.reduced_width = 16
   c.total_steps = 2000
   c.checkpoint_every = 500
   c.sample_every = 500

@@ -36,8 +36,7 @@ def scale(c: ml_collections.ConfigDict, width: int, depth: int,
   c.flow.scan = True                # One compiled block whatever the depth.
   c.text_encoder.update(width=512, depth=4, num_heads=8)
   c.head.kind = "token_transformer"
-  c.head.token_transformer.update(width=512, depth=2, num_heads=8,
-                                  reduced_width=16)  # CrossFlow's.
+  c.head.token_transformer.update(width=512, depth=2, num_heads=8)
 
 
 def tiny(c: ml_collections.ConfigDict) -> None:

@@ -19,9 +19,6 @@ From base.py (the plateaued run) it changes:
   queries all receive the same caption vector, so nothing is placed;
 - the contrastive weight doubled (note: 1.0 -> 2.0) and a small TV on z_text
   (note: 1e-6 - 5e-6);
-- the token head's per-token width 64 (CrossFlow: 16) and a quarter of each
-  batch trained at t = 0 exactly (time.start_prob): the lever screen in
-  docs/recipes.md;
 - beta_KL = 1e-4 on the summed KL: a choice, not a measured optimum (the
   claim that 1e-2 or the note's 0.1 collapse the posterior here was
   withdrawn: no experiment measured it; docs/recipes.md).
@@ -66,16 +63,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.flow.time_input = "t"
 
   c.head.kind = "token_transformer"   # note: option A (grid_query); see above.
-  # 64 features per token before the flatten, not 16: the flatten sums a
-  # slot-specific linear map of each token's features, and 16 leave too
-  # little room to carry what an object is together with where it goes
-  # (docs/recipes.md, the lever screen: 0.06 -> 0.17 object accuracy at 400
-  # steps). CrossFlow's 16 stays for large latents (folder.py, coco256.py).
-  c.head.token_transformer.reduced_width = 64
-  # A quarter of each batch at t = 0 exactly: there x_t is z_text alone, so
-  # the flow loss can only fall if z_text carries the caption's image
-  # (0.17 -> 0.23 at 400 steps with the wider flatten).
-  c.time.start_prob = 0.25
   c.loss.clip_weight = 2.0     # note: 1.0 -> 2.0.
   c.loss.tv_weight = 2e-6      # note: 1e-6 - 5e-6.
   c.loss.kl_weight = 1e-4      # note: beta_KL warmed up to 0.1 (see above).
