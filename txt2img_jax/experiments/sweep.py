@@ -39,7 +39,7 @@ METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
 # One object drawn vs two composed (benchmark.BY_COUNT_KEYS).
 BY_COUNT = ("object_acc_1obj", "object_acc_2obj", "color_acc_2obj")
 
-# Screens of the levers issue #13 lists, one change each from restart.py.
+# Named variant lists; docs/recipes.md's tables come from them.
 SUITES = {
     # Screened at 400 steps, one seed, from restart.py (docs/recipes.md).
     "levers": (
