@@ -104,6 +104,29 @@ def test_prepare_twice_does_not_regenerate(builder, data_dir, monkeypatch):
           for f in files] == mtimes
 
 
+def test_runs_started_together_prepare_once(tmp_path):
+  """Three processes ask for the same fresh data set at once: one writes
+  it, the others wait and reuse it, and all of them read it."""
+  import subprocess
+  import sys
+  code = ("import sys; from absl import logging; "
+          "logging.set_verbosity(logging.INFO); "
+          "from txt2img_jax.data import tfds_shapes; "
+          f"b = tfds_shapes.prepare(sys.argv[1], **{SIZES!r}); "
+          "tfds_shapes.verify(b); print('ok')")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo)
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
+  logs = "".join(err for _, err in outs)
+  assert logs.count("Prepared shapes data") == 1, logs[-3000:]
+
+
 def test_unwritable_data_dir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")

@@ -11,7 +11,9 @@ of different sizes or seeds never collide in one data dir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import inspect
 import os
 import tempfile
@@ -230,12 +232,38 @@ def prepare(data_dir: str, seed: int = 0, image_size: int = 32,
                  config.name, builder.data_dir)
     return builder
   _check_writable(data_dir)
-  logging.info("Preparing shapes data %s at %s ...", config.name,
-               builder.data_dir)
-  start = time.perf_counter()
-  tfds.disable_progress_bar()  # One log line per split reads better.
-  builder.download_and_prepare(file_format=_FILE_FORMAT)
-  logging.info("Prepared shapes data %s in %.1f s (%d/%d/%d examples).",
-               config.name, time.perf_counter() - start, num_train, num_test,
-               num_heldout)
+  with _preparing(data_dir, config.name):
+    # Another process may have prepared it while this one waited.
+    builder = CaptionedShapes(data_dir=data_dir, config=config,
+                              file_format=_FILE_FORMAT)
+    if builder.is_prepared():
+      verify(builder)
+      logging.info("Shapes data %s was prepared by another process; "
+                   "reusing it.", config.name)
+      return builder
+    logging.info("Preparing shapes data %s at %s ...", config.name,
+                 builder.data_dir)
+    start = time.perf_counter()
+    tfds.disable_progress_bar()  # One log line per split reads better.
+    builder.download_and_prepare(file_format=_FILE_FORMAT)
+    logging.info("Prepared shapes data %s in %.1f s (%d/%d/%d examples).",
+                 config.name, time.perf_counter() - start, num_train,
+                 num_test, num_heldout)
   return builder
+
+
+@contextlib.contextmanager
+def _preparing(data_dir: str, name: str):
+  """One process at a time prepares a config in a local data dir: two runs
+  started together on a fresh machine would otherwise both write the same
+  records and the second one's final rename would fail. (A remote dir has no
+  file locks: prepare it once, as the pod note above says.)"""
+  if "://" in data_dir:
+    yield
+    return
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
