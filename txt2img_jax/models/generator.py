@@ -57,11 +57,8 @@ class CrossFlow(nn.Module):
   def setup(self):
     dtype = jnp.dtype(self.dtype)
     if self.embedded_text_encoder:
-      t = self.text_encoder_config
-      self.text_encoder = text_encoder_lib.SmallTextEncoder(
-          vocab_size=self.vocab_size, max_len=self.max_len, width=t.width,
-          depth=t.depth, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio,
-          dtype=dtype)
+      self.text_encoder = text_encoder_lib.SmallTextEncoder.from_config(
+          self.text_encoder_config, self.vocab_size, self.max_len, dtype)
     self.text_head = text_head_lib.make_text_head(
         self.head_config.kind, self.latent_shape, dtype=dtype,
         **head_kwargs(self.head_config))

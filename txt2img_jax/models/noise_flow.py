@@ -32,11 +32,8 @@ class NoiseFlow(nn.Module):
   def setup(self):
     dtype = jnp.dtype(self.dtype)
     if self.embedded_text_encoder:
-      t = self.text_encoder_config
-      self.text_encoder = text_encoder_lib.SmallTextEncoder(
-          vocab_size=self.vocab_size, max_len=self.max_len, width=t.width,
-          depth=t.depth, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio,
-          dtype=dtype)
+      self.text_encoder = text_encoder_lib.SmallTextEncoder.from_config(
+          self.text_encoder_config, self.vocab_size, self.max_len, dtype)
     f = self.flow_config
     self.flow = dit_lib.DiT(
         latent_shape=self.latent_shape, patch_size=f.patch_size,

@@ -38,6 +38,14 @@ class SmallTextEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @classmethod
+  def from_config(cls, config, vocab_size: int, max_len: int,
+                  dtype: Dtype = jnp.float32) -> 'SmallTextEncoder':
+    """The embedded encoder a run's `config.text_encoder` describes."""
+    return cls(vocab_size=vocab_size, max_len=max_len, width=config.width,
+               depth=config.depth, num_heads=config.num_heads,
+               mlp_ratio=config.mlp_ratio, dtype=dtype)
+
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     if ids.shape[1] > self.max_len:
