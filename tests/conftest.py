@@ -16,3 +16,21 @@ def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("shapes_data")
   os.environ["TXT2IMG_DATA_DIR"] = str(path)
   return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  """jax's persistent compilation cache for the in-process tests of this
+  worker: every trainer a test builds makes a new jitted step, which the
+  in-memory cache never reuses, while the tiny configs' steps repeat across
+  tests (compiles of 1 s or more are stored). Subprocesses do not inherit
+  it; the modules that start them choose their own."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  old_dir = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", path)
+  cc.reset_cache()
+  yield path
+  jax.config.update("jax_compilation_cache_dir", old_dir)
+  cc.reset_cache()

@@ -200,6 +200,11 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   at = random.Random(seed).randrange(3, 30)
   where = f"(SIGTERM after step {at}; RELIABILITY_SEED={seed} repeats it)"
 
+  # The uninterrupted run to compare with, side by side with the rest.
+  whole = str(tmp_path / "whole")
+  whole_log = open(tmp_path / "whole.log", "w")  # Never an undrained pipe.
+  whole_proc = subprocess.Popen(_main(whole, *flags), cwd=REPO, env=ENV,
+                                stdout=whole_log, stderr=subprocess.STDOUT)
   stopped = str(tmp_path / "stopped")
   # The log goes to a file: an undrained pipe fills up and blocks the run.
   log = tmp_path / "stopped.log"
@@ -223,10 +228,9 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   assert r.returncode == 0, where + r.stderr[-3000:]
   assert f"at step {saved}" in r.stderr and "cut off in mid-write" in r.stderr
 
-  whole = str(tmp_path / "whole")
-  r = subprocess.run(_main(whole, *flags), cwd=REPO, env=ENV,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  whole_proc.wait(timeout=600)
+  whole_log.close()
+  assert whole_proc.returncode == 0, (tmp_path / "whole.log").read_text()[-3000:]
   a, step_a = checkpointing.load_raw(whole)
   b, step_b = checkpointing.load_raw(stopped)
   assert step_a == step_b == 40

@@ -52,6 +52,24 @@ SUITES = {
         "reduced_width 64, 25% at t = 0:head.token_transformer.reduced_width=64,"
         "time.start_prob=0.25",
     ),
+    # Fewer images per step for more steps in the same time (a step of
+    # batch 32 takes ~0.48x one of 64), and a deeper text encoder (the
+    # default's failure is binding two objects' attributes), at the
+    # recipe's own budget.
+    "capacity": (
+        "restart.py:",
+        "batch 32, 1600 steps:batch_size=32,total_steps=2x",
+        "text encoder depth 4:text_encoder.depth=4",
+    ),
+    # beta_KL (issue #13, defect 2): the text posterior's noise against the
+    # recipe's 1e-4, at the recipe's own budget; CrossFlow's KL at its 1e-2.
+    "kl": (
+        "restart.py:",
+        "beta 1e-5:loss.kl_weight=1e-5",
+        "beta 1e-2:loss.kl_weight=1e-2",
+        "beta 1e-3:loss.kl_weight=1e-3",
+        "beta 1e-2, crossflow KL:loss.kl_kind=crossflow,loss.kl_weight=1e-2",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",
