@@ -36,6 +36,15 @@ def tok():
   return tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), MAX_LEN)
 
 
+@pytest.fixture(scope="module")
+def own_tok():
+  """A tokenizer no pipeline holds. The pipeline tests leave iterators whose
+  read threads go on tokenizing with `tok`; a call with another max_length
+  changes a fast tokenizer's truncation settings, which fails with
+  `RuntimeError: Already borrowed` while another thread is inside it."""
+  return tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), MAX_LEN)
+
+
 def _train_iter(builder, tok, **kw):
   args = dict(tokenizer=tok, max_len=MAX_LEN, global_batch_size=16, seed=3)
   args.update(kw)
@@ -230,36 +239,36 @@ def test_load_split(builder, tok):
 # --- The tokenizer ---------------------------------------------------------
 
 
-def test_tokenizer_behaves_like_a_transformers_tokenizer(tok):
-  out = tok(["A small red circle in the TOP left", "cat"],
-            padding="max_length", truncation=True, max_length=12,
-            return_tensors="np")
+def test_tokenizer_behaves_like_a_transformers_tokenizer(own_tok):
+  out = own_tok(["A small red circle in the TOP left", "cat"],
+                padding="max_length", truncation=True, max_length=12,
+                return_tensors="np")
   assert set(out) == {"input_ids", "attention_mask"}
   assert out["input_ids"].shape == (2, 12)
-  words = tok.convert_ids_to_tokens(out["input_ids"][0].tolist())
+  words = own_tok.convert_ids_to_tokens(out["input_ids"][0].tolist())
   assert words[:10] == ["[BOS]", "a", "small", "red", "circle", "in", "the",
                         "top", "left", "[EOS]"]
   assert words[10:] == ["[PAD]", "[PAD]"]
-  assert tok.pad_token_id == 0
-  assert out["input_ids"][1, 1] == tok.unk_token_id
+  assert own_tok.pad_token_id == 0
+  assert out["input_ids"][1, 1] == own_tok.unk_token_id
 
 
-def test_long_caption_is_truncated(tok):
+def test_long_caption_is_truncated(own_tok):
   long = " and ".join(["a small red circle in the top left"] * 10)
-  ids, mask = tokenizer_lib.tokenize(tok, [long, "a red square"], 8)
+  ids, mask = tokenizer_lib.tokenize(own_tok, [long, "a red square"], 8)
   assert ids.shape == mask.shape == (2, 8)
   assert ids.dtype == mask.dtype == np.int32
-  assert mask[0].all() and ids[0, -1] == tok.eos_token_id
+  assert mask[0].all() and ids[0, -1] == own_tok.eos_token_id
   np.testing.assert_array_equal(mask[1], [1, 1, 1, 1, 1, 0, 0, 0])
 
 
-def test_vocabulary_covers_generated_captions(tok):
+def test_vocabulary_covers_generated_captions(own_tok):
   # Captions do not depend on the image size; a tiny one renders fast.
   captions = [shapes.example(0, split, i, image_size=3)["caption"]
               for split in SPLITS for i in range(5000 // 3 + 1)]
-  ids, mask = tokenizer_lib.tokenize(tok, captions, MAX_LEN)
-  assert not (ids == tok.unk_token_id).any()
+  ids, mask = tokenizer_lib.tokenize(own_tok, captions, MAX_LEN)
+  assert not (ids == own_tok.unk_token_id).any()
   assert mask[:, -1].sum() == 0  # MAX_LEN never truncates a shapes caption.
-  punctuated = tokenizer_lib.tokenize(tok, ["left, and right"], 8)[0][0]
-  assert tok.convert_ids_to_tokens(punctuated[1:5].tolist()) == [
+  punctuated = tokenizer_lib.tokenize(own_tok, ["left, and right"], 8)[0][0]
+  assert own_tok.convert_ids_to_tokens(punctuated[1:5].tolist()) == [
       "left", ",", "and", "right"]
