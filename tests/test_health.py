@@ -36,21 +36,15 @@ OVERFIT_OVERRIDES = {
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module: the broken-targets run
-  compiles exactly what the sound run compiled (only the data differs), so it
-  loads the executables instead of compiling them again (~30 s on 2 cores)."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  old_dir = jax.config.jax_compilation_cache_dir
+def compilation_cache(session_compilation_cache):
+  """The worker's persistent compilation cache (tests/conftest.py), here
+  keeping every compile: the broken-targets run compiles exactly what the
+  sound run compiled (only the data differs), so it loads the executables
+  instead of compiling them again (~30 s on 2 cores)."""
   old_time = jax.config.jax_persistent_cache_min_compile_time_secs
-  jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  cc.reset_cache()
-  yield path
-  jax.config.update("jax_compilation_cache_dir", old_dir)
+  yield session_compilation_cache
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old_time)
-  cc.reset_cache()
 
 
 def overfit_test_config():
