@@ -184,6 +184,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.loss.lpips_stop = 0           # (stop 0: no end; note: the first 50k steps).
   c.loss.cfg_null_prob = 0.1      # Probability a sample is trained as "null" (CFG);
                                   # a lone null in a batch stays conditional (CrossFlow).
+  # Hard negatives for the contrastive term: every caption also gets one that
+  # says something else ("a red circle ... a blue square" -> "a blue circle
+  # ... a red square"; data/pipeline.py negative_caption), and each image
+  # must match its caption over every caption and negative of the batch. A
+  # random batch almost never holds two captions that differ only in which
+  # object has which attribute, so without them the term never asks for
+  # binding. Needs a data set that names its interchangeable words (shapes),
+  # and features not cached (data.cache_text off).
+  c.loss.hard_negatives = False
 
   # --- Optimizer: AdamW per parameter group, global-norm clipping.
   c.optim = ml_collections.ConfigDict()

@@ -112,6 +112,14 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
                      f" expected one of {losses.LOGIT_SCALE_KINDS}")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
+  if config.loss.get("hard_negatives", False):
+    if config.get("objective", "crossflow") != "crossflow":
+      raise ValueError("loss.hard_negatives is a term of the crossflow "
+                       "objective's contrastive loss; objective="
+                       f"{config.objective!r} has none")
+    if config.data.get("cache_text", False):
+      raise ValueError("loss.hard_negatives needs the text encoder to run on "
+                       "the negative captions: set data.cache_text=False")
   if config.sample.method not in flow.SAMPLERS:
     raise ValueError(f"sample.method={config.sample.method!r}: expected one "
                      f"of {flow.SAMPLERS}")

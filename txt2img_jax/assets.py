@@ -100,15 +100,27 @@ def train_batches(config, builder, text: "TextSide",
                   start_step: int) -> Iterator[dict[str, np.ndarray]]:
   from txt2img_jax.data import pipeline
   d = config.data
+  word_classes, forbidden = None, ()
+  if config.loss.get("hard_negatives", False):
+    if not hasattr(builder, "word_classes"):
+      raise ValueError(
+          f"loss.hard_negatives: data.name={d.name!r} does not say which "
+          "caption words can stand in for one another (only the shapes set "
+          "does); set loss.hard_negatives=False")
+    word_classes = builder.word_classes()
+    forbidden = getattr(builder, "forbidden_phrases", tuple)()
   it = pipeline.make_train_iterator(
       builder, tokenizer=text.tokenizer, max_len=d.max_len,
       global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, subset_size=d.subset_size or None,
       read_threads=d.read_threads, prefetch_batches=d.prefetch,
-      worker_count=d.worker_count)
+      worker_count=d.worker_count, word_classes=word_classes,
+      forbidden=forbidden)
   # What the train step reads: cached latent moments replace the image,
-  # cached text features (`text_tokens`) the frozen text encoder.
-  keys = ("ids", "mask", "moments_mean", "moments_logvar", "text_tokens")
+  # cached text features (`text_tokens`) the frozen text encoder; hard
+  # negatives (`neg_ids`, `neg_mask`) when loss.hard_negatives is on.
+  keys = ("ids", "mask", "moments_mean", "moments_logvar", "text_tokens",
+          "neg_ids", "neg_mask")
   def pick(b):
     out = {k: b[k] for k in keys if k in b}
     if "moments_mean" not in out:

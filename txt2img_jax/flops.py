@@ -175,12 +175,18 @@ def rows(config: ml_collections.ConfigDict, latent_shape, text_width: int | None
     text_width = c.text_encoder.width
   elif text_width is None:
     raise ValueError("text_width is required when the text encoder is not embedded")
-  out += text_head_rows(c, latent_shape, text_width)
+  text_rows = list(out) + text_head_rows(c, latent_shape, text_width)
+  out = list(text_rows)
+  negatives = bool(c.loss.get("hard_negatives", False))
+  if negatives:  # Every caption's hard negative runs the text side again.
+    out += [Row("negatives/" + r.name, r.group, r.macs_per_example) for r in text_rows]
   out += image_encoder_rows(c, latent_shape)
   out += flow_rows(c, latent_shape)
-  # The contrastive logits: every z_text against every image embedding of the batch, so
-  # per example it is batch_size x H*W*C multiply-adds. Trained through both towers.
-  out.append(Row("contrastive/logits", "text_head", c.batch_size * math.prod(latent_shape)))
+  # The contrastive logits: every z_text (and hard negative) against every image
+  # embedding of the batch, so per example it is batch_size x H*W*C multiply-adds
+  # (twice with negatives). Trained through both towers.
+  out.append(Row("contrastive/logits", "text_head",
+                 (1 + negatives) * c.batch_size * math.prod(latent_shape)))
   return out
 
 

@@ -63,11 +63,16 @@ def total_variation(z: jax.Array) -> jax.Array:
 
 def contrastive(text_vec: jax.Array, image_vec: jax.Array,
                 logit_scale: jax.Array, kind: str = "exp",
-                max_scale: float = 100.0) -> jax.Array:
+                max_scale: float = 100.0,
+                negatives: jax.Array | None = None,
+                negatives_valid: jax.Array | None = None) -> jax.Array:
   """Symmetric InfoNCE; `kind` says how logit_scale becomes the multiplier.
 
   exp: min(exp(logit_scale), max_scale); raw: logit_scale itself
-  (see the module doc for why the two differ).
+  (see the module doc for why the two differ). `negatives` (B, ...) are
+  text vectors of captions that match no image (hard negatives): each
+  image's row then ranks its caption among the B captions and the valid
+  negatives (`negatives_valid`, bool (B,)); the text rows are unchanged.
   """
   if kind not in LOGIT_SCALE_KINDS:
     raise ValueError(f"loss.logit_scale_kind={kind!r}: expected one of "
@@ -79,10 +84,17 @@ def contrastive(text_vec: jax.Array, image_vec: jax.Array,
 
   s = logit_scale.astype(jnp.float32)
   scale = jnp.minimum(jnp.exp(s), max_scale) if kind == "exp" else s
-  logits = scale * norm(text_vec) @ norm(image_vec).T
+  image_n = norm(image_vec)
+  logits = scale * norm(text_vec) @ image_n.T
   labels = jnp.arange(logits.shape[0])
   l_t = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  l_i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+  logits_i = logits.T
+  if negatives is not None:
+    neg = scale * image_n @ norm(negatives).T
+    if negatives_valid is not None:
+      neg = jnp.where(negatives_valid[None, :], neg, -jnp.inf)
+    logits_i = jnp.concatenate([logits_i, neg], axis=1)
+  l_i = optax.softmax_cross_entropy_with_integer_labels(logits_i, labels)
   return 0.5 * (l_t.mean() + l_i.mean())
 
 

@@ -38,6 +38,7 @@ from txt2img_jax import assembly
 from txt2img_jax import flops as flops_lib
 from txt2img_jax import sharding
 from txt2img_jax import step as step_lib
+from txt2img_jax.data import negatives
 from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
@@ -82,9 +83,14 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
   rng = np.random.default_rng(0)
   captions = [shapes.example(0, "train", i)["caption"] for i in range(b)]
   ids, mask = tokenizer_lib.tokenize(tok, captions, config.data.max_len)
-  batch = sharding.put_batch({
-      "image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
-      "ids": ids, "mask": mask}, mesh)
+  arrays = {"image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
+            "ids": ids, "mask": mask}
+  if config.loss.get("hard_negatives", False):
+    negs = [negatives.negative_caption(c, shapes.word_classes(), rng) or c
+            for c in captions]
+    arrays["neg_ids"], arrays["neg_mask"] = tokenizer_lib.tokenize(
+        tok, negs, config.data.max_len)
+  batch = sharding.put_batch(arrays, mesh)
   c = latent_shape[-1]
   stats = ae_lib.LatentStats(shift=np.zeros((c,), np.float32),
                              scale=np.ones((c,), np.float32))

@@ -21,7 +21,9 @@ array whatever P, and a run on 2 hosts trains on exactly the batches of a
 run on 1. Each host decodes only its own chunks.
 
 A batch is a dict of numpy arrays: `image` float32 (B, S, S, 3) in [0, 1],
-`ids`, `mask` int32 (B, L), and whatever else the data's decode gives (the
+`ids`, `mask` int32 (B, L), with hard negatives (`word_classes` given)
+`neg_ids`, `neg_mask` int32 (B, L) of a caption that says something else
+(`negatives.py`), and whatever else the data's decode gives (the
 shapes set: its structure; prepared data: cached frozen features). Captions
 stay on the host (strings don't go to devices); `load_split` returns them for
 evaluation.
@@ -29,13 +31,14 @@ evaluation.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import grain
 import jax
 import numpy as np
 
+from txt2img_jax.data import negatives as negatives_lib
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 DEFAULT_MAX_LEN = 32  # The longest shapes caption is 22 words + BOS/EOS.
@@ -62,8 +65,29 @@ class ChooseCaption(grain.transforms.RandomMap):
     return element
 
 
+class NegativeCaption(grain.transforms.RandomMap):
+  """Adds `neg_caption` (`negatives.negative_caption`), drawn from
+  (seed, position in the stream) like the caption itself; a caption with
+  no word to change gets itself, which its loss then masks out."""
+
+  def __init__(self, word_classes: Sequence[Sequence[str]],
+               forbidden: Sequence[str] = ()):
+    self._classes = tuple(tuple(g) for g in word_classes)
+    self._forbidden = tuple(forbidden)
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator
+                 ) -> dict[str, Any]:
+    element = dict(element)
+    caption = str(element["caption"])
+    neg = negatives_lib.negative_caption(caption, self._classes, rng,
+                                         self._forbidden)
+    element["neg_caption"] = caption if neg is None else neg
+    return element
+
+
 class TokenizeCaptions(grain.transforms.Map):
-  """On a batch: replaces `caption` (B,) with `ids` and `mask`, (B, L) int32.
+  """On a batch: replaces `caption` (B,) with `ids` and `mask`, (B, L) int32
+  (and `neg_caption`, when present, with `neg_ids` and `neg_mask`).
 
   Tokenizing a batch in one call is ~4x cheaper than example by example.
   """
@@ -77,6 +101,10 @@ class TokenizeCaptions(grain.transforms.Map):
     captions = [str(c) for c in batch.pop("caption")]
     batch["ids"], batch["mask"] = tokenizer_lib.tokenize(
         self._tokenizer, captions, self._max_len)
+    if "neg_caption" in batch:
+      negs = [str(c) for c in batch.pop("neg_caption")]
+      batch["neg_ids"], batch["neg_mask"] = tokenizer_lib.tokenize(
+          self._tokenizer, negs, self._max_len)
     return batch
 
 
@@ -109,12 +137,15 @@ def train_dataset(
     data, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
     split: str = "train", subset_size: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
+    word_classes: Sequence[Sequence[str]] | None = None,
+    forbidden: Sequence[str] = (),
 ) -> grain.MapDataset:
   """Random-access batches: element s is this host's batch for step s.
 
   `process_index`/`process_count` default to JAX's; tests pass them to act as
   several hosts. `subset_size` keeps the first N records of the split (the
-  overfit check trains on 512).
+  overfit check trains on 512). `word_classes` adds a hard-negative caption
+  to every example (`NegativeCaption`; none says a `forbidden` phrase).
   """
   process_index = (jax.process_index() if process_index is None
                    else process_index)
@@ -134,6 +165,9 @@ def train_dataset(
   # Drawn before the hosts split the stream, so a caption depends on the
   # example's global position, not on how many hosts there are.
   ds = ds.random_map(ChooseCaption(), seed=_shuffle_seed(seed + 1))
+  if word_classes:
+    ds = ds.random_map(NegativeCaption(word_classes, forbidden),
+                       seed=_shuffle_seed(seed + 2))
   # Lazy: a host's chunk is read and decoded only when that host asks.
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds[process_index::process_count]
@@ -145,6 +179,8 @@ def make_train_iterator(
     start_step: int = 0, split: str = "train", subset_size: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
     read_threads: int = 4, prefetch_batches: int = 4, worker_count: int = 0,
+    word_classes: Sequence[Sequence[str]] | None = None,
+    forbidden: Sequence[str] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator over this host's batches for steps start_step, +1, ...
 
@@ -156,7 +192,8 @@ def make_train_iterator(
       data, tokenizer=tokenizer, max_len=max_len,
       global_batch_size=global_batch_size, seed=seed, split=split,
       subset_size=subset_size, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, word_classes=word_classes,
+      forbidden=forbidden)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   logging.info("Input: split %s (%s examples), global batch %d, seed %d, "

@@ -200,6 +200,19 @@ def examples(seed: int, split: str, num: int, image_size: int = 32,
     yield example(seed, split, i, image_size, jitter_px)
 
 
+def word_classes() -> tuple[tuple[str, ...], ...]:
+  """Words that can stand in for one another in a caption (hard negatives,
+  `pipeline.negative_caption`): colours, shapes, sizes, and the two axes of
+  the cell phrases ("top left" <-> "bottom left", "left" <-> "right")."""
+  return (COLOR_NAMES, SHAPES, SIZES, ("top", "bottom"), ("left", "right"))
+
+
+def forbidden_phrases() -> tuple[str, ...]:
+  """The held-out pairings as a caption says them ("red triangle"): no
+  training text, hard negatives included, may contain one."""
+  return tuple(sorted(f"{c} {s}" for c, s in HELDOUT_PAIRS))
+
+
 def vocabulary() -> list[str]:
   """Every word a caption can contain, sorted (used to build the tokenizer)."""
   words = set()

@@ -125,6 +125,12 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
   def vocabulary(self) -> list[str]:
     return shapes.vocabulary()
 
+  def word_classes(self) -> tuple[tuple[str, ...], ...]:
+    return shapes.word_classes()
+
+  def forbidden_phrases(self) -> tuple[str, ...]:
+    return shapes.forbidden_phrases()
+
   def split_size(self, split: str) -> int:
     c = self.builder_config
     return {"train": c.num_train, "test": c.num_test,

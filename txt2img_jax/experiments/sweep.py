@@ -70,6 +70,12 @@ SUITES = {
         "beta 1e-3:loss.kl_weight=1e-3",
         "beta 1e-2, crossflow KL:loss.kl_kind=crossflow,loss.kl_weight=1e-2",
     ),
+    # Hard negatives (loss.hard_negatives): the contrastive term made to ask
+    # which object has which attribute (issue #13's binding failure).
+    "negatives": (
+        "restart.py:",
+        "hard negatives:loss.hard_negatives=True",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",

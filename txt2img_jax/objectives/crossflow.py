@@ -80,8 +80,22 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     kl_raw = losses.kl_term(mu, log_var, c.loss.kl_kind).mean()
     kl_w = losses.kl_weight(step, c.loss.kl_weight, c.loss.kl_warmup_steps)
     img_emb, logit_scale = apply(x1, method="embed_image")
+    negatives = negatives_valid = None
+    if "neg_ids" in batch:
+      # Hard negatives (loss.hard_negatives): the text latents of captions
+      # that say something else, drawn like z_text. A caption with nothing
+      # to change came back as itself and is left out.
+      neg_mu, neg_lv = generator_lib.text_posterior(
+          model, text_frozen, params, frozen.get("text"), batch["neg_ids"],
+          batch["neg_mask"])
+      neg_mu = neg_mu.astype(jnp.float32)
+      negatives = neg_mu + jnp.exp(0.5 * neg_lv.astype(jnp.float32)) * (
+          jax.random.normal(jax.random.fold_in(k_eps, 1), neg_mu.shape))
+      negatives_valid = jnp.any(batch["neg_ids"] != ids, axis=1)
     loss_clip = losses.contrastive(z_text, img_emb, logit_scale,
-                                   c.loss.logit_scale_kind)
+                                   c.loss.logit_scale_kind,
+                                   negatives=negatives,
+                                   negatives_valid=negatives_valid)
     loss_tv = losses.total_variation(z_text).mean()
 
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw

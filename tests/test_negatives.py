@@ -1,0 +1,219 @@
+"""Hard negatives for the contrastive term (loss.hard_negatives): the caption
+edit, the pipeline's negative captions, the loss with them, the config checks
+and a run from the command line."""
+
+import collections
+import math
+import os
+import re
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from txt2img_jax import assembly
+from txt2img_jax import flops
+from txt2img_jax import latents
+from txt2img_jax import losses
+from txt2img_jax import objectives
+from txt2img_jax.data import negatives
+from txt2img_jax.data import pipeline
+from txt2img_jax.data import shapes
+from txt2img_jax.data import tfds_shapes
+from txt2img_jax.data import tokenizer as tokenizer_lib
+from txt2img_jax.models import autoencoder as ae_lib
+import test_train
+
+CLASSES = shapes.word_classes()
+FORBIDDEN = shapes.forbidden_phrases()
+WORDS = re.compile(r"[A-Za-z]+")
+
+
+def _words(text):
+  return WORDS.findall(text)
+
+
+def test_two_objects_trade_an_attribute():
+  caption = "a small red circle in the top left and a large blue square at the right"
+  rng = np.random.default_rng(0)
+  seen = set()
+  for _ in range(50):
+    neg = negatives.negative_caption(caption, CLASSES, rng)
+    assert neg != caption
+    # A swap: the same words, two of one class trading places.
+    assert collections.Counter(_words(neg)) == collections.Counter(_words(caption))
+    diff = [(a, b) for a, b in zip(_words(caption), _words(neg)) if a != b]
+    assert len(diff) == 2 and diff[0] == diff[1][::-1], diff
+    seen.add(tuple(sorted(diff[0])))
+  # Colours, shapes, sizes and the horizontal position all get swapped.
+  assert seen == {("blue", "red"), ("circle", "square"), ("large", "small"),
+                  ("left", "right")}
+
+
+def test_one_object_changes_one_word_within_its_class():
+  caption = "in the center there is a large green triangle"
+  rng = np.random.default_rng(1)
+  changed = set()
+  for _ in range(60):
+    neg = negatives.negative_caption(caption, CLASSES, rng)
+    diff = [(a, b) for a, b in zip(_words(caption), _words(neg)) if a != b]
+    assert len(diff) == 1
+    a, b = diff[0]
+    assert any(a in g and b in g for g in CLASSES), diff
+    changed.add(a)
+  assert changed == {"large", "green", "triangle"}  # "center" has no partner.
+
+
+def test_no_word_to_change_and_determinism():
+  assert negatives.negative_caption("a photo of a dog", CLASSES,
+                                    np.random.default_rng(0)) is None
+  caption = shapes.example(0, "train", 0)["caption"]
+  draws = [negatives.negative_caption(caption, CLASSES, np.random.default_rng(5))
+           for _ in range(2)]
+  assert draws[0] == draws[1]
+
+
+def test_negatives_never_say_a_heldout_pairing():
+  rng = np.random.default_rng(0)
+  # A swap here would make "red triangle" or "blue circle": never drawn.
+  caption = "a small blue triangle at the top and a small red circle at the bottom"
+  for _ in range(40):
+    neg = negatives.negative_caption(caption, CLASSES, rng, FORBIDDEN)
+    assert not any(p in neg for p in FORBIDDEN), neg
+  for i in range(300):
+    caption = shapes.example(0, "train", i)["caption"]
+    neg = negatives.negative_caption(caption, CLASSES, rng, FORBIDDEN)
+    assert neg is not None and neg != caption
+    assert not any(re.search(rf"\b{p}\b", neg) for p in FORBIDDEN), neg
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+  return tfds_shapes.prepare(str(tmp_path_factory.mktemp("data")), seed=0,
+                             image_size=16, num_train=64, num_test=16,
+                             num_heldout=16, jitter_px=1.0)
+
+
+def test_pipeline_adds_negatives_and_keeps_the_rest(builder):
+  tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), 32)
+  args = dict(tokenizer=tok, max_len=32, global_batch_size=16, seed=3)
+  plain = pipeline.train_dataset(builder, **args)
+  with_neg = pipeline.train_dataset(
+      builder, word_classes=builder.word_classes(),
+      forbidden=builder.forbidden_phrases(), **args)
+  for step in (0, 5):
+    a, b = plain[step], with_neg[step]
+    assert set(b) == set(a) | {"neg_ids", "neg_mask"}
+    for k in a:  # The positives are untouched.
+      np.testing.assert_array_equal(a[k], b[k])
+    assert b["neg_ids"].shape == b["ids"].shape
+    assert b["neg_ids"].dtype == np.int32
+    # Every shapes caption has something to change.
+    assert np.all(np.any(b["neg_ids"] != b["ids"], axis=1))
+  # A function of (seed, step), like the rest of the batch.
+  again = pipeline.train_dataset(
+      builder, word_classes=builder.word_classes(),
+      forbidden=builder.forbidden_phrases(), **args)
+  np.testing.assert_array_equal(again[5]["neg_ids"], with_neg[5]["neg_ids"])
+
+
+def test_contrastive_with_negatives():
+  text, image = jnp.eye(3, 5), 2.0 * jnp.eye(3, 5)
+  s = jnp.float32(math.log(2.0))
+  base = losses.contrastive(text, image, s)
+  # Invalid negatives are left out exactly.
+  masked = losses.contrastive(text, image, s, negatives=text,
+                              negatives_valid=jnp.zeros(3, bool))
+  np.testing.assert_allclose(masked, base, rtol=1e-6)
+  # logits = 2 I. Text rows: log(1 + 2 e^-2), unchanged.
+  row_t = math.log(1 + 2 * math.exp(-2.0))
+  # A negative as close to the image as its caption: each image row holds
+  # its caption and its twin at e^2 and four others at e^0.
+  with_neg = losses.contrastive(text, image, s, negatives=text)
+  np.testing.assert_allclose(
+      with_neg, 0.5 * (row_t + math.log(2 + 4 * math.exp(-2.0))), rtol=1e-5)
+  # Negatives orthogonal to every image are three more entries at e^0.
+  far = jnp.eye(3, 5, k=3)
+  np.testing.assert_allclose(
+      losses.contrastive(text, image, s, negatives=far),
+      0.5 * (row_t + math.log(1 + 5 * math.exp(-2.0))), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def parts():
+  c = test_train.tiny_config("restart", **{"loss.hard_negatives": True})
+  shape = latents.latent_shape(c)
+  tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), c.data.max_len)
+  objective = objectives.get("crossflow")
+  model = assembly.build_model(c, shape, len(tok), True)
+  params = nn.unbox(assembly.init_variables(
+      model, c, shape, c.text_encoder.width, jax.random.PRNGKey(0)))
+  ae = latents.build(c)
+  stats = ae_lib.LatentStats(shift=jnp.zeros(shape[-1]), scale=jnp.ones(shape[-1]))
+  b = 4
+  captions = [shapes.example(0, "train", i)["caption"] for i in range(b)]
+  negs = [negatives.negative_caption(x, CLASSES, np.random.default_rng(i))
+          for i, x in enumerate(captions)]
+  ids, mask = tokenizer_lib.tokenize(tok, captions, c.data.max_len)
+  neg_ids, neg_mask = tokenizer_lib.tokenize(tok, negs, c.data.max_len)
+  image = np.stack([shapes.example(0, "train", i)["image"] for i in range(b)])
+  batch = {"ids": jnp.asarray(ids), "mask": jnp.asarray(mask),
+           "image": jnp.asarray(image, jnp.float32) / 255.0}
+  return dict(config=c, objective=objective, model=model, params=params,
+              ae=ae, stats=stats, batch=batch,
+              neg={"neg_ids": jnp.asarray(neg_ids), "neg_mask": jnp.asarray(neg_mask)},
+              frozen={"latent": ae.params})
+
+
+def _loss(p, batch):
+  fn = p["objective"].make_loss(p["config"], p["model"], p["ae"], None)
+  return jax.value_and_grad(fn, has_aux=True)(
+      p["params"], batch, jax.random.PRNGKey(0), jnp.int32(0), p["frozen"],
+      p["stats"])
+
+
+def test_loss_uses_the_negatives(parts):
+  (total0, aux0), g0 = _loss(parts, parts["batch"])
+  (total1, aux1), g1 = _loss(parts, {**parts["batch"], **parts["neg"]})
+  # Only the contrastive term changes; the flow term is drawn the same.
+  np.testing.assert_allclose(aux1["flow_raw"], aux0["flow_raw"], rtol=1e-6)
+  assert float(aux1["clip_raw"]) > float(aux0["clip_raw"])
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
+  assert max(jax.tree.leaves(diff["text_encoder"] if "text_encoder" in diff
+                             else diff)) > 0
+  # Negatives equal to the captions are all masked out: nothing changes.
+  same = {"neg_ids": parts["batch"]["ids"], "neg_mask": parts["batch"]["mask"]}
+  (total2, aux2), _ = _loss(parts, {**parts["batch"], **same})
+  np.testing.assert_allclose(aux2["clip_raw"], aux0["clip_raw"], rtol=1e-6)
+
+
+def test_flops_count_the_negatives():
+  c = test_train.tiny_config("restart")
+  shape = latents.latent_shape(c)
+  off = flops.by_module(flops.train_step_flops(c, shape)[1])
+  c.loss.hard_negatives = True
+  on = flops.by_module(flops.train_step_flops(c, shape)[1])
+  assert on["flow"] == off["flow"]
+  # The text side runs again on the negatives, reported as its own module.
+  assert on["negatives"] == pytest.approx(off["text_encoder"] + off["text_head"])
+  assert on["contrastive"] == pytest.approx(2 * off["contrastive"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.cache_text=True", "data.cache_text=False"),
+    ("--config.objective=noise_flow", "crossflow objective"),
+])
+def test_config_errors(override, message, tmp_path):
+  cmd = [sys.executable, "-m", "txt2img_jax.main",
+         "--config=configs/restart.py:tiny", f"--workdir={tmp_path / 'w'}",
+         "--config.loss.hard_negatives=True", override]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert r.returncode == 1, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert "error:" in last and message in last, last
+  assert "Traceback" not in r.stderr

@@ -1,0 +1,63 @@
+"""Hard-negative captions: a caption changed to describe another image.
+
+Light (no grain, no TFDS): the input pipeline draws one per example when
+loss.hard_negatives is on, and `perf` builds its synthetic batch with it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
+                     rng: np.random.Generator,
+                     forbidden: Sequence[str] = ()) -> str | None:
+  """The caption with its words changed so that it describes another image.
+
+  `word_classes` are groups of words that can stand in for one another
+  (the shapes set: colours, shapes, sizes, top/bottom, left/right). When
+  the caption has two different words of one group ("a red circle ... a
+  blue square") two of them trade places, which keeps every attribute and
+  changes only which object has it: the negative a bag of attributes cannot
+  tell apart. Otherwise one word is replaced by another of its group. A
+  result containing a `forbidden` phrase (the shapes set's held-out
+  colour-shape pairings, which training must never show) is not drawn.
+  None when no change is possible.
+  """
+  group_of = {w: g for g, words in enumerate(word_classes) for w in words}
+  found = [(m.start(), m.end(), m.group(), group_of[m.group()])
+           for m in _WORD.finditer(caption) if m.group() in group_of]
+
+  def rebuild(words):
+    out, last = [], 0
+    for (start, end, _, _), word in zip(found, words):
+      out += [caption[last:start], word]
+      last = end
+    return "".join(out + [caption[last:]])
+
+  def allowed(text):
+    return not any(re.search(rf"\b{re.escape(p)}\b", text) for p in forbidden)
+
+  words = [f[2] for f in found]
+  swaps, replacements = [], []
+  for i in range(len(found)):
+    for j in range(i + 1, len(found)):
+      if found[i][3] == found[j][3] and words[i] != words[j]:
+        w = list(words)
+        w[i], w[j] = w[j], w[i]
+        swaps.append(rebuild(w))
+    for other in word_classes[found[i][3]]:
+      if other != words[i]:
+        w = list(words)
+        w[i] = other
+        replacements.append(rebuild(w))
+  for candidates in (swaps, replacements):
+    candidates = [c for c in candidates if allowed(c)]
+    if candidates:
+      return candidates[int(rng.integers(len(candidates)))]
+  return None
