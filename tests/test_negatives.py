@@ -145,7 +145,8 @@ def test_contrastive_with_negatives():
 
 @pytest.fixture(scope="module")
 def parts():
-  c = test_train.tiny_config("restart", **{"loss.hard_negatives": True})
+  c = test_train.tiny_config("restart", **{"loss.hard_negatives": True,
+                                           "loss.clip_target": "tower"})
   shape = latents.latent_shape(c)
   tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), c.data.max_len)
   objective = objectives.get("crossflow")
@@ -217,3 +218,27 @@ def test_config_errors(override, message, tmp_path):
   last = r.stderr.strip().splitlines()[-1]
   assert "error:" in last and message in last, last
   assert "Traceback" not in r.stderr
+
+
+def test_clip_target_latent_contrasts_z_text_with_x1(parts):
+  (_, aux_tower), g_tower = _loss(parts, parts["batch"])
+  latent = dict(parts, config=parts["config"].copy_and_resolve_references())
+  latent["config"].loss.clip_target = "latent"
+  (_, aux_latent), g_latent = _loss(latent, parts["batch"])
+  assert float(aux_latent["clip_raw"]) != float(aux_tower["clip_raw"])
+  np.testing.assert_allclose(aux_latent["flow_raw"], aux_tower["flow_raw"],
+                             rtol=1e-6)
+  # The tower's layers get no gradient; its temperature still does.
+  tower = g_latent["image_encoder"]
+  assert all(float(jnp.abs(x).max()) == 0.0
+             for x in jax.tree.leaves(tower["encoder"]))
+  assert float(jnp.abs(tower["logit_scale"])) > 0
+  c = latent["config"]
+  assert "image_encoder" not in flops.by_module(
+      flops.train_step_flops(c, latents.latent_shape(c))[1])
+
+
+def test_unknown_clip_target_is_a_clear_error():
+  c = test_train.tiny_config("restart", **{"loss.clip_target": "pixels"})
+  with pytest.raises(ValueError, match="loss.clip_target='pixels'"):
+    assembly.validate_config(c)

@@ -92,6 +92,7 @@ def test_image_encoder_flops_match_xla():
 
 def test_train_step_flops_trainable_and_frozen():
   c = _config("restart")
+  c.loss.clip_target = "tower"  # The image tower runs (with "latent" it is dropped).
   latent = (16, 16, 12)
   total, per_row = flops.train_step_flops(c, latent)
   forward = 2.0 * c.batch_size * sum(r.macs_per_example for r in flops.rows(c, latent))

@@ -112,6 +112,9 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
                      f" expected one of {losses.LOGIT_SCALE_KINDS}")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
+  if config.loss.get("clip_target", "tower") not in losses.CLIP_TARGETS:
+    raise ValueError(f"loss.clip_target={config.loss.clip_target!r}: "
+                     f"expected one of {losses.CLIP_TARGETS}")
   if config.loss.get("hard_negatives", False):
     if config.get("objective", "crossflow") != "crossflow":
       raise ValueError("loss.hard_negatives is a term of the crossflow "

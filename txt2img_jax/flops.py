@@ -180,7 +180,8 @@ def rows(config: ml_collections.ConfigDict, latent_shape, text_width: int | None
   negatives = bool(c.loss.get("hard_negatives", False))
   if negatives:  # Every caption's hard negative runs the text side again.
     out += [Row("negatives/" + r.name, r.group, r.macs_per_example) for r in text_rows]
-  out += image_encoder_rows(c, latent_shape)
+  if c.loss.get("clip_target", "tower") == "tower":  # Else XLA drops it.
+    out += image_encoder_rows(c, latent_shape)
   out += flow_rows(c, latent_shape)
   # The contrastive logits: every z_text (and hard negative) against every image
   # embedding of the batch, so per example it is batch_size x H*W*C multiply-adds

@@ -31,6 +31,10 @@ import optax
 
 KL_KINDS = ("gaussian", "crossflow")
 LOGIT_SCALE_KINDS = ("exp", "raw")
+# What z_text is contrasted with (`config.loss.clip_target`): the image
+# tower's embedding of x1 (CrossFlow), or x1 itself (stop-gradient), which
+# asks z_text to resemble its image latent up to scale.
+CLIP_TARGETS = ("tower", "latent")
 
 
 def flow_mse_per_example(v_pred: jax.Array, v_target: jax.Array) -> jax.Array:

@@ -76,6 +76,13 @@ SUITES = {
         "restart.py:",
         "hard negatives:loss.hard_negatives=True",
     ),
+    # z_text contrasted with its image latent x1 instead of the image
+    # tower's pooled embedding (loss.clip_target): a z_text laid out like
+    # its image leaves the flow less to move.
+    "target": (
+        "restart.py:",
+        "contrast with x1:loss.clip_target=latent",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",
@@ -216,8 +223,10 @@ def main(argv):
     apply_overrides(common.recipe(f.recipe, f.config_variant), overrides)
   command = ("python -m txt2img_jax.experiments.sweep "
              + (f"--suite={f.suite} " if f.suite else "")
-             + f"--recipe={f.recipe} --steps={f.steps} --seeds={f.seeds} "
-             f"--num={f.num}")
+             + f"--recipe={f.recipe} "
+             + (f"--config_variant={f.config_variant} "
+                if f.config_variant else "")
+             + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}")
   done = {}
   for seed in seeds:
     for label, overrides in rows:

@@ -80,6 +80,8 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     kl_raw = losses.kl_term(mu, log_var, c.loss.kl_kind).mean()
     kl_w = losses.kl_weight(step, c.loss.kl_weight, c.loss.kl_warmup_steps)
     img_emb, logit_scale = apply(x1, method="embed_image")
+    if c.loss.get("clip_target", "tower") == "latent":
+      img_emb = jax.lax.stop_gradient(x1)  # The tower keeps its scale only.
     negatives = negatives_valid = None
     if "neg_ids" in batch:
       # Hard negatives (loss.hard_negatives): the text latents of captions
