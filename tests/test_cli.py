@@ -44,6 +44,9 @@ SHRINK = {
     "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
                           "--num=4", "--limit=1"],
 }
+# Experiments that read trained runs (a sweep's, in the docs): in CI they
+# read the setup's restart run instead.
+PROBES = {"experiments.binding": "--workdir=workdirs/restart"}
 # The experiments that train runs of their own (under --workroot).
 TRAINING_EXPERIMENTS = ("experiments.heads_ablation",
                         "experiments.restart_trial", "experiments.sweep")
@@ -84,11 +87,16 @@ def command_name(argv: list[str]) -> str:
 def shrink(command: str) -> list[str]:
   # "[--num=500]" in a synopsis is an optional flag: give it.
   argv = [a.strip("[]") for a in shlex.split(command)]
+  name = command_name(argv)
   out = []
   for a in argv:
     m = re.fullmatch(r"--config=(configs/\w+\.py)", a)
+    if name in PROBES and a.startswith("--workdir="):
+      continue  # Runs of a sweep: probe the setup's run instead.
     out.append(f"--config={m.group(1)}:tiny" if m else a)
-  return [sys.executable] + out[1:] + SHRINK.get(command_name(argv), [])
+  if name in PROBES:
+    out.append(PROBES[name])
+  return [sys.executable] + out[1:] + SHRINK.get(name, [])
 
 
 def run(argv: list[str], cwd: str, env: dict, timeout: int = 600

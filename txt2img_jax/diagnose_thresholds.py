@@ -61,7 +61,10 @@ LEVER_TEXT_END = ("more draws at the text end of the path: configs/restart.py's 
                   "time.sampler (curriculum from t in [0, 0.15]); not the note's "
                   "alpha > 0.8, which never trains t < 0.8")
 
-LEVER_TEXT_SIDE = ("lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
+LEVER_TEXT_SIDE = ("contrast z_text with the image latent itself: "
+                   "--config.loss.clip_target=latent (the recipe's; it more than doubled "
+                   "object accuracy in docs/recipes.md); "
+                   "lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
                       "1e-4); contrastive weight ×2: --config.loss.clip_weight=2.0; text head "
                       "--config.head.kind=token_transformer (best in docs/heads.md; the note's "
                       "spatial grid_query head drew nothing there)")

@@ -110,8 +110,10 @@ def main(argv):
   table = "\n".join(lines)
   print(table)
   with open(f.out, "w") as fh:
+    variant = (f"--config_variant={f.config_variant} " if f.config_variant
+               else "")
     fh.write(f"<!-- written by python -m txt2img_jax.experiments.heads_ablation "
-             f"--steps={f.steps} --seeds={f.seeds} --num={f.num} -->\n")
+             f"{variant}--steps={f.steps} --seeds={f.seeds} --num={f.num} -->\n")
     fh.write(table + "\n")
   print(f"wrote {f.out}")
 
