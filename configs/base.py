@@ -191,7 +191,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                                   # a lone null in a batch stays conditional (CrossFlow).
   # Hard negatives for the contrastive term: every caption also gets one that
   # says something else ("a red circle ... a blue square" -> "a blue circle
-  # ... a red square"; data/pipeline.py negative_caption), and each image
+  # ... a red square"; data/negatives.py), and each image
   # must match its caption over every caption and negative of the batch. A
   # random batch almost never holds two captions that differ only in which
   # object has which attribute, so without them the term never asks for
