@@ -3,6 +3,7 @@ edit, the pipeline's negative captions, the loss with them, the config checks
 and a run from the command line."""
 
 import collections
+import json
 import math
 import os
 import re
@@ -242,3 +243,20 @@ def test_unknown_clip_target_is_a_clear_error():
   c = test_train.tiny_config("restart", **{"loss.clip_target": "pixels"})
   with pytest.raises(ValueError, match="loss.clip_target='pixels'"):
     assembly.validate_config(c)
+
+
+def test_a_run_with_hard_negatives_trains(tmp_path):
+  """The command line end to end: the pipeline draws negatives, the step
+  reads them (a tiny run of the shapes recipe, as a user types it)."""
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "txt2img_jax.main",
+         "--config=configs/restart.py:tiny", f"--workdir={workdir}",
+         "--config.loss.hard_negatives=True", "--config.total_steps=2"]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    assert json.load(f)["loss"]["hard_negatives"] is True
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  clip = [row["train/clip_raw"] for row in rows if "train/clip_raw" in row]
+  assert clip and all(math.isfinite(c) for c in clip)
