@@ -20,6 +20,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "base"
   c.seed = 0                 # Seeds parameters, the train step's rng, the data order.
+  c.prng_impl = "threefry2x32"  # jax's random-bit generator for the whole process:
+                             # threefry2x32 (jax's default) | rbg | unsafe_rbg. rbg
+                             # draws other numbers from the same seed and compiles
+                             # faster on CPU (README, "Other measurements");
+                             # a run resumes with the one it started with.
   c.total_steps = 800        # Optimizer steps of the whole run (note: 40k reached).
   c.batch_size = 64          # Global batch, split over the mesh's data axis.
   c.log_every = 50           # Steps between train-metric writes (console, TB, metrics.jsonl).

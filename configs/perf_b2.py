@@ -4,7 +4,8 @@ The recommended recipe (restart.py) scaled up: 64 px images through the
 space-to-depth autoencoder with factor 2 (a 32x32x12 latent), patch 2 (256
 tokens), a DiT of width 768, depth 12, 12 heads (~130 M parameters), a
 512-wide text encoder of 4 blocks, the token-transformer head at 512 x 2,
-batch 256, bfloat16 compute (float32 parameters and optimizer state).
+batch 256, bfloat16 compute (float32 parameters and optimizer state), jax's
+rbg random-bit generator.
 
   python -m txt2img_jax.perf --config=configs/perf_b2.py [--steps=0]
   (:tiny runs the same code path, bf16 and a scanned DiT, at a test's size)
@@ -34,6 +35,7 @@ def scale(c: ml_collections.ConfigDict, width: int, depth: int,
   c.flow.depth = depth
   c.flow.num_heads = num_heads
   c.flow.scan = True                # One compiled block whatever the depth.
+  c.prng_impl = "rbg"               # Compiles faster than threefry; the TPU's own generator.
   c.text_encoder.update(width=512, depth=4, num_heads=8)
   c.head.kind = "token_transformer"
   c.head.token_transformer.update(width=512, depth=2, num_heads=8)

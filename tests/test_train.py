@@ -114,6 +114,7 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
     ({"time.sampler.kind": "nonsense"}, "nonsense"),
     ({"flow.time_input": "nonsense"}, "nonsense"),
     ({"loss.kl_kind": "normal"}, "loss.kl_kind='normal'"),
+    ({"prng_impl": "philox"}, "prng_impl='philox'"),
     ({"optim.groups.flow.lr": -1.0}, "optim.groups.flow.lr=-1.0"),
     ({"optim.groups.flow.lr": float("nan")}, "optim.groups.flow.lr=nan"),
     ({"mesh.model": 3}, "mesh.model=3"),
@@ -124,6 +125,26 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
 def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):
     assembly.validate_config(tiny_config(**overrides))
+
+
+def test_rbg_generator_trains_resumes_and_refuses_a_switch(data_dir, tmp_path):
+  """prng_impl=rbg: the state's key is rbg's, a resume continues the run,
+  and resuming it with the other generator is a clear error."""
+  workdir = str(tmp_path / "rbg")
+  try:
+    train.train_and_evaluate(tiny_config(prng_impl="rbg", total_steps=2),
+                             workdir)
+    raw, step = params_of(workdir)
+    assert step == 2 and np.asarray(raw["rng"]).shape == (4,)
+    assert assets.load_config(workdir).prng_impl == "rbg"
+    out = train.train_and_evaluate(tiny_config(prng_impl="rbg",
+                                               total_steps=3), workdir)
+    assert out["resumed"] and params_of(workdir)[1] == 3
+    with pytest.raises(ValueError, match="another prng_impl"):
+      train.train_and_evaluate(tiny_config(total_steps=4), workdir)
+  finally:
+    assembly.use_prng_impl(tiny_config())  # The process-wide default again.
+  assert jax.random.PRNGKey(0).shape == (2,)
 
 
 def test_merge_matching_loads_by_path_and_shape():

@@ -51,9 +51,17 @@ class TrainState(flax.struct.PyTreeNode):
 # Building the run's pieces (shared with sample.py, evaluate.py, the health checks, perf).
 # ---------------------------------------------------------------------------
 
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """Every check that needs no compilation; returns the latent shape."""
+  """Every check that needs no compilation; returns the latent shape.
+
+  Also sets the config's PRNG implementation for the process (a jax-wide
+  setting, so it must precede every key: each command validates first).
+  """
   from txt2img_jax.models import text_head as text_head_lib
+  use_prng_impl(config)
   sources.validate(config)
   shape = latents.latent_shape(config)
   text_head_lib.check_text_head_config(
@@ -128,6 +136,15 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
                      f"of {flow.SAMPLERS}")
   objectives.get(config.get("objective", "crossflow"))
   return shape
+
+
+def use_prng_impl(config) -> None:
+  """jax's default PRNG as `config.prng_impl` says (threefry2x32 if absent,
+  as in runs saved before the field existed)."""
+  impl = config.get("prng_impl", "threefry2x32")
+  if impl not in PRNG_IMPLS:
+    raise ValueError(f"prng_impl={impl!r}: expected one of {PRNG_IMPLS}")
+  jax.config.update("jax_default_prng_impl", impl)
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):

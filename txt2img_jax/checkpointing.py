@@ -167,6 +167,8 @@ class Checkpointer:
                        for name, keys in (("not in the checkpoint", missing),
                                           ("only in the checkpoint", extra),
                                           ("other shape", reshaped)) if keys)
+    if any(k.endswith("rng") for k in reshaped):
+      detail += " - the random key's shape: another prng_impl"
     raise ValueError(
         f"checkpoint step {step} in {self.directory} holds another model than "
         f"this config ({detail}): resume with the run's own config "
