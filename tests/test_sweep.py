@@ -3,6 +3,7 @@ applied before anything trains. Its command line runs in test_cli."""
 
 import pytest
 
+from txt2img_jax import benchmark
 from txt2img_jax.experiments import common
 from txt2img_jax.experiments import sweep
 
@@ -73,3 +74,18 @@ def test_a_stopped_run_stops_the_experiment(monkeypatch, tmp_path):
   with pytest.raises(SystemExit) as e:
     common.train_once(c, str(tmp_path / "run"))
   assert e.value.code == 0 and len(calls) == 1
+
+
+def test_final_evaluation_is_the_runs_last_benchmark():
+  full = {f"eval/{k}": 0.5 for k in benchmark.BY_COUNT_KEYS}
+  full.update({"eval/object_acc": 0.6, "heldout/object_acc": 0.4})
+  rows = [{"step": 400, "train/loss": 1.0, **full},
+          {"step": 800, "train/loss": 0.5},
+          {"step": 800, **full, "eval/object_acc": 0.7}]
+  got = common.final_evaluation(rows, 800)
+  assert got["eval/object_acc"] == 0.7 and got["heldout/object_acc"] == 0.4
+  assert "train/loss" not in got and "step" not in got
+  assert common.final_evaluation(rows, 600) is None  # Nothing logged there.
+  # A benchmark without the per-count accuracies (older runs): scored anew.
+  partial = {"step": 800, "eval/object_acc": 0.7, "heldout/object_acc": 0.4}
+  assert common.final_evaluation(rows[:2] + [partial], 800) is None

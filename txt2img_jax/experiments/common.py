@@ -93,6 +93,9 @@ def score(workdir: str, num: int) -> dict[str, float]:
       elif all(k in summary for k in ZTEXT_KEYS):
         return summary
   run = assembly.load_run(workdir)
+  if summary is None and run.config.eval.num == num:
+    # The run's own last evaluation scored these parameters already.
+    summary = final_evaluation(runfiles.read_metrics(workdir), step)
   run.config.eval.num = num
   ev = evaluate.Evaluator(run.config, run.workdir, run.builder, run.text,
                           run.generate, run.frozen, run.stats)
@@ -114,6 +117,21 @@ def score(workdir: str, num: int) -> dict[str, float]:
   with open(path, "w") as f:
     json.dump({"step": step, "summary": summary}, f, indent=1)
   return summary
+
+
+def final_evaluation(rows, step: int) -> dict[str, float] | None:
+  """The structure benchmark a run logged at `step` (its EMA parameters, its
+  config's eval.num captions per split), or None when it logged none there
+  or one without every accuracy `score` reports."""
+  for row in reversed(rows):
+    if row.get("step") == step and "eval/object_acc" in row:
+      summary = {k: v for k, v in row.items()
+                 if k.startswith(("eval/", "heldout/"))}
+      needed = [f"eval/{k}" for k in benchmark.BY_COUNT_KEYS]
+      if all(k in summary for k in needed + ["heldout/object_acc"]):
+        return summary
+      return None
+  return None
 
 
 def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

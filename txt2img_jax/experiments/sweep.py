@@ -147,7 +147,8 @@ def run_one(recipe, variant_cfg, label, overrides, seed, steps, num, workroot):
   c.seed = seed
   common.rescale_steps(c, steps)
   c.sample_every = steps
-  c.eval_every = 0  # Scored once below, with more captions.
+  c.eval_every = 0  # Evaluated once, at the end (every run evaluates its last step),
+  c.eval.num = num  # on the captions `common.score` reports: that is the score.
   c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.
   workdir = os.path.join(workroot, f"{slug(label)}_s{seed}")
   timing = os.path.join(workdir, "sweep_minutes.json")
