@@ -85,6 +85,16 @@ def test_calibration_hard_edges_are_not_punished(cal):
   assert s["mosaic"] * 30 < cal["pixel_shuffle"]["mosaic"]
 
 
+def test_calibration_mean_of_jittered_renders_scores_like_renders(cal):
+  # The MSE-optimal image given the caption (jitter averaged out) keeps every
+  # shape: a deterministic caption -> image map is not capped by the jitter.
+  s = cal["jitter_mean"]
+  for key in ("color_acc", "shape_acc", "position_acc", "size_acc",
+              "object_acc"):
+    assert s[key] >= 0.99, (key, s[key])
+  assert s["mosaic"] < 0.05
+
+
 def test_edge_sharpness_leaves_each_images_mosaic_unchanged(data):
   """The same drawings, hard-edged and anti-aliased (same jitter): image by
   image the mosaic index moves little (a pixel flipping at a small shape's
