@@ -1,6 +1,8 @@
 """Tests of the structure benchmark, including its built-in calibration."""
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,21 @@ def test_calibration_mean_of_jittered_renders_scores_like_renders(cal):
               "object_acc"):
     assert s[key] >= 0.99, (key, s[key])
   assert s["mosaic"] < 0.05
+
+
+def test_shape_confusion_names_the_shape_drawn_instead(data):
+  _, desc = data
+  square, circle = shapes.SHAPES.index("square"), shapes.SHAPES.index("circle")
+  swap = lambda o: dataclasses.replace(o, shape=circle) if o.shape == square else o
+  images = _render_all(desc, swap)
+  conf = benchmark.shape_confusion(benchmark.score(images, desc), desc)
+  assert conf["square"]["circle"] > 0.95 and conf["square"]["square"] == 0
+  for name in ("circle", "triangle"):
+    assert conf[name][name] > 0.95, conf[name]
+  for row in conf.values():
+    assert row["objects"] > 50
+    assert sum(v for k, v in row.items() if k != "objects") == pytest.approx(1)
+  assert "drawn as: circle" in benchmark.format_confusion({"eval": conf})
 
 
 def test_edge_sharpness_leaves_each_images_mosaic_unchanged(data):

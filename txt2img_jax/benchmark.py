@@ -36,7 +36,8 @@ from txt2img_jax.benchmark_pixels import (
 from txt2img_jax.benchmark_scoring import (
     BY_COUNT_KEYS, HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS,
     PRESENT_FRAC,
-    SUMMARY_KEYS, TEMPLATE_SIGMAS, format_table, score, summarize, summarize_splits)
+    SUMMARY_KEYS, TEMPLATE_SIGMAS, format_confusion, format_table, score, shape_confusion,
+    summarize, summarize_splits)
 # pylint: enable=unused-import
 from txt2img_jax.data import shapes
 

@@ -270,6 +270,41 @@ def summarize_splits(scores_by_split: dict[str, dict]) -> dict[str, float]:
   return flat
 
 
+def shape_confusion(scores, descriptions) -> dict[str, dict[str, float]]:
+  """Which shape was drawn for each described one, among the objects whose
+  colour was found: {described: {circle|square|triangle|unclear: fraction,
+  "objects": count}}. A shape that is right counts as itself; a wrong one as
+  the best-matching template; "unclear": the best match is the described
+  shape but the blob is too small or too far from every template."""
+  found = np.asarray(scores["color_ok"], bool)
+  described = np.asarray(descriptions["shapes"])
+  drawn = np.where(np.asarray(scores["shape_ok"], bool), described,
+                   np.asarray(scores["pred_shape"]))
+  unclear = ~np.asarray(scores["shape_ok"], bool) & (drawn == described)
+  out = {}
+  for i, name in enumerate(shapes.SHAPES):
+    mine = found & (described == i)
+    n = int(mine.sum())
+    row = {other: float((mine & (drawn == j) & ~unclear).sum()) / max(n, 1)
+           for j, other in enumerate(shapes.SHAPES)}
+    row["unclear"] = float((mine & unclear).sum()) / max(n, 1)
+    row["objects"] = n
+    out[name] = row
+  return out
+
+
+def format_confusion(by_split: dict[str, dict]) -> str:
+  """`shape_confusion` of each split as console lines."""
+  lines = []
+  for split, confusion in by_split.items():
+    for name, row in confusion.items():
+      drawn = ", ".join(f"{k} {v:.2f}" for k, v in row.items()
+                        if k != "objects")
+      lines.append(f"{split:>8} {name:>8} ({row['objects']:4d}) drawn as: "
+                   f"{drawn}")
+  return "\n".join(lines)
+
+
 def format_table(summary: dict[str, float]) -> str:
   """A console table: one row per metric, one column per split prefix
   ("split/metric" keys) or a single "value" column for unprefixed keys."""

@@ -40,6 +40,7 @@ class Evaluator:
     self.frozen = frozen
     self.stats = stats
     self.writer = writer
+    self.shape_confusion = {}  # Of the last benchmark, per split.
     n = max(config.eval.num, config.sample.grid_size)
     if not hasattr(builder, "EVAL_SPLITS") or "heldout" not in (
         builder.EVAL_SPLITS):
@@ -72,11 +73,14 @@ class Evaluator:
     num = num or self.config.eval.num
     t0 = time.perf_counter()
     summaries, pixel_errors = {}, {}
+    self.shape_confusion = {}
     for prefix, data in self.data.items():
       n = min(num, len(data["caption"]))
       images = self.images(params, data, n, seed=1)
       desc = {k: data[k][:n] for k in tfds_shapes.DESCRIPTION_KEYS}
       summaries[prefix] = benchmark.score(images, desc)
+      self.shape_confusion[prefix] = benchmark.shape_confusion(
+          summaries[prefix], desc)
       pixel_errors[f"{prefix}/pixel_mse_rel"] = pixel_mse_rel(
           images, data["image"][:n])
       if self.writer is not None and step is not None and prefix == "eval":
@@ -234,6 +238,9 @@ def main(argv):
         f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):")
   print(benchmark.format_table({k: v for k, v in summary.items()
                                 if k != "step"}))
+  print("shape drawn for each described shape (objects whose colour was "
+        "found):")
+  print(benchmark.format_confusion(evaluator.shape_confusion))
   if f.json:
     with open(f.json, "w") as out:
       json.dump(summary, out, indent=2)
