@@ -83,6 +83,16 @@ SUITES = {
         "restart.py:",
         "contrast with x1:loss.clip_target=latent",
     ),
+    # Levers screened on the latent-target default for its failure, square
+    # vs circle (docs/recipes.md).
+    "shape": (
+        "restart.py:",
+        "25% at t = 0:time.start_prob=0.25",
+        "hard negatives:loss.hard_negatives=True",
+        "hard negatives + 25% at t = 0:loss.hard_negatives=True,"
+        "time.start_prob=0.25",
+        "no TV:loss.tv_weight=0.0",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",
