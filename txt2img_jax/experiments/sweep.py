@@ -237,6 +237,7 @@ def main(argv):
              + f"--recipe={f.recipe} "
              + (f"--config_variant={f.config_variant} "
                 if f.config_variant else "")
+             + (f"--only='{f.only}' " if f.only else "")
              + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}")
   done = {}
   for seed in seeds:
