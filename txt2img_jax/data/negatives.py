@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"[A-Za-z]+")
+WORD = re.compile(r"[A-Za-z]+")
 
 
 def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
@@ -31,7 +31,7 @@ def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
   """
   group_of = {w: g for g, words in enumerate(word_classes) for w in words}
   found = [(m.start(), m.end(), m.group(), group_of[m.group()])
-           for m in _WORD.finditer(caption) if m.group() in group_of]
+           for m in WORD.finditer(caption) if m.group() in group_of]
 
   def rebuild(words):
     out, last = [], 0
@@ -61,3 +61,27 @@ def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
     if candidates:
       return candidates[int(rng.integers(len(candidates)))]
   return None
+
+
+def parse_word_classes(spec: str) -> tuple[tuple[str, ...], ...]:
+  """`loss.hard_negative_words`: "circle,square,triangle;red,blue" -> groups
+  of words that stand in for one another (';' between groups, ',' between
+  words). A group needs two different words, each a plain word."""
+  groups = []
+  for part in spec.split(";"):
+    words = tuple(w.strip() for w in part.split(",") if w.strip())
+    bad = [w for w in words if not WORD.fullmatch(w)]
+    if bad:
+      raise ValueError(f"loss.hard_negative_words={spec!r}: {bad[0]!r} is not "
+                       "a word (letters only; ',' between words, ';' between "
+                       "groups)")
+    if len(set(words)) < 2:
+      raise ValueError(f"loss.hard_negative_words={spec!r}: the group "
+                       f"{part.strip()!r} needs two different words")
+    groups.append(words)
+  seen = [w for g in groups for w in g]
+  twice = sorted({w for w in seen if seen.count(w) > 1})
+  if twice:
+    raise ValueError(f"loss.hard_negative_words={spec!r}: {twice[0]!r} is in "
+                     "more than one place")
+  return tuple(groups)

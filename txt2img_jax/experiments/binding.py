@@ -1,7 +1,7 @@
-"""Is a two-object caption's binding in z_text? Caption vs its colour swap.
+"""Does z_text tell a caption from a changed one? Colour swaps, shape swaps.
 
   python -m txt2img_jax.experiments.binding --workdir=workdirs/restart \
-      [--workdir=OTHER_RUN ...] [--num=500] [--out=binding.md]
+      [--workdir=OTHER_RUN ...] [--num=500] [--swap=color|shape] [--out=binding.md]
 
 The default run's samples blend two objects' colours. That can be lost on
 the text side (z_text the same for "a red circle ... a blue square" and
@@ -13,6 +13,9 @@ gives, from the EMA parameters' posterior means mu:
 
 - `swap_dist`: |mu(caption) - mu(swap)| / |mu(caption)|, how far apart the
   text side puts the two;
+- `image_dist`: the same for the image latents of the two captions' images
+  (each rendered without jitter, the change applied to its objects): how
+  far apart the two images are, the scale swap_dist is read against;
 - `tower_pref`: the share of captions whose image the contrastive image
   tower embeds nearer (cosine) to mu(caption) than to mu(swap) (0.5: the
   text side does not tell them apart);
@@ -21,10 +24,20 @@ gives, from the EMA parameters' posterior means mu:
 - `color_acc_2obj`: the structure benchmark's colour accuracy of the
   samples of two-object captions, for the same run and captions, when a
   sweep has scored the run on --num captions (else blank).
+
+`--swap=shape` asks the same of squares and circles (the default run's
+remaining failure draws both as one rounded blob): every caption among the
+first --num test examples that names a circle or a square has its first
+such word changed to the other ("a red circle in the top" -> "a red square
+in the top"), one object or two; `shape_acc` is then the benchmark's shape
+accuracy of the run on those --num captions, when scored. Is the shape lost
+on the text side (z_text alike for both: swap_dist small, latent_pref near
+0.5) or in the flow (z_text knows, the samples do not)?
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -39,8 +52,38 @@ from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 
-COLUMNS = ("captions", "swap_dist", "tower_pref", "latent_pref",
-           "color_acc_2obj")
+COLUMNS = {"color": ("captions", "swap_dist", "image_dist", "tower_pref",
+                     "latent_pref", "color_acc_2obj"),
+           "shape": ("captions", "swap_dist", "image_dist", "tower_pref",
+                     "latent_pref", "shape_acc")}
+# The shapes a trained run confuses, and the word each is swapped for.
+SHAPE_SWAP = {"circle": "square", "square": "circle"}
+
+
+def swapped_objects(objects, swap: str):
+  """The objects of the changed caption: the two colours traded, or the
+  first circle or square made the other (the caption names objects in
+  order, so its first such word is the first such object)."""
+  if swap == "color":
+    a, b = objects
+    return [dataclasses.replace(a, color=b.color),
+            dataclasses.replace(b, color=a.color)]
+  out = list(objects)
+  for i, o in enumerate(out):
+    name = shapes.SHAPES[o.shape]
+    if name in SHAPE_SWAP:
+      out[i] = dataclasses.replace(
+          o, shape=shapes.SHAPES.index(SHAPE_SWAP[name]))
+      return out
+  raise ValueError("no circle or square to change")
+
+
+def shape_swap(caption: str) -> str | None:
+  """The caption with its first circle or square changed to the other."""
+  for m in negatives.WORD.finditer(caption):
+    if m.group() in SHAPE_SWAP:
+      return caption[:m.start()] + SHAPE_SWAP[m.group()] + caption[m.end():]
+  return None
 
 
 def _unit(x) -> np.ndarray:
@@ -48,8 +91,9 @@ def _unit(x) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def measure(run, num: int) -> dict[str, float]:
-  """The binding measures above for a run rebuilt by `assembly.load_run`."""
+def measure(run, num: int, swap: str = "color") -> dict[str, float]:
+  """The measures above for a run rebuilt by `assembly.load_run`; `swap`:
+  "color" (two-object colour swaps) or "shape" (circle <-> square)."""
   from txt2img_jax.data import pipeline
   from txt2img_jax.experiments import common
   c = run.config
@@ -59,14 +103,25 @@ def measure(run, num: int) -> dict[str, float]:
   data = pipeline.load_split(run.builder, "test", num,
                              tokenizer=run.text.tokenizer,
                              max_len=c.data.max_len)
-  two = np.flatnonzero(data["num_objects"] == 2)
-  if not len(two):
-    raise ValueError(f"no two-object caption among the first {num} test "
-                     "examples: raise --num")
-  captions = [data["caption"][i] for i in two]
-  rng = np.random.default_rng(0)
-  swaps = [negatives.negative_caption(x, (shapes.COLOR_NAMES,), rng)
-           for x in captions]  # Two objects always have two colours.
+  if swap == "color":
+    two = np.flatnonzero(data["num_objects"] == 2)
+    if not len(two):
+      raise ValueError(f"no two-object caption among the first {num} test "
+                       "examples: raise --num")
+    captions = [data["caption"][i] for i in two]
+    rng = np.random.default_rng(0)
+    swaps = [negatives.negative_caption(x, (shapes.COLOR_NAMES,), rng)
+             for x in captions]  # Two objects always have two colours.
+  elif swap == "shape":
+    two = np.array([i for i, x in enumerate(data["caption"])
+                    if shape_swap(x) is not None], np.int64)
+    if not len(two):
+      raise ValueError(f"no caption with a circle or a square among the "
+                       f"first {num} test examples: raise --num")
+    captions = [data["caption"][i] for i in two]
+    swaps = [shape_swap(x) for x in captions]
+  else:
+    raise ValueError(f"unknown swap {swap!r}; known: 'color', 'shape'")
   tok = run.text.tokenizer
   mu = common.z_text_mean(run, *tokenizer_lib.tokenize(tok, captions,
                                                        c.data.max_len))
@@ -83,27 +138,48 @@ def measure(run, num: int) -> dict[str, float]:
     t = _unit(target)
     return float(np.mean((t * a).sum(1) > (t * b).sum(1)))
 
+  renders = {False: [], True: []}
+  for i in two:
+    ex = shapes.example(c.data.seed, "test", int(i), c.data.image_size,
+                        c.data.jitter_px)
+    objects = shapes.objects_from_description(ex)
+    renders[False].append(shapes.render(objects, c.data.image_size))
+    renders[True].append(shapes.render(swapped_objects(objects, swap),
+                                       c.data.image_size))
+  x_plain, x_swap = (np.asarray(ae_lib.encode_latent(
+      run.autoencoder, run.autoencoder.params,
+      np.stack(renders[k]).astype(np.float32) / 255.0,
+      jax.random.PRNGKey(0), run.stats), np.float64).reshape(len(two), -1)
+                     for k in (False, True))
+
+  def rel_dist(x, y):
+    return float(np.mean(np.linalg.norm(x - y, axis=1)
+                         / np.linalg.norm(x, axis=1)))
+
   flat = np.asarray(mu, np.float64).reshape(len(mu), -1)
   diff = flat - np.asarray(mu_swap, np.float64).reshape(len(mu), -1)
   out = {"captions": float(len(two)),
          "swap_dist": float(np.mean(np.linalg.norm(diff, axis=1)
                                     / np.linalg.norm(flat, axis=1))),
+         "image_dist": rel_dist(x_plain, x_swap),
          "tower_pref": prefers(emb), "latent_pref": prefers(x1)}
   scored = os.path.join(run.workdir, f"benchmark_{num}.json")
   if os.path.exists(scored):  # Written by experiments.common.score.
     with open(scored) as f:
       summary = json.load(f).get("summary", {})
-    if "eval/color_acc_2obj" in summary:
-      out["color_acc_2obj"] = summary["eval/color_acc_2obj"]
+    key = {"color": "color_acc_2obj", "shape": "shape_acc"}[swap]
+    if f"eval/{key}" in summary:
+      out[key] = summary[f"eval/{key}"]
   return out
 
 
-def table(rows: list[tuple[str, dict]]) -> str:
-  lines = ["| run | " + " | ".join(COLUMNS) + " |",
-           "|---|" + "---|" * len(COLUMNS)]
+def table(rows: list[tuple[str, dict]], swap: str = "color") -> str:
+  columns = COLUMNS[swap]
+  lines = ["| run | " + " | ".join(columns) + " |",
+           "|---|" + "---|" * len(columns)]
   for name, r in rows:
     cells = [("" if k not in r else f"{int(r[k])}" if k == "captions"
-              else f"{r[k]:.3f}") for k in COLUMNS]
+              else f"{r[k]:.3f}") for k in columns]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -115,14 +191,15 @@ def main(argv):
   reporting.quiet_orbax()
   rows = []
   for workdir in f.workdir:
-    rows.append((workdir, measure(assembly.load_run(workdir), f.num)))
-  text = table(rows)
+    rows.append((workdir, measure(assembly.load_run(workdir), f.num,
+                                  f.swap)))
+  text = table(rows, f.swap)
   print(text, end="")
   if f.out:
     with open(f.out, "w") as out:
       out.write(f"<!-- written by python -m txt2img_jax.experiments.binding "
                 f"{' '.join('--workdir=' + w for w in f.workdir)} "
-                f"--num={f.num} -->\n" + text)
+                f"--num={f.num} --swap={f.swap} -->\n" + text)
     print(f"wrote {f.out}")
 
 
@@ -131,5 +208,8 @@ if __name__ == "__main__":
                             "the flag for several).")
   flags.DEFINE_integer("num", 500, "Test examples read (their two-object "
                        "captions are probed).")
+  flags.DEFINE_enum("swap", "color", ["color", "shape"], "What the "
+                    "changed caption changes: two objects' colours trade "
+                    "places, or a circle becomes a square (and back).")
   flags.DEFINE_string("out", None, "Also write the table here (markdown).")
   cli.run(main, required=["workdir"])
