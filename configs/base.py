@@ -203,6 +203,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # binding. Needs a data set that names its interchangeable words (shapes),
   # and features not cached (data.cache_text off).
   c.loss.hard_negatives = False
+  # The words hard negatives may change: groups of words that stand in for
+  # one another, ';' between groups, ',' between words ("circle,square,
+  # triangle;red,blue"). '' -> the data set's own (the shapes set names
+  # colours, shapes, sizes and cell words; other data sets name none, so
+  # hard negatives on a folder or TFDS set need this field).
+  c.loss.hard_negative_words = ""
+  # Squared distance of z_text's mean mu to its image latent x1 (mean over
+  # latent dims, no gradient to x1), times this weight. 0: off (CrossFlow has
+  # no such term). It asks z_text to be the caption's expected image
+  # latent, everything the caption fixes (shape included), where the
+  # contrastive term asks only that z_text be nearer its own image than the
+  # batch's others.
+  c.loss.align_weight = 0.0
 
   # --- Optimizer: AdamW per parameter group, global-norm clipping.
   c.optim = ml_collections.ConfigDict()

@@ -206,13 +206,14 @@ def test_flops_count_the_negatives():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.data.cache_text=True", "data.cache_text=False"),
+    ("--config.data.cache_text=True --config.text_encoder.name=openai/clip",
+     "data.cache_text=False"),
     ("--config.objective=noise_flow", "crossflow objective"),
 ])
 def test_config_errors(override, message, tmp_path):
   cmd = [sys.executable, "-m", "txt2img_jax.main",
          "--config=configs/restart.py:tiny", f"--workdir={tmp_path / 'w'}",
-         "--config.loss.hard_negatives=True", override]
+         "--config.loss.hard_negatives=True", *override.split()]
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert r.returncode == 1, r.stderr[-2000:]
@@ -260,3 +261,131 @@ def test_a_run_with_hard_negatives_trains(tmp_path):
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   clip = [row["train/clip_raw"] for row in rows if "train/clip_raw" in row]
   assert clip and all(math.isfinite(c) for c in clip)
+
+
+def test_shape_swap_changes_one_circle_or_square():
+  from txt2img_jax.experiments import binding
+  assert (binding.shape_swap("a small red circle in the top")
+          == "a small red square in the top")
+  # Only the first circle or square changes; a triangle before it stays.
+  assert (binding.shape_swap("a blue triangle at the left and a red square "
+                             "at the right, and a green circle")
+          == "a blue triangle at the left and a red circle at the right, "
+             "and a green circle")
+  assert binding.shape_swap("a large cyan triangle at the center") is None
+  # The words of a generated caption, not parts of other words.
+  for i in range(50):
+    caption = shapes.example(0, "test", i, 32)["caption"]
+    swapped = binding.shape_swap(caption)
+    if swapped is None:
+      assert not {"circle", "square"} & set(_words(caption))
+    else:
+      a, b = _words(caption), _words(swapped)
+      assert len(a) == len(b)
+      changed = [(x, y) for x, y in zip(a, b) if x != y]
+      assert changed in ([("circle", "square")], [("square", "circle")])
+
+
+def test_user_word_classes_parse_or_fail_in_one_line():
+  assert negatives.parse_word_classes("circle, square,triangle;red,blue") == (
+      ("circle", "square", "triangle"), ("red", "blue"))
+  for spec, message in [("circle", "needs two different words"),
+                        ("cat,cat", "needs two different words"),
+                        ("cat,dog;", "needs two different words"),
+                        ("cat,dog;dog,fox", "'dog' is in more than one place"),
+                        ("cat,big dog", "'big dog' is not a word")]:
+    with pytest.raises(ValueError, match=message):
+      negatives.parse_word_classes(spec)
+  c = test_train.tiny_config("restart", **{"loss.hard_negatives": True,
+                                           "loss.hard_negative_words": "cat"})
+  with pytest.raises(ValueError, match="loss.hard_negative_words='cat'"):
+    assembly.validate_config(c)
+
+
+def test_pipeline_changes_only_the_named_words(builder):
+  tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), 32)
+  ds = pipeline.train_dataset(
+      builder, tokenizer=tok, max_len=32, global_batch_size=16, seed=3,
+      word_classes=negatives.parse_word_classes("circle,square,triangle"),
+      forbidden=builder.forbidden_phrases())
+  changed = 0
+  for step in (0, 1, 2):
+    b = ds[step]
+    for ids, neg in zip(b["ids"], b["neg_ids"]):
+      diff = np.flatnonzero(ids != neg)
+      changed += bool(len(diff))
+      for i in diff:  # Every changed token is a shape word, both sides.
+        for token in (ids[i], neg[i]):
+          word = tok.convert_ids_to_tokens(int(token))
+          assert word in shapes.SHAPES, word
+  assert changed == 48  # Every caption names a shape: all have a negative.
+
+
+def test_align_term_adds_its_weight_times_the_distance(parts):
+  base = dict(parts, config=parts["config"].copy_and_resolve_references())
+  base["config"].loss.hard_negatives = False
+  (total0, aux0), g0 = _loss(base, parts["batch"])
+  on = dict(base, config=base["config"].copy_and_resolve_references())
+  on["config"].loss.align_weight = 0.5
+  (total1, aux1), g1 = _loss(on, parts["batch"])
+  np.testing.assert_allclose(aux1["align_raw"], aux0["align_raw"], rtol=1e-6)
+  assert float(aux0["loss_align"]) == 0.0
+  assert float(aux1["align_raw"]) > 0
+  np.testing.assert_allclose(float(total1 - total0),
+                             0.5 * float(aux1["align_raw"]), rtol=1e-4)
+  # It trains the text side only: the flow's gradient is unchanged.
+  flow0, flow1 = g0["flow"], g1["flow"]
+  assert all(np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(flow0), jax.tree.leaves(flow1)))
+  text = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                      g0["text_head"], g1["text_head"])
+  assert max(jax.tree.leaves(text)) > 0
+
+
+def test_a_folder_run_with_named_hard_negatives(tmp_path):
+  """Own images: hard negatives need their words named; without them the
+  run stops with a one-line error that says which field to set."""
+  import test_cli
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  test_cli.write_image_folder(str(tmp_path / "imgs"))
+  base = [sys.executable, "-m", "txt2img_jax.main",
+          "--config=configs/folder.py:tiny",
+          f"--config.data.path={tmp_path / 'imgs'}",
+          f"--config.data.data_dir={tmp_path / 'data'}",
+          "--config.loss.hard_negatives=True", "--config.total_steps=2"]
+  r = subprocess.run(base + [f"--workdir={tmp_path / 'a'}"], capture_output=True,
+                     text=True, timeout=600, cwd=repo)
+  assert r.returncode == 1, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert "loss.hard_negative_words" in last and "Traceback" not in r.stderr
+  r = subprocess.run(base + [f"--workdir={tmp_path / 'b'}",
+                             "--config.loss.hard_negative_words=circle,square,"
+                             "triangle;red,green,blue,yellow,magenta,cyan"],
+                     capture_output=True, text=True, timeout=600, cwd=repo)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
+  assert any("train/clip_raw" in row for row in rows)
+
+
+def test_swapped_objects_match_the_swapped_caption():
+  from txt2img_jax.experiments import binding
+  seen = {"color": 0, "shape": 0}
+  for i in range(40):
+    ex = shapes.example(0, "test", i, 32)
+    objects = shapes.objects_from_description(ex)
+    for swap in ("color", "shape"):
+      if swap == "color":
+        if len(objects) != 2:
+          continue
+        caption = negatives.negative_caption(
+            ex["caption"], (shapes.COLOR_NAMES,), np.random.default_rng(0))
+      else:
+        caption = binding.shape_swap(ex["caption"])
+        if caption is None:
+          continue
+      changed = binding.swapped_objects(objects, swap)
+      # The changed objects say what the changed caption says.
+      assert all(shapes.object_phrase(o) in caption for o in changed)
+      assert changed != objects
+      seen[swap] += 1
+  assert min(seen.values()) > 5

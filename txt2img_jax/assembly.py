@@ -128,9 +128,15 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
       raise ValueError("loss.hard_negatives is a term of the crossflow "
                        "objective's contrastive loss; objective="
                        f"{config.objective!r} has none")
-    if config.data.get("cache_text", False):
+    if config.data.get("cache_text", False) and config.text_encoder.name:
+      # (Without a frozen encoder nothing is cached: cache_text is moot.)
       raise ValueError("loss.hard_negatives needs the text encoder to run on "
                        "the negative captions: set data.cache_text=False")
+  if config.loss.get("hard_negative_words", ""):
+    from txt2img_jax.data import negatives
+    negatives.parse_word_classes(config.loss.hard_negative_words)
+  if config.loss.get("align_weight", 0.0) < 0:
+    raise ValueError("loss.align_weight must be >= 0")
   if config.sample.method not in flow.SAMPLERS:
     raise ValueError(f"sample.method={config.sample.method!r}: expected one "
                      f"of {flow.SAMPLERS}")

@@ -102,12 +102,18 @@ def train_batches(config, builder, text: "TextSide",
   d = config.data
   word_classes, forbidden = None, ()
   if config.loss.get("hard_negatives", False):
-    if not hasattr(builder, "word_classes"):
+    from txt2img_jax.data import negatives
+    spec = config.loss.get("hard_negative_words", "")
+    if spec:
+      word_classes = negatives.parse_word_classes(spec)
+    elif hasattr(builder, "word_classes"):
+      word_classes = builder.word_classes()
+    else:
       raise ValueError(
           f"loss.hard_negatives: data.name={d.name!r} does not say which "
           "caption words can stand in for one another (only the shapes set "
-          "does); set loss.hard_negatives=False")
-    word_classes = builder.word_classes()
+          "does): name them in loss.hard_negative_words (e.g. "
+          "'cat,dog;red,blue') or set loss.hard_negatives=False")
     forbidden = getattr(builder, "forbidden_phrases", tuple)()
   it = pipeline.make_train_iterator(
       builder, tokenizer=text.tokenizer, max_len=d.max_len,

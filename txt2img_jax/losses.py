@@ -42,6 +42,14 @@ def flow_mse_per_example(v_pred: jax.Array, v_target: jax.Array) -> jax.Array:
   return err.reshape(err.shape[0], -1).mean(axis=1)
 
 
+def alignment_per_example(mu: jax.Array, x1: jax.Array) -> jax.Array:
+  """Mean squared distance of the text posterior's mean to the image latent
+  (`loss.align_weight`), (B,); no gradient to x1."""
+  err = jnp.square(mu.astype(jnp.float32)
+                   - jax.lax.stop_gradient(x1).astype(jnp.float32))
+  return err.reshape(err.shape[0], -1).mean(axis=1)
+
+
 def kl_to_standard_normal(mu: jax.Array, log_var: jax.Array) -> jax.Array:
   """Per-example KL(N(mu, e^lv) || N(0, I)) summed over the latent, (B,)."""
   return kl_term(mu, log_var, "gaussian")

@@ -86,7 +86,10 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
   arrays = {"image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
             "ids": ids, "mask": mask}
   if config.loss.get("hard_negatives", False):
-    negs = [negatives.negative_caption(c, shapes.word_classes(), rng) or c
+    spec = config.loss.get("hard_negative_words", "")
+    classes = (negatives.parse_word_classes(spec) if spec
+               else shapes.word_classes())
+    negs = [negatives.negative_caption(c, classes, rng) or c
             for c in captions]
     arrays["neg_ids"], arrays["neg_mask"] = tokenizer_lib.tokenize(
         tok, negs, config.data.max_len)

@@ -93,6 +93,15 @@ SUITES = {
         "time.start_prob=0.25",
         "no TV:loss.tv_weight=0.0",
     ),
+    # z_text barely tells a circle from a square (experiments.binding
+    # --swap=shape): levers on the text side. Hard negatives that change only
+    # the shape word; z_text's mean pulled onto its image latent.
+    "zshape": (
+        "restart.py:",
+        "shape negatives:loss.hard_negatives=True,"
+        "loss.hard_negative_words=circle,square,triangle",
+        "align 1:loss.align_weight=1.0",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",

@@ -4,7 +4,8 @@
 
 with z_text drawn from the text head's posterior, plus the KL of that
 posterior, the contrastive loss between z_text and the image, TV of z_text,
-and LPIPS on the decoded one-step estimate (each weighted by the config; see
+the squared distance of its mean to the image latent (align), and LPIPS on
+the decoded one-step estimate (each weighted by the config; see
 configs/base.py). A batch may carry the frozen features cached by `prepare`
 (`moments_mean`/`moments_logvar` for the image, `text_tokens` for the
 caption); then the frozen networks do not run.
@@ -99,9 +100,12 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
                                    negatives=negatives,
                                    negatives_valid=negatives_valid)
     loss_tv = losses.total_variation(z_text).mean()
+    align_w = jnp.float32(c.loss.get("align_weight", 0.0))
+    loss_align = losses.alignment_per_example(mu, x1).mean()
 
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
-             + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv)
+             + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv
+             + align_w * loss_align)
     loss_lpips = jnp.float32(0.0)
     lpips_w = jnp.float32(0.0)
     if perceptual is not None:
@@ -135,6 +139,8 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
         "tv_weight": jnp.float32(c.loss.tv_weight),
         "loss_lpips": lpips_w * loss_lpips, "lpips_raw": loss_lpips,
         "lpips_weight": lpips_w,
+        "loss_align": align_w * loss_align, "align_raw": loss_align,
+        "align_weight": align_w,
         "logit_scale": logit_scale,
         "z_text_norm": z_norm, "x1_norm": x_norm, "norm_ratio": z_norm / x_norm,
         "mu_min": mu.min(), "mu_max": mu.max(), "mu_mean": mu.mean(),
