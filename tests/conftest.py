@@ -3,6 +3,15 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The tests check behaviour, not speed, and most of their time is XLA
+# compiling tiny steps: LLVM's optimisation level 1 compiles them ~30% faster
+# (`python -m txt2img_jax.perf --config=configs/restart.py:tiny --steps=2`
+# with XLA_FLAGS=--xla_backend_optimization_level=1: 19 s against 29 s wall).
+# Subprocesses inherit it. Trained runs keep XLA's default: on the default
+# recipe's step level 1 saved ~4 s of compile and ran each step 0-4% slower.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=1").strip()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

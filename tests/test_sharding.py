@@ -103,7 +103,8 @@ print("RESULT " + json.dumps(out))
 
 def test_sharded_step_matches_one_device():
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=8",
              PYTHONPATH=REPO)
   r = subprocess.run([sys.executable, "-c", SCRIPT, REPO], env=env,
                      capture_output=True, text=True, timeout=600, cwd=REPO)
