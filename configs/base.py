@@ -214,7 +214,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # no such term). It asks z_text to be the caption's expected image
   # latent, everything the caption fixes (shape included), where the
   # contrastive term asks only that z_text be nearer its own image than the
-  # batch's others.
+  # batch's others. Logged as align_raw when on.
   c.loss.align_weight = 0.0
 
   # --- Optimizer: AdamW per parameter group, global-norm clipping.
