@@ -95,12 +95,15 @@ SUITES = {
     ),
     # z_text barely tells a circle from a square (experiments.binding
     # --swap=shape): levers on the text side. Hard negatives that change only
-    # the shape word; z_text's mean pulled onto its image latent.
+    # the shape word; z_text's mean pulled onto its image latent; and twice
+    # the budget.
     "zshape": (
         "restart.py:",
         "shape negatives:loss.hard_negatives=True,"
         "loss.hard_negative_words=circle,square,triangle",
         "align 1:loss.align_weight=1.0",
+        # Is it budget? The default with twice the steps (schedules scaled).
+        "1600 steps:total_steps=2x",
     ),
     # The best screened row at the recipe's own budget.
     "check800": (
