@@ -137,11 +137,8 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     negatives.parse_word_classes(config.loss.hard_negative_words)
   elif (config.loss.get("hard_negatives", False)
         and config.data.name in ("folder", "tfds")):
-    raise ValueError(
-        f"loss.hard_negatives: data.name={config.data.name!r} does not say "
-        "which caption words can stand in for one another: name them in "
-        "loss.hard_negative_words (e.g. 'cat,dog;red,blue') or set "
-        "loss.hard_negatives=False")
+    from txt2img_jax.data import negatives
+    raise negatives.words_not_named(config.data.name)
   if config.loss.get("align_weight", 0.0) < 0:
     raise ValueError("loss.align_weight must be >= 0")
   if config.sample.method not in flow.SAMPLERS:

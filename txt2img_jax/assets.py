@@ -108,12 +108,8 @@ def train_batches(config, builder, text: "TextSide",
       word_classes = negatives.parse_word_classes(spec)
     elif hasattr(builder, "word_classes"):
       word_classes = builder.word_classes()
-    else:
-      raise ValueError(
-          f"loss.hard_negatives: data.name={d.name!r} does not say which "
-          "caption words can stand in for one another (only the shapes set "
-          "does): name them in loss.hard_negative_words (e.g. "
-          "'cat,dog;red,blue') or set loss.hard_negatives=False")
+    else:  # A data source of the user's (built-in ones fail validation).
+      raise negatives.words_not_named(d.name)
     forbidden = getattr(builder, "forbidden_phrases", tuple)()
   it = pipeline.make_train_iterator(
       builder, tokenizer=text.tokenizer, max_len=d.max_len,

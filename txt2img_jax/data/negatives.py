@@ -85,3 +85,13 @@ def parse_word_classes(spec: str) -> tuple[tuple[str, ...], ...]:
     raise ValueError(f"loss.hard_negative_words={spec!r}: {twice[0]!r} is in "
                      "more than one place")
   return tuple(groups)
+
+
+def words_not_named(data_name: str) -> ValueError:
+  """The error for hard negatives on a data set that names no
+  interchangeable words, with none named in the config either."""
+  return ValueError(
+      f"loss.hard_negatives: data.name={data_name!r} does not say which "
+      "caption words can stand in for one another: name them in "
+      "loss.hard_negative_words (e.g. 'cat,dog;red,blue') or set "
+      "loss.hard_negatives=False")

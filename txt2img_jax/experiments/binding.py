@@ -104,21 +104,21 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
                              tokenizer=run.text.tokenizer,
                              max_len=c.data.max_len)
   if swap == "color":
-    two = np.flatnonzero(data["num_objects"] == 2)
-    if not len(two):
+    picked = np.flatnonzero(data["num_objects"] == 2)
+    if not len(picked):
       raise ValueError(f"no two-object caption among the first {num} test "
                        "examples: raise --num")
-    captions = [data["caption"][i] for i in two]
+    captions = [data["caption"][i] for i in picked]
     rng = np.random.default_rng(0)
     swaps = [negatives.negative_caption(x, (shapes.COLOR_NAMES,), rng)
              for x in captions]  # Two objects always have two colours.
   elif swap == "shape":
-    two = np.array([i for i, x in enumerate(data["caption"])
-                    if shape_swap(x) is not None], np.int64)
-    if not len(two):
+    picked = np.array([i for i, x in enumerate(data["caption"])
+                       if shape_swap(x) is not None], np.int64)
+    if not len(picked):
       raise ValueError(f"no caption with a circle or a square among the "
                        f"first {num} test examples: raise --num")
-    captions = [data["caption"][i] for i in two]
+    captions = [data["caption"][i] for i in picked]
     swaps = [shape_swap(x) for x in captions]
   else:
     raise ValueError(f"unknown swap {swap!r}; known: 'color', 'shape'")
@@ -128,7 +128,7 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
   mu_swap = common.z_text_mean(run, *tokenizer_lib.tokenize(tok, swaps,
                                                             c.data.max_len))
   x1 = ae_lib.encode_latent(run.autoencoder, run.autoencoder.params,
-                            data["image"][two], jax.random.PRNGKey(0),
+                            data["image"][picked], jax.random.PRNGKey(0),
                             run.stats)
   emb, _ = run.model.apply({"params": run.ema_params}, x1,
                            method="embed_image")
@@ -139,35 +139,33 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
     return float(np.mean((t * a).sum(1) > (t * b).sum(1)))
 
   renders = {False: [], True: []}
-  for i in two:
+  for i in picked:
     ex = shapes.example(c.data.seed, "test", int(i), c.data.image_size,
                         c.data.jitter_px)
     objects = shapes.objects_from_description(ex)
     renders[False].append(shapes.render(objects, c.data.image_size))
     renders[True].append(shapes.render(swapped_objects(objects, swap),
                                        c.data.image_size))
-  x_plain, x_swap = (np.asarray(ae_lib.encode_latent(
+  x_plain, x_swap = (ae_lib.encode_latent(
       run.autoencoder, run.autoencoder.params,
       np.stack(renders[k]).astype(np.float32) / 255.0,
-      jax.random.PRNGKey(0), run.stats), np.float64).reshape(len(two), -1)
-                     for k in (False, True))
+      jax.random.PRNGKey(0), run.stats) for k in (False, True))
 
-  def rel_dist(x, y):
+  def rel_dist(x, y):  # Mean of |x - y| / |x| over the captions.
+    x = np.asarray(x, np.float64).reshape(len(picked), -1)
+    y = np.asarray(y, np.float64).reshape(len(picked), -1)
     return float(np.mean(np.linalg.norm(x - y, axis=1)
                          / np.linalg.norm(x, axis=1)))
 
-  flat = np.asarray(mu, np.float64).reshape(len(mu), -1)
-  diff = flat - np.asarray(mu_swap, np.float64).reshape(len(mu), -1)
-  out = {"captions": float(len(two)),
-         "swap_dist": float(np.mean(np.linalg.norm(diff, axis=1)
-                                    / np.linalg.norm(flat, axis=1))),
+  out = {"captions": float(len(picked)),
+         "swap_dist": rel_dist(mu, mu_swap),
          "image_dist": rel_dist(x_plain, x_swap),
          "tower_pref": prefers(emb), "latent_pref": prefers(x1)}
   scored = os.path.join(run.workdir, f"benchmark_{num}.json")
   if os.path.exists(scored):  # Written by experiments.common.score.
     with open(scored) as f:
       summary = json.load(f).get("summary", {})
-    key = {"color": "color_acc_2obj", "shape": "shape_acc"}[swap]
+    key = COLUMNS[swap][-1]  # The benchmark's accuracy for this change.
     if f"eval/{key}" in summary:
       out[key] = summary[f"eval/{key}"]
   return out

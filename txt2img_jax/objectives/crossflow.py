@@ -102,9 +102,10 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     loss_tv = losses.total_variation(z_text).mean()
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
              + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv)
-    align_w = jnp.float32(c.loss.get("align_weight", 0.0))
+    align_weight = c.loss.get("align_weight", 0.0)
+    align_w = jnp.float32(align_weight)
     loss_align = jnp.float32(0.0)
-    if c.loss.get("align_weight", 0.0) > 0:
+    if align_weight > 0:
       # Only when on: computed at weight 0 it changes how XLA fuses the step,
       # and the documented seeds' runs no longer reproduce bit for bit.
       loss_align = losses.alignment_per_example(mu, x1).mean()
