@@ -145,7 +145,49 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     raise ValueError(f"sample.method={config.sample.method!r}: expected one "
                      f"of {flow.SAMPLERS}")
   objectives.get(config.get("objective", "crossflow"))
+  options = train_compiler_options(config)
+  if options:
+    try:  # XLA knows its options: a trivial compile names a bad one now.
+      jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"xla_cpu_options={config.xla_cpu_options!r}: "
+                       f"{str(e).splitlines()[0]}") from None
   return shape
+
+
+def parse_xla_options(text: str) -> dict[str, bool | int | float | str]:
+  """'name=value;name=value' -> {name: value}: every name an XLA option;
+  true/false become booleans and numbers numbers, as XLA types them."""
+  options = {}
+  for item in filter(None, (i.strip() for i in text.split(";"))):
+    name, eq, value = (part.strip() for part in item.partition("="))
+    if not eq or not name.startswith("xla_") or not value:
+      raise ValueError(f"xla_cpu_options: {item!r} is not 'xla_<name>=<value>'"
+                       " (items separated by ';', e.g. "
+                       "'xla_disable_hlo_passes=tree_reduction_rewriter')")
+    if name in options:
+      raise ValueError(f"xla_cpu_options: {name} is given twice")
+    options[name] = _xla_value(value)
+  return options
+
+
+def _xla_value(text: str) -> bool | int | float | str:
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def train_compiler_options(config) -> dict | None:
+  """The train step's XLA options: `config.xla_cpu_options` on a CPU backend,
+  none elsewhere (or for a config saved before the field existed)."""
+  if jax.default_backend() != "cpu":
+    return None
+  return parse_xla_options(config.get("xla_cpu_options", "")) or None
 
 
 def use_prng_impl(config) -> None:
@@ -234,14 +276,17 @@ def create_train_state(config, model, latent_shape, text_width, mesh, rules):
   return tx, schedules, state, state_shardings
 
 
-def jit_train_step(train_step, state_shardings, mesh):
-  """Explicit in/out shardings; the state is donated (updated in place)."""
+def jit_train_step(train_step, state_shardings, mesh,
+                   compiler_options: dict[str, str] | None = None):
+  """Explicit in/out shardings; the state is donated (updated in place).
+  compiler_options: XLA options for this step (`train_compiler_options`)."""
   repl = sharding.replicated(mesh)
   return jax.jit(
       train_step, donate_argnums=(0,),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl,
                     repl),
-      out_shardings=(state_shardings, repl))
+      out_shardings=(state_shardings, repl),
+      compiler_options=compiler_options)
 
 
 # ---------------------------------------------------------------------------

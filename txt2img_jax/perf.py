@@ -112,8 +112,10 @@ def measure(config, steps: int = 20, warmup: int = 3,
       config, parts.model, latent_shape, parts.text.width, mesh, rules)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
+  options = assembly.train_compiler_options(config)
   step = assembly.jit_train_step(
-      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh)
+      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh,
+      options)
   batch, stats = synthetic_inputs(config, latent_shape, tok, mesh)
   frozen = jax.device_put(parts.frozen)
 
@@ -136,6 +138,7 @@ def measure(config, steps: int = 20, warmup: int = 3,
       "batch_size": config.batch_size, "jax": jax.__version__,
       "flow_scan": bool(config.flow.get("scan", False)),
       "flow_remat": str(config.flow.get("remat", "none")),
+      "xla_options": options or {},
       "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
       "compile_cpu_s": compile_cpu_s,
       "model_flops": model_flops, "xla_flops": counted_by_xla,
@@ -300,7 +303,8 @@ def report(r: dict) -> str:
   g = 1e9
   lines = [
       f"{r['config']}: {r['platform']} ({r['device_kind']}) x{r['devices']}, "
-      f"{r['dtype']}, batch {r['batch_size']}, jax {r['jax']}",
+      f"{r['dtype']}, batch {r['batch_size']}, jax {r['jax']}"
+      + "".join(f", {k}={v}" for k, v in r.get("xla_options", {}).items()),
       f"compile {r['compile_s']:.1f} s (lower {r['lower_s']:.1f} s; "
       f"{r['compile_cpu_s']:.1f} s of CPU), "
       f"state init {r['init_s']:.1f} s",

@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stats_dev = jax.device_put(stats, sharding.replicated(mesh))
   p_train_step = assembly.jit_train_step(
       step_lib.for_parts(config, parts, tx, schedules, perceptual),
-      state_shardings, mesh)
+      state_shardings, mesh, assembly.train_compiler_options(config))
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).
   generate = assembly.make_generate_fn(config, model, autoencoder,

@@ -47,7 +47,8 @@ def time_steps(config, parts, batch, steps: int) -> float:
   tx, schedules, state, shardings = assembly.create_train_state(
       config, parts.model, parts.latent_shape, parts.text.width, mesh, rules)
   step = assembly.jit_train_step(
-      step_lib.for_parts(config, parts, tx, schedules), shardings, mesh)
+      step_lib.for_parts(config, parts, tx, schedules), shardings, mesh,
+      assembly.train_compiler_options(config))
   frozen = jax.device_put(parts.frozen)
   c = parts.latent_shape[-1]
   stats = jax.device_put(ae_lib.LatentStats(
