@@ -254,6 +254,8 @@ ERRORS = [
                     "--config.flow.patch_size=3"], "patch_size=3"),
     ("nan lr", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
                 "--config.optim.groups.flow.lr=nan"], "lr=nan"),
+    ("unknown XLA option", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
+                            "--config.xla_cpu_options=xla_nope=1"], "xla_nope"),
     ("folder without path", ["txt2img_jax.main", "--config=configs/folder.py:tiny"],
      "data.path"),
     ("folder not there", ["txt2img_jax.prepare", "--config=configs/folder.py:tiny",

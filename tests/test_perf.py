@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from txt2img_jax import assembly
 from txt2img_jax import config_lib
 from txt2img_jax import flops
 from txt2img_jax import perf
+from txt2img_jax import sharding
 from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.models import image_encoder
 from txt2img_jax.models import text_encoder
@@ -127,6 +129,9 @@ def test_measure_compiles_once_and_reports():
     assert r[key] > 0, key
   assert r["achieved_flops_per_s"] == pytest.approx(r["model_flops"] / r["step_time_s"])
   assert "model" in perf.report(r)
+  # The step is timed as training compiles it: with the config's XLA options.
+  assert r["xla_options"] == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+  assert "xla_disable_hlo_passes=tree_reduction_rewriter" in perf.report(r)
   only_compile = perf.measure(c, steps=0)
   assert only_compile["step_time_s"] is None and only_compile["compile_s"] > 0
 
@@ -159,3 +164,39 @@ def test_torch_twin_of_the_dit_has_the_same_parameters():
   # Tensor by tensor (sizes; a torch Linear stores its kernel transposed).
   assert (sorted(math.prod(p.shape) for p in jax.tree.leaves(params))
           == sorted(p.numel() for p in twin.parameters()))
+
+
+def test_xla_cpu_options_reach_the_train_step():
+  """jit_train_step compiles with the options train_compiler_options reads:
+  the default turns off XLA's tree reduction rewriter, whose split
+  reductions (reduce-window) are in the step only without it."""
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  step = lambda state, batch, frozen, stats: (state + 1, jnp.sum(batch * batch, axis=0))
+  texts = {}
+  for value in ("", _config("restart").xla_cpu_options):
+    c = _config("restart", "tiny")
+    c.xla_cpu_options = value
+    options = assembly.train_compiler_options(c)
+    jitted = assembly.jit_train_step(step, sharding.replicated(mesh), mesh, options)
+    with mesh:
+      texts[value] = jitted.lower(jnp.zeros(()), jnp.ones((64, 4096)), {}, {}).compile().as_text()
+  assert "reduce-window" in texts[""]
+  assert "reduce-window" not in texts[_config("restart").xla_cpu_options]
+
+
+def test_xla_options_parse_and_fail_in_one_line():
+  assert assembly.parse_xla_options("") == {}
+  assert assembly.parse_xla_options(
+      " xla_disable_hlo_passes=a,b ; xla_cpu_enable_fast_math=False;xla_x=3;xla_y=0.5") == {
+          "xla_disable_hlo_passes": "a,b", "xla_cpu_enable_fast_math": False,
+          "xla_x": 3, "xla_y": 0.5}
+  for bad in ("tree_reduction_rewriter", "disable=1", "xla_a=", "xla_a=1;xla_a=2"):
+    with pytest.raises(ValueError, match="xla_cpu_options"):
+      assembly.parse_xla_options(bad)
+  c = _config("restart", "tiny")
+  c.xla_cpu_options = "xla_no_such_option=1"
+  with pytest.raises(ValueError, match="xla_cpu_options=.*xla_no_such_option"):
+    assembly.validate_config(c)
+  c.xla_cpu_options = "xla_cpu_enable_fast_math=maybe"
+  with pytest.raises(ValueError, match="not a valid bool"):
+    assembly.validate_config(c)
