@@ -200,3 +200,14 @@ def test_xla_options_parse_and_fail_in_one_line():
   c.xla_cpu_options = "xla_cpu_enable_fast_math=maybe"
   with pytest.raises(ValueError, match="not a valid bool"):
     assembly.validate_config(c)
+
+
+def test_torch_compare_variants_sit_on_the_trainer_options():
+  from txt2img_jax.experiments import torch_compare
+  base = assembly.train_compiler_options(_config("restart"))
+  assert base == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+  assert torch_compare.variant_options("none", base) == {}
+  assert torch_compare.variant_options("xla_cpu_enable_fast_math=true", base) == {
+      **base, "xla_cpu_enable_fast_math": True}
+  with pytest.raises(ValueError, match="--xla_option='fast'"):
+    torch_compare.variant_options("fast", base)

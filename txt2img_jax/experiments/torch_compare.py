@@ -2,12 +2,14 @@
 
   python -m txt2img_jax.experiments.torch_compare [--sizes=default,mid]
       [--repeats=5] [--round_steps=3] [--threads=2] [--out=F.json]
-      [--xla_option=xla_cpu_enable_fast_math=true ...] [--jax_only]
+      [--xla_option=none] [--xla_option=xla_cpu_enable_fast_math=true ...]
+      [--jax_only]
 
 Both sides build the DiT of `models/dit.py` at a recipe's sizes (patch
 embedding, fixed sin-cos positions, time MLP, indicator embedding, adaLN-Zero
 blocks, adaLN final layer) and run forward, MSE to a target, backward and
-AdamW: JAX as one jitted step, PyTorch eagerly on `--threads` threads. The
+AdamW: JAX as one jitted step (compiled with the recipe's `xla_cpu_options`,
+as the trainer compiles its step), PyTorch eagerly on `--threads` threads. The
 two are timed interleaved (JAX, then PyTorch, `--repeats` times) so that load
 from other processes falls on both alike, and the medians are reported with
 the XLA float32 matmul rate measured in the same process between them.
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from txt2img_jax import assembly
 from txt2img_jax import config_lib
 from txt2img_jax import flops as flops_lib
 from txt2img_jax import latents
@@ -227,14 +230,15 @@ def time_torch(step, steps: int) -> float:
 
 # --- The comparison ----------------------------------------------------------
 
-def parse_option(text: str) -> dict:
-  """'key=value' -> {key: value} with true/false and integers converted."""
-  key, sep, value = text.partition("=")
-  if not sep or not key.startswith("xla_"):
-    raise ValueError(f"--xla_option={text!r}: expected xla_<name>=<value>")
-  if value.lower() in ("true", "false"):
-    return {key: value.lower() == "true"}
-  return {key: int(value) if value.lstrip("-").isdigit() else value}
+def variant_options(text: str, base: dict) -> dict:
+  """An --xla_option: 'none' (XLA's defaults), else 'name=value[;...]' on top
+  of `base` (the options the trainer compiles its step with)."""
+  if text == "none":
+    return {}
+  try:
+    return {**base, **assembly.parse_xla_options(text)}
+  except ValueError as e:
+    raise ValueError(f"--xla_option={text!r}: {e}") from None
 
 
 def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
@@ -245,12 +249,15 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
   config = size_config(size, recipe)
   latent_shape = latents.latent_shape(config)
   data = synthetic(config, latent_shape)
+  # As training compiles its step: with the config's XLA options.
+  base = assembly.train_compiler_options(config) or {}
   t0 = time.perf_counter()
-  compiled, state, batch, jax_count = jax_step(config, latent_shape, data)
+  compiled, state, batch, jax_count = jax_step(config, latent_shape, data, base)
   compile_s = time.perf_counter() - t0
   _, state = time_jax(compiled, state, batch, 1)  # Warm-up.
   others = {}
-  for name, options in (variants or {}).items():
+  for name, text in (variants or {}).items():
+    options = variant_options(text, base)
     v_compiled, v_state, _, _ = jax_step(config, latent_shape, data, options)
     _, v_state = time_jax(v_compiled, v_state, batch, 1)
     others[name] = [v_compiled, v_state, []]
@@ -284,7 +291,9 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
       "matmul_flops_per_s": matmul_med, "matmul_all": matmul,
       "jax_utilisation": model_flops / jax_med / matmul_med,
       "repeats": repeats, "steps": steps, "threads": threads,
-      "variants": {name: {"options": variants[name], "jax_s": statistics.median(v[2]),
+      "xla_options": base,
+      "variants": {name: {"options": variant_options(variants[name], base),
+                          "jax_s": statistics.median(v[2]),
                           "jax_all_s": v[2]} for name, v in others.items()},
   }
   if with_torch:
@@ -303,7 +312,8 @@ def report(r: dict) -> str:
       f"{r['model_flops'] / 1e9:.1f} GFLOP/step",
       f"  JAX     {r['jax_s']:.3f} s/step (median of {r['repeats']} x "
       f"{r['steps']}; {min(r['jax_all_s']):.3f}-{max(r['jax_all_s']):.3f}), "
-      f"{r['jax_utilisation']:.2f} of the matmul rate; compile {r['compile_s']:.1f} s",
+      f"{r['jax_utilisation']:.2f} of the matmul rate; compile {r['compile_s']:.1f} s"
+      + "".join(f"; {k}={v}" for k, v in r.get("xla_options", {}).items()),
   ]
   if "torch_s" in r:
     lines.append(
@@ -326,8 +336,9 @@ _STEPS = flags.DEFINE_integer("round_steps", 3, "Steps per side per round.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 _RECIPE = flags.DEFINE_string("recipe", "restart", "configs/<recipe>.py to size from.")
 _XLA_OPTIONS = flags.DEFINE_multi_string(
-    "xla_option", [], "Also time the JAX step compiled with this XLA option "
-    "(xla_<name>=<value>; repeatable, one variant each), interleaved.")
+    "xla_option", [], "Also time the JAX step compiled with these XLA options "
+    "(xla_<name>=<value>[;...], on top of the config's xla_cpu_options; 'none': "
+    "XLA's defaults; repeatable, one variant each), interleaved.")
 _NO_TORCH = flags.DEFINE_bool("jax_only", False, "Time the JAX step alone.")
 _JSON = flags.DEFINE_string("out", "", "Also write the results (JSON) here.")
 
@@ -336,7 +347,9 @@ def main(argv):
   del argv
   results = []
   for size in _SIZES.value:
-    variants = {o: parse_option(o) for o in _XLA_OPTIONS.value}
+    variants = {o: o for o in _XLA_OPTIONS.value}
+    for o in variants.values():
+      variant_options(o, {})  # A bad option fails before anything runs.
     r = compare(size, _REPEATS.value, _STEPS.value, _THREADS.value,
                 _RECIPE.value, with_torch=not _NO_TORCH.value, variants=variants)
     print(report(r), flush=True)
