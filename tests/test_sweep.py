@@ -89,3 +89,14 @@ def test_final_evaluation_is_the_runs_last_benchmark():
   # A benchmark without the per-count accuracies (older runs): scored anew.
   partial = {"step": 800, "eval/object_acc": 0.7, "heldout/object_acc": 0.4}
   assert common.final_evaluation(rows[:2] + [partial], 800) is None
+
+
+def test_the_tables_command_names_its_variants():
+  import types
+  f = types.SimpleNamespace(suite="", recipe="restart", config_variant="", only="",
+                            variant=["restart.py:", "1600 steps:total_steps=2x"],
+                            steps=800, seeds="0,1,2", num=500)
+  assert sweep.command_line(f) == (
+      "python -m txt2img_jax.experiments.sweep --recipe=restart "
+      "--variant='restart.py:' --variant='1600 steps:total_steps=2x' "
+      "--steps=800 --seeds=0,1,2 --num=500")

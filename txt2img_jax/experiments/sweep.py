@@ -220,6 +220,18 @@ def table(rows, done, seeds) -> str:
   return "\n".join(lines)
 
 
+def command_line(f) -> str:
+  """The command that writes the table (its first line): every flag that
+  chooses the runs, --variant's included."""
+  return ("python -m txt2img_jax.experiments.sweep "
+          + (f"--suite={f.suite} " if f.suite else "")
+          + f"--recipe={f.recipe} "
+          + (f"--config_variant={f.config_variant} " if f.config_variant else "")
+          + (f"--only='{f.only}' " if f.only else "")
+          + "".join(f"--variant='{v}' " for v in (f.variant or []))
+          + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}")
+
+
 def main(argv):
   del argv
   reporting.quiet_orbax()
@@ -244,13 +256,7 @@ def main(argv):
     overrides = dict(overrides)
     variant_steps(overrides.pop("total_steps", None), f.steps)
     apply_overrides(common.recipe(f.recipe, f.config_variant), overrides)
-  command = ("python -m txt2img_jax.experiments.sweep "
-             + (f"--suite={f.suite} " if f.suite else "")
-             + f"--recipe={f.recipe} "
-             + (f"--config_variant={f.config_variant} "
-                if f.config_variant else "")
-             + (f"--only='{f.only}' " if f.only else "")
-             + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}")
+  command = command_line(f)
   done = {}
   for seed in seeds:
     for label, overrides in rows:
