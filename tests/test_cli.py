@@ -41,6 +41,8 @@ SHRINK = {
     "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
                                   "--restart_steps=2", "--num=4"],
     "experiments.binding": ["--num=16"],
+    "experiments.torch_compare": ["--sizes=default", "--repeats=1",
+                                  "--round_steps=1"],
     "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
                           "--num=4", "--limit=1"],
 }
