@@ -277,7 +277,7 @@ def create_train_state(config, model, latent_shape, text_width, mesh, rules):
 
 
 def jit_train_step(train_step, state_shardings, mesh,
-                   compiler_options: dict[str, str] | None = None):
+                   compiler_options: dict | None = None):
   """Explicit in/out shardings; the state is donated (updated in place).
   compiler_options: XLA options for this step (`train_compiler_options`)."""
   repl = sharding.replicated(mesh)
