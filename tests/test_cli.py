@@ -72,11 +72,23 @@ def documented_commands() -> list[tuple[str, str]]:
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
       for line in block.replace("\\\n", " ").splitlines():
         line = " ".join(line.split())
-        if line.startswith("python -m txt2img_jax") and (
-            tuple(shrink(line)) not in seen):
-          seen.add(tuple(shrink(line)))
+        extra, command = split_env(line)
+        if not command.startswith("python -m txt2img_jax"):
+          continue
+        key = (tuple(sorted(extra.items())), tuple(shrink(line)))
+        if key not in seen:
+          seen.add(key)
           found.append((os.path.relpath(path, REPO), line))
   return found
+
+
+def split_env(line: str) -> tuple[dict[str, str], str]:
+  """`NAME=value ... python -m ...` -> ({NAME: value}, "python -m ...")."""
+  extra = {}
+  while (m := re.match(r"([A-Z_][A-Z0-9_]*)=(\S*) ", line)):
+    extra[m.group(1)] = m.group(2)
+    line = line[m.end():]
+  return extra, line
 
 
 def command_name(argv: list[str]) -> str:
@@ -88,7 +100,7 @@ def command_name(argv: list[str]) -> str:
 
 def shrink(command: str) -> list[str]:
   # "[--num=500]" in a synopsis is an optional flag: give it.
-  argv = [a.strip("[]") for a in shlex.split(command)]
+  argv = [a.strip("[]") for a in shlex.split(split_env(command)[1])]
   name = command_name(argv)
   out = []
   for a in argv:
@@ -190,12 +202,13 @@ def test_documented_command_runs(scratch, source, command):
   cwd, env = scratch
   argv = shrink(command)
   # Experiments write their tables into docs/ by default: keep them here.
-  name = command_name(shlex.split(command))
+  extra, bare = split_env(command)
+  name = command_name(shlex.split(bare))
   if name.startswith("experiments."):
     argv += [f"--out=exp_{name}.md"]
     if name in TRAINING_EXPERIMENTS:  # Their runs, here too.
       argv += ["--workroot=workdirs/exp"]
-  r = run(argv, cwd, env)
+  r = run(argv, cwd, {**env, **extra})
   ok = (0, 1) if name.startswith("health") else (0,)  # 1 is a FAIL verdict.
   assert r.returncode in ok, (source, command, r.stderr[-3000:])
   assert "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -15,6 +15,7 @@ import pytest
 from txt2img_jax import assembly
 from txt2img_jax import config_lib
 from txt2img_jax import flops
+from txt2img_jax import hostmem
 from txt2img_jax import perf
 from txt2img_jax import sharding
 from txt2img_jax.models import dit as dit_lib
@@ -132,6 +133,10 @@ def test_measure_compiles_once_and_reports():
   # The step is timed as training compiles it: with the config's XLA options.
   assert r["xla_options"] == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
   assert "xla_disable_hlo_passes=tree_reduction_rewriter" in perf.report(r)
+  # The host's share of a step, and the allocator setting it ran under.
+  assert r["page_faults_per_step"] >= 0 and r["system_cpu_per_step_s"] >= 0
+  assert r["host_malloc"] == hostmem.applied
+  assert f"(allocator: {hostmem.applied})" in perf.report(r)
   only_compile = perf.measure(c, steps=0)
   assert only_compile["step_time_s"] is None and only_compile["compile_s"] > 0
 

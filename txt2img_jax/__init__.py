@@ -2,6 +2,12 @@
 
 import os
 
+from txt2img_jax import hostmem
+
+# Before any computation or large allocation: see hostmem (a CPU train step
+# 18-22% faster).
+hostmem.keep_freed_memory()
+
 # TensorFlow (imported by TFDS and CLU) logs C++ info lines at import that say
 # nothing about this program; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

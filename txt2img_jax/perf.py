@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import resource
 import tempfile
 import time
 
@@ -36,6 +37,7 @@ from ml_collections import config_flags
 
 from txt2img_jax import assembly
 from txt2img_jax import flops as flops_lib
+from txt2img_jax import hostmem
 from txt2img_jax import sharding
 from txt2img_jax import step as step_lib
 from txt2img_jax.data import negatives
@@ -139,6 +141,7 @@ def measure(config, steps: int = 20, warmup: int = 3,
       "flow_scan": bool(config.flow.get("scan", False)),
       "flow_remat": str(config.flow.get("remat", "none")),
       "xla_options": options or {},
+      "host_malloc": hostmem.applied,
       "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
       "compile_cpu_s": compile_cpu_s,
       "model_flops": model_flops, "xla_flops": counted_by_xla,
@@ -157,11 +160,12 @@ def measure(config, steps: int = 20, warmup: int = 3,
     for _ in range(warmup):
       state, metrics = compiled(state, batch, frozen, stats)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    t0, u0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
       state, metrics = compiled(state, batch, frozen, stats)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
     if profile_steps:
       def call():
         nonlocal state
@@ -175,6 +179,9 @@ def measure(config, steps: int = 20, warmup: int = 3,
       "achieved_flops_per_s": model_flops / dt, "matmul_n": n,
       "matmul_flops_per_s": peak,
       "utilisation": model_flops / dt / (peak * jax.device_count()),
+      # The host's side of a step: page faults and kernel time (hostmem).
+      "page_faults_per_step": (u1.ru_minflt - u0.ru_minflt) / steps,
+      "system_cpu_per_step_s": (u1.ru_stime - u0.ru_stime) / steps,
   })
   return r
 
@@ -319,6 +326,10 @@ def report(r: dict) -> str:
         f"{r['achieved_flops_per_s'] / g:.1f} GFLOP/s achieved vs "
         f"{r['matmul_flops_per_s'] / g:.1f} GFLOP/s {r['matmul_n']}^3 matmul "
         f"per device -> utilisation {r['utilisation']:.3f}")
+    lines.append(
+        f"host: {r['page_faults_per_step']:.0f} page faults and "
+        f"{r['system_cpu_per_step_s'] * 1e3:.1f} ms of system CPU per step "
+        f"(allocator: {r['host_malloc']})")
   warning = mismatch_warning(r)
   if warning:
     lines.append(warning)

@@ -19,6 +19,7 @@ from txt2img_jax import assembly
 from txt2img_jax import assets
 from txt2img_jax import checkpointing
 from txt2img_jax import evaluators
+from txt2img_jax import hostmem
 from txt2img_jax import latents
 from txt2img_jax import multihost
 from txt2img_jax import perceptual as perceptual_lib
@@ -107,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_eval = {}
   with mesh, preemption.StopOnSignal() as stop:
     for step in range(start_step, total):
-      batch = sharding.put_batch(next(batches), mesh)
+      batch = hostmem.inputs_ready(sharding.put_batch(next(batches), mesh))
       state, metrics = p_train_step(state, batch, frozen, stats_dev)
       if pending is not None:
         reporter.add(*pending)
