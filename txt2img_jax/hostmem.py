@@ -20,9 +20,9 @@ memory until it exits, and the Python thread waits for each computation
 The step's inputs must be ready when it is called (`inputs_ready`): an
 input still being copied sends the computation to a worker thread anyway.
 
-The malloc settings must come before the first large allocation, so the
-package's __init__ calls keep_freed_memory() before anything imports jax's
-backend. It applies on Linux with glibc when jax will run on the CPU; it does
+The settings must come before the first computation (jax reads its option
+when it creates the CPU backend), so the package's __init__ calls
+keep_freed_memory() first thing. It applies on Linux with glibc when jax will run on the CPU; it does
 nothing where an accelerator plugin is installed (the step's buffers live on
 the device there), where the user tunes glibc's malloc through the
 environment, or when TXT2IMG_MALLOC=system. TXT2IMG_MALLOC=reuse applies it
@@ -34,6 +34,8 @@ import ctypes.util
 import importlib.util
 import os
 import sys
+
+import jax
 
 # mallopt's parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -100,7 +102,6 @@ def keep_freed_memory() -> str:
                              mallopt(M_TRIM_THRESHOLD, -1) == 1):
     applied = "off (no glibc mallopt)"
     return applied
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   return applied
 
@@ -115,6 +116,5 @@ def inputs_ready(tree):
   of the batch; elsewhere this returns at once.
   """
   if applied == "reuse":
-    import jax  # pylint: disable=g-import-not-at-top
     jax.block_until_ready(tree)
   return tree
