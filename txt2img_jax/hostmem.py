@@ -22,8 +22,8 @@ input still being copied sends the computation to a worker thread anyway.
 
 The settings must come before the first computation (jax reads its option
 when it creates the CPU backend), so the package's __init__ calls
-keep_freed_memory() first thing. It applies on Linux with glibc when jax will run on the CPU; it does
-nothing where an accelerator plugin is installed (the step's buffers live on
+keep_freed_memory() first thing. It applies on Linux with glibc when jax
+will run on the CPU; it does nothing where an accelerator plugin is installed (the step's buffers live on
 the device there), where the user tunes glibc's malloc through the
 environment, or when TXT2IMG_MALLOC=system. TXT2IMG_MALLOC=reuse applies it
 whatever the installed backends.
