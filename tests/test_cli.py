@@ -104,10 +104,13 @@ def shrink(command: str) -> list[str]:
   name = command_name(argv)
   out = []
   for a in argv:
-    m = re.fullmatch(r"--config=(configs/\w+\.py)", a)
+    # A config with its own variant ("restart.py:800") keeps it, shrunk.
+    m = re.fullmatch(r"--config=(configs/\w+\.py)(?::([\w,]+))?", a)
     if name in PROBES and a.startswith("--workdir="):
       continue  # Runs of a sweep: probe the setup's run instead.
-    out.append(f"--config={m.group(1)}:tiny" if m else a)
+    parts = (m.group(2) or "").split(",") if m else []
+    variant = ",".join([v for v in parts if v and v != "tiny"] + ["tiny"])
+    out.append(f"--config={m.group(1)}:{variant}" if m else a)
   if name in PROBES:
     out.append(PROBES[name])
   return [sys.executable] + out[1:] + SHRINK.get(name, [])
@@ -168,6 +171,20 @@ def test_documented_commands_are_found():
                  "prepare"):
     assert any(c.startswith(f"python -m txt2img_jax.{module} ")
                for c in commands), module
+
+
+def test_shrink_keeps_a_config_variant():
+  main = "python -m txt2img_jax.main "
+  assert shrink(main + "--config=configs/restart.py")[3] == (
+      "--config=configs/restart.py:tiny")
+  assert shrink(main + "--config=configs/restart.py:800")[3] == (
+      "--config=configs/restart.py:800,tiny")
+  assert shrink(main + "--config=configs/folder.py:tiny")[3] == (
+      "--config=configs/folder.py:tiny")
+  from txt2img_jax import config_lib
+  restart = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
+                                    "restart")
+  assert restart.get_config("800,tiny").total_steps == 6
 
 
 def _promised_files(argv: list[str]) -> list[str]:

@@ -42,6 +42,14 @@ def test_variant_steps_and_rescaled_schedules():
   assert sweep.variant_steps(123, 400) == 123
   c = common.recipe("restart")
   assert (c.total_steps, c.optim.schedule.warmup_steps,
+          c.optim.schedule.t0, c.time.sampler.blend_steps) == (1600, 100, 1500, 3200)
+  # The default rescaled to 800 steps is the recipe's "800" variant (the
+  # default the docs' 800-step tables were measured with).
+  common.rescale_steps(c, 800)
+  c800 = common.recipe("restart", "800")
+  c800.eval_every = c.eval_every
+  assert c.to_json() == c800.to_json()
+  assert (c.total_steps, c.optim.schedule.warmup_steps,
           c.optim.schedule.t0, c.time.sampler.blend_steps) == (800, 50, 750, 1600)
   common.rescale_steps(c, 400)
   # The cycle still ends on the last step; the blend keeps its pace.

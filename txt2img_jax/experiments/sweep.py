@@ -105,6 +105,24 @@ SUITES = {
         # Is it budget? The default with twice the steps (schedules scaled).
         "1600 steps:total_steps=2x",
     ),
+    # Levers not yet measured on the latent-target recipe, screened at 800
+    # steps on the AMD machine (docs/recipes.md, "Levers screened at 800
+    # steps"): learning rates, the contrastive weight and temperature, and
+    # the time curriculum. Values are in the default's 1,600-step units, so
+    # blend_steps=1600 ends the blend on the last of 800 steps.
+    "tuning": (
+        "restart.py:",
+        "flow lr 2e-3:optim.groups.flow.lr=2e-3",
+        "text lr 4e-3:optim.groups.text_encoder.lr=4e-3,"
+        "optim.groups.text_head.lr=4e-3",
+        "clip 4:loss.clip_weight=4.0",
+        "scale 100:image_encoder.init_logit_scale=5.0",
+        "scale 55:image_encoder.init_logit_scale=4.0",
+        "scale 7:image_encoder.init_logit_scale=2.0",
+        "scale 3:image_encoder.init_logit_scale=1.1",
+        "blend over the run:time.sampler.blend_steps=1600",
+        "then mean 0:time.sampler.then.mean=0.0",
+    ),
     # The best screened row at the recipe's own budget.
     "check800": (
         "restart.py:",
