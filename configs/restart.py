@@ -55,6 +55,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # earlier tables used.
   c.total_steps = 1600
   c.eval_every = 1600       # Benchmarked at the end only (~25 s per pass).
+  c.sample_every = 800      # Grids at half-way and at the end.
+  c.checkpoint_every = 400  # ~2 minutes of steps at risk on a crash.
 
   c.optim.schedule = ml_collections.ConfigDict(dict(
       kind="sgdr", warmup_steps=100,
@@ -97,6 +99,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if "800" in parts:
     c.total_steps = 800
     c.eval_every = 800
+    c.sample_every = 400
+    c.checkpoint_every = 200
     c.optim.schedule.update(warmup_steps=50, t0=750)
     c.time.sampler.update(blend_steps=1600)
   if "tiny" in parts:

@@ -47,7 +47,8 @@ def test_variant_steps_and_rescaled_schedules():
   # default the docs' 800-step tables were measured with).
   common.rescale_steps(c, 800)
   c800 = common.recipe("restart", "800")
-  c800.eval_every = c.eval_every
+  for field in ("eval_every", "sample_every", "checkpoint_every"):
+    c800[field] = c[field]   # Cadences; the sweep sets its own.
   assert c.to_json() == c800.to_json()
   assert (c.total_steps, c.optim.schedule.warmup_steps,
           c.optim.schedule.t0, c.time.sampler.blend_steps) == (800, 50, 750, 1600)
