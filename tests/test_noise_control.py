@@ -15,6 +15,7 @@ from txt2img_jax import assembly
 from txt2img_jax import latents
 from txt2img_jax import objectives
 from txt2img_jax import train
+from txt2img_jax.experiments import common
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import dit as dit_lib
 import test_train
@@ -210,3 +211,8 @@ def test_tiny_run_trains_samples_and_reloads(data_dir, tmp_path):
                         jax.random.PRNGKey(0), num_steps=2, method="euler",
                         cfg_scale=2.0, use_mean=True)
   assert images.shape == (2, 32, 32, 3) and np.all(np.isfinite(images))
+  # Scored as the sweep scores a run: the benchmark, no z_text measures (this
+  # path has no text latent), and the second call reads the cache.
+  summary = common.score(workdir, run.config.eval.num)
+  assert "eval/object_acc" in summary and "ztext/corr" not in summary
+  assert common.score(workdir, run.config.eval.num) == summary

@@ -90,7 +90,8 @@ def score(workdir: str, num: int) -> dict[str, float]:
       summary = cached["summary"]
       if not all(f"eval/{k}" in summary for k in benchmark.BY_COUNT_KEYS):
         summary = None  # Scored before the per-count accuracies existed.
-      elif all(k in summary for k in ZTEXT_KEYS):
+      elif (all(k in summary for k in ZTEXT_KEYS)
+            or cached.get("z_text") is False):
         return summary
   run = assembly.load_run(workdir)
   if summary is None and run.config.eval.num == num:
@@ -101,6 +102,12 @@ def score(workdir: str, num: int) -> dict[str, float]:
                           run.generate, run.frozen, run.stats)
   if summary is None:
     summary = ev.benchmark(run.ema_params)
+  if run.config.get("objective", "crossflow") != "crossflow":
+    # The noise path (objective noise_flow) has no text latent to measure.
+    with open(path, "w") as f:
+      json.dump({"step": step, "summary": summary, "z_text": False}, f,
+                indent=1)
+    return summary
   data = ev.data["eval"]
   n = min(num, len(data["caption"]))
   mu = z_text_mean(run, data["ids"][:n], data["mask"][:n])
