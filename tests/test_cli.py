@@ -45,13 +45,16 @@ SHRINK = {
                                   "--round_steps=1"],
     "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
                           "--num=4", "--limit=1"],
+    "experiments.leak": ["--config_variant=tiny", "--steps=4", "--seeds=0",
+                         "--num=4", "--limit=1"],
 }
 # Experiments that read trained runs (a sweep's, in the docs): in CI they
 # read the setup's restart run instead.
 PROBES = {"experiments.binding": "--workdir=workdirs/restart"}
 # The experiments that train runs of their own (under --workroot).
 TRAINING_EXPERIMENTS = ("experiments.heads_ablation",
-                        "experiments.restart_trial", "experiments.sweep")
+                        "experiments.restart_trial", "experiments.sweep",
+                        "experiments.leak")
 # Runs the documented commands read from (base is diagnose's subject).
 SETUP = [
     "python -m txt2img_jax.main --config=configs/restart.py",
