@@ -321,3 +321,18 @@ def test_lr_follows_the_step_argument_not_the_update_count():
   g = grads['flow']['Conv_0']['kernel']
   np.testing.assert_allclose(u5['flow']['Conv_0']['kernel'],
                              -lr5 * g / (jnp.abs(g) + 1e-8), rtol=1e-4)
+
+
+def test_unfinished_schedule_warns_when_only_total_steps_is_shortened():
+  from txt2img_jax.experiments import common
+  for name, variant in (("restart", ""), ("restart", "400"), ("base", "")):
+    # restart.py's cycle ends on its last step; base.py decays to its floor.
+    assert optim.unfinished_schedule(common.recipe(name, variant)) is None
+  c = common.recipe("restart")
+  c.total_steps = 400   # The SGDR cycle of 1,500 steps is a fifth done.
+  message = optim.unfinished_schedule(c)
+  assert message and "91%" in message and "restart.py:400" in message
+  c.total_steps = 10    # Inside the warmup of 100 steps.
+  assert "inside the LR warmup" in optim.unfinished_schedule(c)
+  c.optim.schedule = ml_collections.ConfigDict(dict(kind="constant"))
+  assert optim.unfinished_schedule(c) is None

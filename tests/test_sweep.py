@@ -4,6 +4,7 @@ applied before anything trains. Its command line runs in test_cli."""
 import pytest
 
 from txt2img_jax import benchmark
+from txt2img_jax import config_lib
 from txt2img_jax.experiments import common
 from txt2img_jax.experiments import sweep
 
@@ -45,19 +46,21 @@ def test_variant_steps_and_rescaled_schedules():
           c.optim.schedule.t0, c.time.sampler.blend_steps) == (1600, 100, 1500, 3200)
   # The default rescaled to 800 steps is the recipe's "800" variant (the
   # default the docs' 800-step tables were measured with).
-  common.rescale_steps(c, 800)
+  config_lib.rescale_steps(c, 800)
   c800 = common.recipe("restart", "800")
+  assert (c800.eval_every, c800.sample_every, c800.checkpoint_every) == (
+      800, 400, 200)
   for field in ("eval_every", "sample_every", "checkpoint_every"):
     c800[field] = c[field]   # Cadences; the sweep sets its own.
   assert c.to_json() == c800.to_json()
   assert (c.total_steps, c.optim.schedule.warmup_steps,
           c.optim.schedule.t0, c.time.sampler.blend_steps) == (800, 50, 750, 1600)
-  common.rescale_steps(c, 400)
+  config_lib.rescale_steps(c, 400)
   # The cycle still ends on the last step; the blend keeps its pace.
   assert (c.total_steps, c.optim.schedule.warmup_steps,
           c.optim.schedule.t0, c.time.sampler.blend_steps) == (400, 25, 375, 800)
   b = common.recipe("base")
-  common.rescale_steps(b, 400)
+  config_lib.rescale_steps(b, 400)
   assert b.optim.schedule.decay_steps == 400
 
 
@@ -109,3 +112,14 @@ def test_the_tables_command_names_its_variants():
       "python -m txt2img_jax.experiments.sweep --recipe=restart "
       "--variant='restart.py:' --variant='1600 steps:total_steps=2x' "
       "--steps=800 --seeds=0,1,2 --num=500")
+
+
+def test_a_number_of_steps_is_a_variant_of_the_recipe():
+  c = common.recipe("restart", "400")
+  assert (c.total_steps, c.optim.schedule.warmup_steps, c.optim.schedule.t0,
+          c.time.sampler.blend_steps) == (400, 25, 375, 800)
+  assert (c.eval_every, c.sample_every, c.checkpoint_every) == (400, 200, 100)
+  with pytest.raises(ValueError, match="a number of steps must be >= 1"):
+    common.recipe("restart", "0")
+  with pytest.raises(ValueError, match="unknown config variant '4x'"):
+    common.recipe("restart", "4x")

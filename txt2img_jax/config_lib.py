@@ -1,10 +1,10 @@
-"""Config helpers: loading a sibling recipe."""
+"""Config helpers: loading a sibling recipe, and scaling a recipe's
+step-based schedules with its number of steps."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-
 
 
 def load_sibling(config_file: str, name: str):
@@ -15,3 +15,37 @@ def load_sibling(config_file: str, name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def rescale_steps(c, steps: int) -> None:
+  """Sets total_steps and scales the recipe's step-based schedules with it
+  (warmup, the SGDR cycle or cosine decay, the time-sampling curriculum), so
+  that a shorter or longer run still ends its cycle on its last step."""
+  if steps == c.total_steps:
+    return
+  scale = steps / c.total_steps
+  sched = c.optim.schedule
+  sched.warmup_steps = max(1, round(sched.warmup_steps * scale))
+  if "t0" in sched:
+    sched.t0 = steps - sched.warmup_steps
+  if "decay_steps" in sched:
+    sched.decay_steps = max(1, round(sched.decay_steps * scale))
+  sampler = c.time.sampler
+  if sampler.kind == "curriculum":
+    sampler.steps = round(sampler.steps * scale)
+    if sampler.blend_steps:
+      sampler.blend_steps = max(1, round(sampler.blend_steps * scale))
+  c.total_steps = steps
+
+
+def steps_variant(c, steps: int) -> None:
+  """A recipe's variant "N" (`configs/restart.py:400`): N steps, every
+  schedule scaled with them (`rescale_steps`), a benchmark at the end, grids
+  at half-way and the end, a checkpoint every quarter."""
+  if steps < 1:
+    raise ValueError(f"config variant {steps!r}: a number of steps must be "
+                     ">= 1")
+  rescale_steps(c, steps)
+  c.eval_every = steps
+  c.sample_every = max(1, steps // 2)
+  c.checkpoint_every = max(1, steps // 4)

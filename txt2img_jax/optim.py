@@ -235,6 +235,48 @@ def _group_schedule_cfg(optim: ml_collections.ConfigDict, group: Mapping[str, An
   return cfg
 
 
+def unfinished_schedule(config: Any, threshold: float = 0.1) -> str | None:
+  """A warning when the run stops before its learning rate has decayed.
+
+  A recipe's schedules are sized for its own total_steps (restart.py: one
+  SGDR cycle that ends on its last step); shortening the run with
+  `--config.total_steps=N` alone leaves the LR near its peak on the last
+  step. Returns None when every trainable group's LR on the last step is at
+  most `threshold` of the way from its floor (eta_min, end_lr) to its peak
+  (or its schedule is constant), else one line
+  that says by how much and what scales the schedules with the steps.
+  """
+  optim = _optim_cfg(config)
+  last = config.total_steps - 1
+  warmup = int(_to_dict(optim.get('schedule')).get('warmup_steps', 0) or 0)
+  if warmup >= config.total_steps > 1:
+    return (f'the run ends inside the LR warmup (warmup_steps={warmup}, '
+            f'total_steps={config.total_steps}). A recipe\'s steps variant '
+            'scales every schedule with the steps (e.g. --config='
+            f'configs/restart.py:{config.total_steps}).')
+  worst = 0.0
+  for group in _group_cfgs(optim).values():
+    if not group.get('trainable', True) or not group['lr']:
+      continue
+    cfg = _group_schedule_cfg(optim, group)
+    cfg['max_lr'] = None  # The curve's own shape, not its cap.
+    if cfg.get('kind', 'constant') == 'constant':
+      continue
+    peak = float(group['lr'])
+    floor = min(float(cfg.get(_FLOOR_FIELD[cfg['kind']], 0.0) or 0.0), peak)
+    if peak > floor:
+      lr = float(make_schedule(cfg, peak)(last))
+      worst = max(worst, (lr - floor) / (peak - floor))
+  if worst <= threshold:
+    return None
+  return (f'the learning rate is still {worst:.0%} of the way from its floor '
+          f'to its peak on the last step (total_steps={config.total_steps}): '
+          'the run ends before its LR schedule decays. A recipe\'s steps '
+          'variant scales every schedule with the steps (e.g. --config='
+          f'configs/restart.py:{config.total_steps}); or set the schedule\'s '
+          'own steps (optim.schedule) too.')
+
+
 def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
   """Builds clip -> per-group AdamW from `config.optim` for the groups in `params`.
 

@@ -22,6 +22,7 @@ from txt2img_jax import evaluators
 from txt2img_jax import hostmem
 from txt2img_jax import latents
 from txt2img_jax import multihost
+from txt2img_jax import optim
 from txt2img_jax import perceptual as perceptual_lib
 from txt2img_jax import preemption
 from txt2img_jax import reporting
@@ -38,6 +39,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final train metrics and the last evaluation."""
   # --- Logging and checks (before anything compiles).
   latent_shape = assembly.validate_config(config)
+  if (warning := optim.unfinished_schedule(config)):
+    logging.warning("optim.schedule: %s", warning)
   workdir = checkpointing.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0

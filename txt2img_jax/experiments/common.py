@@ -31,27 +31,6 @@ def recipe(name: str, variant: str = ""):
   return module.get_config(variant)
 
 
-def rescale_steps(c, steps: int) -> None:
-  """Sets total_steps and scales the recipe's step-based schedules with it
-  (warmup, the SGDR cycle or cosine decay, the time-sampling curriculum), so
-  that a shorter or longer run still ends its cycle on its last step."""
-  if steps == c.total_steps:
-    return
-  scale = steps / c.total_steps
-  sched = c.optim.schedule
-  sched.warmup_steps = max(1, round(sched.warmup_steps * scale))
-  if "t0" in sched:
-    sched.t0 = steps - sched.warmup_steps
-  if "decay_steps" in sched:
-    sched.decay_steps = max(1, round(sched.decay_steps * scale))
-  sampler = c.time.sampler
-  if sampler.kind == "curriculum":
-    sampler.steps = round(sampler.steps * scale)
-    if sampler.blend_steps:
-      sampler.blend_steps = max(1, round(sampler.blend_steps * scale))
-  c.total_steps = steps
-
-
 def train_once(config, workdir: str, fresh: bool = False) -> None:
   """Trains unless workdir already holds the final checkpoint."""
   if fresh and os.path.isdir(workdir):

@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from txt2img_jax import config_lib
 from txt2img_jax import reporting
 from txt2img_jax.experiments import common
 
@@ -49,7 +50,7 @@ def run_row(label, kind, tv, seed, steps, num, workroot):
   if tv is not None:
     c.loss.tv_weight = tv
   c.seed = seed
-  common.rescale_steps(c, steps)
+  config_lib.rescale_steps(c, steps)
   c.sample_every = steps
   c.eval_every = 0  # Scored once below, with more captions.
   c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.

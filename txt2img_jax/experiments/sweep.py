@@ -11,7 +11,7 @@ recipe's config, as with `--config.field=value`; values are Python
 literals, else strings; `total_steps=2x` runs twice --steps); a suite is a
 named list of them below. Every
 (variant, seed) trains in `<workroot>/<label>_s<seed>` with the recipe's
-schedules rescaled to --steps (`common.rescale_steps`), is scored with the
+schedules rescaled to --steps (`config_lib.rescale_steps`), is scored with the
 structure benchmark (EMA parameters, --num captions per split), and the
 table gives mean ± std over seeds. Runs go seed-major and finished runs are
 reused, so an interrupted sweep resumes where it stopped (a run killed
@@ -31,6 +31,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from txt2img_jax import config_lib
 from txt2img_jax import reporting
 from txt2img_jax.experiments import common
 
@@ -185,7 +186,7 @@ def run_one(recipe, variant_cfg, label, overrides, seed, steps, num, workroot):
   steps = variant_steps(overrides.pop("total_steps", None), steps)
   apply_overrides(c, overrides)
   c.seed = seed
-  common.rescale_steps(c, steps)
+  config_lib.rescale_steps(c, steps)
   c.sample_every = steps
   c.eval_every = 0  # Evaluated once, at the end (every run evaluates its last step),
   c.eval.num = num  # on the captions `common.score` reports: that is the score.
