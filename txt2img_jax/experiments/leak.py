@@ -17,7 +17,9 @@ posterior mean, the one-step error of the image latent from x_t at fixed t:
 
 (1 = no better than predicting the average image latent; err(0) is the
 error of a one-Euler-step sample). With the final training flow loss beside
-it, a row says whether the loss fell while t = 0 stayed unlearnt. Finished
+it (the mean over the first and the last log_every steps, at the row's own
+time sampler), a row says whether the loss fell while t = 0 stayed
+unlearnt. Finished
 runs are reused, so an interrupted experiment resumes where it stopped.
 """
 
@@ -116,15 +118,16 @@ def path_errors(workdir: str, num: int, times=TIMES) -> dict[str, float]:
 
 
 def flow_loss(workdir: str) -> tuple[float, float]:
-  """The flow loss logged first and last in training (train/flow_raw)."""
+  """The training flow loss (train/flow_raw, its mean over a log interval:
+  log_every steps) of the first and of the last interval."""
   values = [r["train/flow_raw"] for r in runfiles.read_metrics(workdir)
             if "train/flow_raw" in r]
   return (values[0], values[-1]) if values else (float("nan"),) * 2
 
 
 def table(rows, done, seeds) -> str:
-  head = (["recipe", "time sampler", "seeds", "flow loss, first log",
-           "flow loss, last log"] + [f"err(t = {t:g})" for t in TIMES]
+  head = (["recipe", "time sampler", "seeds", "flow loss, first interval",
+           "flow loss, last interval"] + [f"err(t = {t:g})" for t in TIMES]
           + ["object_acc (test)", "object_acc (held-out)", "mosaic (test)"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for recipe, label, _ in rows:
