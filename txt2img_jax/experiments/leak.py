@@ -1,6 +1,7 @@
 """Does the image leaking into x_t explain why the start of the path is not
 learnt? (issue #13, defect 8) The time sampler changed alone, every other
-field of the recipe fixed, scored where sampling starts.
+field of the recipe fixed (and on base.py, its beta_KL), scored where
+sampling starts.
 
   python -m txt2img_jax.experiments.leak [--steps=800] [--seeds=0,1,2]
       [--num=500] [--workroot=workdirs/leak] [--out=docs/leak.md]
@@ -48,7 +49,8 @@ from txt2img_jax.models import autoencoder as ae_lib
 
 TIMES = (0.0, 0.1, 0.5, 0.9)
 
-# (recipe, variant): one change each from the recipe's own time sampler.
+# (recipe, variant): the recipe with its time sampler changed, or base.py's
+# beta_KL; each row differs from one above it in one field.
 ROWS = (
     # restart.py's curriculum: t in [0, 0.15] first, logit-normal(-1, 1.5)
     # mixed in over the run.
@@ -67,6 +69,12 @@ ROWS = (
     ("base", "base.py:"),
     ("base", "base.py, t in [0, 0.01]:time.sampler={'kind': 'uniform', "
      "'t_min': 0.0, 't_max': 0.01}"),
+    # base.py's beta_KL of 1e-2 at restart.py's 1e-4, then with the no-leak
+    # sampler as well: does the start of the path fail on base.py without
+    # its strong KL?
+    ("base", "base.py, beta 1e-4:loss.kl_weight=1e-4"),
+    ("base", "base.py, beta 1e-4, t in [0, 0.01]:loss.kl_weight=1e-4,"
+     "time.sampler={'kind': 'uniform', 't_min': 0.0, 't_max': 0.01}"),
 )
 
 
