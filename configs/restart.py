@@ -9,9 +9,11 @@ From base.py (the plateaued run) it changes:
 - time sampling: a curriculum that starts on the text end of the path
   (t in [0, 0.15]), where the image must be formed from z_text alone, and
   mixes in logit-normal t (CrossFlow's) over the run. The note's advice was the opposite
-  end (alpha > 0.8): on this noise-free path the image leaks into x_t for
-  t > 0, so the high-signal segment is the easy one and t ~ 0 is where
-  structure forms; docs/recipes.md has the measurements;
+  end (alpha > 0.8, uniform logSNR): on this noise-free path the image is in
+  x_t for t > 0, so that segment is the easy one, and sampling starts at
+  t = 0, which those samplers never draw (with the note's logSNR sampler
+  alone changed, the flow loss ends lowest while t = 0 is not learnt and
+  the samples lose objects: docs/recipes.md, "Is it the leak?");
 - the network's time input is t (the path's logSNR is infinite at t = 0,
   where sampling starts);
 - the text head is CrossFlow's token transformer, not the note's spatial
