@@ -131,7 +131,7 @@ def flow_loss(workdir: str) -> tuple[float, float]:
 
 
 def table(rows, done, seeds) -> str:
-  head = (["recipe", "time sampler", "seeds", "flow loss, first interval",
+  head = (["recipe", "variant", "seeds", "flow loss, first interval",
            "flow loss, last interval"] + [f"err(t = {t:g})" for t in TIMES]
           + ["object_acc (test)", "object_acc (held-out)", "mosaic (test)"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
