@@ -131,6 +131,13 @@ def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return np.asarray(mean(run.ema_params, run.frozen, ids, mask))
 
 
+def write_table(path: str, command: str, text: str) -> None:
+  """A markdown table into `path`, headed by the command that wrote it."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as fh:
+    fh.write(f"<!-- written by {command} -->\n{text}\n")
+
+
 def train_metrics(workdir: str) -> list[dict]:
   return runfiles.read_metrics(workdir)
 

@@ -284,9 +284,7 @@ def main(argv):
       logging.info("%s seed %d: %s", label, seed, done[label, seed][1])
       text = table(rows, done, seeds)
       if f.out:
-        os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-        with open(f.out, "w") as fh:
-          fh.write(f"<!-- written by {command} -->\n{text}\n")
+        common.write_table(f.out, command, text)
   print(table(rows, done, seeds))
   if f.out:
     print(f"wrote {f.out}")
