@@ -251,10 +251,22 @@ def make_generate_fn(config, model, autoencoder, text_frozen):
                                             "cfg_scale", "use_mean"))
 
 
+def init_keys(config) -> tuple[jax.Array, jax.Array]:
+  """(the key of a run's initial parameters, its training randomness')."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  return init_rng, state_rng
+
+
+def initial_params(run: "Run"):
+  """The parameters `run` started from at step 0 (its seed's init)."""
+  use_prng_impl(run.config)
+  return nn.unbox(init_variables(run.model, run.config, run.parts.latent_shape,
+                                 run.text.width, init_keys(run.config)[0]))
+
+
 def create_train_state(config, model, latent_shape, text_width, mesh, rules):
   """(tx, schedules, state, state_shardings), the state created sharded."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
+  init_rng, state_rng = init_keys(config)
   boxed = jax.eval_shape(functools.partial(
       init_variables, model, config, latent_shape, text_width), init_rng)
   tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))

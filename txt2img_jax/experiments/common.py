@@ -120,15 +120,18 @@ def final_evaluation(rows, step: int) -> dict[str, float] | None:
   return None
 
 
-def z_text_mean(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """The text head's posterior mean for each caption, (N, H, W, C)."""
+def z_text_mean(run, ids: np.ndarray, mask: np.ndarray,
+                params=None) -> np.ndarray:
+  """The text head's posterior mean for each caption, (N, H, W, C), under
+  `params` (default: the run's EMA parameters)."""
 
   @jax.jit
   def mean(params, frozen, ids, mask):
     return generator_lib.text_posterior(run.model, run.text.frozen, params,
                                         frozen["text"], ids, mask)[0]
 
-  return np.asarray(mean(run.ema_params, run.frozen, ids, mask))
+  params = run.ema_params if params is None else params
+  return np.asarray(mean(params, run.frozen, ids, mask))
 
 
 def write_table(path: str, command: str, text: str) -> None:

@@ -1,26 +1,36 @@
-"""Does a spatial prior in the text head fix the mosaic? The head ablation.
+"""Which text head? Each head with its own LR, then three seeds: the ablation.
 
-  python -m txt2img_jax.experiments.heads_ablation [--steps=800] [--seeds=0,1]
-      [--num=200] [--workroot=workdirs/ablation]
-      [--out=docs/heads_ablation_table.md]
+  python -m txt2img_jax.experiments.heads_ablation [--steps=800]
+      [--lrs=1e-3,2e-3,4e-3] [--seeds=0,1,2] [--num=500]
+      [--heads=pooled_mlp,token_transformer,grid_query,mlp_conv]
+      [--workroot=workdirs/heads] [--out=docs/heads_ablation_table.md]
 
-Trains the recommended recipe (configs/restart.py) with each text head —
-pooled_mlp, token_transformer, grid_query, mlp_conv, and grid_query with the
-TV penalty — at the same budget, data and seeds; everything else is equal
-(the TV weight is 0 except in the +TV row). Scores every run with the
-structure benchmark and writes the table (with text-head parameter counts and
-train steps/s) and one sample grid per head into the docs. Runs already
-finished in the workroot are reused, so an interrupted ablation resumes.
+Trains the recommended recipe (configs/restart.py, its schedules rescaled to
+--steps) with each text head, changing only `head.kind` and the text head's
+learning rate (`optim.groups.text_head.lr`); data, budget, seeds and every
+other field are equal. Two stages:
 
-The budget is the recipe's own (800 steps, one SGDR cycle). A different
---steps rescales the recipe's step-based schedules (the LR cycle and the
-time-sampling blend) so that every run still ends its cycle on its last step.
-Runs go seed-major (every head with the first seed, then the next seed), so a
-stopped ablation has a complete first column before any second one.
+1. the LR screen: every head at every --lrs value with the first seed;
+2. the ablation: every head at the LR that drew best in the screen (test
+   object accuracy, then held-out) with the remaining seeds, so that each
+   head is compared at its own best rate rather than at the rate the
+   recipe was tuned for with another head.
+
+Each run is scored with the structure benchmark (EMA parameters, --num
+captions per split) and the z_text measures (`ztext.z_text_measures`) of the
+head's posterior mean, after training and at initialisation (the run's own
+step-0 parameters, from its seed): tile_repeat at init says whether a head's
+cells differ by position before any training. Both tables go to --out,
+rewritten after every run, and each head's seed-0 grid (reference | decoded
+z_text | generated) into the docs' images. Runs go through
+`sweep.run_one`, so finished runs are reused and an interrupted ablation
+resumes where it stopped. Selecting on the first seed favours that seed's
+result a little for every head alike; the ablation's means include it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -28,44 +38,128 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from txt2img_jax import config_lib
+from txt2img_jax import assembly
+from txt2img_jax import evaluate
 from txt2img_jax import reporting
 from txt2img_jax.experiments import common
+from txt2img_jax.experiments import sweep
+from txt2img_jax.ztext import z_text_measures
 
-ROWS = (
-    ("pooled_mlp", "pooled_mlp", 0.0),
-    ("token_transformer", "token_transformer", 0.0),
-    ("grid_query", "grid_query", 0.0),
-    ("mlp_conv", "mlp_conv", 0.0),
-    ("grid_query + TV", "grid_query", None),  # None: the recipe's TV weight.
-)
+HEADS = ("pooled_mlp", "token_transformer", "grid_query", "mlp_conv",
+         "token_splat")
+DEFAULT_HEADS = "pooled_mlp,token_transformer,grid_query,mlp_conv"
 METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
            "size_acc", "mosaic", "pixel_mse_rel")
-ZTEXT = ("corr", "caption_share", "tile_repeat", "roughness")  # common.z_text_measures
+ZTEXT = ("corr", "caption_share", "tile_repeat", "roughness")
 
 
-def run_row(label, kind, tv, seed, steps, num, workroot):
-  c = common.recipe("restart", flags.FLAGS.config_variant)
-  c.head.kind = kind
-  if tv is not None:
-    c.loss.tv_weight = tv
-  c.seed = seed
-  config_lib.rescale_steps(c, steps)
-  c.sample_every = steps
-  c.eval_every = 0  # Scored once below, with more captions.
-  c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.
-  name = f"{label.replace(' + ', '_').replace(' ', '_')}_s{seed}"
-  workdir = os.path.join(workroot, name)
-  common.train_once(c, workdir)
-  summary = common.score(workdir, num)
+def label(head: str, lr: float) -> str:
+  return f"{head}, text_head lr {lr:g}"
+
+
+def run(head, lr, seed, f):
+  overrides = {"head.kind": head, "optim.groups.text_head.lr": lr}
+  workdir, summary = sweep.run_one("restart", f.config_variant,
+                                   label(head, lr), overrides, seed, f.steps,
+                                   f.num, f.workroot)
+  summary = dict(summary)
+  summary.update(init_measures(workdir, f.num))
   return workdir, summary
 
 
-def fmt(values):
-  values = np.asarray(values, float)
-  if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{values.mean():.3f} ± {values.std():.3f}"
+def init_measures(workdir: str, num: int) -> dict[str, float]:
+  """z_text measures of the run's step-0 parameters on the first `num`
+  test captions ("init/corr", ...), cached as ztext_init_<num>.json."""
+  path = os.path.join(workdir, f"ztext_init_{num}.json")
+  if os.path.exists(path):
+    with open(path) as fh:
+      return json.load(fh)
+  run_ = assembly.load_run(workdir)
+  run_.config.eval.num = num
+  data = evaluate.Evaluator(run_.config, run_.workdir, run_.builder,
+                            run_.text, run_.generate, run_.frozen,
+                            run_.stats).data["eval"]
+  n = min(num, len(data["caption"]))
+  mu = common.z_text_mean(run_, data["ids"][:n], data["mask"][:n],
+                          params=assembly.initial_params(run_))
+  measures = {k.replace("ztext/", "init/"): v for k, v in
+              z_text_measures(run_, mu, data["image"][:n]).items()}
+  with open(path, "w") as fh:
+    json.dump(measures, fh, indent=1)
+  return measures
+
+
+def pick(results: dict[float, dict]) -> float:
+  """The LR whose screen run drew best: test object accuracy, then held-out."""
+  return max(results, key=lambda lr: (results[lr]["eval/object_acc"],
+                                      results[lr]["heldout/object_acc"]))
+
+
+def final_flow_loss(workdir: str) -> float:
+  rows = [r for r in common.train_metrics(workdir) if "train/loss_flow" in r]
+  return float(rows[-1]["train/loss_flow"]) if rows else float("nan")
+
+
+def screen_table(heads, lrs, screen, chosen) -> str:
+  head = ["head", "text_head lr", "chosen", "object_acc (test)",
+          "object_acc (held-out)", "mosaic (test)", "flow loss (last)",
+          "z_text tile_repeat at init", "z_text tile_repeat"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for h in heads:
+    for lr in lrs:
+      if (h, lr) not in screen:
+        continue
+      w, s = screen[h, lr]
+      lines.append("| " + " | ".join([
+          h, f"{lr:g}", "yes" if chosen.get(h) == lr else "",
+          f"{s['eval/object_acc']:.3f}", f"{s['heldout/object_acc']:.3f}",
+          f"{s['eval/mosaic']:.3f}", f"{final_flow_loss(w):.3f}",
+          f"{s['init/tile_repeat']:.3f}", f"{s['ztext/tile_repeat']:.3f}"])
+          + " |")
+  return "\n".join(lines)
+
+
+def ablation_table(heads, chosen, done, seeds) -> str:
+  head = (["head", "text_head lr", "seeds", "params (head)", "steps/s",
+           "minutes"] + [f"{m} (test)" for m in METRICS]
+          + ["object_acc (held-out)", "z_text tile_repeat at init"]
+          + [f"z_text {m}" for m in ZTEXT])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for h in heads:
+    if h not in chosen:
+      continue
+    results = [done[h, s] for s in seeds if (h, s) in done]
+    if not results:
+      continue
+    cells = [h, f"{chosen[h]:g}", str(len(results)),
+             f"{common.text_head_params(results[0][0]) / 1e6:.2f}M",
+             sweep.fmt([common.median_steps_per_sec(w) for w, _ in results]),
+             sweep.fmt([sweep.minutes(w) for w, _ in results])]
+    cells += [sweep.fmt([s[f"eval/{m}"] for _, s in results])
+              for m in METRICS]
+    cells.append(sweep.fmt([s["heldout/object_acc"] for _, s in results]))
+    cells.append(sweep.fmt([s["init/tile_repeat"] for _, s in results]))
+    cells += [sweep.fmt([s[f"ztext/{m}"] for _, s in results]) for m in ZTEXT]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def command_line(f) -> str:
+  return ("python -m txt2img_jax.experiments.heads_ablation "
+          + (f"--config_variant={f.config_variant} " if f.config_variant
+             else "")
+          + f"--steps={f.steps} --lrs={f.lrs} --seeds={f.seeds} "
+          f"--num={f.num} --heads={f.heads}")
+
+
+def write(f, heads, lrs, screen, chosen, done, seeds) -> str:
+  text = ("LR screen (seed " + str(seeds[0]) + "):\n\n"
+          + screen_table(heads, lrs, screen, chosen)
+          + "\n\nAblation (each head at its chosen LR; mean ± std over seeds):"
+          "\n\n" + ablation_table(heads, chosen, done, seeds))
+  if f.out:
+    common.write_table(f.out, command_line(f), text)
+  return text
 
 
 def main(argv):
@@ -73,62 +167,53 @@ def main(argv):
   reporting.quiet_orbax()
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds.split(",")]
-  os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-  image_dir = os.path.join(os.path.dirname(os.path.abspath(f.out)), "images")
-  os.makedirs(image_dir, exist_ok=True)
-  lines = [
-      "| head | params (head) | steps/s | " + " | ".join(
-          f"{m} (test)" for m in METRICS) + " | object_acc (held-out) | "
-      + " | ".join(f"z_text {m}" for m in ZTEXT) + " |",
-      "|" + "---|" * (4 + len(METRICS) + len(ZTEXT)),
-  ]
-  done = {}
-  rows = [r for r in ROWS if not f.heads or r[0] in f.heads.split(",")]
-  if not rows:
-    raise ValueError(f"--heads={f.heads!r}: pick from "
-                     f"{', '.join(r[0] for r in ROWS)}")
-  for seed in seeds:
-    for label, kind, tv in rows:
-      done[label, seed] = run_row(label, kind, tv, seed, f.steps, f.num,
-                                  f.workroot)
-      logging.info("%s seed %d: %s", label, seed, done[label, seed][1])
-  for label, kind, tv in rows:
-    results = [done[label, seed] for seed in seeds]
-    first = results[0][0]
-    cells = [label, f"{common.text_head_params(first) / 1e6:.2f}M",
-             fmt([common.median_steps_per_sec(w) for w, _ in results])]
-    for m in METRICS:
-      cells.append(fmt([s[f"eval/{m}"] for _, s in results]))
-    cells.append(fmt([s["heldout/object_acc"] for _, s in results]))
-    for m in ZTEXT:
-      cells.append(fmt([s[f"ztext/{m}"] for _, s in results]))
-    lines.append("| " + " | ".join(cells) + " |")
-    # Reference | decoded z_text | generated, for the first seed's run.
-    grid = os.path.join(first, "samples", "z_text.png")
-    if os.path.exists(grid):
-      shutil.copy(grid, os.path.join(
-          image_dir, f"heads_{label.replace(' + ', '_').replace(' ', '_')}.png"))
-  table = "\n".join(lines)
-  print(table)
-  with open(f.out, "w") as fh:
-    variant = (f"--config_variant={f.config_variant} " if f.config_variant
-               else "")
-    fh.write(f"<!-- written by python -m txt2img_jax.experiments.heads_ablation "
-             f"{variant}--steps={f.steps} --seeds={f.seeds} --num={f.num} -->\n")
-    fh.write(table + "\n")
-  print(f"wrote {f.out}")
+  lrs = [float(s) for s in f.lrs.split(",")]
+  heads = [h for h in f.heads.split(",") if h]
+  unknown = set(heads) - set(HEADS)
+  if unknown or not heads:
+    raise ValueError(f"--heads={f.heads!r}: pick from {', '.join(HEADS)}")
+  if len(set(lrs)) != len(lrs) or min(lrs) <= 0:
+    raise ValueError(f"--lrs={f.lrs!r}: distinct positive learning rates")
+  screen, chosen, done = {}, {}, {}
+  for h in heads:  # Stage 1: the first seed at every LR.
+    for lr in lrs:
+      screen[h, lr] = run(h, lr, seeds[0], f)
+      logging.info("%s seed %d: %s", label(h, lr), seeds[0], screen[h, lr][1])
+      write(f, heads, lrs, screen, chosen, done, seeds)
+    chosen[h] = pick({lr: screen[h, lr][1] for lr in lrs})
+    done[h, seeds[0]] = screen[h, chosen[h]]
+  for seed in seeds[1:]:  # Stage 2: the other seeds at each head's LR.
+    for h in heads:
+      done[h, seed] = run(h, chosen[h], seed, f)
+      logging.info("%s seed %d: %s", label(h, chosen[h]), seed,
+                   done[h, seed][1])
+      write(f, heads, lrs, screen, chosen, done, seeds)
+  print(write(f, heads, lrs, screen, chosen, done, seeds))
+  if f.out:
+    print(f"wrote {f.out}")
+    image_dir = os.path.join(os.path.dirname(os.path.abspath(f.out)),
+                             "images")
+    os.makedirs(image_dir, exist_ok=True)
+    for h in heads:
+      grid = os.path.join(done[h, seeds[0]][0], "samples", "z_text.png")
+      if os.path.exists(grid):
+        shutil.copy(grid, os.path.join(image_dir, f"heads_{h}.png"))
 
 
 if __name__ == "__main__":
   from txt2img_jax import cli
-  flags.DEFINE_string("config_variant", "", "Variant of every recipe, e.g. "
+  flags.DEFINE_string("config_variant", "", "Variant of the recipe, e.g. "
                       "'tiny' for a seconds-long smoke run of the script.")
-  flags.DEFINE_integer("steps", 800, "Train steps per run (same budget; "
-                       "the recipe's own is 800).")
-  flags.DEFINE_string("seeds", "0,1", "Comma-separated seeds.")
-  flags.DEFINE_string("heads", "", "Comma-separated row labels to run "
-                      "(default: every row of the table).")
-  flags.DEFINE_integer("num", 200, "Benchmark captions per split.")
-  flags.DEFINE_string("workroot", "workdirs/ablation", "Runs go here.")
-  flags.DEFINE_string("out", "docs/heads_ablation_table.md", "Markdown table.")
+  flags.DEFINE_integer("steps", 800, "Train steps per run (the recipe's "
+                       "schedules rescaled to it).")
+  flags.DEFINE_string("lrs", "1e-3,2e-3,4e-3", "Comma-separated text-head "
+                      "learning rates of the screen (restart.py's is 2e-3).")
+  flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds; the first "
+                      "screens the LRs.")
+  flags.DEFINE_string("heads", DEFAULT_HEADS, "Comma-separated head kinds: "
+                      f"any of {', '.join(HEADS)}.")
+  flags.DEFINE_integer("num", 500, "Benchmark captions per split.")
+  flags.DEFINE_string("workroot", "workdirs/heads", "Runs go here.")
+  flags.DEFINE_string("out", "docs/heads_ablation_table.md", "Markdown "
+                      "tables (rewritten after each run).")
   cli.run(main)
