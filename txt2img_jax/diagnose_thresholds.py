@@ -67,7 +67,7 @@ LEVER_TEXT_SIDE = ("contrast z_text with the image latent itself: "
                    "lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
                       "1e-4); contrastive weight ×2: --config.loss.clip_weight=2.0; text head "
                       "--config.head.kind=token_transformer (best in docs/heads.md; the note's "
-                      "spatial grid_query head drew nothing there)")
+                      "spatial grid_query head drew less there)")
 LEVER_NORMS = ("check latent standardisation (per-channel shift/scale stored with the run) "
                "and β_KL: --config.loss.kl_weight")
 LEVER_NONFINITE = ("gradient clipping --config.optim.grad_clip=1.0, a lower peak LR, and the "

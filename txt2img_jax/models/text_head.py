@@ -171,7 +171,8 @@ class GridQueryHead(_HeadBase):
   much lower at init: about half of the caption-dependent variation of the embedded text
   encoder's token features is shared by every token of a caption, so even one-hot attention
   hands every cell that shared part. query_pos_scale=1, token_pos=False, self_attention=False,
-  attn_scale=1 is the first version (docs/heads.md's ablation; its checkpoints still load)."""
+  attn_scale=1 is the first version (docs/heads.md's first ablation; its checkpoints still
+  load)."""
   width: int = 256
   depth: int = 2
   num_heads: int = 4
@@ -218,7 +219,8 @@ class TokenSplatHead(_HeadBase):
   that colour at that place. The flatten head (token_transformer) instead sums slot-specific
   linear maps of `reduced_width` features per token, where two objects' contributions may
   superpose and their colours blend: the hypothesis behind this head. In the lever screen it
-  drew nothing after 400 steps, like grid_query (docs/recipes.md)."""
+  drew nothing after 400 steps, like grid_query then (docs/recipes.md); not in the head
+  ablation (docs/heads.md)."""
   width: int = 128
   depth: int = 2
   num_heads: int = 4
