@@ -42,6 +42,7 @@ from txt2img_jax import assembly
 from txt2img_jax import evaluate
 from txt2img_jax import reporting
 from txt2img_jax.experiments import common
+from txt2img_jax.experiments import leak
 from txt2img_jax.experiments import sweep
 from txt2img_jax.ztext import z_text_measures
 
@@ -95,11 +96,6 @@ def pick(results: dict[float, dict]) -> float:
                                       results[lr]["heldout/object_acc"]))
 
 
-def final_flow_loss(workdir: str) -> float:
-  rows = [r for r in common.train_metrics(workdir) if "train/loss_flow" in r]
-  return float(rows[-1]["train/loss_flow"]) if rows else float("nan")
-
-
 def screen_table(heads, lrs, screen, chosen) -> str:
   head = ["head", "text_head lr", "chosen", "object_acc (test)",
           "object_acc (held-out)", "mosaic (test)", "flow loss (last)",
@@ -113,7 +109,7 @@ def screen_table(heads, lrs, screen, chosen) -> str:
       lines.append("| " + " | ".join([
           h, f"{lr:g}", "yes" if chosen.get(h) == lr else "",
           f"{s['eval/object_acc']:.3f}", f"{s['heldout/object_acc']:.3f}",
-          f"{s['eval/mosaic']:.3f}", f"{final_flow_loss(w):.3f}",
+          f"{s['eval/mosaic']:.3f}", f"{leak.flow_loss(w)[1]:.3f}",
           f"{s['init/tile_repeat']:.3f}", f"{s['ztext/tile_repeat']:.3f}"])
           + " |")
   return "\n".join(lines)
