@@ -109,7 +109,7 @@ def test_reuse_stops_the_page_faults_of_fresh_temporaries():
   # defaults (fewer where transparent huge pages are always on). With reuse
   # most calls touch no new page. Early on, the heap may grow by the
   # temporary for several calls in a row while the freed blocks settle into
-  # place (a small block splits the freed one; seen for up to 9 of 15 calls
+  # place (presumably a small block splitting the freed one; seen for up to 9 of 15 calls
   # after a 6-call warm-up, the heap then ~800 MB; over 150 calls 8 children
   # ended with heaps of 290-550 MB, growing in at most 1 of the last 140).
   # After a 30-call warm-up, at most 1 call in 15 grew it (40 children),
