@@ -41,6 +41,7 @@ SHRINK = {
     "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
                                   "--restart_steps=2", "--num=4"],
     "experiments.binding": ["--num=16"],
+    "experiments.sampler": ["--num=8"],
     "experiments.torch_compare": ["--sizes=default", "--repeats=1",
                                   "--round_steps=1"],
     "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
@@ -50,7 +51,8 @@ SHRINK = {
 }
 # Experiments that read trained runs (a sweep's, in the docs): in CI they
 # read the setup's restart run instead.
-PROBES = {"experiments.binding": "--workdir=workdirs/restart"}
+PROBES = {"experiments.binding": "--workdir=workdirs/restart",
+          "experiments.sampler": "--workdir=workdirs/restart"}
 # The experiments that train runs of their own (under --workroot).
 TRAINING_EXPERIMENTS = ("experiments.heads_ablation",
                         "experiments.restart_trial", "experiments.sweep",
