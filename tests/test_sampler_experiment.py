@@ -22,11 +22,11 @@ def test_parse_setting():
 @pytest.mark.parametrize("text, match", [
     ("no colon", "expected 'label:field=value"),
     (":steps=1", "expected 'label:field=value"),
-    ("x:num_steps=1", "'num_steps=1' is not one of steps=..."),
-    ("x:steps", "'steps' is not one of"),
-    ("x:steps=1.5", "steps='1.5' is not int"),
-    ("x:steps=True", "steps='True' is not int"),
-    ("x:use_mean=1", "use_mean='1' is not bool"),
+    ("x:num_steps=1", "'num_steps' is not one of steps, method"),
+    ("x:steps", "'steps' is not field=value"),
+    ("x:steps=1.5", "steps=1.5 is not int"),
+    ("x:steps=True", "steps=True is not int"),
+    ("x:use_mean=1", "use_mean=1 is not bool"),
 ])
 def test_a_bad_setting_is_named(text, match):
   with pytest.raises(ValueError, match=match):

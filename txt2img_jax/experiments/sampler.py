@@ -20,7 +20,6 @@ scores only that one.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -28,17 +27,17 @@ import shlex
 import time
 
 from absl import flags
-import numpy as np
 
 from txt2img_jax import cli
 from txt2img_jax import reporting
 from txt2img_jax import runfiles
 from txt2img_jax.experiments import common
+from txt2img_jax.experiments import sweep
 
 # The sampler's fields a setting may change, with their types.
 FIELDS = {"steps": int, "method": str, "cfg_scale": float, "use_mean": bool}
 DEFAULT_SETTINGS = ("the run's:", "Euler 1 step:steps=1",
-                    "Euler 5 steps:steps=5", "Heun 20 steps:method=heun")
+                    "Euler 5 steps:steps=5", "Heun, the run's steps:method=heun")
 COLUMNS = (("eval/object_acc", "object_acc (test)"),
            ("eval/shape_acc", "shape_acc (test)"),
            ("heldout/object_acc", "object_acc (held-out)"),
@@ -48,28 +47,18 @@ COLUMNS = (("eval/object_acc", "object_acc (test)"),
 
 def parse_setting(text: str) -> tuple[str, dict]:
   """'label:steps=1,method=heun' -> ('label', {'steps': 1, 'method': 'heun'})."""
-  label, sep, rest = text.partition(":")
-  if not sep or not label.strip():
-    raise ValueError(f"setting {text!r}: expected 'label:field=value,...' "
-                     f"(fields: {', '.join(FIELDS)})")
-  out = {}
-  for item in filter(None, (s.strip() for s in rest.split(","))):
-    key, eq, value = (s.strip() for s in item.partition("="))
-    if not eq or key not in FIELDS:
-      raise ValueError(f"setting {label!r}: {item!r} is not one of "
-                       f"{', '.join(f + '=...' for f in FIELDS)}")
-    try:
-      parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      parsed = value
-    if FIELDS[key] is float and isinstance(parsed, int):
-      parsed = float(parsed)
-    if not isinstance(parsed, FIELDS[key]) or (
-        FIELDS[key] is int and isinstance(parsed, bool)):
+  label, out = sweep.parse_variant(text)
+  for key, value in out.items():
+    if key not in FIELDS:
+      raise ValueError(f"setting {label!r}: {key!r} is not one of "
+                       f"{', '.join(FIELDS)}")
+    if FIELDS[key] is float and type(value) is int:
+      out[key] = value = float(value)
+    if not isinstance(value, FIELDS[key]) or (
+        FIELDS[key] is int and isinstance(value, bool)):
       raise ValueError(f"setting {label!r}: {key}={value!r} is not "
                        f"{FIELDS[key].__name__}")
-    out[key] = parsed
-  return label.strip(), out
+  return label, out
 
 
 def resolved(sample_config, setting: dict) -> dict:
@@ -125,13 +114,6 @@ def score_run(workdir: str, settings: list[tuple[str, dict]], num: int
   return out
 
 
-def fmt(values) -> str:
-  values = np.asarray(values, float)
-  if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{values.mean():.3f} ± {values.std():.3f}"
-
-
 def table(results: dict[str, dict[str, dict]], settings) -> str:
   """One row per (run family, setting); `results` is {workdir: score_run}."""
   families: dict[str, list[str]] = {}
@@ -144,8 +126,8 @@ def table(results: dict[str, dict[str, dict]], settings) -> str:
     for label, _ in settings:
       rows = [results[w][label] for w in workdirs]
       cells = [f"`{name}`", label, str(len(rows))]
-      cells += [fmt([r[key] for r in rows]) for key, _ in COLUMNS]
-      cells.append(fmt([r["seconds"] for r in rows]))
+      cells += [sweep.fmt([r[key] for r in rows]) for key, _ in COLUMNS]
+      cells.append(sweep.fmt([r["seconds"] for r in rows]))
       lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
