@@ -139,6 +139,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # --- Flow network: a DiT with adaLN-Zero.
   c.flow = ml_collections.ConfigDict()
   c.flow.patch_size = 2           # 16x16 latent -> 64 tokens.
+  c.flow.out_head = "linear"      # Tokens -> latent: linear (DiT's: each token alone) |
+                                  # conv (+ a 3x3 conv over the output) | overlap (each
+                                  # cell from its token and the neighbours'): what a
+                                  # mosaic of token-sized blocks calls for (models/dit.py).
   c.flow.width = 192               # Sized so a run fits ~10 min on 2 CPU cores.
   c.flow.depth = 4
   c.flow.num_heads = 4
@@ -269,6 +273,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                                   # ('' -> the first val captions).
   c.eval.clip_model = ""          # prompts: a local CLIP folder (Flax or safetensors)
                                   # adds val/clip_score (mean max(100 cos, 0)).
+  c.eval.image_num = 64           # prompts: val captions drawn at each evaluation for
+                                  # the mosaic measures val/blockiness and val/hf
+                                  # (txt2img_jax/blockiness.py; 0 = off).
+  c.eval.reference_num = 256      # prompts: train images those are judged against.
 
   # --- Device mesh and logical-axis rules (model code names logical axes).
   c.mesh = ml_collections.ConfigDict()
@@ -330,3 +338,5 @@ def shrink(c: ml_collections.ConfigDict) -> None:
   c.sample.grid_size = 4
   c.eval.num = 8
   c.eval.batch_size = 8
+  c.eval.image_num = 4
+  c.eval.reference_num = 8

@@ -237,3 +237,50 @@ def test_cli_without_metrics_gives_a_clear_error(tmp_path):
   (tmp_path / "metrics.jsonl").write_text("")
   with pytest.raises(diagnose.MetricsNotFoundError, match="no log lines"):
     diagnose.run(str(tmp_path))
+
+
+def _with_val(workdir, blockiness, flow, hf=None):
+  """Adds the folder evaluator's val lines (every 500 steps) to a healthy run."""
+  _healthy_run(workdir)
+  steps = 500 * np.arange(1, len(blockiness) + 1)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    for i, s in enumerate(steps):
+      line = {"step": int(s), "val/flow": float(flow[i]),
+              "val/blockiness": float(blockiness[i])}
+      if hf is not None:
+        line["val/hf"] = float(hf[i])
+      f.write(json.dumps(line) + "\n")
+  return str(workdir)
+
+
+def test_mosaic_while_val_loss_falls_is_the_seeds_signature(tmp_path):
+  # What the old folder recipe did on the digits: blocks grow, val/flow falls.
+  w = _with_val(tmp_path / "w", [1.3, 1.6, 2.0, 2.4], [0.19, 0.11, 0.086, 0.079],
+                hf=[2.0, 3.0, 4.0, 5.0])
+  report = _run(w)
+  flag = next(f for f in report.flags if f.name == "mosaic")
+  assert flag.severity == "warning"
+  assert "2.40×" in flag.message and "rose from 1.30 at step 500" in flag.message
+  assert "0.19 → 0.079" in flag.message and "out_head=overlap" in flag.lever
+  assert "val/blockiness" in report.eval
+  assert "mosaic" in diagnose.format_report(report)
+
+
+def test_smooth_samples_raise_no_mosaic_flag(tmp_path):
+  w = _with_val(tmp_path / "w", [1.05, 0.98, 1.02, 1.0], [0.19, 0.11, 0.086, 0.079])
+  names = {f.name for f in _run(w).flags}
+  assert not names & {"mosaic", "mosaic_rising"}
+
+
+def test_rising_blockiness_below_the_threshold_is_flagged(tmp_path):
+  w = _with_val(tmp_path / "w", [0.95, 1.1, 1.3, 1.4], [0.19, 0.11, 0.086, 0.079])
+  assert "mosaic_rising" in _names(_run(w))
+  # The same rise with a val loss that rose too is not the signature.
+  w = _with_val(tmp_path / "v", [0.95, 1.1, 1.3, 1.4], [0.08, 0.09, 0.1, 0.12])
+  assert not _names(_run(w)) & {"mosaic", "mosaic_rising"}
+
+
+def test_a_run_without_sample_measures_says_so(tmp_path):
+  report = _run(_healthy_run(tmp_path / "w"))
+  skipped = next(f for f in report.flags if f.name == "not_checked")
+  assert "mosaic (no val/blockiness" in skipped.message

@@ -14,7 +14,7 @@ import numpy as np
 
 from txt2img_jax import runfiles
 from txt2img_jax.diagnose_checks import (
-    check_buckets, check_loss_trend, check_lr, check_nonfinite, check_norms,
+    check_buckets, check_loss_trend, check_lr, check_mosaic, check_nonfinite, check_norms,
     check_posterior)
 from txt2img_jax.diagnose_report import BucketInfo, Flag, LrInfo, Report, Trend
 from txt2img_jax.diagnose_thresholds import (
@@ -206,6 +206,28 @@ def _buckets(metrics: Metrics, start: int) -> list[BucketInfo]:
 
 
 
+def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
+  """The latest blockiness and hf of the samples, the lowest blockiness before, and the val
+  flow loss at both evaluations."""
+  out = {k: None for k in ("blockiness", "blockiness_min", "min_step", "step", "hf", "flow",
+                           "flow_at_min")}
+  if "val/blockiness" not in metrics:
+    return out
+  steps, values = metrics["val/blockiness"]
+  keep = np.isfinite(values)
+  steps, values = steps[keep], values[keep]
+  if not steps.size:
+    return out
+  i = int(np.argmin(values))
+  out.update(blockiness=float(values[-1]), step=int(steps[-1]), blockiness_min=float(values[i]),
+             min_step=int(steps[i]), hf=latest(metrics, "val/hf"))
+  if "val/flow" in metrics:
+    flow = dict(zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist()))
+    out["flow"] = flow.get(int(steps[-1]))
+    out["flow_at_min"] = flow.get(int(steps[i]))
+  return out
+
+
 def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
             window: int = DEFAULT_WINDOW, workdir: str = "", num_lines: int = 0) -> Report:
   """Reads off every number of §4 of the design and raises the flags."""
@@ -247,7 +269,9 @@ def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
       posterior=_posterior(metrics, config), trends=trends, buckets=_buckets(metrics, start),
       nonfinite={"total": nonfinite_total, "grew_by": grew_by},
       steps_per_sec=latest(metrics, "train/steps_per_sec"),
-      eval=_prefixed(metrics, "eval/"), flags=[])
+      eval={**_prefixed(metrics, "eval/"),
+            **{f"val/{k}": v for k, v in _prefixed(metrics, "val/").items()}},
+      mosaic=_mosaic(metrics), flags=[])
 
   flags = report.flags
   skipped = [r for r in (
@@ -256,7 +280,8 @@ def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
       check_posterior(report.posterior, flags),
       check_norms(norms, flags),
       check_buckets(report.buckets, flags),
-      check_nonfinite(report.nonfinite, flags)) if r]
+      check_nonfinite(report.nonfinite, flags),
+      check_mosaic(report.mosaic, flags)) if r]
   if not report.warnings:
     flags.append(Flag("ok", "info", _ok_message(report)))
   if skipped:

@@ -13,9 +13,10 @@ import numpy as np
 from txt2img_jax.diagnose_report import BucketInfo, Flag, LrInfo, Trend, fmt
 from txt2img_jax.diagnose_thresholds import (
     BUCKET_FAR_ABOVE, BUCKET_OTHERS_FALLING_REL, BUCKET_STUCK_REL, KL_PER_DIM_COLLAPSED,
-    LEVER_LR_RESTART, LEVER_NONFINITE, LEVER_NORMS, LEVER_RISING, LEVER_TEXT_END,
-    LEVER_TEXT_SIDE, LEVER_TIME_SAMPLING, LOGVAR_COLLAPSED_RANGE, LR_FAR_BELOW_RATIO,
-    MU_COLLAPSED_ABS, NORM_RATIO_RANGE, PLATEAU_REL_CHANGE, RISING_REL_CHANGE)
+    LEVER_LR_RESTART, LEVER_MOSAIC, LEVER_NONFINITE, LEVER_NORMS, LEVER_RISING,
+    LEVER_TEXT_END, LEVER_TEXT_SIDE, LEVER_TIME_SAMPLING, LOGVAR_COLLAPSED_RANGE,
+    LR_FAR_BELOW_RATIO, MOSAIC_BLOCKINESS, MOSAIC_RISE, MU_COLLAPSED_ABS, NORM_RATIO_RANGE,
+    PLATEAU_REL_CHANGE, RISING_REL_CHANGE)
 
 
 def segment_name(b: BucketInfo) -> str:
@@ -153,4 +154,29 @@ def check_nonfinite(nonfinite: dict[str, Optional[float]], flags: list[Flag]) ->
   elif total > 0:
     flags.append(Flag("nonfinite_steps", "info",
                       f"{total:.0f} non-finite step(s) earlier in the run, none in the window."))
+  return None
+
+
+def check_mosaic(mosaic: dict[str, Optional[float]], flags: list[Flag]) -> Optional[str]:
+  """Samples that fall apart along the token grid, above all while the val loss falls."""
+  last = mosaic["blockiness"]
+  if last is None:
+    return "mosaic (no val/blockiness: the run's evaluator measures no samples against real images)"
+  low, flow_then, flow_now = mosaic["blockiness_min"], mosaic["flow_at_min"], mosaic["flow"]
+  rose = low is not None and low > 0 and last > MOSAIC_RISE * low and mosaic["min_step"] != mosaic["step"]
+  fell = flow_then is not None and flow_now is not None and flow_now < flow_then
+  hf = "" if mosaic["hf"] is None else f", high-frequency energy {mosaic['hf']:.2f}×"
+  what = (f"samples at step {mosaic['step']} have blockiness {last:.2f}× the real images' "
+          f"(token-grid edges against the inside of tokens{hf})")
+  signature = ""
+  if rose and fell:
+    signature = (f"; it rose from {low:.2f} at step {mosaic['min_step']} while val/flow fell "
+                 f"{flow_then:.4g} → {flow_now:.4g}: the loss says improving while the images "
+                 "come apart (the seed's mosaic)")
+  if last > MOSAIC_BLOCKINESS:
+    flags.append(Flag("mosaic", "warning",
+                      f"{what}, above {MOSAIC_BLOCKINESS}: a mosaic of token-sized blocks"
+                      f"{signature}.", LEVER_MOSAIC))
+  elif rose and fell:
+    flags.append(Flag("mosaic_rising", "warning", f"{what}{signature}.", LEVER_MOSAIC))
   return None

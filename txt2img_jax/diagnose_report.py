@@ -73,7 +73,8 @@ class Report:
   buckets: list[BucketInfo]
   nonfinite: dict[str, Optional[float]]  # total, grew_by (within the window).
   steps_per_sec: Optional[float]
-  eval: dict[str, float]
+  eval: dict[str, float]  # The latest eval/ and val/ numbers.
+  mosaic: dict[str, Optional[float]]  # Blockiness of the samples over the run (check_mosaic).
   flags: list[Flag]
 
   @property

@@ -5,6 +5,7 @@ Kept apart from the code that uses them so that the numbers a person tunes sit o
 
 import re
 
+from txt2img_jax import blockiness
 from txt2img_jax import metric_names
 
 # --------------------------------------------------------------------------------------------
@@ -47,6 +48,16 @@ BUCKET_OTHERS_FALLING_REL = 0.03
 # is normal (the text end, t≈0, is the hardest), so only a large factor is flagged.
 BUCKET_FAR_ABOVE = 3.0
 
+# Samples whose blockiness (boundary over interior gradient energy on the token grid, relative
+# to the real images') is above 1.5× are a mosaic: real images score 1 ± 0.1, real images cut
+# into token tiles of shuffled brightness ≥ 3 (tests/test_blockiness.py), and the folder
+# recipe's blocky digits ~1.7-2.3 (docs/own_images.md).
+MOSAIC_BLOCKINESS = blockiness.MOSAIC_BLOCKINESS
+# Blockiness up by a quarter from its lowest evaluation while the validation flow loss fell
+# is the seed's signature, flagged even below MOSAIC_BLOCKINESS: the loss says "improving"
+# while the images come apart.
+MOSAIC_RISE = 1.25
+
 # Levers: the config switch that addresses each flag. Kept in one place so that a renamed
 # config field is changed once.
 LEVER_LR_RESTART = ("restart the LR: --config.init_from=W with configs/restart.py and "
@@ -73,6 +84,9 @@ LEVER_NORMS = ("check latent standardisation (per-channel shift/scale stored wit
 LEVER_NONFINITE = ("gradient clipping --config.optim.grad_clip=1.0, a lower peak LR, and the "
                    "batch at the failing step")
 LEVER_RISING = "lower the peak LR or restart from the last good checkpoint"
+LEVER_MOSAIC = ("decode each latent cell from neighbouring tokens too: "
+                "--config.flow.out_head=overlap (or conv); smaller tokens (flow.patch_size, "
+                "autoencoder.factor) at a higher cost per step")
 
 # Names as the trainer logs them.
 LOSS_COMPONENTS = metric_names.LOSS_TERMS

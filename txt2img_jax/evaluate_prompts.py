@@ -1,12 +1,17 @@
-"""The evaluators of a user's data: a sample grid on fixed prompts, and the
-validation flow loss per t bucket on the held-out `val` split.
+"""The evaluators of a user's data: a sample grid on fixed prompts, the
+validation flow loss per t bucket on the held-out `val` split, and the mosaic
+measures of images drawn for val captions.
 
 There is no structure to score a photo against, so what a run shows is what
 it draws for the same prompts at every evaluation, and whether the flow
 loss on images it never trained on keeps falling (per t bucket, so a loss
 that only falls near t = 1, where the image leaks into x_t, is visible),
-the z_text measures of the val captions, and with `eval.clip_model` (a local
-CLIP folder) the CLIP score of the prompts' samples.
+the z_text measures of the val captions, the blockiness and high-frequency
+energy of samples drawn for val captions against the training images
+(`blockiness.py`: ~1 when the samples are as smooth as the data, high when
+they fall apart along the token grid while the loss falls, the seed's
+failure), and with `eval.clip_model` (a local CLIP folder) the CLIP score of
+the prompts' samples.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from txt2img_jax import blockiness
 from txt2img_jax import evaluate
 from txt2img_jax import objectives
 from txt2img_jax import runfiles
@@ -65,6 +71,7 @@ class PromptEvaluator:
     self.val = (pipeline.load_split(data, "val", n, tokenizer=tok,
                                     max_len=config.data.max_len)
                 if n else None)
+    self.mosaic = _MosaicMeasure(config, data, parts, tok, self.val)
     self._val_loss = jax.jit(_val_loss_fn(config, parts))
     self._posterior_mean = jax.jit(_posterior_mean_fn(parts))
     self._latent_side = types.SimpleNamespace(autoencoder=parts.autoencoder,
@@ -73,9 +80,12 @@ class PromptEvaluator:
     self.clip = ClipScorer(clip_model) if clip_model else None
 
   def images(self, params) -> np.ndarray:
+    return self.images_for(params, self.ids, self.mask)
+
+  def images_for(self, params, ids, mask) -> np.ndarray:
     return evaluate.generate_images(
         self.generate, params, self.frozen, self.stats, self.config.sample,
-        self.ids, self.mask, self.config.eval.batch_size)
+        ids, mask, self.config.eval.batch_size)
 
   def sample_grid(self, params, step: int) -> str:
     images = self.images(params)
@@ -103,6 +113,9 @@ class PromptEvaluator:
       if c:  # A small val split can leave a bucket empty.
         out[f"val/flow_t{b}"] = float(s / c)
     out.update(self.z_text(params))
+    if self.mosaic.enabled:
+      out.update(self.mosaic(self.images_for(params, self.mosaic.ids,
+                                             self.mosaic.mask)))
     if self.clip is not None:
       out["val/clip_score"] = self.clip(self.images(params), self.prompts)
     logging.info("validation%s: %s", f" at step {step}" if step else "",
@@ -127,6 +140,34 @@ class PromptEvaluator:
           v["text_tokens"][i:i + bs] if "text_tokens" in v else None)))
     out = ztext.z_text_measures(self._latent_side, np.concatenate(mus),
                                  v["image"])
+    return {f"val/{k}": v for k, v in out.items()}
+
+
+class _MosaicMeasure:
+  """val/blockiness and val/hf of images drawn for the first
+  `eval.image_num` val captions, against `eval.reference_num` train images."""
+
+  def __init__(self, config, data, parts, tokenizer, val):
+    n = min(config.eval.image_num, len(val["ids"]) if val is not None else 0)
+    self.enabled = n > 0
+    if not self.enabled:
+      return
+    period = blockiness.token_period(config.data.image_size,
+                                     parts.latent_shape[0],
+                                     config.flow.patch_size)
+    if not blockiness.fits(period, config.data.image_size):
+      logging.info("no mosaic measures: a token is %d pixels of %d",
+                   period, config.data.image_size)
+      self.enabled = False
+      return
+    self.ids, self.mask = val["ids"][:n], val["mask"][:n]
+    num_real = min(config.eval.reference_num, data.split_size("train"))
+    real = pipeline.load_split(data, "train", num_real, tokenizer=tokenizer,
+                               max_len=config.data.max_len)["image"]
+    self.reference = blockiness.Reference.of(real, period)
+
+  def __call__(self, images: np.ndarray) -> dict[str, float]:
+    out = self.reference.score(np.clip(images, 0.0, 1.0))
     return {f"val/{k}": v for k, v in out.items()}
 
 
