@@ -35,6 +35,7 @@ SHRINK = {
     "perf": ["--steps=2"],
     "health overfit": ["--steps=4", "--subset=16", "--recon_num=4"],
     "health latents": ["--num=8"],
+    "health mosaic": ["--num=8"],
     "experiments.heads_ablation": ["--config_variant=tiny", "--steps=4",
                                    "--seeds=0", "--num=4", "--lrs=2e-3",
                                    "--heads=grid_query"],
@@ -48,15 +49,18 @@ SHRINK = {
                           "--num=4", "--limit=1"],
     "experiments.leak": ["--config_variant=tiny", "--steps=4", "--seeds=0",
                          "--num=4", "--limit=1"],
+    "experiments.digits": ["--config_variant=tiny", "--seeds=0",
+                           "--rows=overlap"],
 }
 # Experiments that read trained runs (a sweep's, in the docs): in CI they
 # read the setup's restart run instead.
 PROBES = {"experiments.binding": "--workdir=workdirs/restart",
-          "experiments.sampler": "--workdir=workdirs/restart"}
+          "experiments.sampler": "--workdir=workdirs/restart",
+          "experiments.digits": "--workdir=workdirs/folder"}
 # The experiments that train runs of their own (under --workroot).
 TRAINING_EXPERIMENTS = ("experiments.heads_ablation",
                         "experiments.restart_trial", "experiments.sweep",
-                        "experiments.leak")
+                        "experiments.leak", "experiments.digits")
 # Runs the documented commands read from (base is diagnose's subject).
 SETUP = [
     "python -m txt2img_jax.main --config=configs/restart.py",

@@ -215,3 +215,32 @@ def test_latents_fail_with_a_wrong_scale(data_dir, compilation_cache,
   assert r.numbers["train"]["recon_max_abs"] < health.MAX_RECON_ABS
   saved = json.load(open(tmp_path / "latents.json"))
   assert not saved["passed"]
+
+
+# --- mosaic ------------------------------------------------------------------
+
+def test_mosaic_probes_pass_on_real_images_and_fail_on_token_tiles(sound_run):
+  workdir, _ = sound_run
+  real = health.run_mosaic(workdir, num=16, probe="real")
+  assert real.passed, real.verdict
+  assert abs(real.numbers["blockiness"] - real.numbers["real_blockiness"]) < 1e-9
+  assert real.numbers["period"] == 4 and real.numbers["split"] == "test"
+  tiled = health.run_mosaic(workdir, num=16, probe="tiled")
+  assert not tiled.passed and tiled.numbers["blockiness"] > 3.0, tiled.verdict
+  # The run's own samples: a verdict with its numbers, and the picture.
+  own = health.run_mosaic(workdir, num=16)
+  assert own.numbers["num"] == 16 and np.isfinite(own.numbers["blockiness"])
+  assert os.path.exists(os.path.join(workdir, "mosaic.png"))
+  assert json.load(open(os.path.join(workdir, "mosaic.json")))["probe"] == ""
+
+
+def test_mosaic_command_line(sound_run):
+  workdir, _ = sound_run
+  cmd = [sys.executable, "-m", "txt2img_jax.health", "mosaic",
+         f"--workdir={workdir}", "--num=8", "--probe=tiled"]
+  p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert p.returncode == 1, p.stderr[-2000:]
+  assert "mosaic: FAIL" in p.stdout and "token-sized blocks" in p.stdout
+  p = subprocess.run([sys.executable, "-m", "txt2img_jax.health", "overfit"],
+                     cwd=REPO, capture_output=True, text=True)
+  assert p.returncode == 2 and "needs --config" in p.stderr

@@ -46,9 +46,9 @@ def _one_line(e: BaseException) -> str:
   return " ".join(text.split()) or type(e).__name__
 
 
-def _fail(prog: str, message: str) -> None:
+def _fail(prog: str, message: str, code: int = 1) -> None:
   sys.stderr.write(f"{prog}: error: {message}\n")
-  sys.exit(1)
+  sys.exit(code)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -121,6 +121,8 @@ def run(main: Callable[[list[str]], None],
     except (app.UsageError,) + EXPECTED as e:
       if _DEBUG.value:
         raise
-      _fail(_prog(sys.argv), _one_line(e))
+      # A command may give its usage errors their own exit code (health: 2).
+      code = e.exitcode if isinstance(e, app.UsageError) else 1
+      _fail(_prog(sys.argv), _one_line(e), code or 1)
 
   app.run(guarded, flags_parser=parse_flags)

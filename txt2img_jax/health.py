@@ -4,6 +4,7 @@
       [--workdir=W] [--steps=450] [--subset=512] [--break_targets]
   python -m txt2img_jax.health latents --config=configs/restart.py \
       [--workdir=W] [--num=1024] [--stats_scale=3]
+  python -m txt2img_jax.health mosaic --workdir=W [--num=64]
 
 Exit code 0 = PASS, 1 = FAIL, 2 = usage error. See docs/health.md for what each check does,
 its thresholds and why.
@@ -26,9 +27,13 @@ same encode / decode path, decode(unstandardise(standardise(sample(encode(x)))))
 reconstructs x, and the reparameterisation noise is small next to the
 latent scale.
 
-The checks live in `health_overfit` and `health_latents` (both return a `health_result.Result`);
-this module is their command line and gathers their public API. Imports run one way:
-health -> health_overfit, health_latents -> health_result.
+mosaic: a trained run's samples for held-out captions are as smooth as its training images:
+their blockiness (token-grid edges against the inside of tokens, `blockiness.py`) at most
+1.5x the training images'. The seed's failure, seen without knowing what the images show.
+
+The checks live in `health_overfit`, `health_latents` and `health_mosaic` (each returns a
+`health_result.Result`); this module is their command line and gathers their public API.
+Imports run one way: health -> health_overfit, health_latents, health_mosaic -> health_result.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from txt2img_jax.health_overfit import (
     DEFAULT_RECON, DEFAULT_STEPS, LOG_POINTS, LR_FACTOR, MAX_REL, MIN_FALL, NOTE_STEPS,
     NOTE_SUBSET, _deranged, broken_targets, loss_fall, overfit_config, plot_overfit,
     read_loss_curve, run_overfit, text_only_reconstruction)
+from txt2img_jax.health_mosaic import DEFAULT_MOSAIC_NUM, PROBES, run_mosaic
 from txt2img_jax.health_result import Result
 # pylint: enable=unused-import
 
@@ -53,7 +59,7 @@ from txt2img_jax.health_result import Result
 # Command line
 # =============================================================================
 
-CHECKS = ("overfit", "latents")
+CHECKS = ("overfit", "latents", "mosaic")
 
 
 def define_flags():
@@ -78,7 +84,12 @@ def define_flags():
                        "regenerated for the text-only reconstruction.")
   flags.DEFINE_bool("break_targets", False, "overfit, test only: give each "
                     "caption another example's image (must FAIL).")
-  flags.DEFINE_integer("num", DEFAULT_LATENT_NUM, "latents: images per split.")
+  flags.DEFINE_integer("num", None, "latents: images per split (default "
+                       f"{DEFAULT_LATENT_NUM}); mosaic: held-out captions drawn "
+                       f"(default {DEFAULT_MOSAIC_NUM}).")
+  flags.DEFINE_enum("probe", "", PROBES, "mosaic, test only: score the held-out "
+                    "images themselves (real, must PASS) or cut into token tiles "
+                    "(tiled, must FAIL) instead of the run's samples.")
   flags.DEFINE_float("stats_scale", 1.0, "latents, test only: multiply the "
                      "latent scale by this (3 must FAIL).")
 
@@ -93,6 +104,8 @@ def main(argv):
   from txt2img_jax import reporting
   reporting.quiet_orbax()
   config = f.config
+  if config is None and argv[1] != "mosaic":
+    raise app.UsageError(f"{argv[1]} needs --config=FILE", exitcode=2)
   if argv[1] == "overfit":
     result = run_overfit(config, f.workdir, f.steps, f.subset,
                          f.break_targets, lr_factor=f.lr_factor,
@@ -109,9 +122,14 @@ def main(argv):
     wd = os.path.abspath(f.workdir or os.path.join(
         "workdirs", f"health_overfit_{config.name}"))
     print(f"  wrote {os.path.join(wd, 'overfit.png')}, overfit.json")
-  else:
-    result = run_latents(config, f.workdir, f.stats_scale, f.num)
+  elif argv[1] == "latents":
+    result = run_latents(config, f.workdir, f.stats_scale,
+                         f.num or DEFAULT_LATENT_NUM)
     print(latents_table(result))
+  else:
+    result = run_mosaic(f.workdir, f.num or DEFAULT_MOSAIC_NUM, f.probe)
+    print(f"wrote {os.path.join(os.path.abspath(f.workdir), 'mosaic.png')}, "
+          "mosaic.json")
   print(result.verdict)
   sys.exit(0 if result.passed else 1)
 
@@ -119,4 +137,4 @@ def main(argv):
 if __name__ == "__main__":
   from txt2img_jax import cli
   define_flags()
-  cli.run(main, required=["config"])
+  cli.run(main)
