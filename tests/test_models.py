@@ -370,3 +370,28 @@ def test_latent_stats_standardise():
   flat_stats = ae.compute_latent_stats(model, [np.zeros((2, 8, 8, 3), np.float32)],
                                        _key(0), min_std=0.5)
   assert float(np.min(flat_stats.scale)) == 0.5
+
+
+@pytest.mark.parametrize('head,reaches', [('linear', False), ('conv', True), ('overlap', True)])
+def test_dit_out_heads_and_token_edges(head, reaches):
+  """A cell's output depends on the neighbouring token only with a head that decodes across
+  token edges; DiT's linear head decodes every token alone. With no blocks (depth 0) nothing
+  else mixes tokens, so the head alone decides."""
+  x, t, ind = _dit_inputs()
+  model = dit_lib.DiT(LATENT, patch_size=2, width=16, depth=0, num_heads=2, out_head=head)
+  variables = nn.unbox(model.init(_key(0), x, t, ind))
+  assert float(jnp.abs(model.apply(variables, x, t, ind)).max()) == 0.0  # Zero at init.
+  rng = np.random.default_rng(4)
+  params = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape, np.float32),
+                        variables['params'])
+  apply = functools.partial(model.apply, {'params': params})
+  p = 2
+  bumped = x.at[:, :p, p:2 * p].add(1.0)  # The input of the token right of the first.
+  first_cells = np.abs(np.asarray(apply(bumped, t, ind) - apply(x, t, ind)))[:, :p, :p]
+  assert (first_cells.max() > 0) == reaches, head
+
+
+def test_dit_rejects_unknown_out_head():
+  x, t, ind = _dit_inputs()
+  with pytest.raises(ValueError, match='out_head'):
+    _tiny_dit(out_head='cubic').init(_key(0), x, t, ind)

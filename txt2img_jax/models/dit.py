@@ -88,7 +88,7 @@ class DiT(nn.Module):
   __call__(x (B, H, W, C), time_input (B,) float, indicator (B,) int in {0, 1}) -> v (B, H, W, C)
   in float32. time_input may be t in [0, 1] or logSNR in about [-10, 10]: see
   `layers.ScalarEmbed` for the frequency range (time_min_freq .. time_max_freq rad/unit).
-  The output is exactly zero at init (zero final linear).
+  The output is exactly zero at init (every out_head's last layer starts at zero).
 
   With text_conditioning (the noise-path control, `objectives/noise_flow.py`), __call__ also
   takes caption token features (B, L, D) and their mask: their masked mean, projected, is added
@@ -109,6 +109,13 @@ class DiT(nn.Module):
   text_conditioning: bool = False  # Caption tokens condition the blocks (noise path; see below).
   scan: bool = False     # Blocks under nn.scan (params stacked under 'blocks'), else unrolled.
   remat: str = 'none'    # none | full | dots | dots_no_batch (see REMAT_POLICIES).
+  # How tokens become the output latent. DiT's 'linear' head decodes each token alone into
+  # its p x p cells, so whatever it gets wrong jumps at every token edge: on images whose
+  # detail is the token's size, a mosaic of token-sized blocks. 'conv' adds a 3x3
+  # convolution over that output (zero at init; U-ViT's final conv block); 'overlap'
+  # decodes every cell from its own token and its neighbours (a transposed convolution,
+  # kernel 2p, stride p, zero at init), so neighbouring tokens agree where they meet.
+  out_head: str = 'linear'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -169,8 +176,27 @@ class DiT(nn.Module):
         2, axis=-1)
     tokens = modulate(nn.LayerNorm(use_bias=False, use_scale=False, name='ln_final', **kw)(
         tokens), shift, scale)
-    out = _zero_dense(p * p * c, ('embed', None), 'final', kw)(tokens)
-    return unpatchify(out, p, self.latent_shape).astype(jnp.float32)
+    return self.decode(tokens).astype(jnp.float32)
+
+  def decode(self, tokens: jax.Array) -> jax.Array:
+    """(B, N, width) final tokens -> (B, H, W, C) by `out_head` (from __call__)."""
+    h, w, c = self.latent_shape
+    p = self.patch_size
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    zeros = nn.initializers.zeros_init()
+    if self.out_head == 'overlap':
+      grid = tokens.reshape(tokens.shape[0], h // p, w // p, self.width)
+      return nn.ConvTranspose(c, (2 * p, 2 * p), strides=(p, p), padding='SAME',
+                              name='final_overlap', kernel_init=nn.with_logical_partitioning(
+                                  zeros, (None, None, 'embed', None)), **kw)(grid)
+    v = unpatchify(_zero_dense(p * p * c, ('embed', None), 'final', kw)(tokens), p,
+                   self.latent_shape)
+    if self.out_head == 'conv':
+      v = v + nn.Conv(c, (3, 3), padding='SAME', name='final_conv', kernel_init=(
+          nn.with_logical_partitioning(zeros, (None, None, None, None))), **kw)(v)
+    elif self.out_head != 'linear':
+      raise ValueError(f"out_head={self.out_head!r}: expected linear | conv | overlap")
+    return v
 
   def blocks(self, tokens: jax.Array, cond: jax.Array, context: Optional[jax.Array] = None,
              context_mask: Optional[jax.Array] = None) -> jax.Array:

@@ -39,7 +39,8 @@ class NoiseFlow(nn.Module):
         latent_shape=self.latent_shape, patch_size=f.patch_size,
         width=f.width, depth=f.depth, num_heads=f.num_heads,
         mlp_ratio=f.mlp_ratio, dtype=dtype, text_conditioning=True,
-        scan=f.get("scan", False), remat=f.get("remat", "none"))
+        scan=f.get("scan", False), remat=f.get("remat", "none"),
+        out_head=f.out_head)
 
   @classmethod
   def from_config(cls, config, latent_shape, vocab_size: int,
