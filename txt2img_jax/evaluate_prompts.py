@@ -112,7 +112,8 @@ class PromptEvaluator:
     for b, (s, c) in enumerate(zip(bucket_sum, bucket_count)):
       if c:  # A small val split can leave a bucket empty.
         out[f"val/flow_t{b}"] = float(s / c)
-    out.update(self.z_text(params))
+    if self.config.objective == "crossflow":  # The noise path has no z_text.
+      out.update(self.z_text(params))
     if self.mosaic.enabled:
       out.update(self.mosaic(self.images_for(params, self.mosaic.ids,
                                              self.mosaic.mask)))

@@ -14,8 +14,14 @@ each seed, scores the runs and writes a markdown table (mean +- std over
 seeds); an interrupted table resumes where it stopped:
 
   python -m txt2img_jax.experiments.digits table --data=DIR --seeds=0,1,2 \
-      [--rows=linear,overlap] [--workroot=workdirs/digits] [--out=docs/digits.md]
+      [--rows=before,folder,noise] [--workroot=workdirs/digits] [--out=docs/digits.md]
       [--config_variant=tiny]
+
+`curves` prints, for trained runs, what each evaluation logged (val/flow,
+val/blockiness, val/hf), so a mosaic that grows while the loss falls shows:
+
+  python -m txt2img_jax.experiments.digits curves [--workroot=workdirs/digits]
+      [--workdirs=W1,W2]
 
 `score` judges a trained run on those digits:
   digit_acc   the fraction of samples that a digit classifier trained on
@@ -165,13 +171,26 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
   return out
 
 
-# (name, what it is, config overrides of configs/folder.py).
+# restart.py's time curriculum as folder.py had it before it drew t ~ U[0, 1].
+_CURRICULUM = {"kind": "curriculum", "steps": 0, "blend_steps": 1600,
+               "first": {"kind": "alpha_range", "alpha_min": 0.0, "alpha_max": 0.15},
+               "then": {"kind": "logit_normal", "mean": -1.0, "std": 1.5}}
+# (name, what it is, config overrides of configs/folder.py). The screen's
+# single levers (conv, overlap) change one field of `before`.
 ROWS = (
-    ("linear", "DiT's linear patch head (folder.py before)", {"flow.out_head": "linear"}),
-    ("conv", "+ a 3x3 conv over the output", {"flow.out_head": "conv"}),
-    ("overlap", "each cell from its token and the neighbours' (folder.py)",
-     {"flow.out_head": "overlap"}),
+    ("before", "folder.py before: DiT's linear head, restart.py's time curriculum",
+     {"flow.out_head": "linear", "time.sampler": _CURRICULUM}),
+    ("conv", "before + a 3x3 conv over the output",
+     {"flow.out_head": "conv", "time.sampler": _CURRICULUM}),
+    ("overlap", "before + each cell decoded from its token and the neighbours'",
+     {"flow.out_head": "overlap", "time.sampler": _CURRICULUM}),
+    ("folder", "folder.py: overlap head, t ~ U[0, 1]", {}),
+    # The noise-path control (configs/noise_control.py's changes) on folder.py.
+    ("noise", "noise-path control: Gaussian noise to image, same DiT",
+     {"objective": "noise_flow",
+      "time.sampler": {"kind": "logit_normal", "mean": 0.0, "std": 1.0}}),
 )
+DEFAULT_ROWS = ("before", "folder", "noise")
 COLUMNS = (("mean/digit_acc", "digit acc (mu)"), ("mean/blockiness", "blockiness (mu)"),
            ("mean/hf", "hf (mu)"), ("draw/digit_acc", "digit acc (draw)"),
            ("draw/blockiness", "blockiness (draw)"), ("val/flow", "val flow (last)"),
@@ -242,6 +261,18 @@ def table(data: str, rows: list[str], seeds: list[int], workroot: str, out: str,
   return text
 
 
+def curves_text(workdirs: list[str]) -> str:
+  from txt2img_jax import runfiles  # pylint: disable=g-import-not-at-top
+  keys = ("val/flow", "val/blockiness", "val/hf")
+  lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|---|---|---|"]
+  for w in workdirs:
+    for r in runfiles.read_metrics(w):
+      if "val/blockiness" in r:
+        lines.append(f"| {os.path.basename(os.path.normpath(w))} | {r['step']} | "
+                     + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+  return "\n".join(lines)
+
+
 def _grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
   """(rows, cols, S, S, 3) in [0, 1] -> uint8 image with grey gutters."""
   r, c, s = images.shape[:3]
@@ -256,13 +287,25 @@ def _grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("write", "score", "table"):
-    raise ValueError("give one command: write | score | table")
+  if len(argv) != 2 or argv[1] not in ("write", "score", "table", "curves"):
+    raise ValueError("give one command: write | score | table | curves")
+  if argv[1] == "curves":
+    if f.workdirs:
+      workdirs = f.workdirs.split(",")
+    else:
+      root = f.workroot
+      workdirs = sorted(os.path.join(root, d) for d in os.listdir(root)
+                        if os.path.exists(os.path.join(root, d, "metrics.jsonl"))
+                        ) if os.path.isdir(root) else []
+      if not workdirs:
+        raise FileNotFoundError(f"no runs under --workroot={root}")
+    print(curves_text(workdirs))
+    return
   if argv[1] == "table":
     if not f.data:
       raise ValueError("table needs --data=DIR (written by `write`)")
     known = [r[0] for r in ROWS]
-    rows = f.rows.split(",") if f.rows else known
+    rows = f.rows.split(",") if f.rows else list(DEFAULT_ROWS)
     if set(rows) - set(known):
       raise ValueError(f"--rows: unknown {sorted(set(rows) - set(known))}; known {known}")
     seeds = [int(x) for x in f.seeds.split(",")]
@@ -294,11 +337,14 @@ def _define_flags():
                       "(tiny: CI-sized).")
   flags.DEFINE_string("data", None, "table: the digits folder `write` made.")
   flags.DEFINE_string("rows", "", "table: rows of ROWS, comma-separated "
-                      "(default all).")
+                      f"(default {','.join(DEFAULT_ROWS)}).")
   flags.DEFINE_string("seeds", "0,1,2", "table: seeds.")
-  flags.DEFINE_string("workroot", "workdirs/digits", "table: where the runs go.")
+  flags.DEFINE_string("workroot", "workdirs/digits", "table: where the runs "
+                      "go; curves: where they are.")
   flags.DEFINE_integer("size", 32, "write: image side in pixels.")
   flags.DEFINE_string("workdir", None, "score: a trained run on the digits.")
+  flags.DEFINE_string("workdirs", None, "curves: trained runs, comma-separated "
+                      "(default: every run under --workroot).")
   flags.DEFINE_integer("seed", 0, "score: seed of the z_text draws.")
   flags.DEFINE_string("json", None, "score: also write the numbers here.")
 
