@@ -86,6 +86,9 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
   assert seen and all("image" not in k and "moments_mean" in k for k in seen)
   assert np.isfinite(out["train"]["train/loss"])
   assert np.isfinite(out["eval"]["val/flow"])
+  # The mosaic measures of the samples, through the VAE's decoder.
+  assert np.isfinite(out["eval"]["val/blockiness"])
+  assert np.isfinite(out["eval"]["val/hf"])
 
   # The run rebuilds from its workdir alone and draws through the VAE.
   run = assembly.load_run(workdir, with_data=False)
