@@ -144,6 +144,21 @@ class PromptEvaluator:
     return {f"val/{k}": v for k, v in out.items()}
 
 
+def mosaic_reference(config, data, latent_side: int, tokenizer,
+                     num: int | None = None) -> blockiness.Reference | None:
+  """The first `num` (default eval.reference_num) training images' own
+  blockiness and hf, which samples are judged against; None when the token
+  grid has no lines to measure across."""
+  period = blockiness.token_period(config.data.image_size, latent_side,
+                                   config.flow.patch_size)
+  if not blockiness.fits(period, config.data.image_size):
+    return None
+  num_real = min(num or config.eval.reference_num, data.split_size("train"))
+  real = pipeline.load_split(data, "train", num_real, tokenizer=tokenizer,
+                             max_len=config.data.max_len)["image"]
+  return blockiness.Reference.of(real, period)
+
+
 class _MosaicMeasure:
   """val/blockiness and val/hf of images drawn for the first
   `eval.image_num` val captions, against `eval.reference_num` train images."""
@@ -153,19 +168,13 @@ class _MosaicMeasure:
     self.enabled = n > 0
     if not self.enabled:
       return
-    period = blockiness.token_period(config.data.image_size,
-                                     parts.latent_shape[0],
-                                     config.flow.patch_size)
-    if not blockiness.fits(period, config.data.image_size):
-      logging.info("no mosaic measures: a token is %d pixels of %d",
-                   period, config.data.image_size)
+    self.reference = mosaic_reference(config, data, parts.latent_shape[0],
+                                      tokenizer)
+    if self.reference is None:
+      logging.info("no mosaic measures: the token grid has no lines to measure across")
       self.enabled = False
       return
     self.ids, self.mask = val["ids"][:n], val["mask"][:n]
-    num_real = min(config.eval.reference_num, data.split_size("train"))
-    real = pipeline.load_split(data, "train", num_real, tokenizer=tokenizer,
-                               max_len=config.data.max_len)["image"]
-    self.reference = blockiness.Reference.of(real, period)
 
   def __call__(self, images: np.ndarray) -> dict[str, float]:
     out = self.reference.score(np.clip(images, 0.0, 1.0))

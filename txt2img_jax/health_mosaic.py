@@ -39,6 +39,7 @@ def _held_out_split(data) -> str:
 def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> Result:
   from txt2img_jax import assembly  # pylint: disable=g-import-not-at-top
   from txt2img_jax import evaluate
+  from txt2img_jax import evaluate_prompts
   from txt2img_jax.data import pipeline
 
   if probe not in PROBES:
@@ -47,18 +48,15 @@ def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> 
     raise ValueError("the mosaic check needs --workdir=W, a trained run")
   run = assembly.load_run(workdir)
   c = run.config
-  period = blockiness.token_period(c.data.image_size, run.parts.latent_shape[0],
-                                   c.flow.patch_size)
-  if not blockiness.fits(period, c.data.image_size):
-    raise ValueError(f"a token is {period} pixels of a {c.data.image_size}-pixel image: "
-                     "no token grid to measure")
   data, tok = run.builder, run.text.tokenizer
+  ref = evaluate_prompts.mosaic_reference(c, data, run.parts.latent_shape[0], tok)
+  if ref is None:
+    raise ValueError(f"a token spans the {c.data.image_size}-pixel image: no token grid to "
+                     "measure")
+  period = ref.period
   split = _held_out_split(data)
   held = pipeline.load_split(data, split, min(num, data.split_size(split)), tokenizer=tok,
                              max_len=c.data.max_len)
-  real = pipeline.load_split(data, "train", min(c.eval.reference_num, data.split_size("train")),
-                             tokenizer=tok, max_len=c.data.max_len)["image"]
-  ref = blockiness.Reference.of(real, period)
   if probe == "real":
     images = held["image"]
   elif probe == "tiled":

@@ -117,10 +117,9 @@ class Classifier:
 def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
   """Scores a trained run (cached as digits_score.json for its step)."""
   from txt2img_jax import assembly
-  from txt2img_jax import blockiness
   from txt2img_jax import checkpointing
   from txt2img_jax import evaluate
-  from txt2img_jax.data import pipeline
+  from txt2img_jax import evaluate_prompts
   from txt2img_jax.data import tokenizer as tokenizer_lib
 
   path = os.path.join(workdir, "digits_score.json")
@@ -132,14 +131,8 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
       return cached
   run = assembly.load_run(workdir)
   c = run.config
-  real = pipeline.load_split(run.builder, "train",
-                             min(real_num, run.builder.split_size("train")),
-                             tokenizer=run.text.tokenizer,
-                             max_len=c.data.max_len)["image"]
-  side = run.parts.latent_shape[0]
-  ref = blockiness.Reference.of(
-      real, blockiness.token_period(c.data.image_size, side,
-                                    c.flow.patch_size))
+  ref = evaluate_prompts.mosaic_reference(c, run.builder, run.parts.latent_shape[0],
+                                         run.text.tokenizer, num=real_num)
   clf = Classifier(c.data.image_size)
   prompts = [p for d in range(10) for p in captions(d)]
   labels = np.repeat(np.arange(10), len(TEMPLATES))
@@ -219,15 +212,14 @@ def run_numbers(workdir: str) -> dict[str, float]:
   from txt2img_jax import runfiles  # pylint: disable=g-import-not-at-top
   from txt2img_jax.experiments import common
   out = dict(score(workdir))
-  evals = [r for r in runfiles.read_metrics(workdir) if "val/blockiness" in r]
+  rows = runfiles.read_metrics(workdir)
+  evals = [r for r in rows if "val/blockiness" in r]
   if evals:
     out["val/flow"] = evals[-1]["val/flow"]
     out["val/blockiness"] = evals[-1]["val/blockiness"]
     out["val/blockiness@mid"] = evals[(len(evals) - 1) // 2]["val/blockiness"]
-  rows = [r for r in runfiles.read_metrics(workdir) if "train/steps_per_sec" in r]
   out["steps_per_sec"] = common.median_steps_per_sec(workdir)
-  if rows:
-    out["minutes"] = out["step"] / out["steps_per_sec"] / 60
+  out["minutes"] = out["step"] / out["steps_per_sec"] / 60
   return out
 
 
