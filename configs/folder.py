@@ -35,10 +35,8 @@ loss per t bucket. Every field is documented in base.py.
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-restart = config_lib.load_sibling(__file__, "restart")
-base = config_lib.load_sibling(__file__, "base")
+from configs import restart
+from configs import base
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

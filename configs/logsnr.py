@@ -15,9 +15,7 @@ Every field is documented in base.py.
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-base = config_lib.load_sibling(__file__, "base")
+from configs import base
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -23,9 +23,7 @@ needs:
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-restart = config_lib.load_sibling(__file__, "restart")
+from configs import restart
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -18,9 +18,7 @@ Every field is documented in base.py.
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-restart = config_lib.load_sibling(__file__, "restart")
+from configs import restart
 
 
 def scale(c: ml_collections.ConfigDict, width: int, depth: int,

@@ -10,9 +10,7 @@ Every field is documented in base.py.
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-perf_b2 = config_lib.load_sibling(__file__, "perf_b2")
+from configs import perf_b2
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -42,9 +42,8 @@ Every field is documented in base.py.
 
 import ml_collections
 
-from txt2img_jax import config_lib
-
-base = config_lib.load_sibling(__file__, "base")
+from configs import base
+from txt2img_jax.utils import config_lib
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from txt2img_jax import benchmark
+from txt2img_jax.evaluation import benchmark
 from txt2img_jax.data import shapes
 
 NUM = 300
@@ -19,7 +19,7 @@ def cal():
 
 @pytest.fixture(scope="module")
 def data():
-  return benchmark._stack([shapes.example(0, "test", i) for i in range(200)])
+  return benchmark.stack_examples([shapes.example(0, "test", i) for i in range(200)])
 
 
 def _render_all(desc, modify, seed=0):

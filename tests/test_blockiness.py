@@ -5,9 +5,9 @@ renders at their 4-pixel tokens."""
 import numpy as np
 import pytest
 
-from txt2img_jax import blockiness
+from txt2img_jax.evaluation import blockiness
 from txt2img_jax.data import shapes
-from txt2img_jax.experiments import digits
+from experiments import digits
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ compilation cache, which the first run fills.
 
 from __future__ import annotations
 
+import importlib
 import glob
 import json
 import os
@@ -71,7 +72,8 @@ SETUP = [
 
 
 def documented_commands() -> list[tuple[str, str]]:
-  """(file, command) for every `python -m txt2img_jax...` in a bash block;
+  """(file, command) for every `python -m txt2img_jax...` (or a research
+  script's, `python -m experiments...`) in a bash block;
   a command written in several places, or that shrinks to one already
   found (`restart.py` and `restart.py:tiny`), is run once (its first place)."""
   found, seen = [], set()
@@ -82,7 +84,8 @@ def documented_commands() -> list[tuple[str, str]]:
       for line in block.replace("\\\n", " ").splitlines():
         line = " ".join(line.split())
         extra, command = split_env(line)
-        if not command.startswith("python -m txt2img_jax"):
+        if not command.startswith(("python -m txt2img_jax",
+                                   "python -m experiments.")):
           continue
         key = (tuple(sorted(extra.items())), tuple(shrink(line)))
         if key not in seen:
@@ -190,9 +193,7 @@ def test_shrink_keeps_a_config_variant():
       "--config=configs/restart.py:800,tiny")
   assert shrink(main + "--config=configs/folder.py:tiny")[3] == (
       "--config=configs/folder.py:tiny")
-  from txt2img_jax import config_lib
-  restart = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                    "restart")
+  restart = importlib.import_module("configs.restart")
   assert restart.get_config("800,tiny").total_steps == 6
 
 

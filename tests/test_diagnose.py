@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from txt2img_jax import diagnose
+from txt2img_jax import diagnosis
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_LR = 2.5e-6
@@ -89,8 +89,8 @@ def _names(report, severity="warning"):
 
 
 def _run(workdir, window=5000):
-  metrics = diagnose.load_metrics(workdir)
-  return diagnose.analyze(metrics, diagnose.load_config(workdir), window, workdir=workdir)
+  metrics = diagnosis.load_metrics(workdir)
+  return diagnosis.analyze(metrics, diagnosis.load_config(workdir), window, workdir=workdir)
 
 
 def test_plateau_run_raises_the_notes_flags(tmp_path):
@@ -104,7 +104,7 @@ def test_plateau_run_raises_the_notes_flags(tmp_path):
   assert report.eval["object_acc"] == pytest.approx(0.1)
   lr_flag = next(f for f in report.flags if f.name == "lr_far_below_base")
   assert "configs/restart.py" in lr_flag.lever
-  text = diagnose.format_report(report)
+  text = diagnosis.format_report(report)
   for section in ("Losses", "Learning rate", "Modality norms", "Text posterior", "Flags"):
     assert section in text
   assert "plateau" in text.split("Verdict:")[1]
@@ -114,7 +114,7 @@ def test_healthy_run_has_no_plateau_and_no_lr_flag(tmp_path):
   report = _run(_healthy_run(tmp_path / "w"))
   assert not _names(report)
   assert "ok" in _names(report, "info")
-  assert report.trends["train/loss_flow"].rel_change < -diagnose.PLATEAU_REL_CHANGE
+  assert report.trends["train/loss_flow"].rel_change < -diagnosis.PLATEAU_REL_CHANGE
 
 
 def test_stuck_bucket_is_named(tmp_path):
@@ -134,7 +134,7 @@ def test_bucket_far_above_the_others(tmp_path):
   stuck = [f for f in report.flags if f.name == "t_segment_stuck"]
   assert len(stuck) == 1 and "text end" in stuck[0].message
   # The text end gets the lever that trains it, not the note's alpha > 0.8.
-  assert stuck[0].lever == diagnose.LEVER_TEXT_END
+  assert stuck[0].lever == diagnosis.LEVER_TEXT_END
 
 
 def test_nonfinite_steps_growth_is_flagged(tmp_path):
@@ -152,38 +152,38 @@ def test_old_nonfinite_steps_are_only_info(tmp_path):
 
 def test_rising_loss_is_not_a_plateau(tmp_path):
   workdir = _healthy_run(tmp_path / "w")
-  metrics = diagnose.load_metrics(workdir)
+  metrics = diagnosis.load_metrics(workdir)
   steps, flow = metrics["train/loss_flow"]
   metrics["train/loss_flow"] = (steps, flow * (1 + np.maximum(steps - 15000, 0) / 5000))
-  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  report = diagnosis.analyze(metrics, diagnosis.load_config(workdir), 5000)
   assert _names(report) == {"loss_rising"}
 
 
 def test_short_run_uses_its_later_half(tmp_path):
   workdir = _plateau_run(tmp_path / "w")
-  metrics = diagnose.load_metrics(workdir)
+  metrics = diagnosis.load_metrics(workdir)
   short = {n: (s[s <= 6000], v[s <= 6000]) for n, (s, v) in metrics.items()}
-  report = diagnose.analyze(short, diagnose.load_config(workdir), 5000)
+  report = diagnosis.analyze(short, diagnosis.load_config(workdir), 5000)
   assert report.window == 3000
   assert report.trends["train/loss_flow"].start_step == 3000
 
 
 def test_norm_mismatch(tmp_path):
   workdir = _healthy_run(tmp_path / "w")
-  metrics = diagnose.load_metrics(workdir)
+  metrics = diagnosis.load_metrics(workdir)
   steps, ratio = metrics["train/norm_ratio"]
   metrics["train/norm_ratio"] = (steps, ratio * 3)
-  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  report = diagnosis.analyze(metrics, diagnosis.load_config(workdir), 5000)
   assert _names(report) == {"norm_mismatch"}
 
 
 def test_warmup_is_not_far_below_base(tmp_path):
   workdir = _healthy_run(tmp_path / "w")
-  metrics = diagnose.load_metrics(workdir)
+  metrics = diagnosis.load_metrics(workdir)
   for g in ("flow", "text_head"):
     steps, _ = metrics[f"train/lr/{g}"]
     metrics[f"train/lr/{g}"] = (steps, BASE_LR * 0.05 * (1 + steps / 20000))
-  report = diagnose.analyze(metrics, diagnose.load_config(workdir), 5000)
+  report = diagnosis.analyze(metrics, diagnosis.load_config(workdir), 5000)
   assert "lr_far_below_base" not in _names(report)
   assert "lr_warmup" in _names(report, "info")
 
@@ -194,12 +194,12 @@ def test_load_metrics_keeps_the_latest_value_of_a_relogged_step(tmp_path):
   with open(workdir / "metrics.jsonl", "w") as f:
     f.write('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": NaN}\n'
             '{"step": 1, "train/loss": 1.5}\n{"step": 3, "train/lo')  # Killed mid-write.
-  metrics = diagnose.load_metrics(str(workdir))
+  metrics = diagnosis.load_metrics(str(workdir))
   steps, values = metrics["train/loss"]
   assert steps.tolist() == [1, 2] and values[0] == 1.5 and np.isnan(values[1])
-  report = diagnose.analyze(metrics, {}, 5000)
+  report = diagnosis.analyze(metrics, {}, 5000)
   assert report.latest["train/loss"] == 1.5
-  json.dumps(diagnose.report_to_json(report), allow_nan=False)
+  json.dumps(diagnosis.report_to_json(report), allow_nan=False)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -222,7 +222,7 @@ def test_cli_end_to_end(tmp_path):
 def test_plot_run_writes_t_buckets(tmp_path):
   falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
   workdir = _healthy_run(tmp_path / "w", buckets=[falling * (1 + b) for b in range(4)])
-  paths = diagnose.plot_run(diagnose.load_metrics(workdir), str(tmp_path / "d"), _config())
+  paths = diagnosis.plot_run(diagnosis.load_metrics(workdir), str(tmp_path / "d"), _config())
   assert sorted(os.path.basename(p) for p in paths) == [
       "losses.png", "lr.png", "norms.png", "posterior.png", "t_buckets.png"]
 
@@ -235,8 +235,8 @@ def test_cli_without_metrics_gives_a_clear_error(tmp_path):
   assert "no metrics.jsonl" in result.stderr
   assert "Traceback" not in result.stderr
   (tmp_path / "metrics.jsonl").write_text("")
-  with pytest.raises(diagnose.MetricsNotFoundError, match="no log lines"):
-    diagnose.run(str(tmp_path))
+  with pytest.raises(diagnosis.MetricsNotFoundError, match="no log lines"):
+    diagnosis.run(str(tmp_path))
 
 
 def _with_val(workdir, blockiness, flow, hf=None):
@@ -263,7 +263,7 @@ def test_mosaic_while_val_loss_falls_is_the_seeds_signature(tmp_path):
   assert "2.40×" in flag.message and "rose from 1.30 at step 500" in flag.message
   assert "0.19 → 0.079" in flag.message and "out_head=overlap" in flag.lever
   assert "val/blockiness" in report.eval
-  assert "mosaic" in diagnose.format_report(report)
+  assert "mosaic" in diagnosis.format_report(report)
 
 
 def test_smooth_samples_raise_no_mosaic_flag(tmp_path):

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from txt2img_jax.experiments import digits
+from experiments import digits
 
 
 def test_write_is_the_own_images_layout(tmp_path):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from txt2img_jax import evaluate
+from txt2img_jax.evaluation import structure as evaluate
 from txt2img_jax.data import shapes
 
 
@@ -41,7 +41,7 @@ def test_caption_grid_with_a_middle_panel_is_wider():
 def test_z_text_measures_tell_an_image_like_z_text_from_a_code():
   # Imported here: the experiments package pulls in the trainer.
   import types
-  from txt2img_jax.experiments import common
+  from experiments import common
   from txt2img_jax.models import autoencoder as ae_lib
   refs, _ = _renders(32)
   ae = ae_lib.PixelAutoencoder(2)

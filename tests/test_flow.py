@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from txt2img_jax import flow
+from txt2img_jax.objectives import flow
 
 SIGMA = 0.1
 

@@ -19,6 +19,7 @@ What differs by design, and how the run is made to agree:
   left differing is only the data source and its evaluator.
 """
 
+import importlib
 import json
 import os
 
@@ -27,13 +28,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from txt2img_jax import assembly
-from txt2img_jax import assets
-from txt2img_jax import config_lib
-from txt2img_jax import latents
-from txt2img_jax import runfiles
-from txt2img_jax import sharding
-from txt2img_jax import step as step_lib
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import assets
+from txt2img_jax.models import latents
+from txt2img_jax.utils import runfiles
+from txt2img_jax.train import sharding
+from txt2img_jax.train import step as step_lib
 from txt2img_jax.data import imagefolder
 from txt2img_jax.data import records
 from txt2img_jax.data import shapes
@@ -49,8 +50,7 @@ SOURCE_FIELDS = {"name", "data.name", "data.path", "data.val_count",
 
 
 def recipe(name):
-  return config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                 name).get_config("tiny")
+  return importlib.import_module(f"configs.{name}").get_config("tiny")
 
 
 def flat(d, prefix=""):
@@ -143,7 +143,7 @@ def inputs(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   autoencoder = latents.build(config)
   data = assets.prepare_data(config, autoencoder)
-  parts = assembly.build_parts(config, workdir, data, autoencoder)
+  parts = run_lib.build_parts(config, workdir, data, autoencoder)
   return data, parts, assets.latent_stats(config, workdir, data, autoencoder)
 
 
@@ -176,7 +176,7 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
 
   mesh = sharding.make_mesh(s_cfg.mesh.data, s_cfg.mesh.model)
   rules = sharding.logical_rules(s_cfg.mesh.rules)
-  tx, schedules, state, shardings = assembly.create_train_state(
+  tx, schedules, state, shardings = state_lib.create_train_state(
       s_cfg, s_parts.model, s_parts.latent_shape, s_parts.text.width, mesh,
       rules)
   initial = jax.device_get(state)
@@ -185,7 +185,7 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
   for name, cfg, data, parts, stats in (
       ("shapes", s_cfg, s_data, s_parts, s_stats),
       ("folder", f_cfg, f_data, f_parts, f_stats)):
-    step = assembly.jit_train_step(
+    step = state_lib.jit_train_step(
         step_lib.for_parts(cfg, parts, tx, schedules), shardings, mesh)
     batches = assets.train_batches(cfg, data, parts.text, 0)
     frozen = jax.device_put(parts.frozen, repl)

@@ -8,9 +8,9 @@ import os
 import jax
 import numpy as np
 
-from txt2img_jax import assembly
-from txt2img_jax.experiments import common
-from txt2img_jax.experiments import heads_ablation
+from txt2img_jax.train import run as run_lib
+from experiments import common
+from experiments import heads_ablation
 
 
 def test_initial_params_are_the_runs_step_zero(data_dir, tmp_path):
@@ -26,12 +26,12 @@ def test_initial_params_are_the_runs_step_zero(data_dir, tmp_path):
   c.optim.schedule.eta_min = 0.0  # The floor may not exceed a peak of 0.
   workdir = str(tmp_path / "run")
   common.train_once(c, workdir)
-  run = assembly.load_run(workdir)
-  initial = assembly.initial_params(run)
+  run = run_lib.load_run(workdir)
+  initial = run_lib.initial_params(run)
   for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(run.ema_params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
   run.config.seed += 1
-  other = assembly.initial_params(run)
+  other = run_lib.initial_params(run)
   assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
              zip(jax.tree.leaves(other["text_head"]),
                  jax.tree.leaves(initial["text_head"])))

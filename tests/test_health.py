@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from txt2img_jax import assets
-from txt2img_jax import health
-from txt2img_jax import health_overfit
-from txt2img_jax import train
+from txt2img_jax.train import assets
+from txt2img_jax import health_checks as health
+from txt2img_jax.health_checks import overfit as health_overfit
+from txt2img_jax.train import loop as train
 from txt2img_jax.models import autoencoder as ae_lib
 from test_train import REPO, tiny_config
 

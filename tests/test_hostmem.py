@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from txt2img_jax import hostmem
+from txt2img_jax.utils import hostmem
 
 LINUX = {"platform": "linux", "cpu_only": lambda: True}
 
@@ -66,7 +66,7 @@ _CHILD = """
 import json, resource
 import numpy as np
 import txt2img_jax
-from txt2img_jax import hostmem
+from txt2img_jax.utils import hostmem
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x, v: jnp.sin(x) @ v)
 x = jnp.ones((4096, 4096))

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from txt2img_jax.experiments import common
-from txt2img_jax.experiments import leak
-from txt2img_jax.experiments import sweep
+from experiments import common
+from experiments import leak
+from experiments import sweep
 
 
 def test_each_row_is_one_field_away_from_a_row_above_it():

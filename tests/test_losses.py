@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from txt2img_jax import losses
+from txt2img_jax.objectives import losses
 
 # Two examples of a 2-dim posterior; the hand sums below are per example.
 MU = jnp.array([[1.0, 0.0], [2.0, -1.0]])

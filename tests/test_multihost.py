@@ -7,7 +7,6 @@ in subprocesses; the runs are shared by the tests through module fixtures.
 """
 
 import glob
-import json
 import os
 import re
 import shutil
@@ -20,9 +19,9 @@ import grain
 import numpy as np
 import pytest
 
-from txt2img_jax import checkpointing
+from txt2img_jax.train import checkpointing
 from txt2img_jax import launch_local
-from txt2img_jax import runfiles
+from txt2img_jax.utils import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tokenizer as tokenizer_lib
 

@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from txt2img_jax import assembly
-from txt2img_jax import flops
-from txt2img_jax import latents
-from txt2img_jax import losses
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import validate
+from txt2img_jax.train import flops
+from txt2img_jax.models import latents
+from txt2img_jax.objectives import losses
 from txt2img_jax import objectives
 from txt2img_jax.data import negatives
 from txt2img_jax.data import pipeline
@@ -151,8 +153,8 @@ def parts():
   shape = latents.latent_shape(c)
   tok = tokenizer_lib.build_word_tokenizer(shapes.vocabulary(), c.data.max_len)
   objective = objectives.get("crossflow")
-  model = assembly.build_model(c, shape, len(tok), True)
-  params = nn.unbox(assembly.init_variables(
+  model = run_lib.build_model(c, shape, len(tok), True)
+  params = nn.unbox(state_lib.init_variables(
       model, c, shape, c.text_encoder.width, jax.random.PRNGKey(0)))
   ae = latents.build(c)
   stats = ae_lib.LatentStats(shift=jnp.zeros(shape[-1]), scale=jnp.ones(shape[-1]))
@@ -243,7 +245,7 @@ def test_clip_target_latent_contrasts_z_text_with_x1(parts):
 def test_unknown_clip_target_is_a_clear_error():
   c = test_train.tiny_config("restart", **{"loss.clip_target": "pixels"})
   with pytest.raises(ValueError, match="loss.clip_target='pixels'"):
-    assembly.validate_config(c)
+    validate.validate_config(c)
 
 
 def test_a_run_with_hard_negatives_trains(tmp_path):
@@ -264,7 +266,7 @@ def test_a_run_with_hard_negatives_trains(tmp_path):
 
 
 def test_shape_swap_changes_one_circle_or_square():
-  from txt2img_jax.experiments import binding
+  from experiments import binding
   assert (binding.shape_swap("a small red circle in the top")
           == "a small red square in the top")
   # Only the first circle or square changes; a triangle before it stays.
@@ -299,13 +301,13 @@ def test_user_word_classes_parse_or_fail_in_one_line(tmp_path):
   c = test_train.tiny_config("restart", **{"loss.hard_negatives": True,
                                            "loss.hard_negative_words": "cat"})
   with pytest.raises(ValueError, match="loss.hard_negative_words='cat'"):
-    assembly.validate_config(c)
+    validate.validate_config(c)
   # A folder names no words of its own: the field is asked for up front.
   c = test_train.tiny_config("restart", **{"loss.hard_negatives": True,
                                            "data.name": "folder",
                                            "data.path": str(tmp_path)})
   with pytest.raises(ValueError, match="name them in loss.hard_negative_words"):
-    assembly.validate_config(c)
+    validate.validate_config(c)
 
 
 def test_pipeline_changes_only_the_named_words(builder):
@@ -368,7 +370,7 @@ def test_a_folder_run_with_named_hard_negatives(tmp_path):
 
 
 def test_swapped_objects_match_the_swapped_caption():
-  from txt2img_jax.experiments import binding
+  from experiments import binding
   seen = {"color": 0, "shape": 0}
   for i in range(40):
     ex = shapes.example(0, "test", i, 32)

@@ -2,6 +2,7 @@
 loss, its caption conditioning and null condition, its sampler with CFG, a
 tiny run end to end, and an overfit on one batch."""
 
+import importlib
 import os
 
 import flax.linen as nn
@@ -11,11 +12,13 @@ import numpy as np
 import optax
 import pytest
 
-from txt2img_jax import assembly
-from txt2img_jax import latents
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import sampling
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.models import latents
 from txt2img_jax import objectives
-from txt2img_jax import train
-from txt2img_jax.experiments import common
+from txt2img_jax.train import loop as train
+from experiments import common
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import dit as dit_lib
 import test_train
@@ -34,7 +37,7 @@ def parts():
   shape = latents.latent_shape(c)
   objective = objectives.get(c.objective)
   model = objective.build_model(c, shape, VOCAB, True)
-  params = nn.unbox(assembly.init_variables(
+  params = nn.unbox(state_lib.init_variables(
       model, c, shape, c.text_encoder.width, jax.random.PRNGKey(0)))
   ae = latents.build(c)
   stats = ae_lib.LatentStats(shift=jnp.zeros(shape[-1]),
@@ -62,15 +65,13 @@ def perturbed(params, scale=0.05, seed=1):
 
 
 def test_config_keeps_restarts_budget_and_sizes():
-  from txt2img_jax import config_lib
   restart = test_train.tiny_config("restart")
   c = tiny_config()
   assert c.objective == "noise_flow"
   for key in ("total_steps", "batch_size", "flow", "text_encoder", "optim",
               "sample", "eval", "data", "ema_decay"):
     assert c[key] == restart[key], key
-  full = config_lib.load_sibling(
-      os.path.join(test_train.REPO, "configs", "x.py"), "noise_control")
+  full = importlib.import_module("configs.noise_control")
   with pytest.raises(ValueError, match="tiny"):
     full.get_config("huge")
 
@@ -121,7 +122,7 @@ def test_null_condition_ignores_the_caption(parts):
 def test_sampler_draws_images_and_cfg_zero_is_the_null_condition(parts):
   p = parts
   params = perturbed(p["params"])
-  generate = assembly.make_generate_fn(p["config"], p["model"], p["ae"], None)
+  generate = sampling.make_generate_fn(p["config"], p["model"], p["ae"], None)
   ids_a = p["batch"]["ids"]
   ids_b = jnp.flip(ids_a, axis=1)
   mask = p["batch"]["mask"]
@@ -204,7 +205,7 @@ def test_tiny_run_trains_samples_and_reloads(data_dir, tmp_path):
   assert np.isfinite(out["train"]["train/loss"])
   assert "eval/object_acc" in out["eval"] and "heldout/object_acc" in out["eval"]
   assert os.path.exists(os.path.join(workdir, "samples", "latest.png"))
-  run = assembly.load_run(workdir, with_data=False)
+  run = run_lib.load_run(workdir, with_data=False)
   assert run.step == 6 and set(run.ema_params) == {"text_encoder", "flow"}
   ids = np.ones((2, run.config.data.max_len), np.int32)
   images = run.generate(run.ema_params, run.frozen, run.stats, ids, ids,

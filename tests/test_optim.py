@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from txt2img_jax import optim
+from txt2img_jax.train import optim
 
 
 def _cfg(**kw):
@@ -324,7 +324,7 @@ def test_lr_follows_the_step_argument_not_the_update_count():
 
 
 def test_unfinished_schedule_warns_when_only_total_steps_is_shortened():
-  from txt2img_jax.experiments import common
+  from experiments import common
   for name, variant in (("restart", ""), ("restart", "400"), ("base", "")):
     # restart.py's cycle ends on its last step; base.py decays to its floor.
     assert optim.unfinished_schedule(common.recipe(name, variant)) is None

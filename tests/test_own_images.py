@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from txt2img_jax import assembly
-from txt2img_jax import assets
-from txt2img_jax import latents
-from txt2img_jax import train
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import assets
+from txt2img_jax.models import latents
+from txt2img_jax.train import loop as train
 from txt2img_jax.data import records
 from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
@@ -91,7 +91,7 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
   assert np.isfinite(out["eval"]["val/hf"])
 
   # The run rebuilds from its workdir alone and draws through the VAE.
-  run = assembly.load_run(workdir, with_data=False)
+  run = run_lib.load_run(workdir, with_data=False)
   ids, mask = tokenizer_lib.tokenize(run.text.tokenizer,
                                      ["a red circle"], c.data.max_len)
   images = run.generate(run.ema_params, run.frozen, run.stats, ids, mask,

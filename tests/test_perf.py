@@ -4,6 +4,7 @@ XLA's CPU cost analysis counts every matmul (and elementwise ops too), so at
 widths where matmuls dominate the two must agree within 10%.
 """
 
+import importlib
 import math
 import os
 
@@ -12,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from txt2img_jax import assembly
-from txt2img_jax import config_lib
-from txt2img_jax import flops
-from txt2img_jax import hostmem
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import validate
+from txt2img_jax.train import flops
+from txt2img_jax.utils import hostmem
 from txt2img_jax import perf
-from txt2img_jax import sharding
+from txt2img_jax.train import sharding
 from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.models import image_encoder
 from txt2img_jax.models import text_encoder
@@ -28,7 +29,7 @@ B = 4
 
 
 def _config(name="base", variant=""):
-  return config_lib.load_sibling(os.path.join(CONFIGS, "x.py"), name).get_config(variant)
+  return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 def _xla_forward_flops(module, *args):
@@ -154,9 +155,8 @@ def test_op_profile_finds_the_matmul():
 
 def test_torch_twin_of_the_dit_has_the_same_parameters():
   torch = pytest.importorskip("torch")
-  import flax.linen as nn
-  from txt2img_jax import latents
-  from txt2img_jax.experiments import torch_compare
+  from txt2img_jax.models import latents
+  from experiments import torch_compare
   c = torch_compare.size_config("default")
   c.flow.update(width=64, depth=2, num_heads=2)
   shape = latents.latent_shape(c)
@@ -181,8 +181,8 @@ def test_xla_cpu_options_reach_the_train_step():
   for value in ("", _config("restart").xla_cpu_options):
     c = _config("restart", "tiny")
     c.xla_cpu_options = value
-    options = assembly.train_compiler_options(c)
-    jitted = assembly.jit_train_step(step, sharding.replicated(mesh), mesh, options)
+    options = validate.train_compiler_options(c)
+    jitted = state_lib.jit_train_step(step, sharding.replicated(mesh), mesh, options)
     with mesh:
       texts[value] = jitted.lower(jnp.zeros(()), jnp.ones((64, 4096)), {}, {}).compile().as_text()
   assert "reduce-window" in texts[""]
@@ -190,26 +190,26 @@ def test_xla_cpu_options_reach_the_train_step():
 
 
 def test_xla_options_parse_and_fail_in_one_line():
-  assert assembly.parse_xla_options("") == {}
-  assert assembly.parse_xla_options(
+  assert validate.parse_xla_options("") == {}
+  assert validate.parse_xla_options(
       " xla_disable_hlo_passes=a,b ; xla_cpu_enable_fast_math=False;xla_x=3;xla_y=0.5") == {
           "xla_disable_hlo_passes": "a,b", "xla_cpu_enable_fast_math": False,
           "xla_x": 3, "xla_y": 0.5}
   for bad in ("tree_reduction_rewriter", "disable=1", "xla_a=", "xla_a=1;xla_a=2"):
     with pytest.raises(ValueError, match="xla_cpu_options"):
-      assembly.parse_xla_options(bad)
+      validate.parse_xla_options(bad)
   c = _config("restart", "tiny")
   c.xla_cpu_options = "xla_no_such_option=1"
   with pytest.raises(ValueError, match="xla_cpu_options=.*xla_no_such_option"):
-    assembly.validate_config(c)
+    validate.validate_config(c)
   c.xla_cpu_options = "xla_cpu_enable_fast_math=maybe"
   with pytest.raises(ValueError, match="not a valid bool"):
-    assembly.validate_config(c)
+    validate.validate_config(c)
 
 
 def test_torch_compare_variants_sit_on_the_trainer_options():
-  from txt2img_jax.experiments import torch_compare
-  base = assembly.train_compiler_options(_config("restart"))
+  from experiments import torch_compare
+  base = validate.train_compiler_options(_config("restart"))
   assert base == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
   assert torch_compare.variant_options("none", base) == {}
   assert torch_compare.variant_options("xla_cpu_enable_fast_math=true", base) == {

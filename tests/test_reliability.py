@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from test_train import tiny_config
-from txt2img_jax import assembly
-from txt2img_jax import assets
-from txt2img_jax import checkpointing
-from txt2img_jax import reporting
-from txt2img_jax import runfiles
-from txt2img_jax import train
+from txt2img_jax.train import validate
+from txt2img_jax.train import assets
+from txt2img_jax.train import checkpointing
+from txt2img_jax.utils import reporting
+from txt2img_jax.utils import runfiles
+from txt2img_jax.train import loop as train
 from txt2img_jax.data import tfds_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_a_step_dir_alone_must_be_complete(tmp_path):
 def test_ema_decay_must_lie_in_0_1():
   for bad in (1.5, -0.1, float("nan")):
     with pytest.raises(ValueError, match="ema_decay"):
-      assembly.validate_config(tiny_config(ema_decay=bad))
+      validate.validate_config(tiny_config(ema_decay=bad))
 
 
 def test_skipped_steps_leave_the_ema_and_k_in_a_row_stop_the_run(

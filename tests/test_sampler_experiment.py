@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from txt2img_jax import evaluate
-from txt2img_jax.experiments import common
-from txt2img_jax.experiments import sampler
+from txt2img_jax.evaluation import structure as evaluate
+from experiments import common
+from experiments import sampler
 
 
 def test_parse_setting():

@@ -8,9 +8,9 @@ import grain
 import numpy as np
 import pytest
 
-from txt2img_jax import latents
+from txt2img_jax.models import latents
 from txt2img_jax import objectives
-from txt2img_jax import train
+from txt2img_jax.train import loop as train
 from txt2img_jax.data import sources
 from txt2img_jax.data import tokenizer as tokenizer_lib
 import test_train
@@ -97,7 +97,7 @@ def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
 
 
 def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
-  from txt2img_jax import assets
+  from txt2img_jax.train import assets
   c = test_train.tiny_config()
   d = c.to_dict()
   del d["loss"]["kl_kind"], d["objective"]

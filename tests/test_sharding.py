@@ -14,17 +14,21 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r'''
-import json, os, sys
+import importlib, json, os, sys
+sys.path.insert(0, sys.argv[1])  # The repo: its configs package.
 import jax, jax.numpy as jnp, numpy as np
-from txt2img_jax import assembly, config_lib, sharding, step as step_lib
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import sharding
+from txt2img_jax.train import step as step_lib
 from txt2img_jax.data import shapes, tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 
 assert jax.device_count() == 8, jax.devices()
-base = config_lib.load_sibling(os.path.join(sys.argv[1], "configs", "x.py"), "base")
+base = importlib.import_module("configs.base")
 c = base.get_config("tiny")
 c.head.kind = "token_transformer"  # Attention and MLP kernels to shard.
-parts = assembly.build_parts(c)
+parts = run_lib.build_parts(c)
 latent_shape = parts.latent_shape
 tok = parts.text.tokenizer
 model = parts.model
@@ -41,9 +45,9 @@ def host_batch(k):
           "ids": ids, "mask": mask}
 
 def run(mesh, rules):
-  tx, schedules, state, shards = assembly.create_train_state(
+  tx, schedules, state, shards = state_lib.create_train_state(
       c, model, latent_shape, c.text_encoder.width, mesh, rules)
-  step = assembly.jit_train_step(
+  step = state_lib.jit_train_step(
       step_lib.for_parts(c, parts, tx, schedules), shards, mesh)
   losses = []
   with mesh:

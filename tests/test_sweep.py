@@ -3,10 +3,10 @@ applied before anything trains. Its command line runs in test_cli."""
 
 import pytest
 
-from txt2img_jax import benchmark
-from txt2img_jax import config_lib
-from txt2img_jax.experiments import common
-from txt2img_jax.experiments import sweep
+from txt2img_jax.evaluation import benchmark
+from txt2img_jax.utils import config_lib
+from experiments import common
+from experiments import sweep
 
 
 def test_parse_variant_literals_strings_and_dicts():
@@ -109,7 +109,7 @@ def test_the_tables_command_names_its_variants():
                             variant=["restart.py:", "1600 steps:total_steps=2x"],
                             steps=800, seeds="0,1,2", num=500)
   assert sweep.command_line(f) == (
-      "python -m txt2img_jax.experiments.sweep --recipe=restart "
+      "python -m experiments.sweep --recipe=restart "
       "--variant='restart.py:' --variant='1600 steps:total_steps=2x' "
       "--steps=800 --seeds=0,1,2 --num=500")
 

@@ -7,14 +7,13 @@ import os
 import shutil
 import traceback
 
-import jax
 import numpy as np
 import pytest
 
-from txt2img_jax import assembly
-from txt2img_jax import assets
-from txt2img_jax import latents
-from txt2img_jax import train
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import assets
+from txt2img_jax.models import latents
+from txt2img_jax.train import loop as train
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import records
 from txt2img_jax.data import tokenizer as tokenizer_lib
@@ -145,10 +144,10 @@ def test_another_encoder_never_reads_the_cache(setup):
   # The prepared dir is named by the encoder: B prepares its own.
   data_b = assets.prepare_data(c_b, latents.build(c_b))
   assert data_a.out_dir != data_b.out_dir
-  assembly.build_parts(c_a, data=data_a)
+  run_lib.build_parts(c_a, data=data_a)
   with pytest.raises(ValueError, match="text features of another encoder"):
-    assembly.build_parts(c_b, data=data_a)  # Put together by hand.
+    run_lib.build_parts(c_b, data=data_a)  # Put together by hand.
   c_own = cached_config(folder, "")
   c_own.text_encoder.name = ""
   with pytest.raises(ValueError, match="trains its own text encoder"):
-    assembly.build_parts(c_own, data=data_a)
+    run_lib.build_parts(c_own, data=data_a)

@@ -207,7 +207,7 @@ def test_folder_without_weights_is_a_clear_error(encoders, tmp_path):
 
 
 def test_clip_score_matches_torch(encoders, tmp_path):
-  from txt2img_jax import evaluate_prompts  # pylint: disable=g-import-not-at-top
+  from txt2img_jax.evaluation import prompts as evaluate_prompts  # pylint: disable=g-import-not-at-top
   scorer = evaluate_prompts.ClipScorer(encoders['clip_full'])
   assert scorer.size == 16
   images = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)

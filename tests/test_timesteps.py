@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from txt2img_jax import timesteps
+from txt2img_jax.objectives import timesteps
 
 N = 20_000
 KS_MAX = 0.02

@@ -1,6 +1,7 @@
 """The whole trainer on the tiny config: runs, resumes exactly, compiles once,
 rejects bad configs before compiling, swaps heads, samples and evaluates."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -10,18 +11,16 @@ import jax
 import numpy as np
 import pytest
 
-from txt2img_jax import assembly
-from txt2img_jax import assets
-from txt2img_jax import checkpointing
-from txt2img_jax import config_lib
-from txt2img_jax import train
+from txt2img_jax.train import validate
+from txt2img_jax.train import assets
+from txt2img_jax.train import checkpointing
+from txt2img_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(recipe="base", **overrides):
-  module = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                   recipe)
+  module = importlib.import_module(f"configs.{recipe}")
   c = module.get_config("tiny")
   for key, value in overrides.items():
     node = c
@@ -124,7 +123,7 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
 ])
 def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):
-    assembly.validate_config(tiny_config(**overrides))
+    validate.validate_config(tiny_config(**overrides))
 
 
 def test_rbg_generator_trains_and_refuses_a_switch_on_resume(data_dir, tmp_path):
@@ -141,7 +140,7 @@ def test_rbg_generator_trains_and_refuses_a_switch_on_resume(data_dir, tmp_path)
     with pytest.raises(ValueError, match="another prng_impl"):
       train.train_and_evaluate(tiny_config(total_steps=4), workdir)
   finally:
-    assembly.use_prng_impl(tiny_config())  # The process-wide default again.
+    validate.use_prng_impl(tiny_config())  # The process-wide default again.
   assert jax.random.PRNGKey(0).shape == (2,)
 
 

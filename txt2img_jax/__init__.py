@@ -2,7 +2,7 @@
 
 import os
 
-from txt2img_jax import hostmem
+from txt2img_jax.utils import hostmem
 
 # Before any computation or large allocation: see hostmem (a CPU train step
 # 18-22% faster).

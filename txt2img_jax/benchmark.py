@@ -1,61 +1,32 @@
-"""Structure benchmark: scores generated images against the captions' descriptions.
+"""Prints the structure benchmark's calibration (the tables of
+docs/benchmark.md): at 32 and 64 px, the perturbations, and the scoring speed.
 
-Pure numpy/scipy (no JAX). Given images (N, S, S, 3) (uint8, or float in
-[0, 1]) and the structured descriptions behind their captions (the dict of
-`shapes.describe` arrays with a leading N axis), `score` reports for every
-described object whether its colour, shape, position (3x3 cell) and size are
-right, and for every image a *mosaic index* that is ~0 for one coherent shape
-per object and rises when the drawing breaks into fragments, stray colours or
-high-frequency blocks: the failure mode where colour statistics are learned but
-shapes never form. See docs/benchmark.md for the formulas and the calibration.
-
-Public API:
-  score(images, descriptions) -> dict of per-object (N, MAX_OBJECTS) and
-      per-image (N,) arrays.
-  summarize(scores) -> dict[str, float]
-  summarize_splits({split: scores}) -> {"split/metric": float}
-  format_table(summary) -> str
-  calibrate(num=500, seed=0, image_size=32) -> dict
-
-The code lives in modules that import one way only: benchmark (this entry) ->
-benchmark_calibration -> benchmark_scoring -> benchmark_pixels.
+  python -m txt2img_jax.benchmark
 """
 
 from __future__ import annotations
 
 import time
 
-# The public API, gathered in one namespace.
-# pylint: disable=unused-import
-from txt2img_jax.benchmark_calibration import (
-    _stack, blur, calibrate, calibration_table, chance_levels, perturbations,
-    render_hard_edges, shuffle_blocks, shuffle_pixels)
-from txt2img_jax.benchmark_pixels import (
-    AMBIGUOUS_CLASS, BACKGROUND_CLASS, COLOR_DIST, MIN_COVERAGE, class_colors,
-    classify_pixels, expected_areas, laplacian_energy, quantize)
-from txt2img_jax.benchmark_scoring import (
-    BY_COUNT_KEYS, HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS,
-    PRESENT_FRAC,
-    SUMMARY_KEYS, TEMPLATE_SIGMAS, format_confusion, format_table, score, shape_confusion,
-    summarize, summarize_splits)
-# pylint: enable=unused-import
 from txt2img_jax.data import shapes
+from txt2img_jax.evaluation import benchmark
 
 
 def main() -> None:
-  """Prints the tables of docs/benchmark.md: the calibration at 32 and 64 px,
-  the perturbations, and the scoring speed."""
-  cal = calibrate()
-  print(calibration_table(cal))
+  cal = benchmark.calibrate()
+  print(benchmark.calibration_table(cal))
   print("\n64 px, 100 examples:")
-  print(calibration_table(calibrate(num=100, image_size=64)))
+  print(benchmark.calibration_table(benchmark.calibrate(num=100,
+                                                        image_size=64)))
   print("\nperturbations of 300 renders:")
-  print(format_table(summarize_splits(perturbations())))
+  print(benchmark.format_table(benchmark.summarize_splits(
+      benchmark.perturbations())))
   exs = [shapes.example(1, "test", i) for i in range(1000)]
-  images, desc = _stack(exs)
-  score(images[:10], {k: v[:10] for k, v in desc.items()})  # warm up
+  images, desc = benchmark.stack_examples(exs)
+  desc10 = {k: v[:10] for k, v in desc.items()}
+  benchmark.score(images[:10], desc10)  # Warm up.
   t0 = time.perf_counter()
-  score(images, desc)
+  benchmark.score(images, desc)
   print(f"score(): 1000 images of 32x32 in {time.perf_counter() - t0:.2f} s")
 
 

@@ -36,9 +36,9 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 def main(argv):
   # Imported here so that a bad command line fails before the heavy imports.
-  from txt2img_jax import multihost
-  from txt2img_jax import reporting
-  from txt2img_jax import train
+  from txt2img_jax.utils import multihost
+  from txt2img_jax.utils import reporting
+  from txt2img_jax.train import loop as train
   reporting.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -35,11 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from txt2img_jax import assembly
-from txt2img_jax import flops as flops_lib
-from txt2img_jax import hostmem
-from txt2img_jax import sharding
-from txt2img_jax import step as step_lib
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import validate
+from txt2img_jax.train import flops as flops_lib
+from txt2img_jax.utils import hostmem
+from txt2img_jax.train import sharding
+from txt2img_jax.train import step as step_lib
 from txt2img_jax.data import negatives
 from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
@@ -105,17 +107,17 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
 def measure(config, steps: int = 20, warmup: int = 3,
             matmul_n: int | None = None, profile_steps: int = 0) -> dict:
   """Compiles the train step once and times that executable `steps` times."""
-  parts = assembly.build_parts(config)
+  parts = run_lib.build_parts(config)
   latent_shape, tok = parts.latent_shape, parts.text.tokenizer
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   t0 = time.perf_counter()
-  tx, schedules, state, state_shardings = assembly.create_train_state(
+  tx, schedules, state, state_shardings = state_lib.create_train_state(
       config, parts.model, latent_shape, parts.text.width, mesh, rules)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  options = assembly.train_compiler_options(config)
-  step = assembly.jit_train_step(
+  options = validate.train_compiler_options(config)
+  step = state_lib.jit_train_step(
       step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh,
       options)
   batch, stats = synthetic_inputs(config, latent_shape, tok, mesh)

@@ -21,8 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-  from txt2img_jax import assets  # Heavy imports after the flags are good.
-  from txt2img_jax import latents
+  from txt2img_jax.train import assets  # Heavy imports after the flags are good.
+  from txt2img_jax.models import latents
   config = _CONFIG.value
   latents.latent_shape(config)
   autoencoder = latents.build(config)  # A pixel space has nothing to cache.

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from txt2img_jax import cli
-from txt2img_jax import flow
-from txt2img_jax import reporting
+from txt2img_jax.objectives import flow
+from txt2img_jax.utils import reporting
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -91,14 +91,14 @@ def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
 
 def main(argv):
   del argv
-  from txt2img_jax import assembly
+  from txt2img_jax.train import run as run_lib
   reporting.quiet_orbax()
   if not _PROMPTS.value:
     raise app.UsageError("give at least one --prompt")
   empty = [i for i, p in enumerate(_PROMPTS.value) if not p.strip()]
   if empty:
     raise cli.UserError(f"--prompt number {empty[0] + 1} is empty")
-  run = assembly.load_run(_WORKDIR.value, with_data=False)
+  run = run_lib.load_run(_WORKDIR.value, with_data=False)
   for line in prompt_changes(run.text.tokenizer, _PROMPTS.value,
                              run.config.data.max_len):
     logging.warning("%s", line)

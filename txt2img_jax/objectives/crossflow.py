@@ -18,10 +18,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from txt2img_jax import flow
-from txt2img_jax import losses
-from txt2img_jax import metric_names
-from txt2img_jax import timesteps
+from txt2img_jax.objectives import flow
+from txt2img_jax.objectives import losses
+from txt2img_jax.utils import metric_names
+from txt2img_jax.objectives import timesteps
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import generator as generator_lib
 

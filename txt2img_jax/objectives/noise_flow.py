@@ -22,10 +22,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from txt2img_jax import flow
-from txt2img_jax import losses
-from txt2img_jax import metric_names
-from txt2img_jax import timesteps
+from txt2img_jax.objectives import flow
+from txt2img_jax.objectives import losses
+from txt2img_jax.utils import metric_names
+from txt2img_jax.objectives import timesteps
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import noise_flow as noise_flow_lib
 from txt2img_jax.objectives import crossflow
@@ -91,7 +91,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
 
 def make_generate(config, model, autoencoder, text_frozen):
   """generate(params, frozen, stats, ids, mask, rng, *, num_steps, method, cfg_scale,
-  use_mean) -> images in [0, 1], the signature of `assembly.make_generate_fn`.
+  use_mean) -> images in [0, 1], the signature of `train/sampling.make_generate_fn`.
 
   The ODE starts from a draw of N(0, I) (rng); use_mean has no meaning on this path (there is
   no text posterior) and is ignored. With cfg_scale != 1 each step evaluates the caption and

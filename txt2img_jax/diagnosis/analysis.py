@@ -1,0 +1,303 @@
+"""Reads a run's logs and reads off every number the diagnosis reports, then raises the flags.
+
+The module reads only `W/metrics.jsonl` and `W/config.json`; it imports neither jax nor the
+model, so it runs anywhere the logs are.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from txt2img_jax.utils import runfiles
+from txt2img_jax.diagnosis.checks import (
+    check_buckets, check_loss_trend, check_lr, check_mosaic, check_nonfinite, check_norms,
+    check_posterior)
+from txt2img_jax.diagnosis.report import BucketInfo, Flag, LrInfo, Report, Trend
+from txt2img_jax.diagnosis.thresholds import (
+    BUCKET_RE, DEFAULT_WINDOW, LOSS_COMPONENTS, LR_WARMUP_RISE, MIN_TREND_POINTS)
+
+Series = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step.
+Metrics = dict[str, Series]
+
+
+class MetricsNotFoundError(FileNotFoundError):
+  pass
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+# --------------------------------------------------------------------------------------------
+
+def load_metrics(workdir: str) -> Metrics:
+  """Reads W/metrics.jsonl into {name: (steps, values)}.
+
+  A step logged twice (a run resumed from a checkpoint older than its last log line) keeps its
+  latest value: that is the history the current run has. A torn last line (a run killed
+  mid-write) is dropped with a warning; a broken line elsewhere is an error (see runfiles).
+  """
+  path = runfiles.metrics_path(workdir)
+  if not os.path.exists(path):
+    raise MetricsNotFoundError(
+        f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
+        "logged its first step?")
+  by_name: dict[str, dict[int, float]] = {}
+  for record in runfiles.read_metrics(workdir):
+    step = int(record["step"])
+    for name, value in record.items():
+      if name == "step" or isinstance(value, bool):
+        continue
+      try:
+        by_name.setdefault(name, {})[step] = float(value)
+      except (TypeError, ValueError):
+        continue
+  metrics = {}
+  for name, points in by_name.items():
+    steps = np.array(sorted(points), dtype=np.int64)
+    metrics[name] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
+  return metrics
+
+
+def load_config(workdir: str) -> dict[str, Any]:
+  """W/config.json as a dict; {} when absent (the LR and KL-per-dim checks are then skipped)."""
+  if not os.path.exists(os.path.join(workdir, runfiles.CONFIG_FILE)):
+    return {}
+  return runfiles.read_json(workdir, runfiles.CONFIG_FILE)
+
+
+def count_lines(workdir: str) -> int:
+  return len(runfiles.read_metrics(workdir))
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis.
+# --------------------------------------------------------------------------------------------
+
+def latest(metrics: Metrics, name: str) -> Optional[float]:
+  if name not in metrics:
+    return None
+  values = metrics[name][1]
+  finite = values[np.isfinite(values)]
+  return float(finite[-1]) if finite.size else None
+
+
+def _window_values(metrics: Metrics, name: str, start_step: int) -> np.ndarray:
+  steps, values = metrics.get(name, (np.zeros(0), np.zeros(0)))
+  values = values[steps >= start_step]
+  return values[np.isfinite(values)]
+
+
+def _window_mean(metrics: Metrics, name: str, start_step: int) -> Optional[float]:
+  values = _window_values(metrics, name, start_step)
+  return float(values.mean()) if values.size else None
+
+
+def effective_window(metrics: Metrics, window: int) -> tuple[int, int, int]:
+  """(window, start_step, last_step). A run shorter than two windows uses its later half.
+
+  Without this, a short run's window would contain its initial drop and never read as flat.
+  """
+  train = [s for n, (s, _) in metrics.items() if n.startswith("train/") and s.size]
+  all_steps = train or [s for s, _ in metrics.values() if s.size]
+  if not all_steps:
+    return window, 0, 0
+  first = int(min(s[0] for s in all_steps))
+  last = int(max(s[-1] for s in all_steps))
+  span = last - first
+  if span < 2 * window:
+    window = max(span // 2, 1)
+  return window, last - window, last
+
+
+def fit_trend(steps: np.ndarray, values: np.ndarray, start_step: int) -> Optional[Trend]:
+  """Least-squares line over the points at or after start_step; None if too few points."""
+  keep = (steps >= start_step) & np.isfinite(values)
+  s, v = steps[keep].astype(np.float64), values[keep]
+  if s.size < MIN_TREND_POINTS or s[-1] == s[0]:
+    return None
+  x = s - s[0]
+  slope, intercept = np.polyfit(x, v, 1)
+  residual = v - (intercept + slope * x)
+  dof = max(s.size - 2, 1)
+  slope_stderr = math.sqrt(float(residual @ residual) / dof / float(((x - x.mean()) ** 2).sum()))
+  fit_start, fit_end = intercept, intercept + slope * x[-1]
+  k = max(1, s.size // 10)
+  first, last = float(v[:k].mean()), float(v[-k:].mean())
+  tiny = 1e-12
+  return Trend(
+      start_step=int(s[0]), end_step=int(s[-1]), num_points=int(s.size), first=first, last=last,
+      rel_change=float((fit_end - fit_start) / max(abs(fit_start), tiny)),
+      rel_change_ends=float((last - first) / max(abs(first), tiny)),
+      slope=float(slope), slope_stderr=slope_stderr)
+
+
+def _loss_table(metrics: Metrics) -> dict[str, dict[str, Optional[float]]]:
+  total = latest(metrics, "train/loss")
+  table = {"total": {"value": total, "ema": latest(metrics, "train/loss_ema"), "share": None}}
+  for c in LOSS_COMPONENTS:
+    value = latest(metrics, f"train/loss_{c}")
+    if value is None:
+      continue
+    share = value / total if total not in (None, 0.0) else None
+    table[c] = {"value": value, "ema": latest(metrics, f"train/loss_{c}_ema"), "share": share}
+  return table
+
+
+def group_lrs(config: Mapping[str, Any]) -> dict[str, float]:
+  groups = (config.get("optim") or {}).get("groups") or {}
+  out = {}
+  for g, spec in groups.items():
+    if isinstance(spec, Mapping) and isinstance(spec.get("lr"), (int, float)):
+      out[g] = float(spec["lr"])
+  return out
+
+
+def _lr_table(metrics: Metrics, config: Mapping[str, Any], start: int) -> dict[str, LrInfo]:
+  base = group_lrs(config)
+  groups = {n[len("train/lr/"):] for n in metrics if n.startswith("train/lr/")} | set(base)
+  table = {}
+  for g in sorted(groups):
+    actual = latest(metrics, f"train/lr/{g}")
+    b = base.get(g)
+    ratio = actual / b if actual is not None and b else None
+    values = _window_values(metrics, f"train/lr/{g}", start)
+    warming = bool(values.size >= 2 and values[-1] > LR_WARMUP_RISE * values[0])
+    table[g] = LrInfo(actual=actual, base=b, ratio=ratio, warming_up=warming)
+  return table
+
+
+def _prefixed(metrics: Metrics, prefix: str) -> dict[str, float]:
+  out = {}
+  for name in sorted(metrics):
+    if name.startswith(prefix):
+      value = latest(metrics, name)
+      if value is not None:
+        out[name[len(prefix):]] = value
+  return out
+
+
+def _posterior(metrics: Metrics, config: Mapping[str, Any]) -> dict[str, Optional[float]]:
+  post = {k: latest(metrics, f"train/{k}") for k in (
+      "mu_min", "mu_max", "mu_mean", "logvar_min", "logvar_max", "logvar_mean")}
+  post["var_min"] = math.exp(post["logvar_min"]) if post["logvar_min"] is not None else None
+  post["var_max"] = math.exp(post["logvar_max"]) if post["logvar_max"] is not None else None
+  post["kl_raw"] = latest(metrics, "train/kl_raw")
+  post["kl_weight"] = latest(metrics, "train/kl_weight")
+  dims = config.get("latent_dims")
+  post["latent_dims"] = float(dims) if isinstance(dims, (int, float)) and dims > 0 else None
+  post["kl_per_dim"] = (post["kl_raw"] / post["latent_dims"]
+                        if post["kl_raw"] is not None and post["latent_dims"] else None)
+  return post
+
+
+def _buckets(metrics: Metrics, start: int) -> list[BucketInfo]:
+  indices = sorted(int(m.group(1)) for m in map(BUCKET_RE.match, metrics) if m)
+  k = (max(indices) + 1) if indices else 0
+  out = []
+  for i in indices:
+    name = f"train/loss_flow_bucket/{i}"
+    out.append(BucketInfo(
+        index=i, t_lo=i / k, t_hi=(i + 1) / k, latest=latest(metrics, name),
+        window_mean=_window_mean(metrics, name, start), trend=fit_trend(*metrics[name], start)))
+  return out
+
+
+
+def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
+  """The latest blockiness and hf of the samples, the lowest blockiness before, and the val
+  flow loss at both evaluations."""
+  out = {k: None for k in ("blockiness", "blockiness_min", "min_step", "step", "hf", "flow",
+                           "flow_at_min")}
+  if "val/blockiness" not in metrics:
+    return out
+  steps, values = metrics["val/blockiness"]
+  keep = np.isfinite(values)
+  steps, values = steps[keep], values[keep]
+  if not steps.size:
+    return out
+  i = int(np.argmin(values))
+  out.update(blockiness=float(values[-1]), step=int(steps[-1]), blockiness_min=float(values[i]),
+             min_step=int(steps[i]), hf=latest(metrics, "val/hf"))
+  if "val/flow" in metrics:
+    flow = dict(zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist()))
+    out["flow"] = flow.get(int(steps[-1]))
+    out["flow_at_min"] = flow.get(int(steps[i]))
+  return out
+
+
+def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
+            window: int = DEFAULT_WINDOW, workdir: str = "", num_lines: int = 0) -> Report:
+  """Reads off every number of §4 of the design and raises the flags."""
+  config = config or {}
+  window, start, last = effective_window(metrics, window)
+  steps = [s for s, _ in metrics.values() if s.size]
+  trends = {}
+  for name in ["train/loss"] + [f"train/loss_{c}" for c in LOSS_COMPONENTS] + ["train/kl_raw"]:
+    if name in metrics:
+      trend = fit_trend(*metrics[name], start)
+      if trend is not None:
+        trends[name] = trend
+
+  z, x1 = latest(metrics, "train/z_text_norm"), latest(metrics, "train/x1_norm")
+  ratio = latest(metrics, "train/norm_ratio")
+  if ratio is None and z is not None and x1:
+    ratio = z / x1
+  norms = {"z_text": z, "x1": x1, "ratio": ratio}
+
+  nonfinite_total = latest(metrics, "train/nonfinite_steps")
+  grew_by = None
+  if nonfinite_total is not None:
+    s, v = metrics["train/nonfinite_steps"]
+    before = v[(s < start) & np.isfinite(v)]
+    base = float(before[-1]) if before.size else 0.0
+    grew_by = max(nonfinite_total - base, 0.0)
+
+  grad = _prefixed(metrics, "train/grad_norm/")
+  if latest(metrics, "train/grad_norm") is not None:
+    grad = {"global": latest(metrics, "train/grad_norm"), **grad}
+
+  report = Report(
+      workdir=workdir, step=last if steps else None,
+      first_step=int(min(s[0] for s in steps)) if steps else None, num_lines=num_lines,
+      window=window,
+      latest={n: v for n in sorted(metrics) if (v := latest(metrics, n)) is not None},
+      losses=_loss_table(metrics), lr=_lr_table(metrics, config, start), grad_norms=grad,
+      param_norms=_prefixed(metrics, "train/param_norm/"), norms=norms,
+      posterior=_posterior(metrics, config), trends=trends, buckets=_buckets(metrics, start),
+      nonfinite={"total": nonfinite_total, "grew_by": grew_by},
+      steps_per_sec=latest(metrics, "train/steps_per_sec"),
+      eval={**_prefixed(metrics, "eval/"),
+            **{f"val/{k}": v for k, v in _prefixed(metrics, "val/").items()}},
+      mosaic=_mosaic(metrics), flags=[])
+
+  flags = report.flags
+  skipped = [r for r in (
+      check_loss_trend(trends, flags),
+      check_lr(report.lr, flags),
+      check_posterior(report.posterior, flags),
+      check_norms(norms, flags),
+      check_buckets(report.buckets, flags),
+      check_nonfinite(report.nonfinite, flags),
+      check_mosaic(report.mosaic, flags)) if r]
+  if not report.warnings:
+    flags.append(Flag("ok", "info", _ok_message(report)))
+  if skipped:
+    flags.append(Flag("not_checked", "info", "; ".join(skipped)))
+  return report
+
+
+def _ok_message(report: Report) -> str:
+  parts = ["no warning raised"]
+  trend = report.trends.get("train/loss_flow") or report.trends.get("train/loss")
+  if trend is not None:
+    parts.append(f"flow loss {100 * trend.rel_change:+.1f}% over the window")
+  ratios = [f"{g} {i.ratio:.2f}×" for g, i in report.lr.items() if i.ratio is not None]
+  if ratios:
+    parts.append("LR/base " + ", ".join(ratios))
+  if report.norms["ratio"] is not None:
+    parts.append(f"norm ratio {report.norms['ratio']:.2f}")
+  return "; ".join(parts) + "."
+

@@ -1,0 +1,76 @@
+"""Weights from another run (`config.init_from`): matched by path and shape,
+a new learning-rate cycle from the old run's floor; and the converter of a
+checkpoint's DiT layout (scanned or not) to this config's."""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.train import assets
+from txt2img_jax.train import checkpointing
+from txt2img_jax.train import optim
+from txt2img_jax.train.state import TrainState
+
+
+def init_from_other_run(config, state: TrainState, tx, schedules,
+                        state_shardings):
+  """Weights (and EMA) from config.init_from; a new LR cycle from step 0.
+
+  The new cycle's peak is restart.peak_factor x each group's configured lr,
+  and its floor is the lr the old run had reached (read from its config and
+  step). Parameters whose path or shape differ (a swapped head) are freshly
+  initialised; the table of what was loaded is logged.
+  """
+  raw, old_step = checkpointing.load_raw(config.init_from)
+  raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
+  host = jax.device_get(state)
+  params, table = checkpointing.merge_matching(host.params, raw["params"])
+  ema, _ = checkpointing.merge_matching(host.ema_params, raw["ema_params"])
+  logging.info("init_from %s (step %d):", config.init_from, old_step)
+  checkpointing.log_merge_table(table)
+
+  old_config = assets.load_config(_run_dir(config.init_from))
+  _, old_schedules = optim.make_optimizer(old_config, host.params)
+  old_lrs = {g: float(s(old_step)) for g, s in old_schedules.items()
+             if g in schedules}
+  new_optim = optim.restart_schedules(config, old_lrs, restart_step=0,
+                                      peak_factor=config.restart.peak_factor)
+  new_config = config.copy_and_resolve_references()
+  with new_config.unlocked():
+    new_config.optim = new_optim
+  tx, schedules = optim.make_optimizer(new_config, params)
+  for g in schedules:
+    logging.info("  lr %s: old run reached %.3g; new cycle peak %.3g -> "
+                 "floor %.3g", g, old_lrs.get(g, float("nan")),
+                 float(schedules[g](0)), old_lrs.get(g, float("nan")))
+
+  opt_state = tx.init(params)
+  if config.restart.keep_opt_state:
+    opt_state, opt_table = checkpointing.merge_matching(opt_state,
+                                                        raw["opt_state"])
+    logging.info("  optimizer moments kept: %d tensors (%d new)",
+                 len(opt_table["loaded"]), len(opt_table["new"]))
+  else:
+    logging.info("  optimizer moments reset")
+  new_state = host.replace(step=np.int32(0), params=params, ema_params=ema,
+                           opt_state=opt_state)
+  return jax.device_put(new_state, state_shardings), tx, schedules
+
+
+def dit_layout(config):
+  """The converter of a checkpoint's DiT blocks to this config's layout
+  (stacked under flow.scan, else one subtree per block); both leave a tree
+  already in that layout unchanged."""
+  return (dit_lib.stack_block_params if config.flow.get("scan", False)
+          else dit_lib.unstack_block_params)
+
+
+def _run_dir(path: str) -> str:
+  """The workdir above a checkpoints dir or step dir."""
+  directory, _ = checkpointing.resolve_checkpoint(path)
+  return os.path.dirname(directory)

@@ -1,0 +1,147 @@
+"""What every command builds from a config (`build_parts`: text side,
+latent space, model), and a trained run rebuilt from its workdir
+(`load_run`): training, sampling, evaluation, the health checks and `perf`
+build their pieces here, so they cannot drift apart. Nothing here imports
+the training loop or the evaluators."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from txt2img_jax import objectives
+from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.models import generator as generator_lib
+from txt2img_jax.models import latents
+from txt2img_jax.train import assets
+from txt2img_jax.train import checkpointing
+from txt2img_jax.train import restore
+from txt2img_jax.train import sampling
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import validate
+
+
+def build_model(config, latent_shape, vocab_size: int, embedded: bool):
+  objective = objectives.get(config.get("objective", "crossflow"))
+  if hasattr(objective, "build_model"):  # Its own model (noise_flow).
+    return objective.build_model(config, latent_shape, vocab_size, embedded)
+  return generator_lib.CrossFlow.from_config(config, latent_shape,
+                                            vocab_size, embedded)
+
+
+@dataclasses.dataclass
+class Parts:
+  """The pieces of a run that do not depend on its weights."""
+  config: Any
+  latent_shape: tuple[int, int, int]
+  text: assets.TextSide
+  autoencoder: Any            # A latent space (txt2img_jax/latents.py).
+  model: Any                  # The CrossFlow module.
+
+  @property
+  def frozen(self) -> dict:
+    """The frozen weights every jitted function takes as an argument."""
+    return {"text": self.text.frozen_params, "latent": self.autoencoder.params}
+
+
+def build_parts(config, workdir: str | None = None, data=None,
+                autoencoder=None, latent_shape=None) -> Parts:
+  """`data` gives the embedded text encoder its vocabulary (else the run's
+  saved one); `autoencoder`, when already built, is reused. The config is
+  validated here unless the caller did (and passes its `latent_shape`)."""
+  validate.use_prng_impl(config)
+  if latent_shape is None:
+    latent_shape = validate.validate_config(config)
+  text = assets.load_text(config, workdir, data)
+  check_text_cache(config, data, text)
+  autoencoder = autoencoder or latents.build(config)
+  model = build_model(config, latent_shape, text.vocab_size,
+                      text.frozen is None)
+  return Parts(config, latent_shape, text, autoencoder, model)
+
+
+def check_text_cache(config, data, text: assets.TextSide) -> None:
+  """Cached text features are read only if this run's encoder made them.
+
+  The prepared directory is already named by the encoder's fingerprint, so
+  this fails only if data and encoder were put together by hand; a stale
+  cache must then stop the run, not train it on another encoder's features.
+  """
+  extras = getattr(data, "extras", lambda: {})()
+  if "text_tokens" not in extras:
+    return
+  where = getattr(data, "out_dir", "the prepared data")
+  if text.frozen is None:
+    raise ValueError(f"{where} holds cached text features, but this run "
+                     "trains its own text encoder; prepare without "
+                     "data.cache_text, or set text_encoder.name")
+  made_by = data.manifest["fingerprint"]["featurize"].get("text")
+  if made_by != text.frozen.fingerprint():
+    raise ValueError(f"{where} holds text features of another encoder "
+                     f"({made_by}, this run's is "
+                     f"{text.frozen.fingerprint()}); prepare again with "
+                     "--config.data.rebuild=True")
+  shape = tuple(extras["text_tokens"]["shape"][1:])
+  if shape != (config.data.max_len, text.width):
+    raise ValueError(f"{where}: cached text features are {shape} per "
+                     f"caption, this run needs ({config.data.max_len}, "
+                     f"{text.width}); prepare again with "
+                     "--config.data.rebuild=True")
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run rebuilt from its workdir: sample.py, evaluate.py, the
+  health checks and the experiments start here."""
+  workdir: str
+  config: Any
+  step: int
+  parts: Parts
+  builder: Any
+  generate: Any
+  ema_params: Any
+  stats: ae_lib.LatentStats
+
+  @property
+  def text(self) -> assets.TextSide:
+    return self.parts.text
+
+  @property
+  def model(self):
+    return self.parts.model
+
+  @property
+  def autoencoder(self):
+    return self.parts.autoencoder
+
+  @property
+  def frozen(self) -> dict:
+    return self.parts.frozen
+
+
+def load_run(workdir: str, with_data: bool = True) -> Run:
+  workdir = os.path.abspath(workdir)
+  config = assets.load_config(workdir)
+  parts = build_parts(config, workdir)
+  raw, step = checkpointing.load_raw(workdir)
+  raw = restore.dit_layout(config)(raw)
+  generate = sampling.make_generate_fn(config, parts.model, parts.autoencoder,
+                              parts.text.frozen)
+  builder = (assets.prepare_data(config, parts.autoencoder) if with_data
+             else None)
+  return Run(workdir=workdir, config=config, step=step, parts=parts,
+             builder=builder, generate=generate,
+             ema_params=jax.device_put(raw["ema_params"]),
+             stats=assets.load_latent_stats(workdir))
+
+
+def initial_params(run: "Run"):
+  """The parameters `run` started from at step 0 (its seed's init)."""
+  validate.use_prng_impl(run.config)
+  return nn.unbox(state_lib.init_variables(
+      run.model, run.config, run.parts.latent_shape, run.text.width,
+      state_lib.init_keys(run.config)[0]))

@@ -1,0 +1,170 @@
+"""Checks of a config that need no compilation of the model, and the two
+process-wide settings a config makes (jax's PRNG, the step's XLA options).
+
+`validate_config` only checks; `use_prng_impl` is the one setting, called by
+whoever makes keys (the loop first thing, `run.build_parts`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from txt2img_jax import objectives
+from txt2img_jax.data import sources
+from txt2img_jax.models import generator as generator_lib
+from txt2img_jax.models import latents
+from txt2img_jax.objectives import flow
+from txt2img_jax.objectives import losses
+from txt2img_jax.objectives import perceptual as perceptual_lib
+from txt2img_jax.objectives import timesteps
+
+
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """Every check that needs no compilation; returns the latent shape. It
+  sets nothing: `use_prng_impl` is the config's one process-wide setting."""
+  from txt2img_jax.models import text_head as text_head_lib
+  if config.get("prng_impl", "threefry2x32") not in PRNG_IMPLS:
+    raise ValueError(f"prng_impl={config.prng_impl!r}: expected one of "
+                     f"{PRNG_IMPLS}")
+  sources.validate(config)
+  shape = latents.latent_shape(config)
+  text_head_lib.check_text_head_config(
+      config.head.kind, shape, **generator_lib.head_kwargs(config.head))
+  timesteps.validate_time_config(config.time.sampler)
+  timesteps.validate_start_prob(config.time.get("start_prob", 0.0))
+  timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
+  p = config.flow.patch_size
+  if shape[0] % p or shape[1] % p:
+    raise ValueError(f"flow.patch_size={p} does not divide the latent "
+                     f"{shape[0]}x{shape[1]} (data.image_size="
+                     f"{config.data.image_size}, autoencoder.factor="
+                     f"{config.autoencoder.factor})")
+  if config.flow.width % config.flow.num_heads:
+    raise ValueError(f"flow.width={config.flow.width} is not divisible by "
+                     f"flow.num_heads={config.flow.num_heads}")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} must divide over "
+                     f"{jax.process_count()} hosts")
+  model_axis = config.mesh.model
+  if model_axis < 1 or jax.device_count() % model_axis:
+    raise ValueError(f"mesh.model={model_axis} must divide the "
+                     f"{jax.device_count()} devices")
+  data_axis = (config.mesh.data if config.mesh.data > 0
+               else jax.device_count() // model_axis)
+  if config.batch_size % data_axis:
+    raise ValueError(f"batch_size={config.batch_size} must divide over the "
+                     f"mesh's data axis of {data_axis} devices")
+  for name, group in config.optim.groups.items():
+    lr = group.lr
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+      raise ValueError(f"optim.groups.{name}.lr={lr} must be a finite "
+                       "number >= 0")
+  for name in ("total_steps", "batch_size", "log_every"):
+    if config[name] < 1:
+      raise ValueError(f"{name} must be >= 1, got {config[name]}")
+  if config.loss.lpips_weight > 0 and config.loss.lpips_net not in (
+      perceptual_lib.NETS):
+    raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
+                     f"one of {perceptual_lib.NETS}")
+  if not 0.0 <= config.ema_decay <= 1.0:
+    raise ValueError(f"ema_decay={config.ema_decay} must lie in [0, 1] "
+                     "(0.999 keeps ~1000 steps)")
+  # .get: configs saved by older runs lack these two.
+  if config.get("max_skipped_steps", 0) < 0:
+    raise ValueError(f"max_skipped_steps={config.max_skipped_steps} must be "
+                     ">= 0 (0: never stop on skipped steps)")
+  if not config.get("max_update_ratio", 0.0) >= 0:
+    raise ValueError(f"max_update_ratio={config.max_update_ratio} must be "
+                     ">= 0 (0: no bound)")
+  if config.loss.kl_kind not in losses.KL_KINDS:
+    raise ValueError(f"loss.kl_kind={config.loss.kl_kind!r}: expected one of "
+                     f"{losses.KL_KINDS}")
+  if config.loss.logit_scale_kind not in losses.LOGIT_SCALE_KINDS:
+    raise ValueError(f"loss.logit_scale_kind={config.loss.logit_scale_kind!r}:"
+                     f" expected one of {losses.LOGIT_SCALE_KINDS}")
+  if not 0.0 <= config.loss.cfg_null_prob < 1.0:
+    raise ValueError("loss.cfg_null_prob must be in [0, 1)")
+  if config.loss.get("clip_target", "tower") not in losses.CLIP_TARGETS:
+    raise ValueError(f"loss.clip_target={config.loss.clip_target!r}: "
+                     f"expected one of {losses.CLIP_TARGETS}")
+  if config.loss.get("hard_negatives", False):
+    if config.get("objective", "crossflow") != "crossflow":
+      raise ValueError("loss.hard_negatives is a term of the crossflow "
+                       "objective's contrastive loss; objective="
+                       f"{config.objective!r} has none")
+    if config.data.get("cache_text", False) and config.text_encoder.name:
+      # (Without a frozen encoder nothing is cached: cache_text is moot.)
+      raise ValueError("loss.hard_negatives needs the text encoder to run on "
+                       "the negative captions: set data.cache_text=False")
+  if config.loss.get("hard_negative_words", ""):
+    from txt2img_jax.data import negatives
+    negatives.parse_word_classes(config.loss.hard_negative_words)
+  elif (config.loss.get("hard_negatives", False)
+        and config.data.name in ("folder", "tfds")):
+    from txt2img_jax.data import negatives
+    raise negatives.words_not_named(config.data.name)
+  if config.loss.get("align_weight", 0.0) < 0:
+    raise ValueError("loss.align_weight must be >= 0")
+  if config.sample.method not in flow.SAMPLERS:
+    raise ValueError(f"sample.method={config.sample.method!r}: expected one "
+                     f"of {flow.SAMPLERS}")
+  objectives.get(config.get("objective", "crossflow"))
+  options = train_compiler_options(config)
+  if options:
+    try:  # XLA knows its options: a trivial compile names a bad one now.
+      jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"xla_cpu_options={config.xla_cpu_options!r}: "
+                       f"{str(e).splitlines()[0]}") from None
+  return shape
+
+
+def parse_xla_options(text: str) -> dict[str, bool | int | float | str]:
+  """'name=value;name=value' -> {name: value}: every name an XLA option;
+  true/false become booleans and numbers numbers, as XLA types them."""
+  options = {}
+  for item in filter(None, (i.strip() for i in text.split(";"))):
+    name, eq, value = (part.strip() for part in item.partition("="))
+    if not eq or not name.startswith("xla_") or not value:
+      raise ValueError(f"xla_cpu_options: {item!r} is not 'xla_<name>=<value>'"
+                       " (items separated by ';', e.g. "
+                       "'xla_disable_hlo_passes=tree_reduction_rewriter')")
+    if name in options:
+      raise ValueError(f"xla_cpu_options: {name} is given twice")
+    options[name] = _xla_value(value)
+  return options
+
+
+def _xla_value(text: str) -> bool | int | float | str:
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def train_compiler_options(config) -> dict | None:
+  """The train step's XLA options: `config.xla_cpu_options` on a CPU backend,
+  none elsewhere (or for a config saved before the field existed)."""
+  if jax.default_backend() != "cpu":
+    return None
+  return parse_xla_options(config.get("xla_cpu_options", "")) or None
+
+
+def use_prng_impl(config) -> None:
+  """jax's default PRNG as `config.prng_impl` says (threefry2x32 if absent,
+  as in runs saved before the field existed)."""
+  impl = config.get("prng_impl", "threefry2x32")
+  if impl not in PRNG_IMPLS:
+    raise ValueError(f"prng_impl={impl!r}: expected one of {PRNG_IMPLS}")
+  jax.config.update("jax_default_prng_impl", impl)

@@ -1,0 +1,284 @@
+"""Progress on the console, metrics to TensorBoard and metrics.jsonl, the
+one helper that decides when it is time to log, save, sample or evaluate, and
+the watch that stops a run whose updates have run away."""
+
+from __future__ import annotations
+
+import json
+import logging as logging_lib
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from txt2img_jax.utils import metric_names
+from txt2img_jax.utils import runfiles
+
+METRICS_FILE = runfiles.METRICS_FILE
+# Per-step metrics of an interval cut short by a preemption, so the resumed
+# run logs the same averages as a run that was never stopped.
+PARTIAL_FILE = "metrics_partial.json"
+# Loss EMAs on the host, per log step: smooth enough to read a trend in a few
+# hundred steps of the embedded run, fast enough to show a restart.
+LOSS_EMA = 0.9
+EMA_KEYS = metric_names.EMA_KEYS
+
+
+class _QuietOrbax(logging_lib.Filter):
+  """absl routes orbax's records through its own logger; keep warnings."""
+
+  def filter(self, record):
+    quiet = ("orbax" in record.pathname or "checkpoint" in record.pathname
+             or "tensorstore" in record.pathname)
+    return not quiet or record.levelno >= logging_lib.WARNING
+
+
+def quiet_orbax() -> None:
+  """Orbax logs every file it writes; a command's log should show the run.
+
+  Call once from a command's main (warnings and errors still show).
+  """
+  logging_lib.getLogger("orbax").setLevel(logging_lib.WARNING)
+  absl_logger = logging_lib.getLogger("absl")
+  if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietOrbax())
+
+
+class Periodic:
+  """Is it time? One place for every interval, and the final step."""
+
+  def __init__(self, config, total_steps: int):
+    self.total = total_steps
+    self.every = {
+        "log": config.log_every, "checkpoint": config.checkpoint_every,
+        "sample": config.sample_every, "eval": config.eval_every}
+
+  def _due(self, kind: str, step: int) -> bool:
+    every = self.every[kind]
+    if step == self.total:
+      return True
+    if every <= 0:
+      return False
+    # A save two steps before the final one is wasted work.
+    if kind == "checkpoint" and self.total - step < max(2, every // 10):
+      return False
+    return step % every == 0
+
+  def log(self, step):
+    return self._due("log", step)
+
+  def checkpoint(self, step):
+    return self._due("checkpoint", step)
+
+  def sample(self, step):
+    return self._due("sample", step)
+
+  def eval(self, step):
+    return self._due("eval", step)
+
+
+class Reporter:
+  """Averages device metrics over a log interval and writes them out."""
+
+  def __init__(self, config, workdir: str, writer, start_step: int,
+               total_steps: int):
+    self.writer = writer
+    self.total = total_steps
+    self.start_step = start_step
+    self.workdir = workdir
+    self.path = runfiles.metrics_path(workdir)
+    self.is_main = jax.process_index() == 0
+    self._rows: list[dict[str, np.ndarray]] = []
+    self._ema: dict[str, float] = {}
+    self._t0 = time.perf_counter()
+    self._t_last = self._t0
+    self._step_last = start_step
+    self.last: dict[str, float] = {}
+    self.guard = RunawayGuard(config)
+    # Also from step 0: a run killed before its first checkpoint left rows.
+    if os.path.exists(self.path):
+      self._restore_ema(start_step)
+
+  def _restore_ema(self, start_step: int) -> None:
+    """A resumed run continues its loss EMAs and drops log lines past the
+    checkpoint (they will be written again, identically)."""
+    kept = [r for r in runfiles.read_metrics(self.workdir)
+            if r.get("step", 0) <= start_step]
+    for row in kept:
+      for k in EMA_KEYS:
+        if f"train/{k}_ema" in row:
+          self._ema[k] = row[f"train/{k}_ema"]
+    if self.is_main:
+      runfiles.write_metrics(self.workdir, kept)
+    self._rows = _load_partial(os.path.join(self.workdir, PARTIAL_FILE),
+                               start_step)
+
+  def save_partial(self, step: int) -> None:
+    """Keeps the steps logged since the last flush for a resume at `step`."""
+    if not self.is_main:
+      return
+    path = os.path.join(self.workdir, PARTIAL_FILE)
+    rows = [{k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
+             for k, v in r.items()} for r in self._rows]
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": step, "rows": rows}, f)
+    os.replace(path + ".tmp", path)
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    """Fetches one step's metrics (one step late) and checks them."""
+    row = jax.device_get(metrics)
+    self._rows.append(row)
+    self.guard.check(step, row)
+
+  @property
+  def failure(self) -> str | None:
+    """Why the run must stop (runaway updates), or None."""
+    return self.guard.failure
+
+  def flush(self, step: int) -> dict[str, float]:
+    if not self._rows:
+      return self.last
+    rows, self._rows = self._rows, []
+    out = {}
+    for k in rows[0]:
+      if k.startswith("flow_bucket_"):
+        continue
+      out[f"train/{k}"] = float(np.mean([r[k] for r in rows]))
+    out["train/nonfinite_steps"] = float(rows[-1]["nonfinite_steps"])
+    sums = np.sum([r["flow_bucket_sum"] for r in rows], axis=0)
+    counts = np.sum([r["flow_bucket_count"] for r in rows], axis=0)
+    for i, (s, n) in enumerate(zip(sums, counts)):
+      if n > 0:
+        out[f"train/loss_flow_bucket/{i}"] = float(s / n)
+    for k in EMA_KEYS:
+      v = out.get(f"train/{k}")
+      if v is None or not np.isfinite(v):
+        continue
+      prev = self._ema.get(k)
+      self._ema[k] = v if prev is None else LOSS_EMA * prev + (1 - LOSS_EMA) * v
+      out[f"train/{k}_ema"] = self._ema[k]
+    now = time.perf_counter()
+    steps = step - self._step_last
+    out["train/steps_per_sec"] = steps / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, step
+    self.writer.write_scalars(step, out)
+    self.write_jsonl(step, out)
+    self._console(step, out)
+    self.last = out
+    return out
+
+  def write_jsonl(self, step: int, values: dict[str, float]) -> None:
+    if self.is_main:
+      runfiles.append_metrics(self.workdir, {"step": step, **values})
+
+  def _console(self, step: int, out: dict[str, float]) -> None:
+    done = step - self.start_step
+    elapsed = time.perf_counter() - self._t0
+    rate = done / max(elapsed, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    lrs = " ".join(f"{k.split('/')[-1]}={v:.2e}" for k, v in out.items()
+                   if k.startswith("train/lr/"))
+    logging.info(
+        "step %d/%d (%.0f%%) loss %.4f flow %.4f kl_raw %.1f clip_raw %.3f | "
+        "grad %.3f | %s | %.2f steps/s, elapsed %s, ETA %s",
+        step, self.total, 100 * step / self.total, out["train/loss"],
+        out["train/loss_flow"], out["train/kl_raw"], out["train/clip_raw"],
+        out["train/grad_norm"], lrs, out["train/steps_per_sec"],
+        _hms(elapsed), _hms(eta))
+
+
+def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
+  """The rows save_partial kept, if they belong to this resume's step."""
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError:
+    logging.warning("%s is damaged; the log interval around the resume "
+                    "averages fewer steps", path)
+    return []
+  if saved.get("step") != start_step:
+    return []
+  return [{k: np.asarray(v, dtype=dtype) for k, (dtype, v) in r.items()}
+          for r in saved["rows"]]
+
+
+class RunawayError(ValueError):
+  """The run was stopped because its updates ran away; the message says why
+  and what to change. (A ValueError: commands print it as one line.)"""
+
+
+class RunawayGuard:
+  """Watches each step's `skipped` and `update_ratio` as they are fetched.
+
+  The train step refuses an update that is non-finite or larger than
+  config.max_update_ratio x the parameters, so the state never holds it; this
+  decides when refusing is no longer enough and the run must stop: one
+  absurd update, or config.max_skipped_steps skipped steps in a row.
+  """
+
+  def __init__(self, config):
+    self.max_skipped = int(config.get("max_skipped_steps", 0))
+    self.max_ratio = float(config.get("max_update_ratio", 0.0))
+    self.streak = 0
+    self.failure: str | None = None
+
+  def check(self, step: int, row: dict[str, Any]) -> None:
+    if self.failure is not None or "skipped" not in row:
+      return
+    ratio = float(row.get("update_ratio", 0.0))
+    if self.max_ratio > 0 and ratio > self.max_ratio:
+      groups = {k.split("/", 1)[1]: float(v) for k, v in row.items()
+                if k.startswith("update_ratio/")}
+      worst = max(groups, key=groups.get) if groups else "?"
+      self.failure = (
+          f"step {step}'s update was {ratio:.3g} x the parameter norm (group "
+          f"{worst}), above config.max_update_ratio={self.max_ratio:g}; it was "
+          "not applied. The learning rate is far too high: lower "
+          f"config.optim.groups.{worst}.lr")
+      return
+    if not bool(row["skipped"]):
+      self.streak = 0
+      return
+    self.streak += 1
+    if self.streak == 1:
+      logging.warning("step %d skipped: its loss or gradient is not finite "
+                      "(update_ratio %.3g)", step, ratio)
+    if self.max_skipped > 0 and self.streak >= self.max_skipped:
+      self.failure = (
+          f"{self.streak} steps in a row (up to step {step}) had a non-finite "
+          f"loss or gradient (config.max_skipped_steps={self.max_skipped}): "
+          "the run is not learning any more. Lower the learning rates or "
+          "check the data")
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def num_compiles(jitted) -> int:
+  return jitted._cache_size()  # pylint: disable=protected-access
+
+
+def check_compiles(jitted, limit: int) -> None:
+  """The step must compile once: a recompile is a silent 10x slowdown."""
+  n = num_compiles(jitted)
+  if limit and n > limit:
+    raise RuntimeError(
+        f"the train step compiled {n} times (limit max_compiles={limit}): "
+        "an input changed shape, dtype or sharding between steps")
+
+
+def param_counts(params) -> str:
+  counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
+            for k, v in params.items()}
+  total = sum(counts.values())
+  return ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()) + (
+      f"; total {total / 1e6:.2f}M")
