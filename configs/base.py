@@ -23,7 +23,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.prng_impl = "threefry2x32"  # jax's random-bit generator for the whole process:
                              # threefry2x32 (jax's default) | rbg | unsafe_rbg. rbg
                              # draws other numbers from the same seed and compiles
-                             # faster on CPU (README, "Other measurements");
+                             # faster on CPU (docs/performance.md);
                              # a run resumes with the one it started with.
   c.total_steps = 800        # Optimizer steps of the whole run (note: 40k reached).
   c.batch_size = 64          # Global batch, split over the mesh's data axis.
@@ -41,7 +41,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                              # backend ("name=value;name=value"; "" = XLA's defaults;
                              # ignored on GPU/TPU). The default turns off XLA's tree
                              # reduction rewriter, whose split reductions cost the
-                             # default recipe's step ~11% (README, "Other measurements").
+                             # default recipe's step ~11% (docs/performance.md).
   c.dtype = "float32"        # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU.
   c.objective = "crossflow"  # The loss (txt2img_jax/objectives/): CrossFlow's noise-free path.
 

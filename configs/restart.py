@@ -1,36 +1,19 @@
-"""The recommended recipe: the note's fixes, adapted to the noise-free path.
+"""The recommended recipe: the diagnosis note's fixes, adapted to the
+noise-free path.
 
 From base.py (the plateaued run) it changes:
-- the budget: 1,600 steps instead of 800 (the steps buy the shapes' detail;
-  README, "Results");
-- the LR: a cosine warm-restart schedule (SGDR) with a higher peak instead
-  of a long decay (note: T0 = 20k, T_mult = 1, eta_min = 2.5e-7, peak =
-  2 x base; here one cycle that ends on the last step);
+- the budget: 1,600 steps instead of 800;
+- the LR: one cosine warm-restart (SGDR) cycle with a higher peak, ending on
+  the last step, instead of a long decay;
 - time sampling: a curriculum that starts on the text end of the path
-  (t in [0, 0.15]), where the image must be formed from z_text alone, and
-  mixes in logit-normal t (CrossFlow's) over the run. The note's advice was the opposite
-  end (alpha > 0.8, uniform logSNR): on this noise-free path the image is in
-  x_t for t > 0, so that segment is the easy one, and sampling starts at
-  t = 0, which those samplers never draw (with the note's logSNR sampler
-  alone changed, the flow loss ends lowest while t = 0 is not learnt and
-  the samples lose objects: docs/recipes.md, "Is it the leak?");
-- the network's time input is t (the path's logSNR is infinite at t = 0,
-  where sampling starts);
-- the text head is CrossFlow's token transformer, not the note's spatial
-  head: in the head ablation (docs/heads.md; this recipe at 800 steps, each
-  head at its own text-head LR, 3 seeds) it had the best object accuracy
-  (0.67 vs 0.37 for the pooled MLP and 0.30 for the note's grid_query, which
-  places and colours well but draws shapes badly);
-- the contrastive term contrasts z_text with its own image latent x1
-  (`loss.clip_target = "latent"`) instead of the image tower's pooled
-  embedding (CrossFlow's, base.py's): z_text then resembles the image it
-  must flow to, and the samples bind each object's colour and place
-  (docs/recipes.md, "What z_text is contrasted with": 3 seeds);
-- the contrastive weight doubled (note: 1.0 -> 2.0) and a small TV on z_text
-  (note: 1e-6 - 5e-6);
-- beta_KL = 1e-4 on the summed KL: a choice, not a measured optimum (the
-  claim that 1e-2 or the note's 0.1 collapse the posterior here was
-  withdrawn: no experiment measured it; docs/recipes.md).
+  (t in [0, 0.15]) and mixes in logit-normal t over the run; the network's
+  time input is t;
+- the text head: CrossFlow's token transformer;
+- the contrastive term contrasts z_text with its own image latent
+  (`loss.clip_target = "latent"`), at twice the weight, with a small TV on
+  z_text;
+- beta_KL = 1e-4 on the summed KL (a choice, not a measured optimum).
+Why each, with the runs that chose it: docs/recipes.md and docs/heads.md.
 
 To restart a plateaued run from its checkpoint instead (keeping its weights;
 name the old run's head, or the head is swapped and initialised fresh):
@@ -49,11 +32,8 @@ from txt2img_jax.utils import config_lib
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = base.get_config()
   c.name = "restart"
-  # Twice base.py's 800 steps: the shapes' detail (square vs circle) is
-  # learnt after colour, place and size, and 1,600 steps were the best lever
-  # measured at a budget that fits ten minutes on the 2-core machine
-  # (README, "Results"). Variant "800" is the 800-step recipe the docs'
-  # earlier tables used.
+  # Twice base.py's 800 steps (docs/results.md); variant "800" is the
+  # 800-step recipe of the docs' 800-step tables.
   c.total_steps = 1600
   c.eval_every = 1600       # Benchmarked at the end only (~25 s per pass).
   c.sample_every = 800      # Grids at half-way and at the end.

@@ -15,7 +15,7 @@ import numpy as np
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.evaluation import benchmark
 from txt2img_jax.train import checkpointing
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax.utils import runfiles
 from txt2img_jax.train import loop as train
 from txt2img_jax.models import autoencoder as ae_lib
@@ -76,11 +76,11 @@ def score(workdir: str, num: int) -> dict[str, float]:
     # The run's own last evaluation scored these parameters already.
     summary = final_evaluation(runfiles.read_metrics(workdir), step)
   run.config.eval.num = num
-  ev = evaluate.Evaluator(run.config, run.workdir, run.builder, run.text,
+  ev = structure.Evaluator(run.config, run.workdir, run.builder, run.text,
                           run.generate, run.frozen, run.stats)
   if summary is None:
     summary = ev.benchmark(run.ema_params)
-  if run.config.get("objective", "crossflow") != "crossflow":
+  if run.config.objective != "crossflow":
     # The noise path (objective noise_flow) has no text latent to measure.
     with open(path, "w") as f:
       json.dump({"step": step, "summary": summary, "z_text": False}, f,
@@ -94,7 +94,7 @@ def score(workdir: str, num: int) -> dict[str, float]:
   generated = ev.images(run.ema_params, data, k, seed=1)
   decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, run.autoencoder.params, mu[:k],
                                             run.stats))
-  grid = evaluate.caption_grid(data["image"][:k], generated,
+  grid = structure.caption_grid(data["image"][:k], generated,
                                data["caption"][:k], columns=4,
                                between=decoded)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)

@@ -38,7 +38,7 @@ from absl import flags
 from absl import logging
 
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax.utils import reporting
 from experiments import common
 from experiments import leak
@@ -76,7 +76,7 @@ def init_measures(workdir: str, num: int) -> dict[str, float]:
       return json.load(fh)
   run_ = run_lib.load_run(workdir)
   run_.config.eval.num = num
-  data = evaluate.Evaluator(run_.config, run_.workdir, run_.builder,
+  data = structure.Evaluator(run_.config, run_.workdir, run_.builder,
                             run_.text, run_.generate, run_.frozen,
                             run_.stats).data["eval"]
   n = min(num, len(data["caption"]))

@@ -38,7 +38,7 @@ import numpy as np
 
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import checkpointing
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax.objectives import flow
 from txt2img_jax.utils import reporting
 from txt2img_jax.utils import runfiles
@@ -88,7 +88,7 @@ def path_errors(workdir: str, num: int, times=TIMES) -> dict[str, float]:
       return cached["errors"]
   run = run_lib.load_run(workdir)
   run.config.eval.num = num
-  ev = evaluate.Evaluator(run.config, run.workdir, run.builder, run.text,
+  ev = structure.Evaluator(run.config, run.workdir, run.builder, run.text,
                           run.generate, run.frozen, run.stats)
   data = ev.data["eval"]
   n = min(num, len(data["caption"]))

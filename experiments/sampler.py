@@ -81,7 +81,7 @@ def score_run(workdir: str, settings: list[tuple[str, dict]], num: int
   """{label: summary (+ 'seconds')} for one run, from its cache where it can."""
   from txt2img_jax.train import run as run_lib  # Heavy imports only when scoring.
   from txt2img_jax.train import checkpointing
-  from txt2img_jax.evaluation import structure as evaluate
+  from txt2img_jax.evaluation import structure
   path = os.path.join(workdir, f"sampler_{num}.json")
   cache = {}
   if os.path.exists(path):
@@ -99,7 +99,7 @@ def score_run(workdir: str, settings: list[tuple[str, dict]], num: int
     hit = cache.get(key)
     if hit is None or hit["step"] != step:
       if evaluator is None:
-        evaluator = evaluate.Evaluator(run.config, run.workdir, run.builder,
+        evaluator = structure.Evaluator(run.config, run.workdir, run.builder,
                                        run.text, run.generate, run.frozen,
                                        run.stats)
       r = json.loads(key)

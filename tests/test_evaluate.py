@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax.data import shapes
 
 
@@ -14,25 +14,25 @@ def _renders(n=16):
 
 def test_pixel_mse_rel_is_zero_for_exact_and_one_for_the_mean_image():
   refs, _ = _renders()
-  assert evaluate.pixel_mse_rel(refs, refs) == 0.0
+  assert structure.pixel_mse_rel(refs, refs) == 0.0
   mean = np.broadcast_to(refs.mean(0, keepdims=True), refs.shape)
-  np.testing.assert_allclose(evaluate.pixel_mse_rel(mean, refs), 1.0,
+  np.testing.assert_allclose(structure.pixel_mse_rel(mean, refs), 1.0,
                              rtol=1e-5)
   black = np.zeros_like(refs)
-  assert evaluate.pixel_mse_rel(black, refs) > 1.0
+  assert structure.pixel_mse_rel(black, refs) > 1.0
 
 
 def test_caption_grid_has_a_tile_pair_per_caption():
   refs, captions = _renders(6)
-  grid = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3)
+  grid = structure.caption_grid(refs, refs, captions, scale=2, columns=3)
   s = 32 * 2
   assert grid.size[0] >= 3 * 2 * s and grid.size[1] >= 2 * s
 
 
 def test_caption_grid_with_a_middle_panel_is_wider():
   refs, captions = _renders(6)
-  two = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3)
-  three = evaluate.caption_grid(refs, refs, captions, scale=2, columns=3,
+  two = structure.caption_grid(refs, refs, captions, scale=2, columns=3)
+  three = structure.caption_grid(refs, refs, captions, scale=2, columns=3,
                                 between=1 - refs)
   assert three.size[0] >= two.size[0] + 3 * 32 * 2
   assert three.size[1] == two.size[1]

@@ -13,7 +13,6 @@ import optax
 import pytest
 
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import sampling
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.models import latents
 from txt2img_jax import objectives
@@ -122,7 +121,7 @@ def test_null_condition_ignores_the_caption(parts):
 def test_sampler_draws_images_and_cfg_zero_is_the_null_condition(parts):
   p = parts
   params = perturbed(p["params"])
-  generate = sampling.make_generate_fn(p["config"], p["model"], p["ae"], None)
+  generate = run_lib.make_generate_fn(p["config"], p["model"], p["ae"], None)
   ids_a = p["batch"]["ids"]
   ids_b = jnp.flip(ids_a, axis=1)
   mask = p["batch"]["mask"]

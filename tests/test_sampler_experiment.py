@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from experiments import common
 from experiments import sampler
 
@@ -72,7 +72,7 @@ def test_settings_are_applied_cached_and_pooled(data_dir, tmp_path,
   # Scored again: from the cache, nothing sampled.
   def fail(*a, **k):
     raise AssertionError("scored again")
-  monkeypatch.setattr(evaluate.Evaluator, "benchmark", fail)
+  monkeypatch.setattr(structure.Evaluator, "benchmark", fail)
   assert sampler.score_run(workdir, settings, 4) == out
 
   # Seeds of one name pool into a row: mean ± std.

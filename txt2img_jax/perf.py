@@ -89,8 +89,8 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
   ids, mask = tokenizer_lib.tokenize(tok, captions, config.data.max_len)
   arrays = {"image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
             "ids": ids, "mask": mask}
-  if config.loss.get("hard_negatives", False):
-    spec = config.loss.get("hard_negative_words", "")
+  if config.loss.hard_negatives:
+    spec = config.loss.hard_negative_words
     classes = (negatives.parse_word_classes(spec) if spec
                else shapes.word_classes())
     negs = [negatives.negative_caption(c, classes, rng) or c
@@ -136,12 +136,12 @@ def measure(config, steps: int = 20, warmup: int = 3,
   counted_by_xla = xla_flops(compiled)
   platform = jax.devices()[0].platform
   r = {
-      "config": config.get("name", ""), "platform": platform,
+      "config": config.name, "platform": platform,
       "device_kind": jax.devices()[0].device_kind,
       "devices": jax.device_count(), "dtype": str(config.dtype),
       "batch_size": config.batch_size, "jax": jax.__version__,
-      "flow_scan": bool(config.flow.get("scan", False)),
-      "flow_remat": str(config.flow.get("remat", "none")),
+      "flow_scan": bool(config.flow.scan),
+      "flow_remat": str(config.flow.remat),
       "xla_options": options or {},
       "host_malloc": hostmem.applied,
       "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from txt2img_jax.evaluation import blockiness
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax import objectives
 from txt2img_jax.utils import runfiles
 from txt2img_jax.objectives import ztext
@@ -37,7 +37,7 @@ from txt2img_jax.models import generator as generator_lib
 def prompt_list(config, data, tokenizer) -> tuple[list[str], np.ndarray | None]:
   """`eval.prompts` (a list, or a text file with one prompt a line), else
   the first captions of the val split (with their images as references)."""
-  prompts = config.eval.get("prompts", "")
+  prompts = config.eval.prompts
   if isinstance(prompts, str) and prompts:
     path = os.path.expanduser(prompts)
     if not os.path.exists(path):
@@ -76,21 +76,21 @@ class PromptEvaluator:
     self._posterior_mean = jax.jit(_posterior_mean_fn(parts))
     self._latent_side = types.SimpleNamespace(autoencoder=parts.autoencoder,
                                               stats=stats)
-    clip_model = config.eval.get("clip_model", "")
+    clip_model = config.eval.clip_model
     self.clip = ClipScorer(clip_model) if clip_model else None
 
   def images(self, params) -> np.ndarray:
     return self.images_for(params, self.ids, self.mask)
 
   def images_for(self, params, ids, mask) -> np.ndarray:
-    return evaluate.generate_images(
+    return structure.generate_images(
         self.generate, params, self.frozen, self.stats, self.config.sample,
         ids, mask, self.config.eval.batch_size)
 
   def sample_grid(self, params, step: int) -> str:
     images = self.images(params)
-    grid = evaluate.caption_grid(self.references, images, self.prompts)
-    return evaluate.save_grid(grid, self.workdir, step, self.writer)
+    grid = structure.caption_grid(self.references, images, self.prompts)
+    return structure.save_grid(grid, self.workdir, step, self.writer)
 
   def evaluate(self, params, step: int | None = None) -> dict[str, float]:
     """Validation flow loss, t ~ U[0, 1], conditional only, fixed noise."""
@@ -195,7 +195,7 @@ def _val_loss_fn(config, parts):
   with c.unlocked():
     c.time.sampler = dict(kind="uniform", t_min=0.0, t_max=1.0)
     c.loss.cfg_null_prob = 0.0
-  loss = objectives.get(c.get("objective", "crossflow")).make_loss(
+  loss = objectives.get(c.objective).make_loss(
       c, parts.model, parts.autoencoder, parts.text.frozen)
 
   def val(params, batch, rng, frozen, stats):

@@ -7,12 +7,12 @@ set (`evaluate.py`), prompts + validation loss for a user's data
 (`evaluate_prompts.py`).
 """
 
-from txt2img_jax.evaluation import structure as evaluate
+from txt2img_jax.evaluation import structure
 from txt2img_jax.evaluation import prompts as evaluate_prompts
 
 
 def _structure(config, workdir, data, parts, generate, frozen, stats, writer):
-  return evaluate.Evaluator(config, workdir, data, parts.text, generate,
+  return structure.Evaluator(config, workdir, data, parts.text, generate,
                             frozen, stats, writer)
 
 
@@ -24,7 +24,7 @@ REGISTRY = {
 
 def make_evaluator(config, workdir, data, parts, generate, frozen, stats,
                    writer=None):
-  kind = config.eval.get("kind", "") or getattr(data, "DEFAULT_EVALUATOR",
+  kind = config.eval.kind or getattr(data, "DEFAULT_EVALUATOR",
                                                 "structure")
   if kind not in REGISTRY:
     raise ValueError(f"eval.kind={kind!r}: expected one of {sorted(REGISTRY)}")

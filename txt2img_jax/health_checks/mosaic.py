@@ -38,7 +38,7 @@ def _held_out_split(data) -> str:
 
 def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> Result:
   from txt2img_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from txt2img_jax.evaluation import structure as evaluate
+  from txt2img_jax.evaluation import structure
   from txt2img_jax.evaluation import prompts as evaluate_prompts
   from txt2img_jax.data import pipeline
 
@@ -62,7 +62,7 @@ def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> 
   elif probe == "tiled":
     images = blockiness.tiled(held["image"], period, np.random.default_rng(0))
   else:
-    images = evaluate.generate_images(run.generate, run.ema_params, run.frozen, run.stats,
+    images = structure.generate_images(run.generate, run.ema_params, run.frozen, run.stats,
                                       c.sample, held["ids"], held["mask"], c.eval.batch_size)
   images = np.clip(np.asarray(images, np.float64), 0.0, 1.0)
   scores = ref.score(images)

@@ -144,7 +144,7 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
   """Images generated from the first `num` training captions (the run's EMA
   parameters and sampler settings, starting at t = 0 from the text alone),
   compared with the true images and with the subset's mean image."""
-  from txt2img_jax.evaluation import structure as evaluate
+  from txt2img_jax.evaluation import structure
   from txt2img_jax.train import run as run_lib
   from txt2img_jax.data import pipeline
   run = run_lib.load_run(workdir)
@@ -155,7 +155,7 @@ def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
                              max_len=c.data.max_len)
   num = min(num, subset)
   mean_img = data["image"].mean(0, keepdims=True)
-  gen = evaluate.generate_images(
+  gen = structure.generate_images(
       run.generate, run.ema_params, run.frozen, run.stats, c.sample,
       data["ids"][:num], data["mask"][:num], batch_size=min(num, 64),
       seed=seed)

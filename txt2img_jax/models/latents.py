@@ -56,7 +56,7 @@ def _kl_vae_shape(config):
 
 
 def _vae_path(config) -> str:
-  path = config.autoencoder.get("path", "")
+  path = config.autoencoder.path
   if not path:
     raise ValueError("autoencoder.kind='kl_vae' needs autoencoder.path: a "
                      "local diffusers AutoencoderKL folder")
@@ -132,15 +132,15 @@ class Featurizers:
 def text_featurizer(config):
   """The text-feature cache of a frozen pretrained text encoder, when asked
   for (`data.cache_text`)."""
-  if not config.text_encoder.name or not config.data.get("cache_text", False):
+  if not config.text_encoder.name or not config.data.cache_text:
     return None
   import numpy as np
   from txt2img_jax.models import text_encoder as text_encoder_lib
   enc = text_encoder_lib.load_pretrained_text_encoder(
       config.text_encoder.name, dtype=np.dtype(config.dtype))
   return text_encoder_lib.TextFeaturizer(
-      enc, config.data.max_len, config.data.get("cache_captions", 5),
-      config.data.get("text_cache_dtype", "float16"))
+      enc, config.data.max_len, config.data.cache_captions,
+      config.data.text_cache_dtype)
 
 
 def featurizer(config, autoencoder):
@@ -149,7 +149,7 @@ def featurizer(config, autoencoder):
   features (`data.cache_text`); None when neither."""
   parts = []
   if (autoencoder is not None and autoencoder.params
-      and config.data.get("cache_latents", False)):
+      and config.data.cache_latents):
     parts.append(MomentsFeaturizer(autoencoder))
   text = text_featurizer(config)
   if text is not None:

@@ -218,9 +218,8 @@ class TokenSplatHead(_HeadBase):
   (its map) and what (its content): a token that carries its object's colour and place puts
   that colour at that place. The flatten head (token_transformer) instead sums slot-specific
   linear maps of `reduced_width` features per token, where two objects' contributions may
-  superpose and their colours blend: the hypothesis behind this head. In the lever screen it
-  drew nothing after 400 steps, like grid_query then (docs/recipes.md); not in the head
-  ablation (docs/heads.md)."""
+  superpose and their colours blend: the hypothesis behind this head (measured:
+  docs/recipes.md)."""
   width: int = 128
   depth: int = 2
   num_heads: int = 4

@@ -39,6 +39,11 @@ def image_latent(autoencoder, frozen, batch, rng, stats):
                               batch["image"], rng, stats)
 
 
+def build_model(config, latent_shape, vocab_size: int, embedded: bool):
+  return generator_lib.CrossFlow.from_config(config, latent_shape, vocab_size,
+                                             embedded)
+
+
 def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
   """loss(params, batch, rng, step, frozen, stats) -> (total, aux).
 
@@ -70,7 +75,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     indicator = 1 - null.astype(jnp.int32)
 
     t = timesteps.sample_t(k_t, b, c.time.sampler, step,
-                           c.time.get("start_prob", 0.0))
+                           c.time.start_prob)
     x_t = flow.interpolate(z_text, x1_target, t, sigma_min)
     v_target = flow.velocity_target(z_text, x1_target, sigma_min)
     v_pred = apply(x_t, timesteps.time_input(t, c.flow.time_input), indicator,
@@ -81,7 +86,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     kl_raw = losses.kl_term(mu, log_var, c.loss.kl_kind).mean()
     kl_w = losses.kl_weight(step, c.loss.kl_weight, c.loss.kl_warmup_steps)
     img_emb, logit_scale = apply(x1, method="embed_image")
-    if c.loss.get("clip_target", "tower") == "latent":
+    if c.loss.clip_target == "latent":
       img_emb = jax.lax.stop_gradient(x1)  # The tower keeps its scale only.
     negatives = negatives_valid = None
     if "neg_ids" in batch:
@@ -102,7 +107,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     loss_tv = losses.total_variation(z_text).mean()
     total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
              + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv)
-    align_weight = c.loss.get("align_weight", 0.0)
+    align_weight = c.loss.align_weight
     align_w = jnp.float32(align_weight)
     loss_align = jnp.float32(0.0)
     if align_weight > 0:
@@ -155,3 +160,33 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     return total, aux
 
   return loss
+
+
+def make_generate(config, model, autoencoder, text_frozen):
+  """generate(params, frozen, stats, ids, mask, rng, cfg_scale) -> images [0,1].
+
+  `frozen` is {"text": a frozen text encoder's weights, "latent": the latent
+  space's}, either may be empty. z_text comes from the head (its mean, or a draw), then the ODE carries it
+  to the image latent; the latent is un-standardised and decoded.
+  """
+  c = config
+
+  def generate(params, frozen_params, stats, ids, mask, rng, *,
+               num_steps, method, cfg_scale, use_mean):
+    apply = functools.partial(model.apply, {"params": params})
+    mu, log_var = generator_lib.text_posterior(
+        model, text_frozen, params, frozen_params.get("text"), ids, mask)
+    z = mu if use_mean else mu + jnp.exp(0.5 * log_var) * jax.random.normal(
+        rng, mu.shape, mu.dtype)
+
+    def velocity(x, t, indicator):
+      return apply(x, timesteps.time_input(t, c.flow.time_input), indicator,
+                   method="velocity").astype(jnp.float32)
+
+    x1 = flow.integrate(velocity, z.astype(jnp.float32), num_steps, method,
+                        cfg_scale)
+    return ae_lib.decode_latent(autoencoder, frozen_params.get("latent", {}),
+                                x1, stats)
+
+  return jax.jit(generate, static_argnames=("num_steps", "method",
+                                            "cfg_scale", "use_mean"))

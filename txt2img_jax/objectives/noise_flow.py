@@ -64,7 +64,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     indicator = 1 - null.astype(jnp.int32)
 
     t = timesteps.sample_t(k_t, b, c.time.sampler, step,
-                           c.time.get("start_prob", 0.0))
+                           c.time.start_prob)
     x_t = flow.interpolate(x0, x1, t, sigma_min)
     v_target = flow.velocity_target(x0, x1, sigma_min)
     v_pred = model.apply(
@@ -91,7 +91,7 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
 
 def make_generate(config, model, autoencoder, text_frozen):
   """generate(params, frozen, stats, ids, mask, rng, *, num_steps, method, cfg_scale,
-  use_mean) -> images in [0, 1], the signature of `train/sampling.make_generate_fn`.
+  use_mean) -> images in [0, 1], the signature of every objective's `make_generate`.
 
   The ODE starts from a draw of N(0, I) (rng); use_mean has no meaning on this path (there is
   no text posterior) and is ignored. With cfg_scale != 1 each step evaluates the caption and

@@ -98,9 +98,9 @@ def train_batches(config, builder, text: "TextSide",
   from txt2img_jax.data import pipeline
   d = config.data
   word_classes, forbidden = None, ()
-  if config.loss.get("hard_negatives", False):
+  if config.loss.hard_negatives:
     from txt2img_jax.data import negatives
-    spec = config.loss.get("hard_negative_words", "")
+    spec = config.loss.hard_negative_words
     if spec:
       word_classes = negatives.parse_word_classes(spec)
     elif hasattr(builder, "word_classes"):

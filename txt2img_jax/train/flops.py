@@ -177,10 +177,10 @@ def rows(config: ml_collections.ConfigDict, latent_shape, text_width: int | None
     raise ValueError("text_width is required when the text encoder is not embedded")
   text_rows = list(out) + text_head_rows(c, latent_shape, text_width)
   out = list(text_rows)
-  negatives = bool(c.loss.get("hard_negatives", False))
+  negatives = bool(c.loss.hard_negatives)
   if negatives:  # Every caption's hard negative runs the text side again.
     out += [Row("negatives/" + r.name, r.group, r.macs_per_example) for r in text_rows]
-  if c.loss.get("clip_target", "tower") == "tower":  # Else XLA drops it.
+  if c.loss.clip_target == "tower":  # Else XLA drops it.
     out += image_encoder_rows(c, latent_shape)
   out += flow_rows(c, latent_shape)
   # The contrastive logits: every z_text (and hard negative) against every image

@@ -17,7 +17,6 @@ import ml_collections
 
 from txt2img_jax.train import restore
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import sampling
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
 from txt2img_jax.train import assets
@@ -103,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state_shardings, mesh, validate.train_compiler_options(config))
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).
-  generate = sampling.make_generate_fn(config, model, autoencoder,
+  generate = run_lib.make_generate_fn(config, model, autoencoder,
                                        text.frozen)
   evaluator = evaluators.make_evaluator(config, workdir, data, parts, generate,
                                      frozen, stats_dev, writer)

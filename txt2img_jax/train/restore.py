@@ -66,7 +66,7 @@ def dit_layout(config):
   """The converter of a checkpoint's DiT blocks to this config's layout
   (stacked under flow.scan, else one subtree per block); both leave a tree
   already in that layout unchanged."""
-  return (dit_lib.stack_block_params if config.flow.get("scan", False)
+  return (dit_lib.stack_block_params if config.flow.scan
           else dit_lib.unstack_block_params)
 
 

@@ -20,17 +20,20 @@ from txt2img_jax.models import latents
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpointing
 from txt2img_jax.train import restore
-from txt2img_jax.train import sampling
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
-  objective = objectives.get(config.get("objective", "crossflow"))
-  if hasattr(objective, "build_model"):  # Its own model (noise_flow).
-    return objective.build_model(config, latent_shape, vocab_size, embedded)
-  return generator_lib.CrossFlow.from_config(config, latent_shape,
-                                            vocab_size, embedded)
+  return objectives.get(config.objective).build_model(
+      config, latent_shape, vocab_size, embedded)
+
+
+def make_generate_fn(config, model, autoencoder, text_frozen):
+  """generate(params, frozen, stats, ids, mask, rng, *, num_steps, method,
+  cfg_scale, use_mean) -> images in [0, 1]: the objective's sampler."""
+  return objectives.get(config.objective).make_generate(
+      config, model, autoencoder, text_frozen)
 
 
 @dataclasses.dataclass
@@ -129,7 +132,7 @@ def load_run(workdir: str, with_data: bool = True) -> Run:
   parts = build_parts(config, workdir)
   raw, step = checkpointing.load_raw(workdir)
   raw = restore.dit_layout(config)(raw)
-  generate = sampling.make_generate_fn(config, parts.model, parts.autoencoder,
+  generate = make_generate_fn(config, parts.model, parts.autoencoder,
                               parts.text.frozen)
   builder = (assets.prepare_data(config, parts.autoencoder) if with_data
              else None)

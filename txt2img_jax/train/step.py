@@ -43,7 +43,7 @@ def make_train_step(config, loss_fn, tx, schedules):
     ratio = jnp.max(jnp.stack(list(ratios.values())))
     finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
               & jnp.isfinite(ratio))
-    bound = c.get("max_update_ratio", 0.0)  # Absent in older runs' configs.
+    bound = c.max_update_ratio
     ok = finite & ((bound <= 0) | (ratio <= bound))
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(ok, n, o), new, old)
@@ -81,7 +81,7 @@ def make_train_step(config, loss_fn, tx, schedules):
 
 def for_parts(config, parts, tx, schedules, perceptual=None):
   """The train step of `config.objective` over assembled parts."""
-  objective = objectives.get(config.get("objective", "crossflow"))
+  objective = objectives.get(config.objective)
   loss_fn = objective.make_loss(config, parts.model, parts.autoencoder,
                                 parts.text.frozen, perceptual)
   return make_train_step(config, loss_fn, tx, schedules)

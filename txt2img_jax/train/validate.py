@@ -30,7 +30,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """Every check that needs no compilation; returns the latent shape. It
   sets nothing: `use_prng_impl` is the config's one process-wide setting."""
   from txt2img_jax.models import text_head as text_head_lib
-  if config.get("prng_impl", "threefry2x32") not in PRNG_IMPLS:
+  if config.prng_impl not in PRNG_IMPLS:
     raise ValueError(f"prng_impl={config.prng_impl!r}: expected one of "
                      f"{PRNG_IMPLS}")
   sources.validate(config)
@@ -38,7 +38,7 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   text_head_lib.check_text_head_config(
       config.head.kind, shape, **generator_lib.head_kwargs(config.head))
   timesteps.validate_time_config(config.time.sampler)
-  timesteps.validate_start_prob(config.time.get("start_prob", 0.0))
+  timesteps.validate_start_prob(config.time.start_prob)
   timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
   p = config.flow.patch_size
   if shape[0] % p or shape[1] % p:
@@ -76,11 +76,10 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   if not 0.0 <= config.ema_decay <= 1.0:
     raise ValueError(f"ema_decay={config.ema_decay} must lie in [0, 1] "
                      "(0.999 keeps ~1000 steps)")
-  # .get: configs saved by older runs lack these two.
-  if config.get("max_skipped_steps", 0) < 0:
+  if config.max_skipped_steps < 0:
     raise ValueError(f"max_skipped_steps={config.max_skipped_steps} must be "
                      ">= 0 (0: never stop on skipped steps)")
-  if not config.get("max_update_ratio", 0.0) >= 0:
+  if not config.max_update_ratio >= 0:
     raise ValueError(f"max_update_ratio={config.max_update_ratio} must be "
                      ">= 0 (0: no bound)")
   if config.loss.kl_kind not in losses.KL_KINDS:
@@ -91,31 +90,31 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
                      f" expected one of {losses.LOGIT_SCALE_KINDS}")
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
-  if config.loss.get("clip_target", "tower") not in losses.CLIP_TARGETS:
+  if config.loss.clip_target not in losses.CLIP_TARGETS:
     raise ValueError(f"loss.clip_target={config.loss.clip_target!r}: "
                      f"expected one of {losses.CLIP_TARGETS}")
-  if config.loss.get("hard_negatives", False):
-    if config.get("objective", "crossflow") != "crossflow":
+  if config.loss.hard_negatives:
+    if config.objective != "crossflow":
       raise ValueError("loss.hard_negatives is a term of the crossflow "
                        "objective's contrastive loss; objective="
                        f"{config.objective!r} has none")
-    if config.data.get("cache_text", False) and config.text_encoder.name:
+    if config.data.cache_text and config.text_encoder.name:
       # (Without a frozen encoder nothing is cached: cache_text is moot.)
       raise ValueError("loss.hard_negatives needs the text encoder to run on "
                        "the negative captions: set data.cache_text=False")
-  if config.loss.get("hard_negative_words", ""):
+  if config.loss.hard_negative_words:
     from txt2img_jax.data import negatives
     negatives.parse_word_classes(config.loss.hard_negative_words)
-  elif (config.loss.get("hard_negatives", False)
+  elif (config.loss.hard_negatives
         and config.data.name in ("folder", "tfds")):
     from txt2img_jax.data import negatives
     raise negatives.words_not_named(config.data.name)
-  if config.loss.get("align_weight", 0.0) < 0:
+  if config.loss.align_weight < 0:
     raise ValueError("loss.align_weight must be >= 0")
   if config.sample.method not in flow.SAMPLERS:
     raise ValueError(f"sample.method={config.sample.method!r}: expected one "
                      f"of {flow.SAMPLERS}")
-  objectives.get(config.get("objective", "crossflow"))
+  objectives.get(config.objective)
   options = train_compiler_options(config)
   if options:
     try:  # XLA knows its options: a trivial compile names a bad one now.
@@ -155,16 +154,17 @@ def _xla_value(text: str) -> bool | int | float | str:
 
 def train_compiler_options(config) -> dict | None:
   """The train step's XLA options: `config.xla_cpu_options` on a CPU backend,
-  none elsewhere (or for a config saved before the field existed)."""
+  none elsewhere."""
   if jax.default_backend() != "cpu":
     return None
-  return parse_xla_options(config.get("xla_cpu_options", "")) or None
+  return parse_xla_options(config.xla_cpu_options) or None
 
 
 def use_prng_impl(config) -> None:
-  """jax's default PRNG as `config.prng_impl` says (threefry2x32 if absent,
-  as in runs saved before the field existed)."""
-  impl = config.get("prng_impl", "threefry2x32")
+  """jax's default PRNG as `config.prng_impl` says: a process-wide setting,
+  made before any key (a run saved before the field existed loads with
+  base.py's threefry2x32, `assets.load_config`)."""
+  impl = config.prng_impl
   if impl not in PRNG_IMPLS:
     raise ValueError(f"prng_impl={impl!r}: expected one of {PRNG_IMPLS}")
   jax.config.update("jax_default_prng_impl", impl)

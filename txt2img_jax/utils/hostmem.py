@@ -12,7 +12,7 @@ Two settings remove that: jax runs single-device computations on the
 calling thread (`jax_cpu_enable_async_dispatch=False`), whose allocations
 come from glibc's main arena, and the main arena keeps what is freed (no
 mmap for large blocks, no trimming), so the next step reuses the same pages.
-Measured in the README ("Host memory"): the default recipe's step 18-22%
+Measured in docs/performance.md ("Host memory"): the default recipe's step 18-22%
 faster, compilation unchanged. The cost: the process keeps its peak host
 memory until it exits, and the Python thread waits for each computation
 (the input pipeline's own threads still prepare batches ahead).

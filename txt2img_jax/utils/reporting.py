@@ -222,8 +222,8 @@ class RunawayGuard:
   """
 
   def __init__(self, config):
-    self.max_skipped = int(config.get("max_skipped_steps", 0))
-    self.max_ratio = float(config.get("max_update_ratio", 0.0))
+    self.max_skipped = int(config.max_skipped_steps)
+    self.max_ratio = float(config.max_update_ratio)
     self.streak = 0
     self.failure: str | None = None
 
