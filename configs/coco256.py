@@ -39,19 +39,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.name = "tfds"
   c.data.tfds_name = "coco_captions"
   c.data.image_key = "image"
-  c.data.caption_key = "captions/text"   # Five captions per image.
+  c.data.caption_key = "captions/text"  # Five captions per image.
   c.data.train_split = "train"
   c.data.val_split = "val"
   c.data.image_size = 256
-  c.data.max_len = 77                     # CLIP's position table.
+  c.data.max_len = 77  # CLIP's position table.
   c.data.read_threads = 16
   c.data.prefetch = 8
 
   c.autoencoder.kind = "kl_vae"
-  c.autoencoder.path = ""                 # Required: a diffusers AutoencoderKL folder.
+  c.autoencoder.path = ""  # Required: a diffusers AutoencoderKL folder.
   c.data.cache_latents = True
 
-  c.text_encoder.name = ""                # Set to a local CLIP text model folder.
+  c.text_encoder.name = ""  # Set to a local CLIP text model folder.
   # CrossFlow (like U-ViT) extracts the frozen text features of all five
   # COCO captions once and draws one per step; so does prepare here.
   # CLIP-L: 77 x 768 float16 = 118 KB per caption, 590 KB per image.
@@ -59,14 +59,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.cache_captions = 5
   c.data.text_cache_dtype = "float16"
 
-  c.head.token_transformer.update(width=768, depth=2, num_heads=12,
-                                  reduced_width=16)
+  c.head.token_transformer.update(
+      width=768, depth=2, num_heads=12, reduced_width=16
+  )
   c.flow.update(patch_size=2, width=1152, depth=28, num_heads=16)
   c.image_encoder.update(width=256, depth=4)
 
-  c.optim.schedule = ml_collections.ConfigDict(dict(
-      kind="warmup_cosine", warmup_steps=5000, decay_steps=c.total_steps,
-      end_lr=1e-6))
+  c.optim.schedule = ml_collections.ConfigDict(
+      dict(
+          kind="warmup_cosine",
+          warmup_steps=5000,
+          decay_steps=c.total_steps,
+          end_lr=1e-6,
+      )
+  )
   for group in ("text_encoder", "text_head", "image_encoder"):
     c.optim.groups[group].lr = 2e-4
   c.optim.groups.flow.lr = 1e-4

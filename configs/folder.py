@@ -43,25 +43,26 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = restart.get_config()
   c.name = "folder"
   c.data.name = "folder"
-  c.data.path = ""                # Required: --config.data.path=DIR.
+  c.data.path = ""  # Required: --config.data.path=DIR.
   c.data.image_size = 64
-  c.data.max_len = 32             # Words + BOS/EOS; longer captions are cut.
+  c.data.max_len = 32  # Words + BOS/EOS; longer captions are cut.
   c.data.val_fraction = 0.02
   # With a frozen text encoder (text_encoder.name), cache its features of
   # every caption once in prepare; training never runs the encoder.
   c.data.cache_text = True
-  c.autoencoder.factor = 4        # 64x64x3 -> 16x16x48.
+  c.autoencoder.factor = 4  # 64x64x3 -> 16x16x48.
   c.total_steps = 2000
   c.checkpoint_every = 500
   c.sample_every = 500
   c.eval_every = 500
   c.optim.schedule.warmup_steps = 50
   c.optim.schedule.t0 = c.total_steps - c.optim.schedule.warmup_steps
-  c.time.sampler = ml_collections.ConfigDict(dict(kind="uniform", t_min=0.0,
-                                                  t_max=1.0))
+  c.time.sampler = ml_collections.ConfigDict(
+      dict(kind="uniform", t_min=0.0, t_max=1.0)
+  )
   c.flow.out_head = "overlap"
   c.eval.kind = "prompts"
-  c.eval.num = 256                # Validation examples for the val loss.
+  c.eval.num = 256  # Validation examples for the val loss.
   c.eval.batch_size = 64
   c.sample.grid_size = 16
 

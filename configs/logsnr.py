@@ -21,12 +21,15 @@ from configs import base
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = base.get_config()
   c.name = "logsnr"
-  c.time.sampler = ml_collections.ConfigDict(dict(
-      kind="curriculum",
-      steps=300,        # note: 30k steps.
-      blend_steps=100,
-      first=dict(kind="alpha_range", alpha_min=0.8, alpha_max=0.98),
-      then=dict(kind="uniform_logsnr", logsnr_min=-2.0, logsnr_max=6.0)))
+  c.time.sampler = ml_collections.ConfigDict(
+      dict(
+          kind="curriculum",
+          steps=300,  # note: 30k steps.
+          blend_steps=100,
+          first=dict(kind="alpha_range", alpha_min=0.8, alpha_max=0.98),
+          then=dict(kind="uniform_logsnr", logsnr_min=-2.0, logsnr_max=6.0),
+      )
+  )
   c.flow.time_input = "logsnr"
   if variant == "tiny":
     base.shrink(c)

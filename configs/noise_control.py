@@ -32,6 +32,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = restart.get_config(variant)
   c.name = "noise_control"
   c.objective = "noise_flow"
-  c.time.sampler = ml_collections.ConfigDict(dict(
-      kind="logit_normal", mean=0.0, std=1.0))
+  c.time.sampler = ml_collections.ConfigDict(
+      dict(kind="logit_normal", mean=0.0, std=1.0)
+  )
   return c

@@ -21,19 +21,20 @@ import ml_collections
 from configs import restart
 
 
-def scale(c: ml_collections.ConfigDict, width: int, depth: int,
-          num_heads: int) -> None:
+def scale(
+    c: ml_collections.ConfigDict, width: int, depth: int, num_heads: int
+) -> None:
   """The shared DiT-*/2 setting; only the flow network's size differs."""
   c.dtype = "bfloat16"
   c.batch_size = 256
   c.data.image_size = 64
-  c.autoencoder.factor = 2          # 64x64x3 -> 32x32x12.
-  c.flow.patch_size = 2             # 16x16 patches of 2x2 -> 256 tokens.
+  c.autoencoder.factor = 2  # 64x64x3 -> 32x32x12.
+  c.flow.patch_size = 2  # 16x16 patches of 2x2 -> 256 tokens.
   c.flow.width = width
   c.flow.depth = depth
   c.flow.num_heads = num_heads
-  c.flow.scan = True                # One compiled block whatever the depth.
-  c.prng_impl = "rbg"               # Compiles faster than threefry; the TPU's own generator.
+  c.flow.scan = True  # One compiled block whatever the depth.
+  c.prng_impl = "rbg"  # Compiles faster than threefry; the TPU's own generator.
   c.text_encoder.update(width=512, depth=4, num_heads=8)
   c.head.kind = "token_transformer"
   c.head.token_transformer.update(width=512, depth=2, num_heads=8)

@@ -35,35 +35,42 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Twice base.py's 800 steps (docs/results.md); variant "800" is the
   # 800-step recipe of the docs' 800-step tables.
   c.total_steps = 1600
-  c.eval_every = 1600       # Benchmarked at the end only (~25 s per pass).
-  c.sample_every = 800      # Grids at half-way and at the end.
+  c.eval_every = 1600  # Benchmarked at the end only (~25 s per pass).
+  c.sample_every = 800  # Grids at half-way and at the end.
   c.checkpoint_every = 400  # ~2 minutes of steps at risk on a crash.
 
-  c.optim.schedule = ml_collections.ConfigDict(dict(
-      kind="sgdr", warmup_steps=100,
-      t0=1500,          # note: T0 = 20k steps; here one cycle that ends on the
-                        # last step (a restart is init_from, see above).
-      t_mult=1,         # note: T_mult = 1.
-      eta_min=1e-5))    # note: eta_min = 2.5e-7.
+  c.optim.schedule = ml_collections.ConfigDict(
+      dict(
+          kind="sgdr",
+          warmup_steps=100,
+          t0=1500,  # note: T0 = 20k steps; here one cycle that ends on the
+          # last step (a restart is init_from, see above).
+          t_mult=1,  # note: T_mult = 1.
+          eta_min=1e-5,
+      )
+  )  # note: eta_min = 2.5e-7.
   for group in ("text_encoder", "text_head", "image_encoder"):
-    c.optim.groups[group].lr = 2e-3   # note: text side <= 2e-4 at full scale.
-  c.optim.groups.flow.lr = 1e-3       # note: flow net <= 1e-4 at full scale.
+    c.optim.groups[group].lr = 2e-3  # note: text side <= 2e-4 at full scale.
+  c.optim.groups.flow.lr = 1e-3  # note: flow net <= 1e-4 at full scale.
 
   # Start on the text end of the path and keep training it: by the last
   # step half of the draws are still from [0, 0.15].
-  c.time.sampler = ml_collections.ConfigDict(dict(
-      kind="curriculum",
-      steps=0,          # note: 30k steps on the structure-forming segment.
-      blend_steps=3200,
-      first=dict(kind="alpha_range", alpha_min=0.0, alpha_max=0.15),
-      then=dict(kind="logit_normal", mean=-1.0, std=1.5)))
+  c.time.sampler = ml_collections.ConfigDict(
+      dict(
+          kind="curriculum",
+          steps=0,  # note: 30k steps on the structure-forming segment.
+          blend_steps=3200,
+          first=dict(kind="alpha_range", alpha_min=0.0, alpha_max=0.15),
+          then=dict(kind="logit_normal", mean=-1.0, std=1.5),
+      )
+  )
   c.flow.time_input = "t"
 
-  c.head.kind = "token_transformer"   # note: option A (grid_query); see above.
-  c.loss.clip_target = "latent"   # CrossFlow: "tower"; see above.
-  c.loss.clip_weight = 2.0     # note: 1.0 -> 2.0.
-  c.loss.tv_weight = 2e-6      # note: 1e-6 - 5e-6.
-  c.loss.kl_weight = 1e-4      # note: beta_KL warmed up to 0.1 (see above).
+  c.head.kind = "token_transformer"  # note: option A (grid_query); see above.
+  c.loss.clip_target = "latent"  # CrossFlow: "tower"; see above.
+  c.loss.clip_weight = 2.0  # note: 1.0 -> 2.0.
+  c.loss.tv_weight = 2e-6  # note: 1e-6 - 5e-6.
+  c.loss.kl_weight = 1e-4  # note: beta_KL warmed up to 0.1 (see above).
   c.loss.kl_warmup_steps = 0
 
   # Variants, comma-separated: "tiny" (CI-sized), "tower" (the recipe as it
@@ -74,9 +81,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   parts = [v for v in variant.split(",") if v]
   unknown = set(parts) - {"tiny", "tower"} - {p for p in parts if p.isdigit()}
   if unknown:
-    raise ValueError(f"unknown config variant {sorted(unknown)[0]!r}; "
-                     "known: 'tiny', 'tower', a number of steps such as "
-                     "'800' (comma-separated)")
+    raise ValueError(
+        f"unknown config variant {sorted(unknown)[0]!r}; "
+        "known: 'tiny', 'tower', a number of steps such as "
+        "'800' (comma-separated)"
+    )
   if "tower" in parts:
     c.loss.clip_target = "tower"
   for part in parts:

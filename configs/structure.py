@@ -21,10 +21,10 @@ from configs import base
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = base.get_config()
   c.name = "structure"
-  c.loss.clip_weight = 2.0   # note: 1.0 -> 2.0.
-  c.loss.tv_weight = 2e-6    # note: 1e-6 - 5e-6.
+  c.loss.clip_weight = 2.0  # note: 1.0 -> 2.0.
+  c.loss.tv_weight = 2e-6  # note: 1e-6 - 5e-6.
   c.loss.lpips_weight = 0.1  # note: 0.1 ...
-  c.loss.lpips_stop = 600    # ... for the first 50k steps.
+  c.loss.lpips_stop = 600  # ... for the first 50k steps.
   c.head.kind = "grid_query"
   if variant == "tiny":
     base.shrink(c)

@@ -52,10 +52,24 @@ from txt2img_jax.data import shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.models import autoencoder as ae_lib
 
-COLUMNS = {"color": ("captions", "swap_dist", "image_dist", "tower_pref",
-                     "latent_pref", "color_acc_2obj"),
-           "shape": ("captions", "swap_dist", "image_dist", "tower_pref",
-                     "latent_pref", "shape_acc")}
+COLUMNS = {
+    "color": (
+        "captions",
+        "swap_dist",
+        "image_dist",
+        "tower_pref",
+        "latent_pref",
+        "color_acc_2obj",
+    ),
+    "shape": (
+        "captions",
+        "swap_dist",
+        "image_dist",
+        "tower_pref",
+        "latent_pref",
+        "shape_acc",
+    ),
+}
 # The shapes a trained run confuses, and the word each is swapped for.
 SHAPE_SWAP = {"circle": "square", "square": "circle"}
 
@@ -66,14 +80,17 @@ def swapped_objects(objects, swap: str):
   order, so its first such word is the first such object)."""
   if swap == "color":
     a, b = objects
-    return [dataclasses.replace(a, color=b.color),
-            dataclasses.replace(b, color=a.color)]
+    return [
+        dataclasses.replace(a, color=b.color),
+        dataclasses.replace(b, color=a.color),
+    ]
   out = list(objects)
   for i, o in enumerate(out):
     name = shapes.SHAPES[o.shape]
     if name in SHAPE_SWAP:
       out[i] = dataclasses.replace(
-          o, shape=shapes.SHAPES.index(SHAPE_SWAP[name]))
+          o, shape=shapes.SHAPES.index(SHAPE_SWAP[name])
+      )
       return out
   raise ValueError("no circle or square to change")
 
@@ -82,7 +99,7 @@ def shape_swap(caption: str) -> str | None:
   """The caption with its first circle or square changed to the other."""
   for m in negatives.WORD.finditer(caption):
     if m.group() in SHAPE_SWAP:
-      return caption[:m.start()] + SHAPE_SWAP[m.group()] + caption[m.end():]
+      return caption[: m.start()] + SHAPE_SWAP[m.group()] + caption[m.end() :]
   return None
 
 
@@ -96,42 +113,62 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
   "color" (two-object colour swaps) or "shape" (circle <-> square)."""
   from txt2img_jax.data import pipeline
   from experiments import common
+
   c = run.config
   if c.data.name != "shapes":
-    raise ValueError(f"{run.workdir}: the binding probe needs a shapes run "
-                     f"(data.name={c.data.name!r})")
-  data = pipeline.load_split(run.builder, "test", num,
-                             tokenizer=run.text.tokenizer,
-                             max_len=c.data.max_len)
+    raise ValueError(
+        f"{run.workdir}: the binding probe needs a shapes run "
+        f"(data.name={c.data.name!r})"
+    )
+  data = pipeline.load_split(
+      run.builder,
+      "test",
+      num,
+      tokenizer=run.text.tokenizer,
+      max_len=c.data.max_len,
+  )
   if swap == "color":
     picked = np.flatnonzero(data["num_objects"] == 2)
     if not len(picked):
-      raise ValueError(f"no two-object caption among the first {num} test "
-                       "examples: raise --num")
+      raise ValueError(
+          f"no two-object caption among the first {num} test "
+          "examples: raise --num"
+      )
     captions = [data["caption"][i] for i in picked]
     rng = np.random.default_rng(0)
-    swaps = [negatives.negative_caption(x, (shapes.COLOR_NAMES,), rng)
-             for x in captions]  # Two objects always have two colours.
+    swaps = [
+        negatives.negative_caption(x, (shapes.COLOR_NAMES,), rng)
+        for x in captions
+    ]  # Two objects always have two colours.
   elif swap == "shape":
-    picked = np.array([i for i, x in enumerate(data["caption"])
-                       if shape_swap(x) is not None], np.int64)
+    picked = np.array(
+        [i for i, x in enumerate(data["caption"]) if shape_swap(x) is not None],
+        np.int64,
+    )
     if not len(picked):
-      raise ValueError(f"no caption with a circle or a square among the "
-                       f"first {num} test examples: raise --num")
+      raise ValueError(
+          f"no caption with a circle or a square among the "
+          f"first {num} test examples: raise --num"
+      )
     captions = [data["caption"][i] for i in picked]
     swaps = [shape_swap(x) for x in captions]
   else:
     raise ValueError(f"unknown swap {swap!r}; known: 'color', 'shape'")
   tok = run.text.tokenizer
-  mu = common.z_text_mean(run, *tokenizer_lib.tokenize(tok, captions,
-                                                       c.data.max_len))
-  mu_swap = common.z_text_mean(run, *tokenizer_lib.tokenize(tok, swaps,
-                                                            c.data.max_len))
-  x1 = ae_lib.encode_latent(run.autoencoder, run.autoencoder.params,
-                            data["image"][picked], jax.random.PRNGKey(0),
-                            run.stats)
-  emb, _ = run.model.apply({"params": run.ema_params}, x1,
-                           method="embed_image")
+  mu = common.z_text_mean(
+      run, *tokenizer_lib.tokenize(tok, captions, c.data.max_len)
+  )
+  mu_swap = common.z_text_mean(
+      run, *tokenizer_lib.tokenize(tok, swaps, c.data.max_len)
+  )
+  x1 = ae_lib.encode_latent(
+      run.autoencoder,
+      run.autoencoder.params,
+      data["image"][picked],
+      jax.random.PRNGKey(0),
+      run.stats,
+  )
+  emb, _ = run.model.apply({"params": run.ema_params}, x1, method="embed_image")
   a, b = _unit(mu), _unit(mu_swap)
 
   def prefers(target):
@@ -140,27 +177,39 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
 
   renders = {False: [], True: []}
   for i in picked:
-    ex = shapes.example(c.data.seed, "test", int(i), c.data.image_size,
-                        c.data.jitter_px)
+    ex = shapes.example(
+        c.data.seed, "test", int(i), c.data.image_size, c.data.jitter_px
+    )
     objects = shapes.objects_from_description(ex)
     renders[False].append(shapes.render(objects, c.data.image_size))
-    renders[True].append(shapes.render(swapped_objects(objects, swap),
-                                       c.data.image_size))
-  x_plain, x_swap = (ae_lib.encode_latent(
-      run.autoencoder, run.autoencoder.params,
-      np.stack(renders[k]).astype(np.float32) / 255.0,
-      jax.random.PRNGKey(0), run.stats) for k in (False, True))
+    renders[True].append(
+        shapes.render(swapped_objects(objects, swap), c.data.image_size)
+    )
+  x_plain, x_swap = (
+      ae_lib.encode_latent(
+          run.autoencoder,
+          run.autoencoder.params,
+          np.stack(renders[k]).astype(np.float32) / 255.0,
+          jax.random.PRNGKey(0),
+          run.stats,
+      )
+      for k in (False, True)
+  )
 
   def rel_dist(x, y):  # Mean of |x - y| / |x| over the captions.
     x = np.asarray(x, np.float64).reshape(len(picked), -1)
     y = np.asarray(y, np.float64).reshape(len(picked), -1)
-    return float(np.mean(np.linalg.norm(x - y, axis=1)
-                         / np.linalg.norm(x, axis=1)))
+    return float(
+        np.mean(np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1))
+    )
 
-  out = {"captions": float(len(picked)),
-         "swap_dist": rel_dist(mu, mu_swap),
-         "image_dist": rel_dist(x_plain, x_swap),
-         "tower_pref": prefers(emb), "latent_pref": prefers(x1)}
+  out = {
+      "captions": float(len(picked)),
+      "swap_dist": rel_dist(mu, mu_swap),
+      "image_dist": rel_dist(x_plain, x_swap),
+      "tower_pref": prefers(emb),
+      "latent_pref": prefers(x1),
+  }
   scored = os.path.join(run.workdir, f"benchmark_{num}.json")
   if os.path.exists(scored):  # Written by experiments.common.score.
     with open(scored) as f:
@@ -173,11 +222,21 @@ def measure(run, num: int, swap: str = "color") -> dict[str, float]:
 
 def table(rows: list[tuple[str, dict]], swap: str = "color") -> str:
   columns = COLUMNS[swap]
-  lines = ["| run | " + " | ".join(columns) + " |",
-           "|---|" + "---|" * len(columns)]
+  lines = [
+      "| run | " + " | ".join(columns) + " |",
+      "|---|" + "---|" * len(columns),
+  ]
   for name, r in rows:
-    cells = [("" if k not in r else f"{int(r[k])}" if k == "captions"
-              else f"{r[k]:.3f}") for k in columns]
+    cells = [
+        (
+            ""
+            if k not in r
+            else f"{int(r[k])}"
+            if k == "captions"
+            else f"{r[k]:.3f}"
+        )
+        for k in columns
+    ]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -186,28 +245,39 @@ def main(argv):
   del argv
   f = flags.FLAGS
   from txt2img_jax.train import run as run_lib  # Heavy imports only for the CLI.
+
   reporting.quiet_orbax()
   rows = []
   for workdir in f.workdir:
-    rows.append((workdir, measure(run_lib.load_run(workdir), f.num,
-                                  f.swap)))
+    rows.append((workdir, measure(run_lib.load_run(workdir), f.num, f.swap)))
   text = table(rows, f.swap)
   print(text, end="")
   if f.out:
     with open(f.out, "w") as out:
-      out.write(f"<!-- written by python -m experiments.binding "
-                f"{' '.join('--workdir=' + w for w in f.workdir)} "
-                f"--num={f.num} --swap={f.swap} -->\n" + text)
+      out.write(
+          f"<!-- written by python -m experiments.binding "
+          f"{' '.join('--workdir=' + w for w in f.workdir)} "
+          f"--num={f.num} --swap={f.swap} -->\n" + text
+      )
     print(f"wrote {f.out}")
 
 
 if __name__ == "__main__":
-  flags.DEFINE_multi_string("workdir", None, "A trained shapes run (repeat "
-                            "the flag for several).")
-  flags.DEFINE_integer("num", 500, "Test examples read (their two-object "
-                       "captions are probed).")
-  flags.DEFINE_enum("swap", "color", ["color", "shape"], "What the "
-                    "changed caption changes: two objects' colours trade "
-                    "places, or a circle becomes a square (and back).")
+  flags.DEFINE_multi_string(
+      "workdir", None, "A trained shapes run (repeat " "the flag for several)."
+  )
+  flags.DEFINE_integer(
+      "num",
+      500,
+      "Test examples read (their two-object " "captions are probed).",
+  )
+  flags.DEFINE_enum(
+      "swap",
+      "color",
+      ["color", "shape"],
+      "What the "
+      "changed caption changes: two objects' colours trade "
+      "places, or a circle becomes a square (and back).",
+  )
   flags.DEFINE_string("out", None, "Also write the table here (markdown).")
   cli.run(main, required=["workdir"])

@@ -44,8 +44,10 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
   if result.get("stopped_by"):
     # SIGTERM/SIGINT: the run saved its checkpoint; the experiment stops too
     # rather than scoring a partial run and starting the next one.
-    logging.warning("%s: the experiment stops here; the same command "
-                    "resumes it", result["stopped_by"])
+    logging.warning(
+        "%s: the experiment stops here; the same command " "resumes it",
+        result["stopped_by"],
+    )
     raise SystemExit(0)
 
 
@@ -68,23 +70,32 @@ def score(workdir: str, num: int) -> dict[str, float]:
       summary = cached["summary"]
       if not all(f"eval/{k}" in summary for k in benchmark.BY_COUNT_KEYS):
         summary = None  # Scored before the per-count accuracies existed.
-      elif (all(k in summary for k in ZTEXT_KEYS)
-            or cached.get("z_text") is False):
+      elif (
+          all(k in summary for k in ZTEXT_KEYS) or cached.get("z_text") is False
+      ):
         return summary
   run = run_lib.load_run(workdir)
   if summary is None and run.config.eval.num == num:
     # The run's own last evaluation scored these parameters already.
     summary = final_evaluation(runfiles.read_metrics(workdir), step)
   run.config.eval.num = num
-  ev = structure.Evaluator(run.config, run.workdir, run.builder, run.text,
-                          run.generate, run.frozen, run.stats)
+  ev = structure.Evaluator(
+      run.config,
+      run.workdir,
+      run.builder,
+      run.text,
+      run.generate,
+      run.frozen,
+      run.stats,
+  )
   if summary is None:
     summary = ev.benchmark(run.ema_params)
   if run.config.objective != "crossflow":
     # The noise path (objective noise_flow) has no text latent to measure.
     with open(path, "w") as f:
-      json.dump({"step": step, "summary": summary, "z_text": False}, f,
-                indent=1)
+      json.dump(
+          {"step": step, "summary": summary, "z_text": False}, f, indent=1
+      )
     return summary
   data = ev.data["eval"]
   n = min(num, len(data["caption"]))
@@ -92,11 +103,18 @@ def score(workdir: str, num: int) -> dict[str, float]:
   summary.update(z_text_measures(run, mu, data["image"][:n]))
   k = min(8, n)
   generated = ev.images(run.ema_params, data, k, seed=1)
-  decoded = np.asarray(ae_lib.decode_latent(run.autoencoder, run.autoencoder.params, mu[:k],
-                                            run.stats))
-  grid = structure.caption_grid(data["image"][:k], generated,
-                               data["caption"][:k], columns=4,
-                               between=decoded)
+  decoded = np.asarray(
+      ae_lib.decode_latent(
+          run.autoencoder, run.autoencoder.params, mu[:k], run.stats
+      )
+  )
+  grid = structure.caption_grid(
+      data["image"][:k],
+      generated,
+      data["caption"][:k],
+      columns=4,
+      between=decoded,
+  )
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   grid.save(os.path.join(workdir, "samples", "z_text.png"))
   with open(path, "w") as f:
@@ -110,8 +128,9 @@ def final_evaluation(rows, step: int) -> dict[str, float] | None:
   or one without every accuracy `score` reports."""
   for row in reversed(rows):
     if row.get("step") == step and "eval/object_acc" in row:
-      summary = {k: v for k, v in row.items()
-                 if k.startswith(("eval/", "heldout/"))}
+      summary = {
+          k: v for k, v in row.items() if k.startswith(("eval/", "heldout/"))
+      }
       needed = [f"eval/{k}" for k in benchmark.BY_COUNT_KEYS]
       if all(k in summary for k in needed + ["heldout/object_acc"]):
         return summary
@@ -119,15 +138,17 @@ def final_evaluation(rows, step: int) -> dict[str, float] | None:
   return None
 
 
-def z_text_mean(run, ids: np.ndarray, mask: np.ndarray,
-                params=None) -> np.ndarray:
+def z_text_mean(
+    run, ids: np.ndarray, mask: np.ndarray, params=None
+) -> np.ndarray:
   """The text head's posterior mean for each caption, (N, H, W, C), under
   `params` (default: the run's EMA parameters)."""
 
   @jax.jit
   def mean(params, frozen, ids, mask):
-    return generator_lib.text_posterior(run.model, run.text.frozen, params,
-                                        frozen["text"], ids, mask)[0]
+    return generator_lib.text_posterior(
+        run.model, run.text.frozen, params, frozen["text"], ids, mask
+    )[0]
 
   params = run.ema_params if params is None else params
   return np.asarray(mean(params, run.frozen, ids, mask))
@@ -146,12 +167,16 @@ def train_metrics(workdir: str) -> list[dict]:
 
 def text_head_params(workdir: str) -> int:
   raw, _ = checkpointing.load_raw(workdir)
-  return int(sum(np.prod(x.shape) for x in
-                 jax.tree.leaves(raw["params"]["text_head"])))
+  return int(
+      sum(np.prod(x.shape) for x in jax.tree.leaves(raw["params"]["text_head"]))
+  )
 
 
 def median_steps_per_sec(workdir: str) -> float:
-  rates = [r["train/steps_per_sec"] for r in train_metrics(workdir)
-           if "train/steps_per_sec" in r]
+  rates = [
+      r["train/steps_per_sec"]
+      for r in train_metrics(workdir)
+      if "train/steps_per_sec" in r
+  ]
   # The first interval includes compilation.
   return float(np.median(rates[1:] if len(rates) > 1 else rates))

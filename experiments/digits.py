@@ -44,11 +44,26 @@ import sys
 import numpy as np
 from PIL import Image
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
-         "eight", "nine")
-TEMPLATES = ("a handwritten digit {w}", "digit {d}",
-             "the number {w} written by hand", "a {w}", "handwritten {d}",
-             "the digit {w}")
+WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
+TEMPLATES = (
+    "a handwritten digit {w}",
+    "digit {d}",
+    "the number {w} written by hand",
+    "a {w}",
+    "handwritten {d}",
+    "the digit {w}",
+)
 
 
 def captions(d: int) -> list[str]:
@@ -58,6 +73,7 @@ def captions(d: int) -> list[str]:
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """(N, 8, 8) ink in [0, 1] and (N,) labels."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   d = datasets.load_digits()
   return d.images.astype(np.float64) / 16.0, d.target.astype(np.int64)
 
@@ -86,7 +102,9 @@ def to_ink8(images: np.ndarray) -> np.ndarray:
   x = 1.0 - np.asarray(images, np.float64).mean(-1)
   n, s = x.shape[:2]
   k = s // 8
-  return x[:, :k * 8, :k * 8].reshape(n, 8, k, 8, k).mean((2, 4)).reshape(n, 64)
+  return (
+      x[:, : k * 8, : k * 8].reshape(n, 8, k, 8, k).mean((2, 4)).reshape(n, 64)
+  )
 
 
 class Classifier:
@@ -101,12 +119,13 @@ class Classifier:
     self.k = k
     self.x, self.y = feats[order[:cut]], labels[order[:cut]]
     test = order[cut:]
-    self.heldout_acc = float((self.predict_ink(feats[test]) ==
-                              labels[test]).mean())
+    self.heldout_acc = float(
+        (self.predict_ink(feats[test]) == labels[test]).mean()
+    )
 
   def predict_ink(self, feats: np.ndarray) -> np.ndarray:
     d = ((feats[:, None, :] - self.x[None]) ** 2).sum(-1)
-    nearest = np.argsort(d, axis=1)[:, :self.k]
+    nearest = np.argsort(d, axis=1)[:, : self.k]
     votes = self.y[nearest]
     return np.array([np.bincount(v, minlength=10).argmax() for v in votes])
 
@@ -131,33 +150,54 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
       return cached
   run = run_lib.load_run(workdir)
   c = run.config
-  ref = evaluate_prompts.mosaic_reference(c, run.builder, run.parts.latent_shape[0],
-                                         run.text.tokenizer, num=real_num)
+  ref = evaluate_prompts.mosaic_reference(
+      c,
+      run.builder,
+      run.parts.latent_shape[0],
+      run.text.tokenizer,
+      num=real_num,
+  )
   clf = Classifier(c.data.image_size)
   prompts = [p for d in range(10) for p in captions(d)]
   labels = np.repeat(np.arange(10), len(TEMPLATES))
-  out = {"step": step, "classifier_heldout_acc": clf.heldout_acc,
-         "period": ref.period, "num": len(prompts)}
+  out = {
+      "step": step,
+      "classifier_heldout_acc": clf.heldout_acc,
+      "period": ref.period,
+      "num": len(prompts),
+  }
   rows = []
   for name, use_mean in (("mean", True), ("draw", False)):
-    ids, mask = tokenizer_lib.tokenize(run.text.tokenizer, prompts,
-                                       c.data.max_len)
+    ids, mask = tokenizer_lib.tokenize(
+        run.text.tokenizer, prompts, c.data.max_len
+    )
     images = structure.generate_images(
-        run.generate, run.ema_params, run.frozen, run.stats, c.sample, ids,
-        mask, c.eval.batch_size, seed=seed, use_mean=use_mean)
+        run.generate,
+        run.ema_params,
+        run.frozen,
+        run.stats,
+        c.sample,
+        ids,
+        mask,
+        c.eval.batch_size,
+        seed=seed,
+        use_mean=use_mean,
+    )
     images = np.clip(images, 0.0, 1.0)
     out[f"{name}/digit_acc"] = float((clf.predict(images) == labels).mean())
     out.update({f"{name}/{k}": v for k, v in ref.score(images).items()})
     rows.append(images)
   # The grid: per digit, its captions' samples from mu, then drawn.
   n = len(TEMPLATES)
-  per_digit = [np.concatenate([r[d * n:(d + 1) * n] for r in rows])
-               for d in range(10)]
+  per_digit = [
+      np.concatenate([r[d * n : (d + 1) * n] for r in rows]) for d in range(10)
+  ]
   grid = _grid(np.stack(per_digit))
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   grid_path = os.path.join(workdir, "samples", "digits.png")
-  Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2),
-                               Image.Resampling.NEAREST).save(grid_path)
+  Image.fromarray(grid).resize(
+      (grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST
+  ).save(grid_path)
   out["grid"] = grid_path
   with open(path, "w") as f:
     json.dump(out, f, indent=1)
@@ -165,37 +205,63 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
 
 
 # restart.py's time curriculum as folder.py had it before it drew t ~ U[0, 1].
-_CURRICULUM = {"kind": "curriculum", "steps": 0, "blend_steps": 1600,
-               "first": {"kind": "alpha_range", "alpha_min": 0.0, "alpha_max": 0.15},
-               "then": {"kind": "logit_normal", "mean": -1.0, "std": 1.5}}
+_CURRICULUM = {
+    "kind": "curriculum",
+    "steps": 0,
+    "blend_steps": 1600,
+    "first": {"kind": "alpha_range", "alpha_min": 0.0, "alpha_max": 0.15},
+    "then": {"kind": "logit_normal", "mean": -1.0, "std": 1.5},
+}
 # (name, what it is, config overrides of configs/folder.py). The screen's
 # single levers (conv, overlap) change one field of `before`.
 ROWS = (
-    ("before", "folder.py before: DiT's linear head, restart.py's time curriculum",
-     {"flow.out_head": "linear", "time.sampler": _CURRICULUM}),
-    ("conv", "before + a 3x3 conv over the output",
-     {"flow.out_head": "conv", "time.sampler": _CURRICULUM}),
-    ("overlap", "before + each cell decoded from its token and the neighbours'",
-     {"flow.out_head": "overlap", "time.sampler": _CURRICULUM}),
+    (
+        "before",
+        "folder.py before: DiT's linear head, restart.py's time curriculum",
+        {"flow.out_head": "linear", "time.sampler": _CURRICULUM},
+    ),
+    (
+        "conv",
+        "before + a 3x3 conv over the output",
+        {"flow.out_head": "conv", "time.sampler": _CURRICULUM},
+    ),
+    (
+        "overlap",
+        "before + each cell decoded from its token and the neighbours'",
+        {"flow.out_head": "overlap", "time.sampler": _CURRICULUM},
+    ),
     ("folder", "folder.py: overlap head, t ~ U[0, 1]", {}),
     # The noise-path control (configs/noise_control.py's changes) on folder.py.
-    ("noise", "noise-path control: Gaussian noise to image, same DiT",
-     {"objective": "noise_flow",
-      "time.sampler": {"kind": "logit_normal", "mean": 0.0, "std": 1.0}}),
+    (
+        "noise",
+        "noise-path control: Gaussian noise to image, same DiT",
+        {
+            "objective": "noise_flow",
+            "time.sampler": {"kind": "logit_normal", "mean": 0.0, "std": 1.0},
+        },
+    ),
 )
 DEFAULT_ROWS = ("before", "folder", "noise")
-COLUMNS = (("mean/digit_acc", "digit acc (mu)"), ("mean/blockiness", "blockiness (mu)"),
-           ("mean/hf", "hf (mu)"), ("draw/digit_acc", "digit acc (draw)"),
-           ("draw/blockiness", "blockiness (draw)"), ("val/flow", "val flow (last)"),
-           ("val/blockiness@mid", "val blockiness (mid)"),
-           ("val/blockiness", "val blockiness (last)"), ("minutes", "minutes"),
-           ("steps_per_sec", "steps/s"))
+COLUMNS = (
+    ("mean/digit_acc", "digit acc (mu)"),
+    ("mean/blockiness", "blockiness (mu)"),
+    ("mean/hf", "hf (mu)"),
+    ("draw/digit_acc", "digit acc (draw)"),
+    ("draw/blockiness", "blockiness (draw)"),
+    ("val/flow", "val flow (last)"),
+    ("val/blockiness@mid", "val blockiness (mid)"),
+    ("val/blockiness", "val blockiness (last)"),
+    ("minutes", "minutes"),
+    ("steps_per_sec", "steps/s"),
+)
 
 
-def train_row(data: str, row: str, seed: int, workroot: str,
-              variant: str = "") -> str:
+def train_row(
+    data: str, row: str, seed: int, workroot: str, variant: str = ""
+) -> str:
   from experiments import common  # pylint: disable=g-import-not-at-top
   from experiments import sweep
+
   overrides = dict(next(r for r in ROWS if r[0] == row)[2])
   c = common.recipe("folder", variant)
   c.data.path = data
@@ -211,6 +277,7 @@ def run_numbers(workdir: str) -> dict[str, float]:
   val/flow and val/blockiness, its minutes and steps/s."""
   from txt2img_jax.utils import runfiles  # pylint: disable=g-import-not-at-top
   from experiments import common
+
   out = dict(score(workdir))
   rows = runfiles.read_metrics(workdir)
   evals = [r for r in rows if "val/blockiness" in r]
@@ -233,16 +300,29 @@ def table_text(numbers: dict[str, list[dict]]) -> str:
     cells = []
     for key, _ in COLUMNS:
       v = np.array([r[key] for r in runs if key in r], float)
-      cells.append("" if not v.size else f"{v.mean():.3f}" if v.size == 1
-                   else f"{v.mean():.3f} ± {v.std():.3f}")
+      cells.append(
+          ""
+          if not v.size
+          else f"{v.mean():.3f}"
+          if v.size == 1
+          else f"{v.mean():.3f} ± {v.std():.3f}"
+      )
     seeds = ",".join(str(r["seed"]) for r in runs)
     lines.append(f"| {name}: {what} | {seeds} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def table(data: str, rows: list[str], seeds: list[int], workroot: str, out: str,
-          command: str, variant: str = "") -> str:
+def table(
+    data: str,
+    rows: list[str],
+    seeds: list[int],
+    workroot: str,
+    out: str,
+    command: str,
+    variant: str = "",
+) -> str:
   from experiments import common  # pylint: disable=g-import-not-at-top
+
   numbers = {}
   for row in rows:
     for seed in seeds:
@@ -255,13 +335,17 @@ def table(data: str, rows: list[str], seeds: list[int], workroot: str, out: str,
 
 def curves_text(workdirs: list[str]) -> str:
   from txt2img_jax.utils import runfiles  # pylint: disable=g-import-not-at-top
+
   keys = ("val/flow", "val/blockiness", "val/hf")
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|---|---|---|"]
   for w in workdirs:
     for r in runfiles.read_metrics(w):
       if "val/blockiness" in r:
-        lines.append(f"| {os.path.basename(os.path.normpath(w))} | {r['step']} | "
-                     + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+        lines.append(
+            f"| {os.path.basename(os.path.normpath(w))} | {r['step']} | "
+            + " | ".join(f"{r[k]:.3f}" for k in keys)
+            + " |"
+        )
   return "\n".join(lines)
 
 
@@ -272,12 +356,13 @@ def _grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
   for i in range(r):
     for j in range(c):
       y, x = pad + i * (s + pad), pad + j * (s + pad)
-      out[y:y + s, x:x + s] = (np.clip(images[i, j], 0, 1) * 255).round()
+      out[y : y + s, x : x + s] = (np.clip(images[i, j], 0, 1) * 255).round()
   return out
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ("write", "score", "table", "curves"):
     raise ValueError("give one command: write | score | table | curves")
@@ -286,9 +371,15 @@ def main(argv):
       workdirs = f.workdirs.split(",")
     else:
       root = f.workroot
-      workdirs = sorted(os.path.join(root, d) for d in os.listdir(root)
-                        if os.path.exists(os.path.join(root, d, "metrics.jsonl"))
-                        ) if os.path.isdir(root) else []
+      workdirs = (
+          sorted(
+              os.path.join(root, d)
+              for d in os.listdir(root)
+              if os.path.exists(os.path.join(root, d, "metrics.jsonl"))
+          )
+          if os.path.isdir(root)
+          else []
+      )
       if not workdirs:
         raise FileNotFoundError(f"no runs under --workroot={root}")
     print(curves_text(workdirs))
@@ -299,11 +390,22 @@ def main(argv):
     known = [r[0] for r in ROWS]
     rows = f.rows.split(",") if f.rows else list(DEFAULT_ROWS)
     if set(rows) - set(known):
-      raise ValueError(f"--rows: unknown {sorted(set(rows) - set(known))}; known {known}")
+      raise ValueError(
+          f"--rows: unknown {sorted(set(rows) - set(known))}; known {known}"
+      )
     seeds = [int(x) for x in f.seeds.split(",")]
     command = "python -m experiments.digits " + " ".join(sys.argv[1:])
-    print(table(f.data, rows, seeds, f.workroot, f.out or "docs/digits.md",
-                command, f.config_variant))
+    print(
+        table(
+            f.data,
+            rows,
+            seeds,
+            f.workroot,
+            f.out or "docs/digits.md",
+            command,
+            f.config_variant,
+        )
+    )
     return
   if argv[1] == "write":
     if not f.dir:
@@ -322,26 +424,43 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("dir", None, "write: the folder to write.")
-  flags.DEFINE_string("out", None, "table: the markdown file (default "
-                      "docs/digits.md).")
-  flags.DEFINE_string("config_variant", "", "table: variant of configs/folder.py "
-                      "(tiny: CI-sized).")
+  flags.DEFINE_string(
+      "out", None, "table: the markdown file (default " "docs/digits.md)."
+  )
+  flags.DEFINE_string(
+      "config_variant",
+      "",
+      "table: variant of configs/folder.py " "(tiny: CI-sized).",
+  )
   flags.DEFINE_string("data", None, "table: the digits folder `write` made.")
-  flags.DEFINE_string("rows", "", "table: rows of ROWS, comma-separated "
-                      f"(default {','.join(DEFAULT_ROWS)}).")
+  flags.DEFINE_string(
+      "rows",
+      "",
+      "table: rows of ROWS, comma-separated "
+      f"(default {','.join(DEFAULT_ROWS)}).",
+  )
   flags.DEFINE_string("seeds", "0,1,2", "table: seeds.")
-  flags.DEFINE_string("workroot", "workdirs/digits", "table: where the runs "
-                      "go; curves: where they are.")
+  flags.DEFINE_string(
+      "workroot",
+      "workdirs/digits",
+      "table: where the runs " "go; curves: where they are.",
+  )
   flags.DEFINE_integer("size", 32, "write: image side in pixels.")
   flags.DEFINE_string("workdir", None, "score: a trained run on the digits.")
-  flags.DEFINE_string("workdirs", None, "curves: trained runs, comma-separated "
-                      "(default: every run under --workroot).")
+  flags.DEFINE_string(
+      "workdirs",
+      None,
+      "curves: trained runs, comma-separated "
+      "(default: every run under --workroot).",
+  )
   flags.DEFINE_integer("seed", 0, "score: seed of the z_text draws.")
   flags.DEFINE_string("json", None, "score: also write the numbers here.")
 
 
 if __name__ == "__main__":
   from txt2img_jax import cli  # pylint: disable=g-import-not-at-top
+
   _define_flags()
   cli.run(main)

@@ -47,14 +47,21 @@ def time_steps(config, parts, batch, steps: int) -> float:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   tx, schedules, state, shardings = state_lib.create_train_state(
-      config, parts.model, parts.latent_shape, parts.text.width, mesh, rules)
+      config, parts.model, parts.latent_shape, parts.text.width, mesh, rules
+  )
   step = state_lib.jit_train_step(
-      step_lib.for_parts(config, parts, tx, schedules), shardings, mesh,
-      validate.train_compiler_options(config))
+      step_lib.for_parts(config, parts, tx, schedules),
+      shardings,
+      mesh,
+      validate.train_compiler_options(config),
+  )
   frozen = jax.device_put(parts.frozen)
   c = parts.latent_shape[-1]
-  stats = jax.device_put(ae_lib.LatentStats(
-      shift=np.zeros((c,), np.float32), scale=np.ones((c,), np.float32)))
+  stats = jax.device_put(
+      ae_lib.LatentStats(
+          shift=np.zeros((c,), np.float32), scale=np.ones((c,), np.float32)
+      )
+  )
   batch = sharding.put_batch(batch, mesh)
   with mesh:
     state, m = step(state, batch, frozen, stats)  # Compile + first step.
@@ -80,23 +87,36 @@ def main(argv):
   for _ in range(_BATCHES.value):
     next(it)
   host = (time.perf_counter() - t0) / _BATCHES.value
-  out = {"batch_size": config.batch_size, "host_s_per_batch": host,
-         "read_threads": config.data.read_threads,
-         "prefetch": config.data.prefetch, "batches_timed": _BATCHES.value,
-         "step_s": time_steps(config, parts, first, _STEPS.value)}
+  out = {
+      "batch_size": config.batch_size,
+      "host_s_per_batch": host,
+      "read_threads": config.data.read_threads,
+      "prefetch": config.data.prefetch,
+      "batches_timed": _BATCHES.value,
+      "step_s": time_steps(config, parts, first, _STEPS.value),
+  }
   if "moments_mean" in first:
-    pixels = pipeline.load_split(data, "train", config.batch_size,
-                                 tokenizer=parts.text.tokenizer,
-                                 max_len=config.data.max_len)
+    pixels = pipeline.load_split(
+        data,
+        "train",
+        config.batch_size,
+        tokenizer=parts.text.tokenizer,
+        max_len=config.data.max_len,
+    )
     out["step_s_encoder_in_step"] = time_steps(
-        config, parts, {k: pixels[k] for k in ("image", "ids", "mask")},
-        _STEPS.value)
+        config,
+        parts,
+        {k: pixels[k] for k in ("image", "ids", "mask")},
+        _STEPS.value,
+    )
     out["cache_speedup"] = out["step_s_encoder_in_step"] / out["step_s"]
   out["host_over_step"] = host / out["step_s"]
   print(json.dumps(out, indent=1))
-  print(f"host {1e3 * host:.1f} ms/batch vs step {1e3 * out['step_s']:.1f} "
-        f"ms: the input pipeline takes {out['host_over_step']:.2f} of a step "
-        f"({config.data.read_threads} read threads, overlapped with it)")
+  print(
+      f"host {1e3 * host:.1f} ms/batch vs step {1e3 * out['step_s']:.1f} "
+      f"ms: the input pipeline takes {out['host_over_step']:.2f} of a step "
+      f"({config.data.read_threads} read threads, overlapped with it)"
+  )
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(out, f, indent=1)

@@ -36,13 +36,19 @@ from experiments import sweep
 
 # The sampler's fields a setting may change, with their types.
 FIELDS = {"steps": int, "method": str, "cfg_scale": float, "use_mean": bool}
-DEFAULT_SETTINGS = ("the run's:", "Euler 1 step:steps=1",
-                    "Euler 5 steps:steps=5", "Heun, the run's steps:method=heun")
-COLUMNS = (("eval/object_acc", "object_acc (test)"),
-           ("eval/shape_acc", "shape_acc (test)"),
-           ("heldout/object_acc", "object_acc (held-out)"),
-           ("heldout/shape_acc", "shape_acc (held-out)"),
-           ("eval/mosaic", "mosaic (test)"))
+DEFAULT_SETTINGS = (
+    "the run's:",
+    "Euler 1 step:steps=1",
+    "Euler 5 steps:steps=5",
+    "Heun, the run's steps:method=heun",
+)
+COLUMNS = (
+    ("eval/object_acc", "object_acc (test)"),
+    ("eval/shape_acc", "shape_acc (test)"),
+    ("heldout/object_acc", "object_acc (held-out)"),
+    ("heldout/shape_acc", "shape_acc (held-out)"),
+    ("eval/mosaic", "mosaic (test)"),
+)
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
@@ -50,23 +56,29 @@ def parse_setting(text: str) -> tuple[str, dict]:
   label, out = sweep.parse_variant(text)
   for key, value in out.items():
     if key not in FIELDS:
-      raise ValueError(f"setting {label!r}: {key!r} is not one of "
-                       f"{', '.join(FIELDS)}")
+      raise ValueError(
+          f"setting {label!r}: {key!r} is not one of " f"{', '.join(FIELDS)}"
+      )
     if FIELDS[key] is float and type(value) is int:
       out[key] = value = float(value)
     if not isinstance(value, FIELDS[key]) or (
-        FIELDS[key] is int and isinstance(value, bool)):
-      raise ValueError(f"setting {label!r}: {key}={value!r} is not "
-                       f"{FIELDS[key].__name__}")
+        FIELDS[key] is int and isinstance(value, bool)
+    ):
+      raise ValueError(
+          f"setting {label!r}: {key}={value!r} is not "
+          f"{FIELDS[key].__name__}"
+      )
   return label, out
 
 
 def resolved(sample_config, setting: dict) -> dict:
   """The setting with the run's own values filled in (the cache key)."""
-  return {"steps": int(setting.get("steps", sample_config.num_steps)),
-          "method": str(setting.get("method", sample_config.method)),
-          "cfg_scale": float(setting.get("cfg_scale", sample_config.cfg_scale)),
-          "use_mean": bool(setting.get("use_mean", sample_config.use_mean))}
+  return {
+      "steps": int(setting.get("steps", sample_config.num_steps)),
+      "method": str(setting.get("method", sample_config.method)),
+      "cfg_scale": float(setting.get("cfg_scale", sample_config.cfg_scale)),
+      "use_mean": bool(setting.get("use_mean", sample_config.use_mean)),
+  }
 
 
 def family(workdir: str) -> tuple[str, int | None]:
@@ -76,12 +88,14 @@ def family(workdir: str) -> tuple[str, int | None]:
   return (m.group(1), int(m.group(2))) if m else (path, None)
 
 
-def score_run(workdir: str, settings: list[tuple[str, dict]], num: int
-              ) -> dict[str, dict]:
+def score_run(
+    workdir: str, settings: list[tuple[str, dict]], num: int
+) -> dict[str, dict]:
   """{label: summary (+ 'seconds')} for one run, from its cache where it can."""
   from txt2img_jax.train import run as run_lib  # Heavy imports only when scoring.
   from txt2img_jax.train import checkpointing
   from txt2img_jax.evaluation import structure
+
   path = os.path.join(workdir, f"sampler_{num}.json")
   cache = {}
   if os.path.exists(path):
@@ -99,12 +113,22 @@ def score_run(workdir: str, settings: list[tuple[str, dict]], num: int
     hit = cache.get(key)
     if hit is None or hit["step"] != step:
       if evaluator is None:
-        evaluator = structure.Evaluator(run.config, run.workdir, run.builder,
-                                       run.text, run.generate, run.frozen,
-                                       run.stats)
+        evaluator = structure.Evaluator(
+            run.config,
+            run.workdir,
+            run.builder,
+            run.text,
+            run.generate,
+            run.frozen,
+            run.stats,
+        )
       r = json.loads(key)
-      run.config.sample.update(num_steps=r["steps"], method=r["method"],
-                               cfg_scale=r["cfg_scale"], use_mean=r["use_mean"])
+      run.config.sample.update(
+          num_steps=r["steps"],
+          method=r["method"],
+          cfg_scale=r["cfg_scale"],
+          use_mean=r["use_mean"],
+      )
       t0 = time.perf_counter()
       summary = evaluator.benchmark(run.ema_params, num=num)
       summary["seconds"] = time.perf_counter() - t0
@@ -119,8 +143,11 @@ def table(results: dict[str, dict[str, dict]], settings) -> str:
   families: dict[str, list[str]] = {}
   for workdir in results:
     families.setdefault(family(workdir)[0], []).append(workdir)
-  head = (["runs", "setting", "seeds"] + [name for _, name in COLUMNS]
-          + ["seconds (both splits)"])
+  head = (
+      ["runs", "setting", "seeds"]
+      + [name for _, name in COLUMNS]
+      + ["seconds (both splits)"]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, workdirs in families.items():
     for label, _ in settings:
@@ -150,17 +177,21 @@ def main(argv):
         ["python -m experiments.sampler"]
         + [f"--workdir={w}" for w in f.workdir]
         + [shlex.quote(f"--setting={s}") for s in f.setting or ()]
-        + [f"--num={f.num}", f"--out={f.out}"])
+        + [f"--num={f.num}", f"--out={f.out}"]
+    )
     common.write_table(f.out, command, text)
     print(f"wrote {f.out}")
 
 
 if __name__ == "__main__":
   flags.DEFINE_multi_string("workdir", None, "A trained run (repeatable).")
-  flags.DEFINE_multi_string("setting", None,
-                            "'label:field=value,...' with fields "
-                            f"{', '.join(FIELDS)} (repeatable; default: "
-                            f"{'; '.join(DEFAULT_SETTINGS)}).")
+  flags.DEFINE_multi_string(
+      "setting",
+      None,
+      "'label:field=value,...' with fields "
+      f"{', '.join(FIELDS)} (repeatable; default: "
+      f"{'; '.join(DEFAULT_SETTINGS)}).",
+  )
   flags.DEFINE_integer("num", 500, "Captions per split.")
   flags.DEFINE_string("out", None, "Also write the table here (markdown).")
   cli.run(main, required=["workdir"])

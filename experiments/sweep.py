@@ -35,8 +35,14 @@ from txt2img_jax.utils import config_lib
 from txt2img_jax.utils import reporting
 from experiments import common
 
-METRICS = ("object_acc", "shape_acc", "position_acc", "color_acc",
-           "size_acc", "mosaic")
+METRICS = (
+    "object_acc",
+    "shape_acc",
+    "position_acc",
+    "color_acc",
+    "size_acc",
+    "mosaic",
+)
 # One object drawn vs two composed (benchmark.BY_COUNT_KEYS).
 BY_COUNT = ("object_acc_1obj", "object_acc_2obj", "color_acc_2obj")
 
@@ -139,8 +145,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     raise ValueError(f"variant {text!r}: expected 'label:field=value,...'")
   overrides = {}
   # Commas inside a value (a dict or tuple literal) do not split fields.
-  for item in filter(None, (s.strip() for s in
-                            re.split(r",(?=\s*[\w.]+\s*=)", rest))):
+  for item in filter(
+      None, (s.strip() for s in re.split(r",(?=\s*[\w.]+\s*=)", rest))
+  ):
     key, eq, value = item.partition("=")
     if not eq:
       raise ValueError(f"variant {label!r}: {item!r} is not field=value")
@@ -188,7 +195,9 @@ def run_one(recipe, variant_cfg, label, overrides, seed, steps, num, workroot):
   c.seed = seed
   config_lib.rescale_steps(c, steps)
   c.sample_every = steps
-  c.eval_every = 0  # Evaluated once, at the end (every run evaluates its last step),
+  c.eval_every = (
+      0  # Evaluated once, at the end (every run evaluates its last step),
+  )
   c.eval.num = num  # on the captions `common.score` reports: that is the score.
   c.checkpoint_every = max(1, steps // 4)  # An interrupted run resumes.
   workdir = os.path.join(workroot, f"{slug(label)}_s{seed}")
@@ -221,17 +230,23 @@ def fmt(values):
 
 
 def table(rows, done, seeds) -> str:
-  head = (["variant", "seeds", "steps/s", "minutes"]
-          + [f"{m} (test)" for m in METRICS] + ["object_acc (held-out)"]
-          + [f"{m} (test)" for m in BY_COUNT])
+  head = (
+      ["variant", "seeds", "steps/s", "minutes"]
+      + [f"{m} (test)" for m in METRICS]
+      + ["object_acc (held-out)"]
+      + [f"{m} (test)" for m in BY_COUNT]
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for label, _ in rows:
     results = [done[label, s] for s in seeds if (label, s) in done]
     if not results:
       continue
-    cells = [label, str(len(results)),
-             fmt([common.median_steps_per_sec(w) for w, _ in results]),
-             fmt([minutes(w) for w, _ in results])]
+    cells = [
+        label,
+        str(len(results)),
+        fmt([common.median_steps_per_sec(w) for w, _ in results]),
+        fmt([minutes(w) for w, _ in results]),
+    ]
     cells += [fmt([s[f"eval/{m}"] for _, s in results]) for m in METRICS]
     cells.append(fmt([s["heldout/object_acc"] for _, s in results]))
     cells += [fmt([s[f"eval/{m}"] for _, s in results]) for m in BY_COUNT]
@@ -242,13 +257,15 @@ def table(rows, done, seeds) -> str:
 def command_line(f) -> str:
   """The command that writes the table (its first line): every flag that
   chooses the runs, --variant's included."""
-  return ("python -m experiments.sweep "
-          + (f"--suite={f.suite} " if f.suite else "")
-          + f"--recipe={f.recipe} "
-          + (f"--config_variant={f.config_variant} " if f.config_variant else "")
-          + (f"--only='{f.only}' " if f.only else "")
-          + "".join(f"--variant='{v}' " for v in (f.variant or []))
-          + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}")
+  return (
+      "python -m experiments.sweep "
+      + (f"--suite={f.suite} " if f.suite else "")
+      + f"--recipe={f.recipe} "
+      + (f"--config_variant={f.config_variant} " if f.config_variant else "")
+      + (f"--only='{f.only}' " if f.only else "")
+      + "".join(f"--variant='{v}' " for v in (f.variant or []))
+      + f"--steps={f.steps} --seeds={f.seeds} --num={f.num}"
+  )
 
 
 def main(argv):
@@ -264,11 +281,13 @@ def main(argv):
     keep = set(f.only.split(","))
     unknown = keep - {label for label, _ in rows}
     if unknown:
-      raise ValueError(f"--only: no variant labelled {sorted(unknown)}; "
-                       f"labels: {[label for label, _ in rows]}")
+      raise ValueError(
+          f"--only: no variant labelled {sorted(unknown)}; "
+          f"labels: {[label for label, _ in rows]}"
+      )
     rows = [r for r in rows if r[0] in keep]
   if f.limit:
-    rows = rows[:f.limit]
+    rows = rows[: f.limit]
   seeds = [int(s) for s in f.seeds.split(",")]
   # Every variant is checked before the first run trains.
   for _, overrides in rows:
@@ -279,8 +298,16 @@ def main(argv):
   done = {}
   for seed in seeds:
     for label, overrides in rows:
-      done[label, seed] = run_one(f.recipe, f.config_variant, label,
-                                  overrides, seed, f.steps, f.num, f.workroot)
+      done[label, seed] = run_one(
+          f.recipe,
+          f.config_variant,
+          label,
+          overrides,
+          seed,
+          f.steps,
+          f.num,
+          f.workroot,
+      )
       logging.info("%s seed %d: %s", label, seed, done[label, seed][1])
       text = table(rows, done, seeds)
       if f.out:
@@ -292,15 +319,27 @@ def main(argv):
 
 if __name__ == "__main__":
   from txt2img_jax import cli
-  flags.DEFINE_string("suite", "", f"A named list of variants: "
-                      f"{', '.join(SUITES)}.")
-  flags.DEFINE_multi_string("variant", None, "'label:field=value,...' "
-                            "(repeatable; 'baseline:' is the recipe itself).")
-  flags.DEFINE_string("only", "", "Comma-separated labels to run of those given.")
+
+  flags.DEFINE_string(
+      "suite", "", f"A named list of variants: " f"{', '.join(SUITES)}."
+  )
+  flags.DEFINE_multi_string(
+      "variant",
+      None,
+      "'label:field=value,...' "
+      "(repeatable; 'baseline:' is the recipe itself).",
+  )
+  flags.DEFINE_string(
+      "only", "", "Comma-separated labels to run of those given."
+  )
   flags.DEFINE_integer("limit", 0, "Run only the first N variants (0: all).")
   flags.DEFINE_string("recipe", "restart", "The config file in configs/.")
-  flags.DEFINE_string("config_variant", "", "The recipe's variant, e.g. "
-                      "'tiny' for a seconds-long smoke run of the script.")
+  flags.DEFINE_string(
+      "config_variant",
+      "",
+      "The recipe's variant, e.g. "
+      "'tiny' for a seconds-long smoke run of the script.",
+  )
   flags.DEFINE_integer("steps", 800, "Train steps per run.")
   flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
   flags.DEFINE_integer("num", 200, "Benchmark captions per split.")

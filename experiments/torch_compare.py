@@ -45,11 +45,16 @@ from txt2img_jax.models import layers
 
 SIZES = {
     "default": {},
-    "mid": {"flow.width": 384, "flow.depth": 6, "flow.num_heads": 6,
-            "data.image_size": 64, "batch_size": 32},
+    "mid": {
+        "flow.width": 384,
+        "flow.depth": 6,
+        "flow.num_heads": 6,
+        "data.image_size": 64,
+        "batch_size": 32,
+    },
 }
 LR, WEIGHT_DECAY = 1e-4, 0.01  # The same AdamW on both sides.
-LN_EPS = 1e-6                  # flax.linen.LayerNorm's default.
+LN_EPS = 1e-6  # flax.linen.LayerNorm's default.
 
 
 def size_config(size: str, recipe: str = "restart"):
@@ -65,45 +70,65 @@ def size_config(size: str, recipe: str = "restart"):
 
 def flow_step_flops(config, latent_shape) -> float:
   """Model FLOPs of one flow-only train step (forward + backward = 3x forward)."""
-  macs = sum(r.macs_per_example for r in flops_lib.flow_rows(config, latent_shape))
+  macs = sum(
+      r.macs_per_example for r in flops_lib.flow_rows(config, latent_shape)
+  )
   return 3 * 2 * config.batch_size * macs
 
 
 def synthetic(config, latent_shape, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   b = config.batch_size
-  return {"x": rng.standard_normal((b, *latent_shape)).astype(np.float32),
-          "target": rng.standard_normal((b, *latent_shape)).astype(np.float32),
-          "t": rng.uniform(size=(b,)).astype(np.float32),
-          "indicator": np.ones((b,), np.int32)}
+  return {
+      "x": rng.standard_normal((b, *latent_shape)).astype(np.float32),
+      "target": rng.standard_normal((b, *latent_shape)).astype(np.float32),
+      "t": rng.uniform(size=(b,)).astype(np.float32),
+      "indicator": np.ones((b,), np.int32),
+  }
 
 
 # --- JAX ---------------------------------------------------------------------
 
+
 def jax_step(config, latent_shape, data, compiler_options: dict | None = None):
   """(step, state, batch, count): the compiled flow-only train step, its first
   state and batch, and the parameter count. compiler_options: XLA debug
-  options for this compilation only (e.g. {"xla_cpu_enable_fast_math": True})."""
+  options for this compilation only (e.g. {"xla_cpu_enable_fast_math": True}).
+  """
   f = config.flow
-  model = dit_lib.DiT(latent_shape, f.patch_size, f.width, f.depth, f.num_heads,
-                      mlp_ratio=f.mlp_ratio, time_embed_dim=f.get("time_embed_dim"),
-                      scan=f.get("scan", False), remat=f.get("remat", "none"))
+  model = dit_lib.DiT(
+      latent_shape,
+      f.patch_size,
+      f.width,
+      f.depth,
+      f.num_heads,
+      mlp_ratio=f.mlp_ratio,
+      time_embed_dim=f.get("time_embed_dim"),
+      scan=f.get("scan", False),
+      remat=f.get("remat", "none"),
+  )
   x, t, ind = (jnp.asarray(data[k]) for k in ("x", "t", "indicator"))
-  params = jax.jit(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), x, t, ind)))()
+  params = jax.jit(
+      lambda: nn.unbox(model.init(jax.random.PRNGKey(0), x, t, ind))
+  )()
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
 
   def step(params, opt_state, batch):
     def loss_fn(p):
       v = model.apply(p, batch["x"], batch["t"], batch["indicator"])
       return jnp.mean((v - batch["target"]) ** 2)
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   batch = {k: jnp.asarray(v) for k, v in data.items()}
   state = (params, tx.init(params))
-  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, batch).compile(
-      compiler_options=compiler_options or None)
+  compiled = (
+      jax.jit(step, donate_argnums=(0, 1))
+      .lower(*state, batch)
+      .compile(compiler_options=compiler_options or None)
+  )
   count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   return compiled, state, batch, count
 
@@ -119,6 +144,7 @@ def time_jax(compiled, state, batch, steps: int):
 
 # --- PyTorch -----------------------------------------------------------------
 
+
 def _import_torch():
   try:
     import torch
@@ -126,7 +152,8 @@ def _import_torch():
     raise ImportError(
         "torch_compare needs PyTorch (an optional benchmark dependency): "
         "pip install torch==2.13.0 --index-url "
-        "https://download.pytorch.org/whl/cpu") from e
+        "https://download.pytorch.org/whl/cpu"
+    ) from e
   return torch
 
 
@@ -151,20 +178,27 @@ def torch_dit(torch, config, latent_shape):
       super().__init__()
       self.modulation = tnn.Linear(width, 6 * width)
       self.query, self.key, self.value, self.out = (
-          tnn.Linear(width, width) for _ in range(4))
+          tnn.Linear(width, width) for _ in range(4)
+      )
       self.fc1, self.fc2 = tnn.Linear(width, hidden), tnn.Linear(hidden, width)
 
     def attention(self, x):
       b, n, _ = x.shape
-      q, k, v = (m(x).view(b, n, heads, -1).transpose(1, 2)
-                 for m in (self.query, self.key, self.value))
-      probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(width // heads), -1)
+      q, k, v = (
+          m(x).view(b, n, heads, -1).transpose(1, 2)
+          for m in (self.query, self.key, self.value)
+      )
+      probs = torch.softmax(
+          q @ k.transpose(-1, -2) / math.sqrt(width // heads), -1
+      )
       return self.out((probs @ v).transpose(1, 2).reshape(b, n, width))
 
     def forward(self, x, c):
       sa, ca, ga, sm, cm, gm = self.modulation(F.silu(c)).chunk(6, dim=-1)
       x = x + ga[:, None] * self.attention(modulate(norm(x), sa, ca))
-      y = self.fc2(F.gelu(self.fc1(modulate(norm(x), sm, cm)), approximate="tanh"))
+      y = self.fc2(
+          F.gelu(self.fc1(modulate(norm(x), sm, cm)), approximate="tanh")
+      )
       return x + gm[:, None] * y
 
   class DiT(tnn.Module):
@@ -172,10 +206,17 @@ def torch_dit(torch, config, latent_shape):
     def __init__(self):
       super().__init__()
       self.patch_embed = tnn.Linear(p * p * ch, width)
-      self.register_buffer("pos", torch.from_numpy(
-          layers.sincos_2d(width, h // p, w // p)))
-      self.register_buffer("freqs", torch.from_numpy(np.exp(np.linspace(
-          np.log(1000.0), np.log(0.05), freq_dim // 2)).astype(np.float32)))
+      self.register_buffer(
+          "pos", torch.from_numpy(layers.sincos_2d(width, h // p, w // p))
+      )
+      self.register_buffer(
+          "freqs",
+          torch.from_numpy(
+              np.exp(
+                  np.linspace(np.log(1000.0), np.log(0.05), freq_dim // 2)
+              ).astype(np.float32)
+          ),
+      )
       self.time_fc1 = tnn.Linear(freq_dim, width)
       self.time_fc2 = tnn.Linear(width, width)
       self.indicator_embed = tnn.Embedding(dit_lib.NUM_INDICATORS, width)
@@ -189,7 +230,9 @@ def torch_dit(torch, config, latent_shape):
       tokens = self.patch_embed(x.reshape(b, -1, p * p * ch)) + self.pos
       angles = t[:, None] * self.freqs[None]
       feats = torch.cat([torch.cos(angles), torch.sin(angles)], -1)
-      c = self.time_fc2(F.silu(self.time_fc1(feats))) + self.indicator_embed(indicator)
+      c = self.time_fc2(F.silu(self.time_fc1(feats))) + self.indicator_embed(
+          indicator
+      )
       for block in self.blocks:
         tokens = block(tokens, c)
       shift, scale = self.final_modulation(F.silu(c)).chunk(2, dim=-1)
@@ -227,6 +270,7 @@ def time_torch(step, steps: int) -> float:
 
 # --- The comparison ----------------------------------------------------------
 
+
 def variant_options(text: str, base: dict) -> dict:
   """An --xla_option: 'none' (XLA's defaults), else 'name=value[;...]' on top
   of `base` (the options the trainer compiles its step with)."""
@@ -238,9 +282,15 @@ def variant_options(text: str, base: dict) -> dict:
     raise ValueError(f"--xla_option={text!r}: {e}") from None
 
 
-def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
-            recipe: str = "restart", with_torch: bool = True,
-            variants: dict[str, dict] | None = None) -> dict:
+def compare(
+    size: str,
+    repeats: int = 5,
+    steps: int = 3,
+    threads: int = 2,
+    recipe: str = "restart",
+    with_torch: bool = True,
+    variants: dict[str, dict] | None = None,
+) -> dict:
   """Times the JAX step (and each variant: XLA options) and the PyTorch one,
   interleaved round by round."""
   config = size_config(size, recipe)
@@ -263,8 +313,9 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
     torch.set_num_threads(threads)
     t_step, torch_count = torch_step(torch, config, latent_shape, data)
     if torch_count != jax_count:
-      raise AssertionError(f"parameter counts differ: JAX {jax_count}, "
-                           f"PyTorch {torch_count}")
+      raise AssertionError(
+          f"parameter counts differ: JAX {jax_count}, " f"PyTorch {torch_count}"
+      )
     time_torch(t_step, 1)  # Warm-up.
   jax_s, torch_s, matmul = [], [], []
   for _ in range(repeats):
@@ -280,25 +331,44 @@ def compare(size: str, repeats: int = 5, steps: int = 3, threads: int = 2,
   jax_med = statistics.median(jax_s)
   matmul_med = statistics.median(matmul)
   r = {
-      "size": size, "width": config.flow.width, "depth": config.flow.depth,
-      "heads": config.flow.num_heads, "batch": config.batch_size,
-      "tokens": math.prod(latent_shape[:2]) // config.flow.patch_size ** 2,
-      "params": jax_count, "compile_s": compile_s, "model_flops": model_flops,
-      "jax_s": jax_med, "jax_all_s": jax_s,
-      "matmul_flops_per_s": matmul_med, "matmul_all": matmul,
+      "size": size,
+      "width": config.flow.width,
+      "depth": config.flow.depth,
+      "heads": config.flow.num_heads,
+      "batch": config.batch_size,
+      "tokens": math.prod(latent_shape[:2]) // config.flow.patch_size**2,
+      "params": jax_count,
+      "compile_s": compile_s,
+      "model_flops": model_flops,
+      "jax_s": jax_med,
+      "jax_all_s": jax_s,
+      "matmul_flops_per_s": matmul_med,
+      "matmul_all": matmul,
       "jax_utilisation": model_flops / jax_med / matmul_med,
-      "repeats": repeats, "steps": steps, "threads": threads,
+      "repeats": repeats,
+      "steps": steps,
+      "threads": threads,
       "xla_options": base,
-      "variants": {name: {"options": variant_options(variants[name], base),
-                          "jax_s": statistics.median(v[2]),
-                          "jax_all_s": v[2]} for name, v in others.items()},
+      "variants": {
+          name: {
+              "options": variant_options(variants[name], base),
+              "jax_s": statistics.median(v[2]),
+              "jax_all_s": v[2],
+          }
+          for name, v in others.items()
+      },
   }
   if with_torch:
     torch_med = statistics.median(torch_s)
-    r.update({"torch_s": torch_med, "torch_all_s": torch_s,
-              "torch_utilisation": model_flops / torch_med / matmul_med,
-              "torch_over_jax": torch_med / jax_med,
-              "torch_version": torch.__version__})
+    r.update(
+        {
+            "torch_s": torch_med,
+            "torch_all_s": torch_s,
+            "torch_utilisation": model_flops / torch_med / matmul_med,
+            "torch_over_jax": torch_med / jax_med,
+            "torch_version": torch.__version__,
+        }
+    )
   return r
 
 
@@ -316,14 +386,19 @@ def report(r: dict) -> str:
     lines.append(
         f"  PyTorch {r['torch_s']:.3f} s/step ({min(r['torch_all_s']):.3f}-"
         f"{max(r['torch_all_s']):.3f}), {r['torch_utilisation']:.2f} of the "
-        f"matmul rate; PyTorch/JAX time {r['torch_over_jax']:.2f}")
+        f"matmul rate; PyTorch/JAX time {r['torch_over_jax']:.2f}"
+    )
   for name, v in r["variants"].items():
-    lines.append(f"  JAX with {name}: {v['jax_s']:.3f} s/step "
-                 f"({min(v['jax_all_s']):.3f}-{max(v['jax_all_s']):.3f}), "
-                 f"{v['jax_s'] / r['jax_s']:.2f}x the plain JAX time")
-  lines.append(f"  XLA f32 2048^3 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
-               f"(median; {min(r['matmul_all']) / 1e9:.1f}-"
-               f"{max(r['matmul_all']) / 1e9:.1f})")
+    lines.append(
+        f"  JAX with {name}: {v['jax_s']:.3f} s/step "
+        f"({min(v['jax_all_s']):.3f}-{max(v['jax_all_s']):.3f}), "
+        f"{v['jax_s'] / r['jax_s']:.2f}x the plain JAX time"
+    )
+  lines.append(
+      f"  XLA f32 2048^3 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+      f"(median; {min(r['matmul_all']) / 1e9:.1f}-"
+      f"{max(r['matmul_all']) / 1e9:.1f})"
+  )
   return "\n".join(lines)
 
 
@@ -331,11 +406,16 @@ _SIZES = flags.DEFINE_list("sizes", ["default", "mid"], f"Of {sorted(SIZES)}.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved JAX/PyTorch rounds.")
 _STEPS = flags.DEFINE_integer("round_steps", 3, "Steps per side per round.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
-_RECIPE = flags.DEFINE_string("recipe", "restart", "configs/<recipe>.py to size from.")
+_RECIPE = flags.DEFINE_string(
+    "recipe", "restart", "configs/<recipe>.py to size from."
+)
 _XLA_OPTIONS = flags.DEFINE_multi_string(
-    "xla_option", [], "Also time the JAX step compiled with these XLA options "
+    "xla_option",
+    [],
+    "Also time the JAX step compiled with these XLA options "
     "(xla_<name>=<value>[;...], on top of the config's xla_cpu_options; 'none': "
-    "XLA's defaults; repeatable, one variant each), interleaved.")
+    "XLA's defaults; repeatable, one variant each), interleaved.",
+)
 _NO_TORCH = flags.DEFINE_bool("jax_only", False, "Time the JAX step alone.")
 _JSON = flags.DEFINE_string("out", "", "Also write the results (JSON) here.")
 
@@ -347,8 +427,15 @@ def main(argv):
     variants = {o: o for o in _XLA_OPTIONS.value}
     for o in variants.values():
       variant_options(o, {})  # A bad option fails before anything runs.
-    r = compare(size, _REPEATS.value, _STEPS.value, _THREADS.value,
-                _RECIPE.value, with_torch=not _NO_TORCH.value, variants=variants)
+    r = compare(
+        size,
+        _REPEATS.value,
+        _STEPS.value,
+        _THREADS.value,
+        _RECIPE.value,
+        with_torch=not _NO_TORCH.value,
+        variants=variants,
+    )
     print(report(r), flush=True)
     results.append(r)
   if _JSON.value:
@@ -358,4 +445,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from txt2img_jax import cli
+
   cli.run(main)

@@ -10,8 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Subprocesses inherit it. Trained runs keep XLA's default: on the default
 # recipe's step level 1 saved ~4 s of compile and ran each step 0-4% slower.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=1").strip()
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+  ).strip()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +37,7 @@ def session_compilation_cache(tmp_path_factory):
   it; the modules that start them choose their own."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
+
   path = str(tmp_path_factory.mktemp("jax_cache"))
   old_dir = jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", path)

@@ -1,6 +1,5 @@
 """Tests of the structure benchmark, including its built-in calibration."""
 
-
 import dataclasses
 
 import numpy as np
@@ -19,7 +18,9 @@ def cal():
 
 @pytest.fixture(scope="module")
 def data():
-  return benchmark.stack_examples([shapes.example(0, "test", i) for i in range(200)])
+  return benchmark.stack_examples(
+      [shapes.example(0, "test", i) for i in range(200)]
+  )
 
 
 def _render_all(desc, modify, seed=0):
@@ -35,10 +36,16 @@ def _render_all(desc, modify, seed=0):
 
 # --- Calibration: the four reference cases. -------------------------------
 
+
 def test_calibration_renders_score_perfectly(cal):
   s = cal["render"]
-  for key in ("color_acc", "shape_acc", "position_acc", "size_acc",
-              "object_acc"):
+  for key in (
+      "color_acc",
+      "shape_acc",
+      "position_acc",
+      "size_acc",
+      "object_acc",
+  ):
     assert s[key] >= 0.99, (key, s[key])
   assert s["image_acc"] >= 0.98
   assert s["mosaic"] < 0.15
@@ -79,8 +86,13 @@ def test_calibration_hard_edges_are_not_punished(cal):
   # fragmentation, not edge sharpness (it scored 0.30 when its hf term was
   # taken on alpha-weighted colours).
   s, render = cal["hard_edges"], cal["render"]
-  for key in ("color_acc", "shape_acc", "position_acc", "size_acc",
-              "object_acc"):
+  for key in (
+      "color_acc",
+      "shape_acc",
+      "position_acc",
+      "size_acc",
+      "object_acc",
+  ):
     assert s[key] >= 0.99, (key, s[key])
   assert s["mosaic"] < 0.05
   assert s["mosaic"] < render["mosaic"] + 0.02
@@ -91,8 +103,13 @@ def test_calibration_mean_of_jittered_renders_scores_like_renders(cal):
   # The MSE-optimal image given the caption (jitter averaged out) keeps every
   # shape: a deterministic caption -> image map is not capped by the jitter.
   s = cal["jitter_mean"]
-  for key in ("color_acc", "shape_acc", "position_acc", "size_acc",
-              "object_acc"):
+  for key in (
+      "color_acc",
+      "shape_acc",
+      "position_acc",
+      "size_acc",
+      "object_acc",
+  ):
     assert s[key] >= 0.99, (key, s[key])
   assert s["mosaic"] < 0.05
 
@@ -100,7 +117,9 @@ def test_calibration_mean_of_jittered_renders_scores_like_renders(cal):
 def test_shape_confusion_names_the_shape_drawn_instead(data):
   _, desc = data
   square, circle = shapes.SHAPES.index("square"), shapes.SHAPES.index("circle")
-  swap = lambda o: dataclasses.replace(o, shape=circle) if o.shape == square else o
+  swap = (
+      lambda o: dataclasses.replace(o, shape=circle) if o.shape == square else o
+  )
   images = _render_all(desc, swap)
   conf = benchmark.shape_confusion(benchmark.score(images, desc), desc)
   assert conf["square"]["circle"] > 0.95 and conf["square"]["square"] == 0
@@ -119,9 +138,16 @@ def test_edge_sharpness_leaves_each_images_mosaic_unchanged(data):
   up to ~0.1), and not on average."""
   _, desc = data
   soft = _render_all(desc, lambda o: o)
-  hard = np.stack([benchmark.render_hard_edges(
-      {k: v[i:i + 1] for k, v in desc.items()}, 32,
-      np.random.default_rng([0, i]))[0] for i in range(len(soft))])
+  hard = np.stack(
+      [
+          benchmark.render_hard_edges(
+              {k: v[i : i + 1] for k, v in desc.items()},
+              32,
+              np.random.default_rng([0, i]),
+          )[0]
+          for i in range(len(soft))
+      ]
+  )
   m_soft = benchmark.score(soft, desc)["mosaic"]
   m_hard = benchmark.score(hard, desc)["mosaic"]
   diff = np.abs(m_hard - m_soft)
@@ -131,6 +157,7 @@ def test_edge_sharpness_leaves_each_images_mosaic_unchanged(data):
 
 
 # --- Targeted cases. -------------------------------------------------------
+
 
 def test_all_black_image_scores_nothing(data):
   images, desc = data
@@ -147,7 +174,8 @@ def test_all_black_image_scores_nothing(data):
 def test_wrong_shape_fails_shape_only(data):
   _, desc = data
   images = _render_all(
-      desc, lambda o: shapes.Obj((o.shape + 1) % 3, o.color, o.size, o.cell))
+      desc, lambda o: shapes.Obj((o.shape + 1) % 3, o.color, o.size, o.cell)
+  )
   sc = benchmark.score(images, desc)
   v = sc["valid"]
   assert sc["color_ok"][v].mean() >= 0.99
@@ -159,7 +187,8 @@ def test_wrong_shape_fails_shape_only(data):
 def test_wrong_size_fails_size_only(data):
   _, desc = data
   images = _render_all(
-      desc, lambda o: shapes.Obj(o.shape, o.color, 1 - o.size, o.cell))
+      desc, lambda o: shapes.Obj(o.shape, o.color, 1 - o.size, o.cell)
+  )
   sc = benchmark.score(images, desc)
   v = sc["valid"]
   assert sc["size_ok"][v].mean() <= 0.01
@@ -170,7 +199,8 @@ def test_wrong_size_fails_size_only(data):
 def test_wrong_cell_fails_position_only(data):
   _, desc = data
   images = _render_all(
-      desc, lambda o: shapes.Obj(o.shape, o.color, o.size, 8 - o.cell))
+      desc, lambda o: shapes.Obj(o.shape, o.color, o.size, 8 - o.cell)
+  )
   sc = benchmark.score(images, desc)
   v = sc["valid"] & (desc["cells"] != 4)  # the centre maps onto itself
   assert sc["position_ok"][v].mean() <= 0.01
@@ -197,7 +227,8 @@ def test_float_and_uint8_inputs_agree(data):
   images, desc = data
   a = benchmark.summarize(benchmark.score(images, desc))
   b = benchmark.summarize(
-      benchmark.score(images.astype(np.float32) / 255.0, desc))
+      benchmark.score(images.astype(np.float32) / 255.0, desc)
+  )
   for k in a:
     assert a[k] == pytest.approx(b[k], abs=1e-4), k
 
@@ -216,6 +247,7 @@ def test_stray_colour_raises_mosaic(data):
 
 # --- API and reporting. ----------------------------------------------------
 
+
 def test_score_keys_and_shapes(data):
   images, desc = data
   sc = benchmark.score(images, desc)
@@ -231,10 +263,12 @@ def test_summarize_splits_and_table(data):
   images, desc = data
   sc = benchmark.score(images, desc)
   flat = benchmark.summarize_splits(
-      {"eval": sc, "heldout": benchmark.summarize(sc)})
+      {"eval": sc, "heldout": benchmark.summarize(sc)}
+  )
   assert flat["eval/object_acc"] == flat["heldout/object_acc"]
-  assert set(flat) == {f"{s}/{k}" for s in ("eval", "heldout")
-                       for k in benchmark.SUMMARY_KEYS}
+  assert set(flat) == {
+      f"{s}/{k}" for s in ("eval", "heldout") for k in benchmark.SUMMARY_KEYS
+  }
   table = benchmark.format_table(flat)
   assert "eval" in table and "heldout" in table and "object_acc" in table
   assert "value" in benchmark.format_table(benchmark.summarize(sc))

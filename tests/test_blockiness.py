@@ -15,16 +15,30 @@ def digit_images():
   ink, _ = digits.load_digits()
   order = np.random.default_rng(0).permutation(len(ink))[:600]
   from PIL import Image
-  up = [np.asarray(Image.fromarray(digits.to_pixels(x, 32)).resize(
-      (64, 64), Image.Resampling.BICUBIC)) for x in ink[order]]
+
+  up = [
+      np.asarray(
+          Image.fromarray(digits.to_pixels(x, 32)).resize(
+              (64, 64), Image.Resampling.BICUBIC
+          )
+      )
+      for x in ink[order]
+  ]
   return np.stack(up).astype(np.float64) / 255.0
 
 
 @pytest.fixture(scope="module")
 def shape_images():
   rng = np.random.default_rng(0)
-  return np.stack([shapes.render(shapes.random_objects(rng, None), 32)
-                   for _ in range(400)]).astype(np.float64) / 255.0
+  return (
+      np.stack(
+          [
+              shapes.render(shapes.random_objects(rng, None), 32)
+              for _ in range(400)
+          ]
+      ).astype(np.float64)
+      / 255.0
+  )
 
 
 @pytest.mark.parametrize("which,period", [("digits", 8), ("shapes", 4)])
@@ -78,8 +92,8 @@ def test_boundary_energies_by_hand():
 
 
 def test_token_period_and_fit():
-  assert blockiness.token_period(64, 16, 2) == 8   # folder.py: s2d 4, patch 2.
-  assert blockiness.token_period(32, 16, 2) == 4   # shapes: s2d 2, patch 2.
+  assert blockiness.token_period(64, 16, 2) == 8  # folder.py: s2d 4, patch 2.
+  assert blockiness.token_period(32, 16, 2) == 4  # shapes: s2d 2, patch 2.
   assert blockiness.token_period(256, 32, 2) == 16  # KL-VAE /8, patch 2.
   assert blockiness.fits(8, 64) and not blockiness.fits(1, 64)
   assert not blockiness.fits(16, 16)

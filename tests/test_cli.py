@@ -28,7 +28,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(REPO, "README.md")] + sorted(
-    glob.glob(os.path.join(REPO, "docs", "*.md")))
+    glob.glob(os.path.join(REPO, "docs", "*.md"))
+)
 
 # Appended to a documented command of this module to make it CI-sized.
 SHRINK = {
@@ -37,31 +38,62 @@ SHRINK = {
     "health overfit": ["--steps=4", "--subset=16", "--recon_num=4"],
     "health latents": ["--num=8"],
     "health mosaic": ["--num=8"],
-    "experiments.heads_ablation": ["--config_variant=tiny", "--steps=4",
-                                   "--seeds=0", "--num=4", "--lrs=2e-3",
-                                   "--heads=grid_query"],
-    "experiments.restart_trial": ["--config_variant=tiny", "--base_steps=4",
-                                  "--restart_steps=2", "--num=4"],
+    "experiments.heads_ablation": [
+        "--config_variant=tiny",
+        "--steps=4",
+        "--seeds=0",
+        "--num=4",
+        "--lrs=2e-3",
+        "--heads=grid_query",
+    ],
+    "experiments.restart_trial": [
+        "--config_variant=tiny",
+        "--base_steps=4",
+        "--restart_steps=2",
+        "--num=4",
+    ],
     "experiments.binding": ["--num=16"],
     "experiments.sampler": ["--num=8"],
-    "experiments.torch_compare": ["--sizes=default", "--repeats=1",
-                                  "--round_steps=1"],
-    "experiments.sweep": ["--config_variant=tiny", "--steps=4", "--seeds=0",
-                          "--num=4", "--limit=1"],
-    "experiments.leak": ["--config_variant=tiny", "--steps=4", "--seeds=0",
-                         "--num=4", "--limit=1"],
-    "experiments.digits": ["--config_variant=tiny", "--seeds=0",
-                           "--rows=before,noise"],
+    "experiments.torch_compare": [
+        "--sizes=default",
+        "--repeats=1",
+        "--round_steps=1",
+    ],
+    "experiments.sweep": [
+        "--config_variant=tiny",
+        "--steps=4",
+        "--seeds=0",
+        "--num=4",
+        "--limit=1",
+    ],
+    "experiments.leak": [
+        "--config_variant=tiny",
+        "--steps=4",
+        "--seeds=0",
+        "--num=4",
+        "--limit=1",
+    ],
+    "experiments.digits": [
+        "--config_variant=tiny",
+        "--seeds=0",
+        "--rows=before,noise",
+    ],
 }
 # Experiments that read trained runs (a sweep's, in the docs): in CI they
 # read the setup's restart run instead.
-PROBES = {"experiments.binding": "--workdir=workdirs/restart",
-          "experiments.sampler": "--workdir=workdirs/restart",
-          "experiments.digits": "--workdir=workdirs/folder"}
+PROBES = {
+    "experiments.binding": "--workdir=workdirs/restart",
+    "experiments.sampler": "--workdir=workdirs/restart",
+    "experiments.digits": "--workdir=workdirs/folder",
+}
 # The experiments that train runs of their own (under --workroot).
-TRAINING_EXPERIMENTS = ("experiments.heads_ablation",
-                        "experiments.restart_trial", "experiments.sweep",
-                        "experiments.leak", "experiments.digits")
+TRAINING_EXPERIMENTS = (
+    "experiments.heads_ablation",
+    "experiments.restart_trial",
+    "experiments.sweep",
+    "experiments.leak",
+    "experiments.digits",
+)
 # Runs the documented commands read from (base is diagnose's subject).
 SETUP = [
     "python -m txt2img_jax.main --config=configs/restart.py",
@@ -84,8 +116,9 @@ def documented_commands() -> list[tuple[str, str]]:
       for line in block.replace("\\\n", " ").splitlines():
         line = " ".join(line.split())
         extra, command = split_env(line)
-        if not command.startswith(("python -m txt2img_jax",
-                                   "python -m experiments.")):
+        if not command.startswith(
+            ("python -m txt2img_jax", "python -m experiments.")
+        ):
           continue
         key = (tuple(sorted(extra.items())), tuple(shrink(line)))
         if key not in seen:
@@ -97,9 +130,9 @@ def documented_commands() -> list[tuple[str, str]]:
 def split_env(line: str) -> tuple[dict[str, str], str]:
   """`NAME=value ... python -m ...` -> ({NAME: value}, "python -m ...")."""
   extra = {}
-  while (m := re.match(r"([A-Z_][A-Z0-9_]*)=(\S*) ", line)):
+  while m := re.match(r"([A-Z_][A-Z0-9_]*)=(\S*) ", line):
     extra[m.group(1)] = m.group(2)
-    line = line[m.end():]
+    line = line[m.end() :]
   return extra, line
 
 
@@ -128,10 +161,12 @@ def shrink(command: str) -> list[str]:
   return [sys.executable] + out[1:] + SHRINK.get(name, [])
 
 
-def run(argv: list[str], cwd: str, env: dict, timeout: int = 600
-        ) -> subprocess.CompletedProcess:
-  return subprocess.run(argv, cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+def run(
+    argv: list[str], cwd: str, env: dict, timeout: int = 600
+) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def write_image_folder(path, num: int = 24) -> None:
@@ -139,14 +174,21 @@ def write_image_folder(path, num: int = 24) -> None:
   PNGs with a metadata.jsonl, two captions per image."""
   from PIL import Image
   from txt2img_jax.data import shapes
+
   os.makedirs(path)
   with open(os.path.join(path, "metadata.jsonl"), "w") as f:
     for i in range(num):
       ex = shapes.example(0, "train", i, 32)
       Image.fromarray(ex["image"]).save(os.path.join(path, f"{i:03d}.png"))
-      f.write(json.dumps({"file_name": f"{i:03d}.png",
-                          "text": [ex["caption"], ex["caption"].upper()]})
-              + "\n")
+      f.write(
+          json.dumps(
+              {
+                  "file_name": f"{i:03d}.png",
+                  "text": [ex["caption"], ex["caption"].upper()],
+              }
+          )
+          + "\n"
+      )
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +207,20 @@ def scratch(tmp_path_factory, data_dir):
   )
   # Side by side: each spends much of its time in one-threaded work
   # (imports, tracing, XLA's passes), so together they take less wall time.
-  procs = [(command, subprocess.Popen(
-      shrink(command), cwd=str(root), env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)) for command in SETUP]
+  procs = [
+      (
+          command,
+          subprocess.Popen(
+              shrink(command),
+              cwd=str(root),
+              env=env,
+              stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE,
+              text=True,
+          ),
+      )
+      for command in SETUP
+  ]
   for command, proc in procs:
     _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, (command, stderr[-3000:])
@@ -179,45 +232,64 @@ def test_documented_commands_are_found():
   # The README's own lines, including the overrides that used to crash.
   assert any("--config.total_steps=" in c for c in commands)
   assert any("--config.init_from=workdirs/base" in c for c in commands)
-  for module in ("main", "sample", "evaluate", "diagnose", "health", "perf",
-                 "prepare"):
-    assert any(c.startswith(f"python -m txt2img_jax.{module} ")
-               for c in commands), module
+  for module in (
+      "main",
+      "sample",
+      "evaluate",
+      "diagnose",
+      "health",
+      "perf",
+      "prepare",
+  ):
+    assert any(
+        c.startswith(f"python -m txt2img_jax.{module} ") for c in commands
+    ), module
 
 
 def test_shrink_keeps_a_config_variant():
   main = "python -m txt2img_jax.main "
   assert shrink(main + "--config=configs/restart.py")[3] == (
-      "--config=configs/restart.py:tiny")
+      "--config=configs/restart.py:tiny"
+  )
   assert shrink(main + "--config=configs/restart.py:800")[3] == (
-      "--config=configs/restart.py:800,tiny")
+      "--config=configs/restart.py:800,tiny"
+  )
   assert shrink(main + "--config=configs/folder.py:tiny")[3] == (
-      "--config=configs/folder.py:tiny")
+      "--config=configs/folder.py:tiny"
+  )
   restart = importlib.import_module("configs.restart")
   assert restart.get_config("800,tiny").total_steps == 6
 
 
 def _promised_files(argv: list[str]) -> list[str]:
   """The files a command says it writes, from its own arguments."""
-  flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and
-               "=" in a)
+  flags = dict(
+      a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a
+  )
   name = command_name(argv)
   if name == "prepare":
     return []
   if name == "main":
     config = os.path.basename(flags["config"]).split(".")[0]
     workdir = flags.get("workdir", os.path.join("workdirs", config))
-    return [os.path.join(workdir, f) for f in
-            ("config.json", "metrics.jsonl", "samples/latest.png")]
+    return [
+        os.path.join(workdir, f)
+        for f in ("config.json", "metrics.jsonl", "samples/latest.png")
+    ]
   if name == "sample":
-    out = flags.get("out") or (argv[argv.index("--out") + 1]
-                               if "--out" in argv else "samples.png")
+    out = flags.get("out") or (
+        argv[argv.index("--out") + 1] if "--out" in argv else "samples.png"
+    )
     return [out]
   if name == "evaluate":
     return [flags["json"]] if "json" in flags else []
   if name == "diagnose":
-    return [os.path.join(flags.get("out_dir") or os.path.join(
-        flags["workdir"], "diagnose"), "report.json")]
+    return [
+        os.path.join(
+            flags.get("out_dir") or os.path.join(flags["workdir"], "diagnose"),
+            "report.json",
+        )
+    ]
   if name == "experiments.digits" and argv[3] != "table":
     return []  # write makes a folder (--dir), curves prints.
   if name.startswith("experiments."):
@@ -225,8 +297,11 @@ def _promised_files(argv: list[str]) -> list[str]:
   return []
 
 
-@pytest.mark.parametrize("source,command", documented_commands(),
-                         ids=lambda x: x if "python" in x else None)
+@pytest.mark.parametrize(
+    "source,command",
+    documented_commands(),
+    ids=lambda x: x if "python" in x else None,
+)
 def test_documented_command_runs(scratch, source, command):
   cwd, env = scratch
   argv = shrink(command)
@@ -250,26 +325,56 @@ def test_documented_command_runs(scratch, source, command):
 def test_override_changes_the_run(scratch):
   """The issue's own line: an override reaches the config of the run."""
   cwd, env = scratch
-  r = run([sys.executable, "-m", "txt2img_jax.main",
-           "--config=configs/restart.py:tiny", "--workdir=workdirs/x1",
-           "--config.total_steps=4", "--config.head.kind=mlp_conv"], cwd, env)
+  r = run(
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.main",
+          "--config=configs/restart.py:tiny",
+          "--workdir=workdirs/x1",
+          "--config.total_steps=4",
+          "--config.head.kind=mlp_conv",
+      ],
+      cwd,
+      env,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   with open(os.path.join(cwd, "workdirs/x1/config.json")) as f:
     saved = json.load(f)
   assert saved["total_steps"] == 4 and saved["head"]["kind"] == "mlp_conv"
-  rows = open(os.path.join(cwd, "workdirs/x1/metrics.jsonl")).read().splitlines()
+  rows = (
+      open(os.path.join(cwd, "workdirs/x1/metrics.jsonl")).read().splitlines()
+  )
   assert json.loads(rows[-1])["step"] == 4
 
 
 def test_sample_reports_what_it_changes_in_a_prompt(scratch):
   cwd, env = scratch
-  r = run([sys.executable, "-m", "txt2img_jax.sample",
-           "--workdir=workdirs/restart", "--out=warned.png",
-           "--prompt=a purple dragon in the center"], cwd, env)
+  r = run(
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.sample",
+          "--workdir=workdirs/restart",
+          "--out=warned.png",
+          "--prompt=a purple dragon in the center",
+      ],
+      cwd,
+      env,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "'purple', 'dragon'" in r.stderr and "[UNK]" in r.stderr
-  r = run([sys.executable, "-m", "txt2img_jax.sample",
-           "--workdir=workdirs/restart", "--prompt= "], cwd, env)
+  r = run(
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.sample",
+          "--workdir=workdirs/restart",
+          "--prompt= ",
+      ],
+      cwd,
+      env,
+  )
   assert r.returncode == 1 and "--prompt number 1 is empty" in r.stderr
 
 
@@ -277,46 +382,143 @@ BROKEN_CONFIG = "def get_config(:\n"
 
 ERRORS = [
     # (name, argv after `python -m`, what the one line must say)
-    ("unknown field", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                       "--config.no_such_field=1"], "no_such_field"),
-    ("wrong type", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                    "--config.batch_size=abc"], "batch_size=abc"),
-    ("missing config", ["txt2img_jax.main", "--config=configs/nope.py"],
-     "No such file"),
-    ("broken config", ["txt2img_jax.main", "--config=broken.py"],
-     "SyntaxError"),
-    ("unknown variant", ["txt2img_jax.main",
-                         "--config=configs/restart.py:huge"], "huge"),
-    ("bad value", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                   "--config.batch_size=0"], "batch_size"),
+    (
+        "unknown field",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.no_such_field=1",
+        ],
+        "no_such_field",
+    ),
+    (
+        "wrong type",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.batch_size=abc",
+        ],
+        "batch_size=abc",
+    ),
+    (
+        "missing config",
+        ["txt2img_jax.main", "--config=configs/nope.py"],
+        "No such file",
+    ),
+    (
+        "broken config",
+        ["txt2img_jax.main", "--config=broken.py"],
+        "SyntaxError",
+    ),
+    (
+        "unknown variant",
+        ["txt2img_jax.main", "--config=configs/restart.py:huge"],
+        "huge",
+    ),
+    (
+        "bad value",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.batch_size=0",
+        ],
+        "batch_size",
+    ),
     ("no config", ["txt2img_jax.main"], "--config"),
-    ("negative steps", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                        "--config.total_steps=-1"], "total_steps"),
-    ("odd image size", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                        "--config.data.image_size=30"], "image_size=30"),
-    ("patch size", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                    "--config.flow.patch_size=3"], "patch_size=3"),
-    ("nan lr", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                "--config.optim.groups.flow.lr=nan"], "lr=nan"),
-    ("unknown XLA option", ["txt2img_jax.main", "--config=configs/restart.py:tiny",
-                            "--config.xla_cpu_options=xla_nope=1"], "xla_nope"),
-    ("folder without path", ["txt2img_jax.main", "--config=configs/folder.py:tiny"],
-     "data.path"),
-    ("folder not there", ["txt2img_jax.prepare", "--config=configs/folder.py:tiny",
-                          "--config.data.path=nowhere"], "nowhere"),
-    ("sample, no checkpoint", ["txt2img_jax.sample", "--workdir=configs",
-                               "--prompt=a red circle"], "config.json"),
-    ("sample, missing workdir", ["txt2img_jax.sample", "--workdir=nowhere",
-                                 "--prompt=a red circle"], "nowhere"),
-    ("evaluate, missing workdir", ["txt2img_jax.evaluate",
-                                   "--workdir=nowhere"], "nowhere"),
-    ("diagnose, missing workdir", ["txt2img_jax.diagnose",
-                                   "--workdir=nowhere"], "nowhere"),
-    ("health, unknown field", ["txt2img_jax.health", "latents",
-                               "--config=configs/restart.py:tiny",
-                               "--config.nope=1"], "nope"),
-    ("perf, missing config", ["txt2img_jax.perf", "--config=configs/x.py"],
-     "No such file"),
+    (
+        "negative steps",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.total_steps=-1",
+        ],
+        "total_steps",
+    ),
+    (
+        "odd image size",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.data.image_size=30",
+        ],
+        "image_size=30",
+    ),
+    (
+        "patch size",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.flow.patch_size=3",
+        ],
+        "patch_size=3",
+    ),
+    (
+        "nan lr",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.optim.groups.flow.lr=nan",
+        ],
+        "lr=nan",
+    ),
+    (
+        "unknown XLA option",
+        [
+            "txt2img_jax.main",
+            "--config=configs/restart.py:tiny",
+            "--config.xla_cpu_options=xla_nope=1",
+        ],
+        "xla_nope",
+    ),
+    (
+        "folder without path",
+        ["txt2img_jax.main", "--config=configs/folder.py:tiny"],
+        "data.path",
+    ),
+    (
+        "folder not there",
+        [
+            "txt2img_jax.prepare",
+            "--config=configs/folder.py:tiny",
+            "--config.data.path=nowhere",
+        ],
+        "nowhere",
+    ),
+    (
+        "sample, no checkpoint",
+        ["txt2img_jax.sample", "--workdir=configs", "--prompt=a red circle"],
+        "config.json",
+    ),
+    (
+        "sample, missing workdir",
+        ["txt2img_jax.sample", "--workdir=nowhere", "--prompt=a red circle"],
+        "nowhere",
+    ),
+    (
+        "evaluate, missing workdir",
+        ["txt2img_jax.evaluate", "--workdir=nowhere"],
+        "nowhere",
+    ),
+    (
+        "diagnose, missing workdir",
+        ["txt2img_jax.diagnose", "--workdir=nowhere"],
+        "nowhere",
+    ),
+    (
+        "health, unknown field",
+        [
+            "txt2img_jax.health",
+            "latents",
+            "--config=configs/restart.py:tiny",
+            "--config.nope=1",
+        ],
+        "nope",
+    ),
+    (
+        "perf, missing config",
+        ["txt2img_jax.perf", "--config=configs/x.py"],
+        "No such file",
+    ),
 ]
 
 
@@ -339,6 +541,15 @@ def test_user_error_is_one_line(tmp_path, name, args, says):
 def test_debug_shows_the_traceback(tmp_path):
   os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
   env = dict(os.environ, PYTHONPATH=REPO)
-  r = run([sys.executable, "-m", "txt2img_jax.evaluate", "--workdir=nowhere",
-           "--debug"], str(tmp_path), env)
+  r = run(
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.evaluate",
+          "--workdir=nowhere",
+          "--debug",
+      ],
+      str(tmp_path),
+      env,
+  )
   assert r.returncode != 0 and "Traceback" in r.stderr

@@ -15,8 +15,14 @@ from txt2img_jax.data import shapes
 from txt2img_jax.data import tfds_shapes
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
-SIZES = dict(seed=0, image_size=16, num_train=64, num_test=16, num_heldout=16,
-             jitter_px=1.0)
+SIZES = dict(
+    seed=0,
+    image_size=16,
+    num_train=64,
+    num_test=16,
+    num_heldout=16,
+    jitter_px=1.0,
+)
 MAX_LEN = 32
 SPLITS = ("train", "test", "heldout")
 
@@ -56,17 +62,27 @@ def _take(it, n):
 
 
 def _digests(images):
-  return [hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
-          for x in images]
+  return [
+      hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
+      for x in images
+  ]
 
 
 # --- The TFDS builder ------------------------------------------------------
 
 
 def test_config_name_encodes_every_setting():
-  names = {tfds_shapes.config_name(**{**SIZES, k: v}) for k, v in [
-      ("seed", 1), ("image_size", 32), ("num_train", 65), ("num_test", 17),
-      ("num_heldout", 17), ("jitter_px", 0.5)]}
+  names = {
+      tfds_shapes.config_name(**{**SIZES, k: v})
+      for k, v in [
+          ("seed", 1),
+          ("image_size", 32),
+          ("num_train", 65),
+          ("num_test", 17),
+          ("num_heldout", 17),
+          ("jitter_px", 0.5),
+      ]
+  }
   names.add(tfds_shapes.config_name(**SIZES))
   assert len(names) == 7
 
@@ -81,8 +97,9 @@ def test_preparation_is_deterministic_and_matches_generator(builder, tmp_path):
       np.testing.assert_array_equal(a[k], b[k])
     # Record i is generator example i.
     for i in (0, len(a["caption"]) - 1):
-      ex = shapes.example(SIZES["seed"], split, i, SIZES["image_size"],
-                          SIZES["jitter_px"])
+      ex = shapes.example(
+          SIZES["seed"], split, i, SIZES["image_size"], SIZES["jitter_px"]
+      )
       assert a["caption"][i] == ex["caption"]
       np.testing.assert_array_equal(a["image"][i] * 255, ex["image"])
       np.testing.assert_array_equal(a["colors"][i], ex["colors"])
@@ -91,9 +108,14 @@ def test_preparation_is_deterministic_and_matches_generator(builder, tmp_path):
 def test_heldout_pairings_only_in_heldout_split(builder):
   for split in SPLITS:
     data = pipeline.load_split(builder, split)
-    flags = [shapes.is_heldout(shapes.objects_from_description(
-        {k: data[k][i] for k in tfds_shapes.DESCRIPTION_KEYS}))
-             for i in range(len(data["caption"]))]
+    flags = [
+        shapes.is_heldout(
+            shapes.objects_from_description(
+                {k: data[k][i] for k in tfds_shapes.DESCRIPTION_KEYS}
+            )
+        )
+        for i in range(len(data["caption"]))
+    ]
     assert all(flags) if split == "heldout" else not any(flags), split
 
 
@@ -104,13 +126,13 @@ def test_prepare_twice_does_not_regenerate(builder, data_dir, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("regenerated a prepared data set")
 
-  monkeypatch.setattr(tfds_shapes.CaptionedShapes, "download_and_prepare",
-                      fail)
+  monkeypatch.setattr(tfds_shapes.CaptionedShapes, "download_and_prepare", fail)
   again = tfds_shapes.prepare(data_dir, **SIZES)
   assert again.data_dir == builder.data_dir
   assert sorted(os.listdir(builder.data_dir)) == files
-  assert [os.path.getmtime(os.path.join(builder.data_dir, f))
-          for f in files] == mtimes
+  assert [
+      os.path.getmtime(os.path.join(builder.data_dir, f)) for f in files
+  ] == mtimes
 
 
 def test_runs_started_together_prepare_once(tmp_path):
@@ -118,17 +140,26 @@ def test_runs_started_together_prepare_once(tmp_path):
   it, the others wait and reuse it, and all of them read it."""
   import subprocess
   import sys
-  code = ("import sys; from absl import logging; "
-          "logging.set_verbosity(logging.INFO); "
-          "from txt2img_jax.data import tfds_shapes; "
-          f"b = tfds_shapes.prepare(sys.argv[1], **{SIZES!r}); "
-          "tfds_shapes.verify(b); print('ok')")
+
+  code = (
+      "import sys; from absl import logging; "
+      "logging.set_verbosity(logging.INFO); "
+      "from txt2img_jax.data import tfds_shapes; "
+      f"b = tfds_shapes.prepare(sys.argv[1], **{SIZES!r}); "
+      "tfds_shapes.verify(b); print('ok')"
+  )
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo)
-  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
-                            env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-           for _ in range(3)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", code, str(tmp_path)],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for _ in range(3)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
@@ -151,9 +182,12 @@ def test_batch_format(builder, tok):
   s = SIZES["image_size"]
   expected = {
       "image": (np.float32, (16, s, s, 3)),
-      "ids": (np.int32, (16, MAX_LEN)), "mask": (np.int32, (16, MAX_LEN)),
-      "shapes": (np.int32, (16, 2)), "colors": (np.int32, (16, 2)),
-      "sizes": (np.int32, (16, 2)), "cells": (np.int32, (16, 2)),
+      "ids": (np.int32, (16, MAX_LEN)),
+      "mask": (np.int32, (16, MAX_LEN)),
+      "shapes": (np.int32, (16, 2)),
+      "colors": (np.int32, (16, 2)),
+      "sizes": (np.int32, (16, 2)),
+      "cells": (np.int32, (16, 2)),
       "num_objects": (np.int32, (16,)),
   }
   assert set(batch) == set(expected)  # No captions: strings stay on host.
@@ -174,7 +208,8 @@ def test_batch_for_a_step_is_a_function_of_seed_and_step(builder, tok):
       for k in a:
         np.testing.assert_array_equal(a[k], b[k])
   random_access = pipeline.train_dataset(
-      builder, tokenizer=tok, max_len=MAX_LEN, global_batch_size=16, seed=3)
+      builder, tokenizer=tok, max_len=MAX_LEN, global_batch_size=16, seed=3
+  )
   np.testing.assert_array_equal(random_access[9]["image"], full[9]["image"])
   other_seed = next(_train_iter(builder, tok, seed=4))
   assert not np.array_equal(other_seed["image"], full[0]["image"])
@@ -182,8 +217,10 @@ def test_batch_for_a_step_is_a_function_of_seed_and_step(builder, tok):
 
 def test_each_epoch_is_a_fresh_permutation(builder, tok):
   batches = _take(_train_iter(builder, tok), 8)
-  epochs = [_digests(np.concatenate([b["image"] for b in batches[i:i + 4]]))
-            for i in (0, 4)]
+  epochs = [
+      _digests(np.concatenate([b["image"] for b in batches[i : i + 4]]))
+      for i in (0, 4)
+  ]
   all_train = _digests(pipeline.load_split(builder, "train")["image"])
   assert len(set(all_train)) == 64
   for epoch in epochs:
@@ -192,10 +229,13 @@ def test_each_epoch_is_a_fresh_permutation(builder, tok):
 
 
 def test_hosts_get_disjoint_shards_of_the_global_batch(builder, tok):
-  one_host = _take(_train_iter(builder, tok, process_index=0,
-                               process_count=1), 5)
-  hosts = [_take(_train_iter(builder, tok, process_index=p, process_count=2),
-                 5) for p in (0, 1)]
+  one_host = _take(
+      _train_iter(builder, tok, process_index=0, process_count=1), 5
+  )
+  hosts = [
+      _take(_train_iter(builder, tok, process_index=p, process_count=2), 5)
+      for p in (0, 1)
+  ]
   for step in range(5):
     h0, h1 = (_digests(h[step]["image"]) for h in hosts)
     assert len(h0) == len(h1) == 8
@@ -212,8 +252,9 @@ def test_subset_size_restricts_to_first_records(builder, tok):
 
 def test_clear_errors(builder, tok):
   with pytest.raises(ValueError, match="multiple of the process count"):
-    _train_iter(builder, tok, global_batch_size=15, process_index=0,
-                process_count=2)
+    _train_iter(
+        builder, tok, global_batch_size=15, process_index=0, process_count=2
+    )
   with pytest.raises(ValueError, match="fewer than the global batch"):
     _train_iter(builder, tok, global_batch_size=128)
   with pytest.raises(ValueError, match="fewer than the global batch"):
@@ -223,8 +264,7 @@ def test_clear_errors(builder, tok):
 
 
 def test_load_split(builder, tok):
-  data = pipeline.load_split(builder, "test", 5, tokenizer=tok,
-                             max_len=MAX_LEN)
+  data = pipeline.load_split(builder, "test", 5, tokenizer=tok, max_len=MAX_LEN)
   assert isinstance(data["caption"], list) and len(data["caption"]) == 5
   assert data["image"].shape == (5, 16, 16, 3)
   assert data["image"].dtype == np.float32
@@ -240,14 +280,28 @@ def test_load_split(builder, tok):
 
 
 def test_tokenizer_behaves_like_a_transformers_tokenizer(own_tok):
-  out = own_tok(["A small red circle in the TOP left", "cat"],
-                padding="max_length", truncation=True, max_length=12,
-                return_tensors="np")
+  out = own_tok(
+      ["A small red circle in the TOP left", "cat"],
+      padding="max_length",
+      truncation=True,
+      max_length=12,
+      return_tensors="np",
+  )
   assert set(out) == {"input_ids", "attention_mask"}
   assert out["input_ids"].shape == (2, 12)
   words = own_tok.convert_ids_to_tokens(out["input_ids"][0].tolist())
-  assert words[:10] == ["[BOS]", "a", "small", "red", "circle", "in", "the",
-                        "top", "left", "[EOS]"]
+  assert words[:10] == [
+      "[BOS]",
+      "a",
+      "small",
+      "red",
+      "circle",
+      "in",
+      "the",
+      "top",
+      "left",
+      "[EOS]",
+  ]
   assert words[10:] == ["[PAD]", "[PAD]"]
   assert own_tok.pad_token_id == 0
   assert out["input_ids"][1, 1] == own_tok.unk_token_id
@@ -264,11 +318,18 @@ def test_long_caption_is_truncated(own_tok):
 
 def test_vocabulary_covers_generated_captions(own_tok):
   # Captions do not depend on the image size; a tiny one renders fast.
-  captions = [shapes.example(0, split, i, image_size=3)["caption"]
-              for split in SPLITS for i in range(5000 // 3 + 1)]
+  captions = [
+      shapes.example(0, split, i, image_size=3)["caption"]
+      for split in SPLITS
+      for i in range(5000 // 3 + 1)
+  ]
   ids, mask = tokenizer_lib.tokenize(own_tok, captions, MAX_LEN)
   assert not (ids == own_tok.unk_token_id).any()
   assert mask[:, -1].sum() == 0  # MAX_LEN never truncates a shapes caption.
   punctuated = tokenizer_lib.tokenize(own_tok, ["left, and right"], 8)[0][0]
   assert own_tok.convert_ids_to_tokens(punctuated[1:5].tolist()) == [
-      "left", ",", "and", "right"]
+      "left",
+      ",",
+      "and",
+      "right",
+  ]

@@ -27,21 +27,40 @@ def _write_run(workdir, lines, config):
 
 
 def _config():
-  return {"total_steps": 20000, "latent_dims": LATENT_DIMS,
-          "optim": {"groups": {"text_head": {"lr": BASE_LR}, "flow": {"lr": BASE_LR}}}}
+  return {
+      "total_steps": 20000,
+      "latent_dims": LATENT_DIMS,
+      "optim": {
+          "groups": {"text_head": {"lr": BASE_LR}, "flow": {"lr": BASE_LR}}
+      },
+  }
 
 
-def _lines(flow, lr, kl_raw, logvar=(-0.44, 0.02), mu=(-1.15, 1.28), buckets=None,
-           nonfinite=None, seed=0):
+def _lines(
+    flow,
+    lr,
+    kl_raw,
+    logvar=(-0.44, 0.02),
+    mu=(-1.15, 1.28),
+    buckets=None,
+    nonfinite=None,
+    seed=0,
+):
   """One log line per step in STEPS, the shape of what the trainer writes."""
   rng = np.random.default_rng(seed)
   lines, ema = [], {}
   for i, step in enumerate(STEPS):
     f = float(flow[i] * (1 + 0.003 * rng.standard_normal()))
     kl_w = 1e-3
-    line = {"step": int(step), "train/loss_flow": f, "train/kl_raw": float(kl_raw[i]),
-            "train/kl_weight": kl_w, "train/loss_kl": kl_w * float(kl_raw[i]),
-            "train/loss_clip": 0.01, "train/clip_weight": 1.0}
+    line = {
+        "step": int(step),
+        "train/loss_flow": f,
+        "train/kl_raw": float(kl_raw[i]),
+        "train/kl_weight": kl_w,
+        "train/loss_kl": kl_w * float(kl_raw[i]),
+        "train/loss_clip": 0.01,
+        "train/clip_weight": 1.0,
+    }
     line["train/loss"] = f + line["train/loss_kl"] + line["train/loss_clip"]
     for k in ("train/loss", "train/loss_flow", "train/loss_kl"):
       ema[k] = line[k] if k not in ema else 0.9 * ema[k] + 0.1 * line[k]
@@ -50,11 +69,21 @@ def _lines(flow, lr, kl_raw, logvar=(-0.44, 0.02), mu=(-1.15, 1.28), buckets=Non
       line[f"train/lr/{g}"] = float(lr[i])
       line[f"train/grad_norm/{g}"] = 0.5
       line[f"train/param_norm/{g}"] = 100.0
-    line.update({"train/grad_norm": 0.7, "train/z_text_norm": 70.0, "train/x1_norm": 71.0,
-                 "train/norm_ratio": 70.0 / 71.0, "train/mu_min": mu[0], "train/mu_max": mu[1],
-                 "train/mu_mean": 0.01, "train/logvar_min": logvar[0],
-                 "train/logvar_max": logvar[1], "train/logvar_mean": -0.2,
-                 "train/steps_per_sec": 3.2})
+    line.update(
+        {
+            "train/grad_norm": 0.7,
+            "train/z_text_norm": 70.0,
+            "train/x1_norm": 71.0,
+            "train/norm_ratio": 70.0 / 71.0,
+            "train/mu_min": mu[0],
+            "train/mu_max": mu[1],
+            "train/mu_mean": 0.01,
+            "train/logvar_min": logvar[0],
+            "train/logvar_max": logvar[1],
+            "train/logvar_mean": -0.2,
+            "train/steps_per_sec": 3.2,
+        }
+    )
     if buckets is not None:
       for b, series in enumerate(buckets):
         line[f"train/loss_flow_bucket/{b}"] = float(series[i])
@@ -62,7 +91,9 @@ def _lines(flow, lr, kl_raw, logvar=(-0.44, 0.02), mu=(-1.15, 1.28), buckets=Non
       line["train/nonfinite_steps"] = float(nonfinite[i])
     lines.append(line)
     if step % 2000 == 0:  # Eval lines hold only eval names.
-      lines.append({"step": int(step), "eval/object_acc": 0.1, "eval/mosaic_index": 0.8})
+      lines.append(
+          {"step": int(step), "eval/object_acc": 0.1, "eval/mosaic_index": 0.8}
+      )
   return lines
 
 
@@ -79,8 +110,15 @@ def _healthy_run(workdir, buckets=None, nonfinite=None):
   flow = 0.3 + 1.2 * np.exp(-STEPS / 15000)
   lr = np.full(STEPS.shape, BASE_LR)
   kl = np.full(STEPS.shape, 2000.0)
-  lines = _lines(flow, lr, kl, logvar=(-4.0, 0.5), mu=(-3.0, 3.2), buckets=buckets,
-                 nonfinite=nonfinite)
+  lines = _lines(
+      flow,
+      lr,
+      kl,
+      logvar=(-4.0, 0.5),
+      mu=(-3.0, 3.2),
+      buckets=buckets,
+      nonfinite=nonfinite,
+  )
   return _write_run(workdir, lines, _config())
 
 
@@ -90,22 +128,34 @@ def _names(report, severity="warning"):
 
 def _run(workdir, window=5000):
   metrics = diagnosis.load_metrics(workdir)
-  return diagnosis.analyze(metrics, diagnosis.load_config(workdir), window, workdir=workdir)
+  return diagnosis.analyze(
+      metrics, diagnosis.load_config(workdir), window, workdir=workdir
+  )
 
 
 def test_plateau_run_raises_the_notes_flags(tmp_path):
   report = _run(_plateau_run(tmp_path / "w"))
-  assert {"plateau", "lr_far_below_base", "posterior_collapsed"} <= _names(report)
+  assert {"plateau", "lr_far_below_base", "posterior_collapsed"} <= _names(
+      report
+  )
   assert "norm_mismatch" not in _names(report)
   assert report.step == 20000
   assert report.lr["flow"].ratio == pytest.approx(0.1)
-  assert report.posterior["kl_per_dim"] == pytest.approx(70 / LATENT_DIMS, rel=0.05)
+  assert report.posterior["kl_per_dim"] == pytest.approx(
+      70 / LATENT_DIMS, rel=0.05
+  )
   assert report.posterior["var_max"] == pytest.approx(np.exp(0.02))
   assert report.eval["object_acc"] == pytest.approx(0.1)
   lr_flag = next(f for f in report.flags if f.name == "lr_far_below_base")
   assert "configs/restart.py" in lr_flag.lever
   text = diagnosis.format_report(report)
-  for section in ("Losses", "Learning rate", "Modality norms", "Text posterior", "Flags"):
+  for section in (
+      "Losses",
+      "Learning rate",
+      "Modality norms",
+      "Text posterior",
+      "Flags",
+  ):
     assert section in text
   assert "plateau" in text.split("Verdict:")[1]
 
@@ -114,12 +164,20 @@ def test_healthy_run_has_no_plateau_and_no_lr_flag(tmp_path):
   report = _run(_healthy_run(tmp_path / "w"))
   assert not _names(report)
   assert "ok" in _names(report, "info")
-  assert report.trends["train/loss_flow"].rel_change < -diagnosis.PLATEAU_REL_CHANGE
+  assert (
+      report.trends["train/loss_flow"].rel_change
+      < -diagnosis.PLATEAU_REL_CHANGE
+  )
 
 
 def test_stuck_bucket_is_named(tmp_path):
   falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
-  buckets = [1.3 * falling, 1.1 * falling, np.full(STEPS.shape, 0.8), 0.7 * falling]
+  buckets = [
+      1.3 * falling,
+      1.1 * falling,
+      np.full(STEPS.shape, 0.8),
+      0.7 * falling,
+  ]
   report = _run(_healthy_run(tmp_path / "w", buckets=buckets))
   stuck = [f for f in report.flags if f.name == "t_segment_stuck"]
   assert len(stuck) == 1
@@ -154,7 +212,10 @@ def test_rising_loss_is_not_a_plateau(tmp_path):
   workdir = _healthy_run(tmp_path / "w")
   metrics = diagnosis.load_metrics(workdir)
   steps, flow = metrics["train/loss_flow"]
-  metrics["train/loss_flow"] = (steps, flow * (1 + np.maximum(steps - 15000, 0) / 5000))
+  metrics["train/loss_flow"] = (
+      steps,
+      flow * (1 + np.maximum(steps - 15000, 0) / 5000),
+  )
   report = diagnosis.analyze(metrics, diagnosis.load_config(workdir), 5000)
   assert _names(report) == {"loss_rising"}
 
@@ -192,8 +253,10 @@ def test_load_metrics_keeps_the_latest_value_of_a_relogged_step(tmp_path):
   workdir = tmp_path / "w"
   os.makedirs(workdir)
   with open(workdir / "metrics.jsonl", "w") as f:
-    f.write('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": NaN}\n'
-            '{"step": 1, "train/loss": 1.5}\n{"step": 3, "train/lo')  # Killed mid-write.
+    f.write(
+        '{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": NaN}\n'
+        '{"step": 1, "train/loss": 1.5}\n{"step": 3, "train/lo'
+    )  # Killed mid-write.
   metrics = diagnosis.load_metrics(str(workdir))
   steps, values = metrics["train/loss"]
   assert steps.tolist() == [1, 2] and values[0] == 1.5 and np.isnan(values[1])
@@ -206,9 +269,19 @@ def test_cli_end_to_end(tmp_path):
   workdir = _plateau_run(tmp_path / "w")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "txt2img_jax.diagnose", f"--workdir={workdir}",
-       f"--out_dir={out}", "--window=4000"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.diagnose",
+          f"--workdir={workdir}",
+          f"--out_dir={out}",
+          "--window=4000",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert "lr_far_below_base" in result.stdout
   for png in ("losses.png", "lr.png", "norms.png", "posterior.png"):
@@ -216,21 +289,35 @@ def test_cli_end_to_end(tmp_path):
   report = json.loads((out / "report.json").read_text())
   assert report["step"] == 20000 and report["window"] == 4000
   assert {"plateau", "lr_far_below_base", "posterior_collapsed"} <= {
-      f["name"] for f in report["flags"]}
+      f["name"] for f in report["flags"]
+  }
 
 
 def test_plot_run_writes_t_buckets(tmp_path):
   falling = 0.3 + 1.2 * np.exp(-STEPS / 15000)
-  workdir = _healthy_run(tmp_path / "w", buckets=[falling * (1 + b) for b in range(4)])
-  paths = diagnosis.plot_run(diagnosis.load_metrics(workdir), str(tmp_path / "d"), _config())
+  workdir = _healthy_run(
+      tmp_path / "w", buckets=[falling * (1 + b) for b in range(4)]
+  )
+  paths = diagnosis.plot_run(
+      diagnosis.load_metrics(workdir), str(tmp_path / "d"), _config()
+  )
   assert sorted(os.path.basename(p) for p in paths) == [
-      "losses.png", "lr.png", "norms.png", "posterior.png", "t_buckets.png"]
+      "losses.png",
+      "lr.png",
+      "norms.png",
+      "posterior.png",
+      "t_buckets.png",
+  ]
 
 
 def test_cli_without_metrics_gives_a_clear_error(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "txt2img_jax.diagnose", f"--workdir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=60)
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
   assert result.returncode == 1
   assert "no metrics.jsonl" in result.stderr
   assert "Traceback" not in result.stderr
@@ -245,8 +332,11 @@ def _with_val(workdir, blockiness, flow, hf=None):
   steps = 500 * np.arange(1, len(blockiness) + 1)
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
     for i, s in enumerate(steps):
-      line = {"step": int(s), "val/flow": float(flow[i]),
-              "val/blockiness": float(blockiness[i])}
+      line = {
+          "step": int(s),
+          "val/flow": float(flow[i]),
+          "val/blockiness": float(blockiness[i]),
+      }
       if hf is not None:
         line["val/hf"] = float(hf[i])
       f.write(json.dumps(line) + "\n")
@@ -255,25 +345,35 @@ def _with_val(workdir, blockiness, flow, hf=None):
 
 def test_mosaic_while_val_loss_falls_is_the_seeds_signature(tmp_path):
   # What the old folder recipe did on the digits: blocks grow, val/flow falls.
-  w = _with_val(tmp_path / "w", [1.3, 1.6, 2.0, 2.4], [0.19, 0.11, 0.086, 0.079],
-                hf=[2.0, 3.0, 4.0, 5.0])
+  w = _with_val(
+      tmp_path / "w",
+      [1.3, 1.6, 2.0, 2.4],
+      [0.19, 0.11, 0.086, 0.079],
+      hf=[2.0, 3.0, 4.0, 5.0],
+  )
   report = _run(w)
   flag = next(f for f in report.flags if f.name == "mosaic")
   assert flag.severity == "warning"
-  assert "2.40×" in flag.message and "rose from 1.30 at step 500" in flag.message
+  assert (
+      "2.40×" in flag.message and "rose from 1.30 at step 500" in flag.message
+  )
   assert "0.19 → 0.079" in flag.message and "out_head=overlap" in flag.lever
   assert "val/blockiness" in report.eval
   assert "mosaic" in diagnosis.format_report(report)
 
 
 def test_smooth_samples_raise_no_mosaic_flag(tmp_path):
-  w = _with_val(tmp_path / "w", [1.05, 0.98, 1.02, 1.0], [0.19, 0.11, 0.086, 0.079])
+  w = _with_val(
+      tmp_path / "w", [1.05, 0.98, 1.02, 1.0], [0.19, 0.11, 0.086, 0.079]
+  )
   names = {f.name for f in _run(w).flags}
   assert not names & {"mosaic", "mosaic_rising"}
 
 
 def test_rising_blockiness_below_the_threshold_is_flagged(tmp_path):
-  w = _with_val(tmp_path / "w", [0.95, 1.1, 1.3, 1.4], [0.19, 0.11, 0.086, 0.079])
+  w = _with_val(
+      tmp_path / "w", [0.95, 1.1, 1.3, 1.4], [0.19, 0.11, 0.086, 0.079]
+  )
   assert "mosaic_rising" in _names(_run(w))
   # The same rise with a val loss that rose too is not the signature.
   w = _with_val(tmp_path / "v", [0.95, 1.1, 1.3, 1.4], [0.08, 0.09, 0.1, 0.12])

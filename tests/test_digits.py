@@ -24,7 +24,9 @@ def test_write_is_the_own_images_layout(tmp_path):
 def test_reduce_to_8x8_recovers_the_digit():
   ink, _ = digits.load_digits()
   for size in (16, 64):
-    back = digits.to_ink8(np.stack([digits.to_pixels(x, size) for x in ink[:50]]) / 255.0)
+    back = digits.to_ink8(
+        np.stack([digits.to_pixels(x, size) for x in ink[:50]]) / 255.0
+    )
     corr = np.corrcoef(back.ravel(), ink[:50].reshape(50, 64).ravel())[0, 1]
     assert corr > 0.9, (size, corr)
 
@@ -35,9 +37,13 @@ def test_classifier_reads_held_out_real_digits():
   # A sample whose digit is shifted off-centre by a quarter of the image is
   # another image: the classifier is no shape-blind ink counter.
   ink, labels = digits.load_digits()
-  order = np.random.default_rng(0).permutation(len(labels))[int(0.8 * len(labels)):]
+  order = np.random.default_rng(0).permutation(len(labels))[
+      int(0.8 * len(labels)) :
+  ]
   images = np.stack([digits.to_pixels(x, 64) for x in ink[order[:100]]]) / 255.0
   right = (clf.predict(images) == labels[order[:100]]).mean()
   moved = np.roll(images, 16, axis=2)
   moved[:, :, :16] = 1.0  # White paper where the roll wrapped ink around.
-  assert right > 0.95 and (clf.predict(moved) == labels[order[:100]]).mean() < 0.5
+  assert (
+      right > 0.95 and (clf.predict(moved) == labels[order[:100]]).mean() < 0.5
+  )

@@ -14,20 +14,28 @@ SIGMA = 0.1
 
 def _pair(b=3, seed=0):
   k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-  return (jax.random.normal(k1, (b, 4, 4, 2)),
-          jax.random.normal(k2, (b, 4, 4, 2)))
+  return (
+      jax.random.normal(k1, (b, 4, 4, 2)),
+      jax.random.normal(k2, (b, 4, 4, 2)),
+  )
 
 
 def test_path_starts_at_the_text_and_ends_at_the_image():
   z, x1 = _pair()
   b = z.shape[0]
-  np.testing.assert_allclose(flow.interpolate(z, x1, jnp.zeros((b,)), SIGMA),
-                             z, rtol=1e-6)
-  np.testing.assert_allclose(flow.interpolate(z, x1, jnp.ones((b,)), SIGMA),
-                             x1 + SIGMA * z, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      flow.interpolate(z, x1, jnp.zeros((b,)), SIGMA), z, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      flow.interpolate(z, x1, jnp.ones((b,)), SIGMA),
+      x1 + SIGMA * z,
+      rtol=1e-5,
+      atol=1e-6,
+  )
   # sigma_min 0 lands on the image itself.
-  np.testing.assert_allclose(flow.interpolate(z, x1, jnp.ones((b,)), 0.0),
-                             x1, rtol=1e-6)
+  np.testing.assert_allclose(
+      flow.interpolate(z, x1, jnp.ones((b,)), 0.0), x1, rtol=1e-6
+  )
 
 
 def test_each_example_uses_its_own_t():
@@ -49,8 +57,7 @@ def test_velocity_is_the_paths_time_derivative():
   for t0, t1 in ((0.0, 1.0), (0.2, 0.7), (0.9, 0.95)):
     x_a = flow.interpolate(z, x1, jnp.full((b,), t0), SIGMA)
     x_b = flow.interpolate(z, x1, jnp.full((b,), t1), SIGMA)
-    np.testing.assert_allclose((x_b - x_a) / (t1 - t0), v, rtol=1e-3,
-                               atol=1e-4)
+    np.testing.assert_allclose((x_b - x_a) / (t1 - t0), v, rtol=1e-3, atol=1e-4)
 
 
 def test_one_step_estimate_with_the_true_velocity_lands_on_the_end():
@@ -58,12 +65,14 @@ def test_one_step_estimate_with_the_true_velocity_lands_on_the_end():
   v = flow.velocity_target(z, x1, SIGMA)
   t = jnp.array([0.0, 0.3, 0.8])
   x_t = flow.interpolate(z, x1, t, SIGMA)
-  np.testing.assert_allclose(flow.one_step_estimate(x_t, v, t),
-                             x1 + SIGMA * z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      flow.one_step_estimate(x_t, v, t), x1 + SIGMA * z, rtol=1e-5, atol=1e-5
+  )
   # A wrong velocity is off by (1 - t) times its error.
   x_hat = flow.one_step_estimate(x_t, v + 1.0, t)
-  np.testing.assert_allclose((x_hat - x1 - SIGMA * z)[:, 0, 0, 0],
-                             1.0 - t, rtol=1e-5)
+  np.testing.assert_allclose(
+      (x_hat - x1 - SIGMA * z)[:, 0, 0, 0], 1.0 - t, rtol=1e-5
+  )
 
 
 A, B = 1.5, 2.0  # dx/dt = A x + B t
@@ -76,7 +85,7 @@ def _linear_field(x, t, indicator):
 
 def _exact_linear(x0):
   # x(1) = e^A x0 + B int_0^1 s e^{A (1 - s)} ds.
-  return math.exp(A) * x0 + B * (math.exp(A) - 1 - A) / A ** 2
+  return math.exp(A) * x0 + B * (math.exp(A) - 1 - A) / A**2
 
 
 @pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
@@ -90,7 +99,7 @@ def test_integrators_converge_at_their_order(method, order):
   for coarse, fine in zip(errors, errors[1:]):
     # Halving the step divides the error by 2^order (so it goes to 0: the
     # limit is the exact solution, not some other value).
-    assert coarse / fine == pytest.approx(2 ** order, rel=0.15), errors
+    assert coarse / fine == pytest.approx(2**order, rel=0.15), errors
 
 
 def test_integrators_on_a_field_of_t_alone():
@@ -99,10 +108,15 @@ def test_integrators_on_a_field_of_t_alone():
   x0 = jnp.zeros((2, 2, 2, 1))
   field = lambda x, t, ind: jnp.zeros_like(x) + B * t.reshape(-1, 1, 1, 1)
   for n in (1, 4, 10):
-    np.testing.assert_allclose(flow.integrate(field, x0, n, "heun"), B / 2,
-                               rtol=1e-6)
-    np.testing.assert_allclose(flow.integrate(field, x0, n, "euler"),
-                               B * (1 - 1 / n) / 2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        flow.integrate(field, x0, n, "heun"), B / 2, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        flow.integrate(field, x0, n, "euler"),
+        B * (1 - 1 / n) / 2,
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 C_COND, C_NULL = 1.0, -0.5
@@ -119,8 +133,9 @@ def test_cfg_combines_the_two_branches():
   t = jnp.full((x0.shape[0],), 0.3)
   for s in (0.0, 3.0, 7.0):
     got = flow.cfg_velocity(_guided_field, x0, t, s)
-    np.testing.assert_allclose(got, -x0 + C_NULL + s * (C_COND - C_NULL),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, -x0 + C_NULL + s * (C_COND - C_NULL), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_cfg_scale_one_runs_only_the_conditional_branch():
@@ -146,19 +161,23 @@ def test_guided_integration_follows_the_guided_field(method):
   k = C_NULL + s * (C_COND - C_NULL)
   g = 1 - h if method == "euler" else 1 - h + h * h / 2
   got = flow.integrate(_guided_field, x0, n, method=method, cfg_scale=s)
-  np.testing.assert_allclose(got, k + g ** n * (x0 - k), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, k + g**n * (x0 - k), rtol=1e-5, atol=1e-5)
   # Against the ODE's own solution k + e^-1 (x0 - k): n log g = -1 - h / 2
   # + O(h^2) for Euler and -1 + h^2 / 6 + O(h^3) for Heun.
   exact = k + math.exp(-1) * (x0 - k)
   lead = -h / 2 if method == "euler" else h * h / 6
-  np.testing.assert_allclose((got - exact) / (x0 - k), math.exp(-1) * lead,
-                             rtol=0.1)
+  np.testing.assert_allclose(
+      (got - exact) / (x0 - k), math.exp(-1) * lead, rtol=0.1
+  )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_steps=4, method="rk4"), "unknown sampler 'rk4'"),
-    (dict(num_steps=0), "num_steps must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_steps=4, method="rk4"), "unknown sampler 'rk4'"),
+        (dict(num_steps=0), "num_steps must be >= 1"),
+    ],
+)
 def test_bad_sampler_arguments_are_clear_errors(kwargs, message):
   x0, _ = _pair()
   with pytest.raises(ValueError, match=message):

@@ -44,9 +44,17 @@ NUM_TRAIN, NUM_VAL, SIZE, STEPS = 32, 4, 16, 3
 
 # Fields allowed to differ between the two runs: which data, where, how its
 # val split is held out, and how it is evaluated (not run here).
-SOURCE_FIELDS = {"name", "data.name", "data.path", "data.val_count",
-                 "data.val_fraction", "data.cache_text", "eval.kind",
-                 "eval.num", "eval.batch_size"}
+SOURCE_FIELDS = {
+    "name",
+    "data.name",
+    "data.path",
+    "data.val_count",
+    "data.val_fraction",
+    "data.cache_text",
+    "eval.kind",
+    "eval.num",
+    "eval.batch_size",
+}
 
 
 def recipe(name):
@@ -78,8 +86,7 @@ def write_shapes_folder(root: str) -> list[str]:
   train = [f"{i:03d}.png" for i in range(NUM_TRAIN)]
   lowest = min(imagefolder.key_unit(n) for n in train)
   val = [val_name(j, lowest) for j in range(NUM_VAL)]
-  rows = [(n, shapes.example(0, "train", i, SIZE))
-          for i, n in enumerate(train)]
+  rows = [(n, shapes.example(0, "train", i, SIZE)) for i, n in enumerate(train)]
   rows += [(n, shapes.example(0, "test", j, SIZE)) for j, n in enumerate(val)]
   with open(os.path.join(root, "metadata.jsonl"), "w") as f:
     for name, ex in rows:
@@ -132,8 +139,9 @@ def test_folder_decodes_the_shapes_examples_bit_identically(configs):
     np.testing.assert_array_equal(a["image"], b["image"])
     assert b["captions"] == [a["caption"]]
   val_src = f_data.as_data_source("val")
-  keys = sorted(records.read_record(val_src[j])["key"]
-                for j in range(len(val_src)))
+  keys = sorted(
+      records.read_record(val_src[j])["key"] for j in range(len(val_src))
+  )
   assert keys == sorted(val)
 
 
@@ -177,37 +185,57 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
   mesh = sharding.make_mesh(s_cfg.mesh.data, s_cfg.mesh.model)
   rules = sharding.logical_rules(s_cfg.mesh.rules)
   tx, schedules, state, shardings = state_lib.create_train_state(
-      s_cfg, s_parts.model, s_parts.latent_shape, s_parts.text.width, mesh,
-      rules)
+      s_cfg,
+      s_parts.model,
+      s_parts.latent_shape,
+      s_parts.text.width,
+      mesh,
+      rules,
+  )
   initial = jax.device_get(state)
   repl = sharding.replicated(mesh)
   runs = {}
   for name, cfg, data, parts, stats in (
       ("shapes", s_cfg, s_data, s_parts, s_stats),
-      ("folder", f_cfg, f_data, f_parts, f_stats)):
+      ("folder", f_cfg, f_data, f_parts, f_stats),
+  ):
     step = state_lib.jit_train_step(
-        step_lib.for_parts(cfg, parts, tx, schedules), shardings, mesh)
+        step_lib.for_parts(cfg, parts, tx, schedules), shardings, mesh
+    )
     batches = assets.train_batches(cfg, data, parts.text, 0)
     frozen = jax.device_put(parts.frozen, repl)
-    runs[name] = dict(step=step, fed=[next(batches) for _ in range(STEPS)],
-                      frozen=frozen, stats=jax.device_put(stats, repl))
+    runs[name] = dict(
+        step=step,
+        fed=[next(batches) for _ in range(STEPS)],
+        frozen=frozen,
+        stats=jax.device_put(stats, repl),
+    )
   s, f = runs["shapes"], runs["folder"]
   for a, b in zip(s["fed"], f["fed"]):
     assert sorted(a) == sorted(b) == ["ids", "image", "mask"]
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   with mesh:
-    lowered = [r["step"].lower(state, sharding.put_batch(r["fed"][0], mesh),
-                               r["frozen"], r["stats"]).as_text()
-               for r in (s, f)]
+    lowered = [
+        r["step"]
+        .lower(
+            state,
+            sharding.put_batch(r["fed"][0], mesh),
+            r["frozen"],
+            r["stats"],
+        )
+        .as_text()
+        for r in (s, f)
+    ]
     assert lowered[0] == lowered[1]
     losses = {}
     for name, r in runs.items():
       state = jax.device_put(initial, shardings)
       losses[name] = []
       for batch in r["fed"]:
-        state, m = s["step"](state, sharding.put_batch(batch, mesh),
-                             r["frozen"], r["stats"])
+        state, m = s["step"](
+            state, sharding.put_batch(batch, mesh), r["frozen"], r["stats"]
+        )
         losses[name].append(jax.device_get(m))
   for a, b in zip(losses["shapes"], losses["folder"]):
     assert sorted(a) == sorted(b)

@@ -32,9 +32,13 @@ def test_initial_params_are_the_runs_step_zero(data_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
   run.config.seed += 1
   other = run_lib.initial_params(run)
-  assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(other["text_head"]),
-                 jax.tree.leaves(initial["text_head"])))
+  assert any(
+      not np.allclose(np.asarray(a), np.asarray(b))
+      for a, b in zip(
+          jax.tree.leaves(other["text_head"]),
+          jax.tree.leaves(initial["text_head"]),
+      )
+  )
   # The measures at init: cached, and tile_repeat a share in [0, 1].
   measures = heads_ablation.init_measures(workdir, 8)
   assert 0.0 <= measures["init/tile_repeat"] <= 1.0
@@ -43,9 +47,11 @@ def test_initial_params_are_the_runs_step_zero(data_dir, tmp_path):
 
 
 def test_pick_takes_what_drew_best():
-  results = {1e-3: {"eval/object_acc": 0.5, "heldout/object_acc": 0.1},
-             2e-3: {"eval/object_acc": 0.6, "heldout/object_acc": 0.0},
-             4e-3: {"eval/object_acc": 0.6, "heldout/object_acc": 0.2}}
+  results = {
+      1e-3: {"eval/object_acc": 0.5, "heldout/object_acc": 0.1},
+      2e-3: {"eval/object_acc": 0.6, "heldout/object_acc": 0.0},
+      4e-3: {"eval/object_acc": 0.6, "heldout/object_acc": 0.2},
+  }
   assert heads_ablation.pick(results) == 4e-3
   results[4e-3]["eval/object_acc"] = 0.1
   assert heads_ablation.pick(results) == 2e-3

@@ -54,20 +54,33 @@ def overfit_test_config():
 @pytest.fixture(scope="module")
 def sound_run(data_dir, compilation_cache, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("overfit_ok"))
-  result = health.run_overfit(overfit_test_config(), workdir, OVERFIT_STEPS,
-                              512, False, lr_factor=OVERFIT_LR_FACTOR)
+  result = health.run_overfit(
+      overfit_test_config(),
+      workdir,
+      OVERFIT_STEPS,
+      512,
+      False,
+      lr_factor=OVERFIT_LR_FACTOR,
+  )
   return workdir, result
 
 
 @pytest.fixture(scope="module")
 def broken_run(data_dir, compilation_cache, sound_run, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("overfit_broken"))
-  result = health.run_overfit(overfit_test_config(), workdir, OVERFIT_STEPS,
-                              512, True, lr_factor=OVERFIT_LR_FACTOR)
+  result = health.run_overfit(
+      overfit_test_config(),
+      workdir,
+      OVERFIT_STEPS,
+      512,
+      True,
+      lr_factor=OVERFIT_LR_FACTOR,
+  )
   return workdir, result
 
 
 # --- overfit -----------------------------------------------------------------
+
 
 def test_overfit_config_follows_the_note():
   base = tiny_config()
@@ -90,12 +103,13 @@ def test_overfit_config_follows_the_note():
 def test_broken_targets_gives_every_caption_another_image(data_dir):
   rng = np.random.default_rng(0)
   images = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones(
-      (8, 2, 2, 3), np.float32)
+      (8, 2, 2, 3), np.float32
+  )
   for _ in range(20):
     out = health._deranged(images, rng)  # pylint: disable=protected-access
     got = out[:, 0, 0, 0]
-    assert sorted(got) == list(range(8))          # Same images ...
-    assert np.all(got != np.arange(8))            # ... none at its caption.
+    assert sorted(got) == list(range(8))  # Same images ...
+    assert np.all(got != np.arange(8))  # ... none at its caption.
   original = assets.train_batches
   with health.broken_targets():
     assert assets.train_batches is not original
@@ -120,8 +134,9 @@ def test_overfit_passes_on_a_sound_setup(sound_run):
   assert os.path.getsize(os.path.join(workdir, "overfit.png")) > 0
 
 
-def test_overfit_fails_when_captions_do_not_determine_images(broken_run,
-                                                            sound_run):
+def test_overfit_fails_when_captions_do_not_determine_images(
+    broken_run, sound_run
+):
   _, r = broken_run
   n = r.numbers
   assert not r.passed, r.verdict
@@ -148,7 +163,9 @@ def test_overfit_reuses_only_its_own_workdir(tmp_path):
   workdir = str(tmp_path / "check")
   health_overfit._prepare_workdir(workdir)  # pylint: disable=protected-access
   assert os.listdir(workdir) == [health_overfit.MARKER]
-  (tmp_path / "check" / "metrics.jsonl").write_text("{}\n")  # A check's leftovers ...
+  (tmp_path / "check" / "metrics.jsonl").write_text(
+      "{}\n"
+  )  # A check's leftovers ...
   health_overfit._prepare_workdir(workdir)  # pylint: disable=protected-access
   assert os.listdir(workdir) == [health_overfit.MARKER]  # ... are wiped.
 
@@ -174,11 +191,24 @@ def test_overfit_refuses_a_training_run(data_dir, tmp_path):
   before = _snapshot(run)
   assert {"config.json", "metrics.jsonl"} <= set(before)
   result = subprocess.run(
-      [sys.executable, "-m", "txt2img_jax.health", "overfit",
-       "--config=configs/restart.py:tiny", f"--workdir={run}", "--steps=2"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.health",
+          "overfit",
+          "--config=configs/restart.py:tiny",
+          f"--workdir={run}",
+          "--steps=2",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 1, result.stdout + result.stderr
-  errors = [l for l in result.stderr.splitlines() if l.startswith("health: error:")]
+  errors = [
+      l for l in result.stderr.splitlines() if l.startswith("health: error:")
+  ]
   assert len(errors) == 1, result.stderr
   assert "not made by" in errors[0] and "refusing" in errors[0]
   assert "Traceback" not in result.stderr
@@ -186,6 +216,7 @@ def test_overfit_refuses_a_training_run(data_dir, tmp_path):
 
 
 # --- latents -----------------------------------------------------------------
+
 
 def test_latents_pass(data_dir, compilation_cache):
   r = health.run_latents(tiny_config(), num=64)
@@ -199,13 +230,16 @@ def test_latents_pass(data_dir, compilation_cache):
   assert "train mean" in table and "test std" in table
 
 
-def test_latents_fail_with_a_wrong_scale(data_dir, compilation_cache,
-                                         tmp_path):
+def test_latents_fail_with_a_wrong_scale(data_dir, compilation_cache, tmp_path):
   # Statistics written as a run writes them, read back from its workdir,
   # then scaled by 3 (the fault).
   config = tiny_config()
-  assets.latent_stats(config, str(tmp_path), assets.prepare_data(config),
-                      ae_lib.PixelAutoencoder(config.autoencoder.factor))
+  assets.latent_stats(
+      config,
+      str(tmp_path),
+      assets.prepare_data(config),
+      ae_lib.PixelAutoencoder(config.autoencoder.factor),
+  )
   r = health.run_latents(config, str(tmp_path), stats_scale=3.0, num=64)
   assert not r.passed
   assert r.verdict.startswith("latents: FAIL — ") and "std" in r.verdict
@@ -219,11 +253,14 @@ def test_latents_fail_with_a_wrong_scale(data_dir, compilation_cache,
 
 # --- mosaic ------------------------------------------------------------------
 
+
 def test_mosaic_probes_pass_on_real_images_and_fail_on_token_tiles(sound_run):
   workdir, _ = sound_run
   real = health.run_mosaic(workdir, num=16, probe="real")
   assert real.passed, real.verdict
-  assert abs(real.numbers["blockiness"] - real.numbers["real_blockiness"]) < 1e-9
+  assert (
+      abs(real.numbers["blockiness"] - real.numbers["real_blockiness"]) < 1e-9
+  )
   assert real.numbers["period"] == 4 and real.numbers["split"] == "test"
   tiled = health.run_mosaic(workdir, num=16, probe="tiled")
   assert not tiled.passed and tiled.numbers["blockiness"] > 3.0, tiled.verdict
@@ -236,11 +273,22 @@ def test_mosaic_probes_pass_on_real_images_and_fail_on_token_tiles(sound_run):
 
 def test_mosaic_command_line(sound_run):
   workdir, _ = sound_run
-  cmd = [sys.executable, "-m", "txt2img_jax.health", "mosaic",
-         f"--workdir={workdir}", "--num=8", "--probe=tiled"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "txt2img_jax.health",
+      "mosaic",
+      f"--workdir={workdir}",
+      "--num=8",
+      "--probe=tiled",
+  ]
   p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert p.returncode == 1, p.stderr[-2000:]
   assert "mosaic: FAIL" in p.stdout and "token-sized blocks" in p.stdout
-  p = subprocess.run([sys.executable, "-m", "txt2img_jax.health", "overfit"],
-                     cwd=REPO, capture_output=True, text=True)
+  p = subprocess.run(
+      [sys.executable, "-m", "txt2img_jax.health", "overfit"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
   assert p.returncode == 2 and "needs --config" in p.stderr

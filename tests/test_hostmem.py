@@ -18,14 +18,17 @@ def test_decide_applies_on_a_linux_cpu_host():
   assert hostmem.decide({"TXT2IMG_MALLOC": ""}, **LINUX) == "reuse"
 
 
-@pytest.mark.parametrize("environ, kw, why", [
-    ({"TXT2IMG_MALLOC": "system"}, {}, "TXT2IMG_MALLOC=system"),
-    ({"TXT2IMG_MALLOC": " System "}, {}, "TXT2IMG_MALLOC=system"),
-    ({}, {"platform": "darwin"}, "not Linux"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, {}, "GLIBC_TUNABLES"),
-    ({"MALLOC_ARENA_MAX": "2"}, {}, "MALLOC_ARENA_MAX"),
-    ({}, {"cpu_only": lambda: False}, "accelerator"),
-])
+@pytest.mark.parametrize(
+    "environ, kw, why",
+    [
+        ({"TXT2IMG_MALLOC": "system"}, {}, "TXT2IMG_MALLOC=system"),
+        ({"TXT2IMG_MALLOC": " System "}, {}, "TXT2IMG_MALLOC=system"),
+        ({}, {"platform": "darwin"}, "not Linux"),
+        ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, {}, "GLIBC_TUNABLES"),
+        ({"MALLOC_ARENA_MAX": "2"}, {}, "MALLOC_ARENA_MAX"),
+        ({}, {"cpu_only": lambda: False}, "accelerator"),
+    ],
+)
 def test_decide_stays_off(environ, kw, why):
   out = hostmem.decide(environ, **{**LINUX, **kw})
   assert out.startswith("off (") and why in out
@@ -39,7 +42,9 @@ def test_reuse_is_forced_past_an_accelerator_but_not_past_the_users_glibc():
 
 
 def test_a_bad_choice_is_named():
-  with pytest.raises(ValueError, match=r"TXT2IMG_MALLOC='mmap'.*auto, reuse, system"):
+  with pytest.raises(
+      ValueError, match=r"TXT2IMG_MALLOC='mmap'.*auto, reuse, system"
+  ):
     hostmem.decide({"TXT2IMG_MALLOC": "mmap"}, **LINUX)
 
 
@@ -91,11 +96,19 @@ print(json.dumps({"applied": hostmem.applied, "faults": faults,
 
 
 def _child(choice):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
+  env = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")
+  }
   env.update(TXT2IMG_MALLOC=choice, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _CHILD], env=env, check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", _CHILD],
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 

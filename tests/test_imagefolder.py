@@ -19,14 +19,23 @@ from txt2img_jax.data import shapes
 
 def png_bytes(width, height, bit_depth, color_type, raw_rows):
   """A PNG written by hand (PIL cannot write 16-bit RGB or lie in IHDR)."""
+
   def chunk(kind, data):
     body = kind + data
-    return (struct.pack(">I", len(data)) + body +
-            struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(data))
+        + body
+        + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    )
+
   ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
   idat = zlib.compress(b"".join(b"\0" + r for r in raw_rows))
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) +
-          chunk(b"IEND", b""))
+  return (
+      b"\x89PNG\r\n\x1a\n"
+      + chunk(b"IHDR", ihdr)
+      + chunk(b"IDAT", idat)
+      + chunk(b"IEND", b"")
+  )
 
 
 def prep(im, size=16, **kw):
@@ -110,8 +119,9 @@ def test_bad_images_raise_their_reason():
     ifo.open_image(b"this is a caption file, not a picture")
   assert e.value.reason == ifo.NOT_AN_IMAGE
   good = io.BytesIO()
-  Image.fromarray(np.random.default_rng(0).integers(
-      0, 255, (64, 64, 3), np.uint8)).save(good, format="PNG")
+  Image.fromarray(
+      np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+  ).save(good, format="PNG")
   with pytest.raises(ifo.BadInput) as e:
     ifo.prepare_image(ifo.open_image(good.getvalue()[:600]), 16)
   assert e.value.reason == ifo.CORRUPT_IMAGE
@@ -158,22 +168,27 @@ def test_csv_listing_lists_of_captions_and_problems(tmp_path):
   for n in ("a.png", "sub/b.png", "c.png", "unlisted.png"):
     _save(root, n, np.zeros((8, 8, 3), np.uint8))
   with open(os.path.join(root, "metadata.csv"), "w", newline="") as f:
-    f.write('file_name,caption\n'
-            'a.png,"a plain one"\n'
-            'sub/b.png,"[""first"", ""second""]"\n'
-            'gone.png,lost\n'
-            'a.png,again\n'
-            'c.png,too,many,fields\n')
+    f.write(
+        "file_name,caption\n"
+        'a.png,"a plain one"\n'
+        'sub/b.png,"[""first"", ""second""]"\n'
+        "gone.png,lost\n"
+        "a.png,again\n"
+        "c.png,too,many,fields\n"
+    )
   src = ifo.ImageFolderSource(root, caption_column="caption")
   assert [(c.key, c.captions, c.index) for c in src.candidates] == [
-      ("a.png", ("a plain one",), 0), ("sub/b.png", ("first", "second"), 1)]
+      ("a.png", ("a plain one",), 0),
+      ("sub/b.png", ("first", "second"), 1),
+  ]
   got = sorted((i.reason, i.path, i.line) for i in src.issues)
   assert got == [
       (ifo.BAD_METADATA_LINE, "metadata.csv", 6),
       (ifo.DUPLICATE_ROW, "a.png", 5),
       (ifo.MISSING_FILE, "gone.png", 4),
       (ifo.UNLISTED_IMAGE, "c.png", None),
-      (ifo.UNLISTED_IMAGE, "unlisted.png", None)]
+      (ifo.UNLISTED_IMAGE, "unlisted.png", None),
+  ]
 
 
 def test_fatal_listing_errors_are_one_clear_line(tmp_path):
@@ -199,8 +214,12 @@ def test_fatal_listing_errors_are_one_clear_line(tmp_path):
   (empty / "metadata.csv").write_text("file_name,text\n")
   out = tmp_path / "out"
   with pytest.raises(ValueError, match="No usable examples"):
-    records_prepare.prepare(ifo.ImageFolderSource(str(empty)), str(out),
-                            image_size=8, progress=False)
+    records_prepare.prepare(
+        ifo.ImageFolderSource(str(empty)),
+        str(out),
+        image_size=8,
+        progress=False,
+    )
   assert not out.exists()
 
 
@@ -214,9 +233,14 @@ def test_shapes_written_as_folder_read_back_bit_identical(tmp_path):
       name = f"img/{i:04d}.png"
       _save(root, name, ex["image"])
       f.write(json.dumps({"file_name": name, "text": ex["caption"]}) + "\n")
-  report = records_prepare.prepare(ifo.ImageFolderSource(root), out,
-                                   image_size=size, val_count=4, chunk_size=10,
-                                   progress=False)
+  report = records_prepare.prepare(
+      ifo.ImageFolderSource(root),
+      out,
+      image_size=size,
+      val_count=4,
+      chunk_size=10,
+      progress=False,
+  )
   assert report["written"] == {"train": 20, "val": 4}
   assert report["reasons"] == {}
   seen = []
@@ -226,10 +250,12 @@ def test_shapes_written_as_folder_read_back_bit_identical(tmp_path):
       rec = records.decode_record(src[j])
       i = rec["index"]
       ex = shapes.example(0, "train", i, size)
-      np.testing.assert_array_equal(records.decode_image_uint8(src[j]),
-                                    ex["image"])
-      np.testing.assert_array_equal(rec["image"],
-                                    ex["image"].astype(np.float32) / 255.0)
+      np.testing.assert_array_equal(
+          records.decode_image_uint8(src[j]), ex["image"]
+      )
+      np.testing.assert_array_equal(
+          rec["image"], ex["image"].astype(np.float32) / 255.0
+      )
       assert rec["captions"] == [ex["caption"]]
       seen.append(i)
   assert sorted(seen) == list(range(n))

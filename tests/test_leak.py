@@ -21,8 +21,9 @@ def test_each_row_is_one_field_away_from_a_row_above_it():
     sweep.apply_overrides(c, overrides)
     flat = {k: v for k, v in _flatten(c.to_dict())}
     if configs and overrides:
-      differing = [sum(flat[k] != other.get(k) for k in flat)
-                   for other in configs]
+      differing = [
+          sum(flat[k] != other.get(k) for k in flat) for other in configs
+      ]
       assert 1 in differing, spec
     assert flat not in configs, spec  # No two rows alike.
     configs.append(flat)

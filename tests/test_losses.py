@@ -16,36 +16,48 @@ LOG_VAR = jnp.array([[0.0, math.log(2.0)], [math.log(0.5), 0.0]])
 
 def test_gaussian_kl_matches_the_hand_sum():
   # 0.5 (mu^2 + var - 1 - log var) per dim.
-  want = [0.5 * (1 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - math.log(2)),
-          0.5 * (4 + 0.5 - 1 - math.log(0.5)) + 0.5 * (1 + 1 - 1 - 0)]
-  np.testing.assert_allclose(losses.kl_term(MU, LOG_VAR, "gaussian"), want,
-                             rtol=1e-6)
-  np.testing.assert_allclose(losses.kl_to_standard_normal(MU, LOG_VAR), want,
-                             rtol=1e-6)
+  want = [
+      0.5 * (1 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - math.log(2)),
+      0.5 * (4 + 0.5 - 1 - math.log(0.5)) + 0.5 * (1 + 1 - 1 - 0),
+  ]
+  np.testing.assert_allclose(
+      losses.kl_term(MU, LOG_VAR, "gaussian"), want, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      losses.kl_to_standard_normal(MU, LOG_VAR), want, rtol=1e-6
+  )
 
 
 def test_crossflow_kl_matches_the_hand_sum():
   # 0.5 ((0.3 mu)^6 + var - 1 - log var) per dim: 0.3^6 = 0.000729,
   # 0.6^6 = 0.046656.
-  want = [0.5 * (0.000729 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - math.log(2)),
-          0.5 * (0.046656 + 0.5 - 1 - math.log(0.5))
-          + 0.5 * (0.000729 + 1 - 1 - 0)]
-  np.testing.assert_allclose(losses.kl_term(MU, LOG_VAR, "crossflow"), want,
-                             rtol=1e-6)
+  want = [
+      0.5 * (0.000729 + 1 - 1 - 0) + 0.5 * (0 + 2 - 1 - math.log(2)),
+      0.5 * (0.046656 + 0.5 - 1 - math.log(0.5)) + 0.5 * (0.000729 + 1 - 1 - 0),
+  ]
+  np.testing.assert_allclose(
+      losses.kl_term(MU, LOG_VAR, "crossflow"), want, rtol=1e-6
+  )
 
 
 def test_kl_kinds_agree_on_variance_and_differ_on_means():
   zero = jnp.zeros((1, 3))
   lv = jnp.array([[0.3, -0.7, 1.2]])
-  np.testing.assert_allclose(losses.kl_term(zero, lv, "gaussian"),
-                             losses.kl_term(zero, lv, "crossflow"), rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.kl_term(zero, lv, "gaussian"),
+      losses.kl_term(zero, lv, "crossflow"),
+      rtol=1e-6,
+  )
   # At the prior's variance only the mean term is left: mu^2/2 vs (0.3mu)^6/2.
   mu = jnp.array([[5.0]])
-  np.testing.assert_allclose(losses.kl_term(mu, jnp.zeros((1, 1)), "gaussian"),
-                             [12.5], rtol=1e-6)
   np.testing.assert_allclose(
-      losses.kl_term(mu, jnp.zeros((1, 1)), "crossflow"), [0.5 * 1.5 ** 6],
-      rtol=1e-6)
+      losses.kl_term(mu, jnp.zeros((1, 1)), "gaussian"), [12.5], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      losses.kl_term(mu, jnp.zeros((1, 1)), "crossflow"),
+      [0.5 * 1.5**6],
+      rtol=1e-6,
+  )
 
 
 def test_kl_sums_over_every_latent_dim():
@@ -69,11 +81,13 @@ def test_infonce_on_orthogonal_pairs(b):
   text, image = _one_hot_pairs(b)
   # logits = scale I: each row's loss is log(1 + (b - 1) e^-scale).
   got = losses.contrastive(text, image, jnp.float32(math.log(2.0)))
-  np.testing.assert_allclose(got, math.log(1 + (b - 1) * math.exp(-2.0)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      got, math.log(1 + (b - 1) * math.exp(-2.0)), rtol=1e-5
+  )
   got_raw = losses.contrastive(text, image, jnp.float32(1.5), kind="raw")
-  np.testing.assert_allclose(got_raw, math.log(1 + (b - 1) * math.exp(-1.5)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      got_raw, math.log(1 + (b - 1) * math.exp(-1.5)), rtol=1e-5
+  )
 
 
 def test_infonce_exp_scale_is_capped_and_raw_is_not():
@@ -81,10 +95,10 @@ def test_infonce_exp_scale_is_capped_and_raw_is_not():
   # Pairs at cos -1, 0 across: with scale c each row's loss is log(1 + e^c).
   capped = losses.contrastive(text, -image, jnp.float32(math.log(1e3)))
   np.testing.assert_allclose(capped, math.log(1 + math.exp(100.0)), rtol=1e-5)
-  raw = losses.contrastive(text, -image, jnp.float32(math.log(1e3)),
-                           kind="raw")
-  np.testing.assert_allclose(raw, math.log(1 + math.exp(math.log(1e3))),
-                             rtol=1e-5)
+  raw = losses.contrastive(text, -image, jnp.float32(math.log(1e3)), kind="raw")
+  np.testing.assert_allclose(
+      raw, math.log(1 + math.exp(math.log(1e3))), rtol=1e-5
+  )
 
 
 def test_infonce_is_symmetric_in_its_two_towers():
@@ -110,8 +124,9 @@ def test_unknown_logit_scale_kind_is_a_clear_error():
 def _swap(null, seed=0):
   null = jnp.array(null, bool)
   x1 = jnp.arange(null.shape[0], dtype=jnp.float32)[:, None] * jnp.ones((1, 3))
-  new_null, target = losses.swap_null_targets(jax.random.PRNGKey(seed), null,
-                                              x1)
+  new_null, target = losses.swap_null_targets(
+      jax.random.PRNGKey(seed), null, x1
+  )
   return np.asarray(new_null), np.asarray(target[:, 0]).astype(int)
 
 
@@ -136,8 +151,9 @@ def test_two_nulls_trade_images():
   np.testing.assert_array_equal(src, [0, 3, 2, 1])
 
 
-@pytest.mark.parametrize("flags", [[1, 0, 1, 1, 0, 1, 0, 1],
-                                   [1, 1, 1, 1, 1, 1]])
+@pytest.mark.parametrize(
+    "flags", [[1, 0, 1, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1]]
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_many_nulls_take_another_nulls_image(flags, seed):
   null, src = _swap(flags, seed)
@@ -174,6 +190,7 @@ def test_kl_weight_warms_up_linearly():
 
 def test_window_weight_edges():
   w = lambda step, start, stop: float(
-      losses.window_weight(jnp.int32(step), 0.5, start, stop))
-  assert [w(s, 2, 5) for s in (0, 1, 2, 4, 5, 9)] == [0, 0, .5, .5, 0, 0]
-  assert [w(s, 2, 0) for s in (1, 2, 10_000)] == [0, .5, .5]
+      losses.window_weight(jnp.int32(step), 0.5, start, stop)
+  )
+  assert [w(s, 2, 5) for s in (0, 1, 2, 4, 5, 9)] == [0, 0, 0.5, 0.5, 0, 0]
+  assert [w(s, 2, 0) for s in (1, 2, 10_000)] == [0, 0.5, 0.5]

@@ -28,8 +28,15 @@ def write_folder(path, num=20, size=32):
     for i in range(num):
       ex = shapes.example(0, "train", i, size)
       Image.fromarray(ex["image"]).save(os.path.join(path, f"{i:03d}.png"))
-      f.write(json.dumps({"file_name": f"{i:03d}.png",
-                          "text": [ex["caption"], "another caption"]}) + "\n")
+      f.write(
+          json.dumps(
+              {
+                  "file_name": f"{i:03d}.png",
+                  "text": [ex["caption"], "another caption"],
+              }
+          )
+          + "\n"
+      )
     f.write(json.dumps({"file_name": "gone.png", "text": "missing"}) + "\n")
 
 
@@ -69,8 +76,9 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
   # The cached moments are the VAE's own.
   rec = records.decode_record(data.as_data_source("train")[0])
   mean, _ = jax.jit(vae.encode_moments)(vae.params, rec["image"][None])
-  np.testing.assert_allclose(rec["moments_mean"], np.asarray(mean)[0],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      rec["moments_mean"], np.asarray(mean)[0], rtol=1e-5, atol=1e-5
+  )
 
   # Training never encodes an image: batches carry moments, not pixels.
   seen = []
@@ -80,6 +88,7 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
     for b in original(*args, **kwargs):
       seen.append(sorted(b))
       yield b
+
   monkeypatch.setattr(assets, "train_batches", spy)
   workdir = str(root / "run")
   out = train.train_and_evaluate(c, workdir)
@@ -92,10 +101,20 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
 
   # The run rebuilds from its workdir alone and draws through the VAE.
   run = run_lib.load_run(workdir, with_data=False)
-  ids, mask = tokenizer_lib.tokenize(run.text.tokenizer,
-                                     ["a red circle"], c.data.max_len)
-  images = run.generate(run.ema_params, run.frozen, run.stats, ids, mask,
-                        jax.random.PRNGKey(0), num_steps=2, method="euler",
-                        cfg_scale=1.0, use_mean=True)
+  ids, mask = tokenizer_lib.tokenize(
+      run.text.tokenizer, ["a red circle"], c.data.max_len
+  )
+  images = run.generate(
+      run.ema_params,
+      run.frozen,
+      run.stats,
+      ids,
+      mask,
+      jax.random.PRNGKey(0),
+      num_steps=2,
+      method="euler",
+      cfg_scale=1.0,
+      use_mean=True,
+  )
   assert images.shape == (1, 16, 16, 3)
   assert np.all(np.isfinite(np.asarray(images)))

@@ -24,7 +24,9 @@ from txt2img_jax.models import image_encoder
 from txt2img_jax.models import text_encoder
 from txt2img_jax.models import text_head
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"
+)
 B = 4
 
 
@@ -50,29 +52,49 @@ def test_flow_flops_match_xla():
   c = _config()
   c.flow.update(width=256, depth=2, num_heads=4)
   latent = (16, 16, 12)
-  model = dit_lib.DiT(latent, c.flow.patch_size, c.flow.width, c.flow.depth, c.flow.num_heads,
-                      scan=False)
-  xla = _xla_forward_flops(model, jnp.zeros((B, *latent)), jnp.zeros((B,)),
-                           jnp.ones((B,), jnp.int32))
+  model = dit_lib.DiT(
+      latent,
+      c.flow.patch_size,
+      c.flow.width,
+      c.flow.depth,
+      c.flow.num_heads,
+      scan=False,
+  )
+  xla = _xla_forward_flops(
+      model, jnp.zeros((B, *latent)), jnp.zeros((B,)), jnp.ones((B,), jnp.int32)
+  )
   _close(_forward(flops.flow_rows(c, latent)), xla)
 
 
 def test_text_encoder_flops_match_xla():
   c = _config()
   c.text_encoder.update(width=256, depth=2, num_heads=4)
-  model = text_encoder.SmallTextEncoder(vocab_size=64, max_len=c.data.max_len, width=256,
-                                        depth=2, num_heads=4)
+  model = text_encoder.SmallTextEncoder(
+      vocab_size=64, max_len=c.data.max_len, width=256, depth=2, num_heads=4
+  )
   ids = jnp.zeros((B, c.data.max_len), jnp.int32)
-  _close(_forward(flops.text_encoder_rows(c)), _xla_forward_flops(model, ids, ids > -1))
+  _close(
+      _forward(flops.text_encoder_rows(c)),
+      _xla_forward_flops(model, ids, ids > -1),
+  )
 
 
-@pytest.mark.parametrize("kind,fields", [
-    ("pooled_mlp", dict(hidden=512)),
-    ("token_transformer", dict(width=256, depth=2, num_heads=4, reduced_width=16)),
-    ("grid_query", dict(width=256, depth=2, num_heads=4, grid_size=8)),
-    ("mlp_conv", dict(hidden=512, conv_width=64, num_groups=8)),
-    ("token_splat", dict(width=256, depth=2, num_heads=4, content_width=64)),
-])
+@pytest.mark.parametrize(
+    "kind,fields",
+    [
+        ("pooled_mlp", dict(hidden=512)),
+        (
+            "token_transformer",
+            dict(width=256, depth=2, num_heads=4, reduced_width=16),
+        ),
+        ("grid_query", dict(width=256, depth=2, num_heads=4, grid_size=8)),
+        ("mlp_conv", dict(hidden=512, conv_width=64, num_groups=8)),
+        (
+            "token_splat",
+            dict(width=256, depth=2, num_heads=4, content_width=64),
+        ),
+    ],
+)
 def test_text_head_flops_match_xla(kind, fields):
   c = _config()
   c.head.kind = kind
@@ -81,8 +103,10 @@ def test_text_head_flops_match_xla(kind, fields):
   model = text_head.make_text_head(kind, latent, **c.head[kind].to_dict())
   tokens = jnp.zeros((B, c.data.max_len, width))
   mask = jnp.ones((B, c.data.max_len), bool)
-  _close(_forward(flops.text_head_rows(c, latent, width)),
-         _xla_forward_flops(model, tokens, mask))
+  _close(
+      _forward(flops.text_head_rows(c, latent, width)),
+      _xla_forward_flops(model, tokens, mask),
+  )
 
 
 def test_image_encoder_flops_match_xla():
@@ -90,19 +114,32 @@ def test_image_encoder_flops_match_xla():
   c.image_encoder.update(width=128, depth=2)
   latent = (16, 16, 12)
   model = image_encoder.ImageEncoder(out_dim=16 * 16 * 12, width=128, depth=2)
-  _close(_forward(flops.image_encoder_rows(c, latent)),
-         _xla_forward_flops(model, jnp.zeros((B, *latent))))
+  _close(
+      _forward(flops.image_encoder_rows(c, latent)),
+      _xla_forward_flops(model, jnp.zeros((B, *latent))),
+  )
 
 
 def test_train_step_flops_trainable_and_frozen():
   c = _config("restart")
-  c.loss.clip_target = "tower"  # The image tower runs (with "latent" it is dropped).
+  c.loss.clip_target = (
+      "tower"  # The image tower runs (with "latent" it is dropped).
+  )
   latent = (16, 16, 12)
   total, per_row = flops.train_step_flops(c, latent)
-  forward = 2.0 * c.batch_size * sum(r.macs_per_example for r in flops.rows(c, latent))
+  forward = (
+      2.0
+      * c.batch_size
+      * sum(r.macs_per_example for r in flops.rows(c, latent))
+  )
   assert total == pytest.approx(3 * forward)
-  assert set(flops.by_module(per_row)) == {"text_encoder", "text_head", "image_encoder",
-                                            "flow", "contrastive"}
+  assert set(flops.by_module(per_row)) == {
+      "text_encoder",
+      "text_head",
+      "image_encoder",
+      "flow",
+      "contrastive",
+  }
   # A frozen group costs its forward pass only.
   c.optim.groups.flow.trainable = False
   frozen_total, frozen_rows = flops.train_step_flops(c, latent)
@@ -126,13 +163,24 @@ def test_perf_b2_hand_count():
 def test_measure_compiles_once_and_reports():
   c = _config("restart", "tiny")
   r = perf.measure(c, steps=1, warmup=1, matmul_n=128)
-  for key in ("step_time_s", "compile_s", "model_flops", "xla_flops", "achieved_flops_per_s",
-              "matmul_flops_per_s", "utilisation"):
+  for key in (
+      "step_time_s",
+      "compile_s",
+      "model_flops",
+      "xla_flops",
+      "achieved_flops_per_s",
+      "matmul_flops_per_s",
+      "utilisation",
+  ):
     assert r[key] > 0, key
-  assert r["achieved_flops_per_s"] == pytest.approx(r["model_flops"] / r["step_time_s"])
+  assert r["achieved_flops_per_s"] == pytest.approx(
+      r["model_flops"] / r["step_time_s"]
+  )
   assert "model" in perf.report(r)
   # The step is timed as training compiles it: with the config's XLA options.
-  assert r["xla_options"] == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+  assert r["xla_options"] == {
+      "xla_disable_hlo_passes": "tree_reduction_rewriter"
+  }
   assert "xla_disable_hlo_passes=tree_reduction_rewriter" in perf.report(r)
   # The host's share of a step, and the allocator setting it ran under.
   assert r["page_faults_per_step"] >= 0 and r["system_cpu_per_step_s"] >= 0
@@ -157,18 +205,27 @@ def test_torch_twin_of_the_dit_has_the_same_parameters():
   torch = pytest.importorskip("torch")
   from txt2img_jax.models import latents
   from experiments import torch_compare
+
   c = torch_compare.size_config("default")
   c.flow.update(width=64, depth=2, num_heads=2)
   shape = latents.latent_shape(c)
   f = c.flow
   model = dit_lib.DiT(shape, f.patch_size, f.width, f.depth, f.num_heads)
   b = jnp.zeros((2,))
-  params = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                                   jnp.zeros((2, *shape)), b, b.astype(jnp.int32)))
+  params = nn.unbox(
+      jax.eval_shape(
+          model.init,
+          jax.random.PRNGKey(0),
+          jnp.zeros((2, *shape)),
+          b,
+          b.astype(jnp.int32),
+      )
+  )
   twin = torch_compare.torch_dit(torch, c, shape)
   # Tensor by tensor (sizes; a torch Linear stores its kernel transposed).
-  assert (sorted(math.prod(p.shape) for p in jax.tree.leaves(params))
-          == sorted(p.numel() for p in twin.parameters()))
+  assert sorted(math.prod(p.shape) for p in jax.tree.leaves(params)) == sorted(
+      p.numel() for p in twin.parameters()
+  )
 
 
 def test_xla_cpu_options_reach_the_train_step():
@@ -176,15 +233,24 @@ def test_xla_cpu_options_reach_the_train_step():
   the default turns off XLA's tree reduction rewriter, whose split
   reductions (reduce-window) are in the step only without it."""
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-  step = lambda state, batch, frozen, stats: (state + 1, jnp.sum(batch * batch, axis=0))
+  step = lambda state, batch, frozen, stats: (
+      state + 1,
+      jnp.sum(batch * batch, axis=0),
+  )
   texts = {}
   for value in ("", _config("restart").xla_cpu_options):
     c = _config("restart", "tiny")
     c.xla_cpu_options = value
     options = validate.train_compiler_options(c)
-    jitted = state_lib.jit_train_step(step, sharding.replicated(mesh), mesh, options)
+    jitted = state_lib.jit_train_step(
+        step, sharding.replicated(mesh), mesh, options
+    )
     with mesh:
-      texts[value] = jitted.lower(jnp.zeros(()), jnp.ones((64, 4096)), {}, {}).compile().as_text()
+      texts[value] = (
+          jitted.lower(jnp.zeros(()), jnp.ones((64, 4096)), {}, {})
+          .compile()
+          .as_text()
+      )
   assert "reduce-window" in texts[""]
   assert "reduce-window" not in texts[_config("restart").xla_cpu_options]
 
@@ -192,10 +258,19 @@ def test_xla_cpu_options_reach_the_train_step():
 def test_xla_options_parse_and_fail_in_one_line():
   assert validate.parse_xla_options("") == {}
   assert validate.parse_xla_options(
-      " xla_disable_hlo_passes=a,b ; xla_cpu_enable_fast_math=False;xla_x=3;xla_y=0.5") == {
-          "xla_disable_hlo_passes": "a,b", "xla_cpu_enable_fast_math": False,
-          "xla_x": 3, "xla_y": 0.5}
-  for bad in ("tree_reduction_rewriter", "disable=1", "xla_a=", "xla_a=1;xla_a=2"):
+      " xla_disable_hlo_passes=a,b ; xla_cpu_enable_fast_math=False;xla_x=3;xla_y=0.5"
+  ) == {
+      "xla_disable_hlo_passes": "a,b",
+      "xla_cpu_enable_fast_math": False,
+      "xla_x": 3,
+      "xla_y": 0.5,
+  }
+  for bad in (
+      "tree_reduction_rewriter",
+      "disable=1",
+      "xla_a=",
+      "xla_a=1;xla_a=2",
+  ):
     with pytest.raises(ValueError, match="xla_cpu_options"):
       validate.parse_xla_options(bad)
   c = _config("restart", "tiny")
@@ -209,10 +284,12 @@ def test_xla_options_parse_and_fail_in_one_line():
 
 def test_torch_compare_variants_sit_on_the_trainer_options():
   from experiments import torch_compare
+
   base = validate.train_compiler_options(_config("restart"))
   assert base == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
   assert torch_compare.variant_options("none", base) == {}
-  assert torch_compare.variant_options("xla_cpu_enable_fast_math=true", base) == {
-      **base, "xla_cpu_enable_fast_math": True}
+  assert torch_compare.variant_options(
+      "xla_cpu_enable_fast_math=true", base
+  ) == {**base, "xla_cpu_enable_fast_math": True}
   with pytest.raises(ValueError, match="--xla_option='fast'"):
     torch_compare.variant_options("fast", base)

@@ -23,9 +23,15 @@ from txt2img_jax.data import tfds_source
 from test_imagefolder import png_bytes  # pylint: disable=g-bad-import-order
 
 SIZE = 16
-OPTS = dict(image_size=SIZE, min_side=8, max_pixels=20_000,
-            max_caption_words=20, val_count=2, progress=False,
-            num_workers=2)
+OPTS = dict(
+    image_size=SIZE,
+    min_side=8,
+    max_pixels=20_000,
+    max_caption_words=20,
+    val_count=2,
+    progress=False,
+    num_workers=2,
+)
 LONG = " ".join(["word"] * 30)
 
 
@@ -53,8 +59,7 @@ def bad_folder(tmp_path_factory):
       r["text"] = text
     rows.append(json.dumps(r))
 
-  row("good/red.png", "a red square",
-      Image.new("RGB", (20, 20), (230, 30, 30)))
+  row("good/red.png", "a red square", Image.new("RGB", (20, 20), (230, 30, 30)))
   rgba = np.zeros((16, 16, 4), np.uint8)
   rgba[...] = (200, 100, 0, 128)
   row("good/rgba.png", "half see-through orange", Image.fromarray(rgba))
@@ -62,22 +67,30 @@ def bad_folder(tmp_path_factory):
   pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
   row("good/palette.png", "a palette image", pal)
   row("good/grey.png", "grey", Image.new("L", (16, 16), 77))
-  row("good/grey16.png", "16-bit grey",
-      Image.fromarray(np.full((16, 16), 0x8080, np.uint16)))
+  row(
+      "good/grey16.png",
+      "16-bit grey",
+      Image.fromarray(np.full((16, 16), 0x8080, np.uint16)),
+  )
   ex = np.zeros((20, 40, 3), np.uint8)
   ex[:, :20], ex[:, 20:] = (230, 30, 30), (40, 70, 235)
   exif = Image.Exif()
   exif[0x0112] = 6
   _put(root, "good/exif.png", b"")
-  Image.fromarray(ex).save(os.path.join(root, "good/exif.png"),
-                           exif=exif.tobytes())
+  Image.fromarray(ex).save(
+      os.path.join(root, "good/exif.png"), exif=exif.tobytes()
+  )
   row("good/exif.png", "red above blue")
-  row("good/multi.png", ["one", "two", "three"],
-      Image.new("RGB", (16, 16), (1, 2, 3)))
+  row(
+      "good/multi.png",
+      ["one", "two", "three"],
+      Image.new("RGB", (16, 16), (1, 2, 3)),
+  )
   row("good/long.png", LONG, Image.new("RGB", (16, 16), (9, 9, 9)))
 
-  noisy = Image.fromarray(np.random.default_rng(0).integers(
-      0, 255, (64, 64, 3), np.uint8))
+  noisy = Image.fromarray(
+      np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+  )
   noisy.save(os.path.join(root, "noisy.png"))
   with open(os.path.join(root, "noisy.png"), "rb") as f:
     truncated = f.read()[:700]
@@ -100,10 +113,17 @@ def bad_folder(tmp_path_factory):
 
 
 EXPECTED = {
-    ifo.CORRUPT_IMAGE: 1, ifo.NOT_AN_IMAGE: 1, ifo.MISSING_FILE: 1,
-    ifo.DUPLICATE_ROW: 1, ifo.EMPTY_CAPTION: 2, ifo.BAD_METADATA_LINE: 2,
-    ifo.TOO_SMALL: 1, ifo.TOO_MANY_PIXELS: 2, ifo.LONG_CAPTION: 1,
-    ifo.UNLISTED_IMAGE: 1}
+    ifo.CORRUPT_IMAGE: 1,
+    ifo.NOT_AN_IMAGE: 1,
+    ifo.MISSING_FILE: 1,
+    ifo.DUPLICATE_ROW: 1,
+    ifo.EMPTY_CAPTION: 2,
+    ifo.BAD_METADATA_LINE: 2,
+    ifo.TOO_SMALL: 1,
+    ifo.TOO_MANY_PIXELS: 2,
+    ifo.LONG_CAPTION: 1,
+    ifo.UNLISTED_IMAGE: 1,
+}
 
 
 def _by_key(out):
@@ -119,33 +139,46 @@ def _by_key(out):
 
 def test_bad_inputs_are_counted_and_good_ones_kept(bad_folder, tmp_path):
   out = str(tmp_path / "out")
-  report = records_prepare.prepare(ifo.ImageFolderSource(bad_folder), out,
-                                   **OPTS)
+  report = records_prepare.prepare(
+      ifo.ImageFolderSource(bad_folder), out, **OPTS
+  )
   counts = {r: v["count"] for r, v in report["reasons"].items()}
   assert counts == EXPECTED
   assert report["written"] == {"train": 6, "val": 2}
   assert report["skipped"] == 11
   first = report["reasons"]
   assert first[ifo.MISSING_FILE]["first"] == [
-      {"path": "bad/missing.png", "line": 12}]
+      {"path": "bad/missing.png", "line": 12}
+  ]
   assert first[ifo.BAD_METADATA_LINE]["first"] == [
       {"path": "metadata.jsonl", "line": 16},
-      {"path": "metadata.jsonl", "line": 17}]
+      {"path": "metadata.jsonl", "line": 17},
+  ]
   assert first[ifo.DUPLICATE_ROW]["first"][0]["path"] == "good/red.png"
   corrupt = first[ifo.CORRUPT_IMAGE]["first"][0]
   assert corrupt["path"] == "bad/truncated.png"
   assert corrupt["detail"].startswith("cannot decode"), corrupt
   assert first[ifo.TOO_SMALL]["first"][0]["detail"] == (
-      "4x4 is below the minimum side 8")
+      "4x4 is below the minimum side 8"
+  )
   assert first[ifo.LONG_CAPTION]["action"] == "kept"
   assert report["bytes_per_example"] > SIZE * SIZE * 3
   with open(os.path.join(out, records.REPORT)) as f:
     assert json.load(f)["reasons"] == first
 
   recs = {k: records.decode_record(raw) for k, (_, raw) in _by_key(out).items()}
-  assert sorted(recs) == sorted([
-      "good/red.png", "good/rgba.png", "good/palette.png", "good/grey.png",
-      "good/grey16.png", "good/exif.png", "good/multi.png", "good/long.png"])
+  assert sorted(recs) == sorted(
+      [
+          "good/red.png",
+          "good/rgba.png",
+          "good/palette.png",
+          "good/grey.png",
+          "good/grey16.png",
+          "good/exif.png",
+          "good/multi.png",
+          "good/long.png",
+      ]
+  )
   u8 = {k: np.round(r["image"] * 255).astype(np.uint8) for k, r in recs.items()}
   np.testing.assert_array_equal(u8["good/rgba.png"][3, 3], (227, 177, 127))
   np.testing.assert_array_equal(u8["good/palette.png"][3, 3], (10, 20, 30))
@@ -167,10 +200,12 @@ def _featurize(fail_on_call=None):
     if fail_on_call is not None and len(calls) == fail_on_call:
       raise RuntimeError("interrupted")
     return {
-        "mean_rgb": images.reshape(len(images), -1, 3).mean(1).astype(
-            np.float32),
+        "mean_rgb": images.reshape(len(images), -1, 3)
+        .mean(1)
+        .astype(np.float32),
         "num_captions": np.array([len(c) for c in captions], np.int32),
     }
+
   return featurize
 
 
@@ -179,10 +214,15 @@ def test_resume_gives_the_records_of_a_clean_run(bad_folder, tmp_path):
   opts = dict(OPTS, chunk_size=3, featurize_batch_size=2, fingerprint=fp)
   clean, resumed = str(tmp_path / "clean"), str(tmp_path / "resumed")
   clean_report = records_prepare.prepare(
-      ifo.ImageFolderSource(bad_folder), clean, featurize=_featurize(), **opts)
+      ifo.ImageFolderSource(bad_folder), clean, featurize=_featurize(), **opts
+  )
   with pytest.raises(RuntimeError, match="interrupted"):
-    records_prepare.prepare(ifo.ImageFolderSource(bad_folder), resumed,
-                            featurize=_featurize(fail_on_call=5), **opts)
+    records_prepare.prepare(
+        ifo.ImageFolderSource(bad_folder),
+        resumed,
+        featurize=_featurize(fail_on_call=5),
+        **opts,
+    )
   with pytest.raises(FileNotFoundError, match="unfinished"):
     records.PreparedSource(resumed, "train")
   done = sorted(os.listdir(os.path.join(resumed, records.CHUNKS_DIR)))
@@ -193,27 +233,31 @@ def test_resume_gives_the_records_of_a_clean_run(bad_folder, tmp_path):
   stale = os.path.join(resumed, "train-00002-of-00003.array_record.tmp")
   with open(stale, "wb") as f:
     f.write(b"half a shard")
-  report = records_prepare.prepare(ifo.ImageFolderSource(bad_folder), resumed,
-                                   featurize=_featurize(), **opts)
+  report = records_prepare.prepare(
+      ifo.ImageFolderSource(bad_folder), resumed, featurize=_featurize(), **opts
+  )
   assert report["reasons"] == clean_report["reasons"]
   assert report["written"] == clean_report["written"]
   assert report["processed"] < report["listed"]
   assert not os.path.exists(stale)
   a, b = _by_key(clean), _by_key(resumed)
   assert a == b
-  assert (sorted(f for f in os.listdir(clean) if f.endswith("array_record"))
-          == sorted(f for f in os.listdir(resumed)
-                    if f.endswith("array_record")))
+  assert sorted(
+      f for f in os.listdir(clean) if f.endswith("array_record")
+  ) == sorted(f for f in os.listdir(resumed) if f.endswith("array_record"))
 
   # The featurize arrays, through grain as training will read them.
   src = records.PreparedSource(resumed, "train")
-  assert src.extras == {"mean_rgb": {"dtype": "<f4", "shape": [3]},
-                        "num_captions": {"dtype": "<i4", "shape": []}}
+  assert src.extras == {
+      "mean_rgb": {"dtype": "<f4", "shape": [3]},
+      "num_captions": {"dtype": "<i4", "shape": []},
+  }
   ds = grain.MapDataset.source(src).map(records.DecodeRecord())
   for i in range(len(src)):
     ex = ds[i]
     np.testing.assert_allclose(
-        ex["mean_rgb"], (ex["image"] * 255).reshape(-1, 3).mean(0), atol=1e-3)
+        ex["mean_rgb"], (ex["image"] * 255).reshape(-1, 3).mean(0), atol=1e-3
+    )
     assert ex["num_captions"] == len(ex["captions"])
 
 
@@ -221,38 +265,50 @@ def test_fingerprint_mismatch_is_an_error_or_a_rebuild(bad_folder, tmp_path):
   out = str(tmp_path / "out")
   fp = {"encoder": "mean-rgb", "weights_sha256": "abc", "max_len": 4}
   src = ifo.ImageFolderSource(bad_folder)
-  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
-                          **OPTS)
+  records_prepare.prepare(
+      src, out, featurize=_featurize(), fingerprint=fp, **OPTS
+  )
   manifest = os.path.join(out, records.MANIFEST)
   mtime = os.stat(manifest).st_mtime_ns
   # Same settings: reused, nothing rewritten.
-  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
-                          **OPTS)
+  records_prepare.prepare(
+      src, out, featurize=_featurize(), fingerprint=fp, **OPTS
+  )
   assert os.stat(manifest).st_mtime_ns == mtime
   other = dict(fp, weights_sha256="def")
   with pytest.raises(ValueError, match=r"differs in: featurize.weights_sha256"):
-    records_prepare.prepare(src, out, featurize=_featurize(),
-                            fingerprint=other, **OPTS)
+    records_prepare.prepare(
+        src, out, featurize=_featurize(), fingerprint=other, **OPTS
+    )
   with pytest.raises(ValueError, match=r"prepare.image_size"):
-    records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=fp,
-                            **dict(OPTS, image_size=8))
+    records_prepare.prepare(
+        src,
+        out,
+        featurize=_featurize(),
+        fingerprint=fp,
+        **dict(OPTS, image_size=8),
+    )
   with pytest.raises(ValueError, match="needs a `fingerprint`"):
     records_prepare.prepare(src, out, featurize=_featurize(), **OPTS)
-  records_prepare.prepare(src, out, featurize=_featurize(), fingerprint=other,
-                          rebuild=True, **OPTS)
+  records_prepare.prepare(
+      src, out, featurize=_featurize(), fingerprint=other, rebuild=True, **OPTS
+  )
   assert records.PreparedSource(out).fingerprint["featurize"] == other
 
   # A changed image in the source changes the fingerprint too.
   changed = str(tmp_path / "changed")
   shutil.copytree(bad_folder, changed)
-  records_prepare.prepare(ifo.ImageFolderSource(changed), str(tmp_path / "o2"),
-                          **OPTS)
+  records_prepare.prepare(
+      ifo.ImageFolderSource(changed), str(tmp_path / "o2"), **OPTS
+  )
   Image.new("RGB", (20, 20), (0, 0, 0)).save(
-      os.path.join(changed, "good/red.png"))
+      os.path.join(changed, "good/red.png")
+  )
   os.utime(os.path.join(changed, "good/red.png"), ns=(1, 1))
   with pytest.raises(ValueError, match=r"source.files_digest"):
-    records_prepare.prepare(ifo.ImageFolderSource(changed),
-                            str(tmp_path / "o2"), **OPTS)
+    records_prepare.prepare(
+        ifo.ImageFolderSource(changed), str(tmp_path / "o2"), **OPTS
+    )
 
 
 def test_fatal_output_errors(bad_folder, tmp_path):
@@ -278,6 +334,7 @@ def test_fatal_output_errors(bad_folder, tmp_path):
 
 # ----------------------------------------------------------------- TFDS
 
+
 class TinyFolderTestCaptions(tfds.core.GeneratorBasedBuilder):
   """Solid-colour images of varied sizes with a nested caption feature."""
 
@@ -291,15 +348,22 @@ class TinyFolderTestCaptions(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "meta": {"caption": tfds.features.Text()},
-        }), disable_shuffling=True)
+        builder=self,
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "meta": {"caption": tfds.features.Text()},
+            }
+        ),
+        disable_shuffling=True,
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(10, 0),
-            "validation": self._generate_examples(3, 50)}
+    return {
+        "train": self._generate_examples(10, 0),
+        "validation": self._generate_examples(3, 50),
+    }
 
   def _generate_examples(self, n, offset):
     for i in range(n):
@@ -312,17 +376,23 @@ class TinyFolderTestCaptions(tfds.core.GeneratorBasedBuilder):
 def test_tfds_source(tmp_path):
   data_dir = str(tmp_path / "tfds")
   tfds.disable_progress_bar()
-  TinyFolderTestCaptions(data_dir=data_dir, file_format="array_record"
-                         ).download_and_prepare(file_format="array_record")
+  TinyFolderTestCaptions(
+      data_dir=data_dir, file_format="array_record"
+  ).download_and_prepare(file_format="array_record")
   name = TinyFolderTestCaptions.name
   src = tfds_source.TfdsSource(
-      name, data_dir=data_dir, image_key="image", caption_key="meta/caption",
-      val_split="validation")
+      name,
+      data_dir=data_dir,
+      image_key="image",
+      caption_key="meta/caption",
+      val_split="validation",
+  )
   out = str(tmp_path / "out")
   report = records_prepare.prepare(src, out, **OPTS)
   assert report["written"] == {"train": 9, "val": 3}
   assert {r: v["count"] for r, v in report["reasons"].items()} == {
-      ifo.EMPTY_CAPTION: 1}
+      ifo.EMPTY_CAPTION: 1
+  }
   assert report["reasons"][ifo.EMPTY_CAPTION]["first"] == [{"path": "train/4"}]
   for split, offset in (("train", 0), ("val", 50)):
     ps = records.PreparedSource(out, split)
@@ -330,8 +400,10 @@ def test_tfds_source(tmp_path):
       rec = records.decode_record(ps[i])
       k = rec["index"] + offset
       assert rec["captions"] == [f"colour {k}"]
-      np.testing.assert_array_equal(records.decode_image_uint8(ps[i]),
-                                    np.full((SIZE, SIZE, 3), (k, 2 * k, 3 * k)))
+      np.testing.assert_array_equal(
+          records.decode_image_uint8(ps[i]),
+          np.full((SIZE, SIZE, 3), (k, 2 * k, 3 * k)),
+      )
   with pytest.raises(ValueError, match="no feature 'caption'"):
     tfds_source.TfdsSource(name, data_dir=data_dir, caption_key="caption")
   with pytest.raises(FileNotFoundError, match="not prepared"):
@@ -345,8 +417,14 @@ def test_progress_line_and_summary():
   bar.close()
   line = stream.getvalue().strip().splitlines()[-1]
   assert line.startswith("prepare: 7/10 (70%) ") and "images/s, ETA" in line
-  lines = records_report.summary_lines({
-      "written": {"train": 5, "val": 1}, "listed": 9, "seconds": 2.0,
-      "bytes_per_example": 100.0, "output": "/o",
-      "reasons": {"too_small": {"count": 3, "action": "skipped"}}})
+  lines = records_report.summary_lines(
+      {
+          "written": {"train": 5, "val": 1},
+          "listed": 9,
+          "seconds": 2.0,
+          "bytes_per_example": 100.0,
+          "output": "/o",
+          "reasons": {"too_small": {"count": 3, "action": "skipped"}},
+      }
+  )
   assert lines[1] == "prepare: too_small 3 (skipped)"

@@ -15,8 +15,12 @@ from txt2img_jax.data import sources
 from txt2img_jax.data import tokenizer as tokenizer_lib
 import test_train
 
-COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0),
-           "blue": (0.0, 0.0, 1.0), "white": (1.0, 1.0, 1.0)}
+COLOURS = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
 
 
 # --- The whole "solid colours" data source (the docs' worked example). ---
@@ -36,9 +40,11 @@ class SolidColours:
     size = self.size
 
     class Decode(grain.transforms.Map):
+
       def map(self, name):
         image = np.ones((size, size, 3), np.float32) * COLOURS[name]
         return {"image": image, "caption": f"a {name} image"}
+
     return Decode()
 
   def vocabulary(self):
@@ -51,6 +57,8 @@ class SolidColours:
 def prepare_solid(config, featurizer=None):
   del featurizer
   return SolidColours(config.data.image_size)
+
+
 # --- end of the example. ---
 
 
@@ -76,9 +84,10 @@ def test_a_new_data_source_trains_and_evaluates(solid_registered, tmp_path):
 
 def test_unknown_names_are_one_clear_error():
   c = test_train.tiny_config()
-  for field, value, registry in (("data.name", "nope", sources.REGISTRY),
-                                 ("autoencoder.kind", "nope",
-                                  latents.REGISTRY)):
+  for field, value, registry in (
+      ("data.name", "nope", sources.REGISTRY),
+      ("autoencoder.kind", "nope", latents.REGISTRY),
+  ):
     section, key = field.split(".")
     c[section][key] = value
     with pytest.raises(ValueError, match=sorted(registry)[0]):
@@ -90,6 +99,7 @@ def test_unknown_names_are_one_clear_error():
 
 def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
   from txt2img_jax.data import prepared
+
   words = prepared._WORDS.findall("a red-ish circle, left!")
   tok = tokenizer_lib.build_word_tokenizer(sorted(set(words)), 16)
   ids, _ = tokenizer_lib.tokenize(tok, ["a red-ish circle, left!"], 16)
@@ -98,6 +108,7 @@ def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
 
 def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
   from txt2img_jax.train import assets
+
   c = test_train.tiny_config()
   d = c.to_dict()
   del d["loss"]["kl_kind"], d["objective"]
@@ -112,8 +123,10 @@ def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
 def _package_imports():
   """{module: modules of the package it imports anywhere in its file}."""
   import ast
-  root = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "txt2img_jax")
+
+  root = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "txt2img_jax"
+  )
   graph = {}
   for dirpath, _, files in os.walk(root):
     for name in files:
@@ -124,17 +137,22 @@ def _package_imports():
       module = rel.replace(os.sep, ".").removesuffix(".__init__")
       deps = set()
       for node in ast.walk(ast.parse(open(path).read())):
-        if isinstance(node, ast.ImportFrom) and node.module and (
-            node.module.startswith("txt2img_jax")):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and (node.module.startswith("txt2img_jax"))
+        ):
           for alias in node.names:
             deps.add(f"{node.module}.{alias.name}")
             deps.add(node.module)
         elif isinstance(node, ast.Import):
-          deps.update(a.name for a in node.names
-                      if a.name.startswith("txt2img_jax"))
+          deps.update(
+              a.name for a in node.names if a.name.startswith("txt2img_jax")
+          )
       graph[module] = deps
-  return {m: {d for d in deps if d in graph and d != m}
-          for m, deps in graph.items()}
+  return {
+      m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()
+  }
 
 
 def test_no_import_circle():
@@ -149,7 +167,7 @@ def test_no_import_circle():
     path.append(m)
     for d in sorted(graph[m]):
       if state.get(d) == "open":
-        raise AssertionError(" -> ".join(path[path.index(d):] + [d]))
+        raise AssertionError(" -> ".join(path[path.index(d) :] + [d]))
       if d not in state:
         visit(d)
     path.pop()
@@ -161,7 +179,8 @@ def test_no_import_circle():
 
 
 def test_resume_with_another_model_is_an_error_that_keeps_the_run(
-    tmp_path, data_dir):
+    tmp_path, data_dir
+):
   del data_dir
   workdir = str(tmp_path)
   train.train_and_evaluate(test_train.tiny_config(total_steps=2), workdir)

@@ -13,7 +13,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPT = r'''
+SCRIPT = r"""
 import importlib, json, os, sys
 sys.path.insert(0, sys.argv[1])  # The repo: its configs package.
 import jax, jax.numpy as jnp, numpy as np
@@ -102,19 +102,28 @@ out["param_rel_diff"] = diffs
 out["fsdp_param_diff"] = fsdp_abs
 out["key_bias_max"] = max(key_bias) if key_bias else 0.0
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def test_sharded_step_matches_one_device():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-             + " --xla_force_host_platform_device_count=8",
-             PYTHONPATH=REPO)
-  r = subprocess.run([sys.executable, "-c", SCRIPT, REPO], env=env,
-                     capture_output=True, text=True, timeout=600, cwd=REPO)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+      + " --xla_force_host_platform_device_count=8",
+      PYTHONPATH=REPO,
+  )
+  r = subprocess.run(
+      [sys.executable, "-c", SCRIPT, REPO],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=REPO,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
   line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  out = json.loads(line[len("RESULT "):])
+  out = json.loads(line[len("RESULT ") :])
   one, dp, tp, fsdp = out["losses"]
   # The same three steps: equal losses up to reduction order.
   for other in (dp, tp, fsdp):
@@ -133,7 +142,8 @@ def test_sharded_step_matches_one_device():
   # where data parallel keeps a whole copy on each.
   for name in ("params", "opt_state"):
     assert out["dp_share"][name] == [1.0] * 8
-    assert all(1 / 8 <= f <= 1.05 / 8 for f in out["fsdp_share"][name]), (
-        out["fsdp_share"])
+    assert all(1 / 8 <= f <= 1.05 / 8 for f in out["fsdp_share"][name]), out[
+        "fsdp_share"
+    ]
   # The tensor-parallel rules really split kernels over 'model'.
   assert any("model" in s for s in out["tp_specs"]), out["tp_specs"]

@@ -12,11 +12,15 @@ from experiments import sweep
 def test_parse_variant_literals_strings_and_dicts():
   label, o = sweep.parse_variant(
       "mix: loss.clip_weight=0.5, head.kind=grid_query,"
-      "time.sampler.then={'kind': 'uniform', 't_max': 1.0},batch_size=32")
+      "time.sampler.then={'kind': 'uniform', 't_max': 1.0},batch_size=32"
+  )
   assert label == "mix"
-  assert o == {"loss.clip_weight": 0.5, "head.kind": "grid_query",
-               "time.sampler.then": {"kind": "uniform", "t_max": 1.0},
-               "batch_size": 32}
+  assert o == {
+      "loss.clip_weight": 0.5,
+      "head.kind": "grid_query",
+      "time.sampler.then": {"kind": "uniform", "t_max": 1.0},
+      "batch_size": 32,
+  }
   assert sweep.parse_variant("baseline:") == ("baseline", {})
 
 
@@ -28,8 +32,9 @@ def test_parse_variant_rejects_malformed(text):
 
 def test_apply_overrides_sets_nested_fields_and_refuses_unknown():
   c = common.recipe("restart")
-  sweep.apply_overrides(c, {"loss.clip_weight": 0.5,
-                            "time.sampler.then": {"kind": "uniform"}})
+  sweep.apply_overrides(
+      c, {"loss.clip_weight": 0.5, "time.sampler.then": {"kind": "uniform"}}
+  )
   assert c.loss.clip_weight == 0.5
   assert c.time.sampler.then.to_dict() == {"kind": "uniform"}
   for key in ("loss.no_such_field", "nope.kl_weight"):
@@ -42,23 +47,38 @@ def test_variant_steps_and_rescaled_schedules():
   assert sweep.variant_steps("2x", 400) == 800
   assert sweep.variant_steps(123, 400) == 123
   c = common.recipe("restart")
-  assert (c.total_steps, c.optim.schedule.warmup_steps,
-          c.optim.schedule.t0, c.time.sampler.blend_steps) == (1600, 100, 1500, 3200)
+  assert (
+      c.total_steps,
+      c.optim.schedule.warmup_steps,
+      c.optim.schedule.t0,
+      c.time.sampler.blend_steps,
+  ) == (1600, 100, 1500, 3200)
   # The default rescaled to 800 steps is the recipe's "800" variant (the
   # default the docs' 800-step tables were measured with).
   config_lib.rescale_steps(c, 800)
   c800 = common.recipe("restart", "800")
   assert (c800.eval_every, c800.sample_every, c800.checkpoint_every) == (
-      800, 400, 200)
+      800,
+      400,
+      200,
+  )
   for field in ("eval_every", "sample_every", "checkpoint_every"):
-    c800[field] = c[field]   # Cadences; the sweep sets its own.
+    c800[field] = c[field]  # Cadences; the sweep sets its own.
   assert c.to_json() == c800.to_json()
-  assert (c.total_steps, c.optim.schedule.warmup_steps,
-          c.optim.schedule.t0, c.time.sampler.blend_steps) == (800, 50, 750, 1600)
+  assert (
+      c.total_steps,
+      c.optim.schedule.warmup_steps,
+      c.optim.schedule.t0,
+      c.time.sampler.blend_steps,
+  ) == (800, 50, 750, 1600)
   config_lib.rescale_steps(c, 400)
   # The cycle still ends on the last step; the blend keeps its pace.
-  assert (c.total_steps, c.optim.schedule.warmup_steps,
-          c.optim.schedule.t0, c.time.sampler.blend_steps) == (400, 25, 375, 800)
+  assert (
+      c.total_steps,
+      c.optim.schedule.warmup_steps,
+      c.optim.schedule.t0,
+      c.time.sampler.blend_steps,
+  ) == (400, 25, 375, 800)
   b = common.recipe("base")
   config_lib.rescale_steps(b, 400)
   assert b.optim.schedule.decay_steps == 400
@@ -91,9 +111,11 @@ def test_a_stopped_run_stops_the_experiment(monkeypatch, tmp_path):
 def test_final_evaluation_is_the_runs_last_benchmark():
   full = {f"eval/{k}": 0.5 for k in benchmark.BY_COUNT_KEYS}
   full.update({"eval/object_acc": 0.6, "heldout/object_acc": 0.4})
-  rows = [{"step": 400, "train/loss": 1.0, **full},
-          {"step": 800, "train/loss": 0.5},
-          {"step": 800, **full, "eval/object_acc": 0.7}]
+  rows = [
+      {"step": 400, "train/loss": 1.0, **full},
+      {"step": 800, "train/loss": 0.5},
+      {"step": 800, **full, "eval/object_acc": 0.7},
+  ]
   got = common.final_evaluation(rows, 800)
   assert got["eval/object_acc"] == 0.7 and got["heldout/object_acc"] == 0.4
   assert "train/loss" not in got and "step" not in got
@@ -105,19 +127,32 @@ def test_final_evaluation_is_the_runs_last_benchmark():
 
 def test_the_tables_command_names_its_variants():
   import types
-  f = types.SimpleNamespace(suite="", recipe="restart", config_variant="", only="",
-                            variant=["restart.py:", "1600 steps:total_steps=2x"],
-                            steps=800, seeds="0,1,2", num=500)
+
+  f = types.SimpleNamespace(
+      suite="",
+      recipe="restart",
+      config_variant="",
+      only="",
+      variant=["restart.py:", "1600 steps:total_steps=2x"],
+      steps=800,
+      seeds="0,1,2",
+      num=500,
+  )
   assert sweep.command_line(f) == (
       "python -m experiments.sweep --recipe=restart "
       "--variant='restart.py:' --variant='1600 steps:total_steps=2x' "
-      "--steps=800 --seeds=0,1,2 --num=500")
+      "--steps=800 --seeds=0,1,2 --num=500"
+  )
 
 
 def test_a_number_of_steps_is_a_variant_of_the_recipe():
   c = common.recipe("restart", "400")
-  assert (c.total_steps, c.optim.schedule.warmup_steps, c.optim.schedule.t0,
-          c.time.sampler.blend_steps) == (400, 25, 375, 800)
+  assert (
+      c.total_steps,
+      c.optim.schedule.warmup_steps,
+      c.optim.schedule.t0,
+      c.time.sampler.blend_steps,
+  ) == (400, 25, 375, 800)
   assert (c.eval_every, c.sample_every, c.checkpoint_every) == (400, 200, 100)
   with pytest.raises(ValueError, match="a number of steps must be >= 1"):
     common.recipe("restart", "0")

@@ -1,5 +1,6 @@
 """The cache of a frozen text encoder's features: written by `prepare` for every caption,
-read by training instead of running the encoder, keyed by the encoder that made it."""
+read by training instead of running the encoder, keyed by the encoder that made it.
+"""
 
 import dataclasses
 import json
@@ -30,15 +31,30 @@ MAX_LEN = test_text_encoders.MAX_LEN
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("text_cache")
   folder = str(root / "images")
-  test_own_images.write_folder(folder)  # Two captions an image, one missing file.
+  test_own_images.write_folder(
+      folder
+  )  # Two captions an image, one missing file.
   for name in ("three.png", "one.png"):
     shutil.copy(os.path.join(folder, "000.png"), os.path.join(folder, name))
-  with open(os.path.join(folder, "metadata.jsonl"), "a") as f:  # One with three, one with one.
-    f.write(json.dumps({"file_name": "three.png",
-                        "text": ["a red circle", "a blue square", "big green"]}) + "\n")
-    f.write(json.dumps({"file_name": "one.png", "text": "big red square"}) + "\n")
+  with open(
+      os.path.join(folder, "metadata.jsonl"), "a"
+  ) as f:  # One with three, one with one.
+    f.write(
+        json.dumps(
+            {
+                "file_name": "three.png",
+                "text": ["a red circle", "a blue square", "big green"],
+            }
+        )
+        + "\n"
+    )
+    f.write(
+        json.dumps({"file_name": "one.png", "text": "big red square"}) + "\n"
+    )
   enc_a, enc_b = str(root / "clip_a"), str(root / "clip_b")
-  test_text_encoders.save_tiny_encoders([("clip", 0, enc_a), ("clip", 1, enc_b)])
+  test_text_encoders.save_tiny_encoders(
+      [("clip", 0, enc_a), ("clip", 1, enc_b)]
+  )
   os.environ["TXT2IMG_DATA_DIR"] = str(root / "data")
   return folder, enc_a, enc_b, root
 
@@ -57,8 +73,12 @@ def test_prepare_caches_every_caption(setup):
   folder, enc_a, _, _ = setup
   c = cached_config(folder, enc_a)
   data = assets.prepare_data(c, latents.build(c))
-  assert data.extras() == {"text_tokens": {"dtype": "<f2", "shape": [2, MAX_LEN, 32]}}
-  assert data.report["captions_dropped"] == 1  # The third caption of the extra row.
+  assert data.extras() == {
+      "text_tokens": {"dtype": "<f2", "shape": [2, MAX_LEN, 32]}
+  }
+  assert (
+      data.report["captions_dropped"] == 1
+  )  # The third caption of the extra row.
   enc = text_encoder_lib.load_pretrained_text_encoder(enc_a)
   source = data.as_data_source("train")
   recs = [records.decode_record(source[i]) for i in range(len(source))]
@@ -72,17 +92,26 @@ def test_prepare_caches_every_caption(setup):
   # The drawn caption picks its own features.
   element = {"captions": two["captions"], "text_tokens": two["text_tokens"]}
   for seed in range(8):
-    out = pipeline.ChooseCaption().random_map(dict(element),
-                                              np.random.default_rng(seed))
+    out = pipeline.ChooseCaption().random_map(
+        dict(element), np.random.default_rng(seed)
+    )
     i = two["captions"].index(out["caption"])
     np.testing.assert_array_equal(out["text_tokens"], two["text_tokens"][i])
-  one = next(r for r in recs + [records.decode_record(data.as_data_source("val")[i])
-                                for i in range(data.split_size("val"))]
-             if r["captions"] == ["big red square"])
+  one = next(
+      r
+      for r in recs
+      + [
+          records.decode_record(data.as_data_source("val")[i])
+          for i in range(data.split_size("val"))
+      ]
+      if r["captions"] == ["big red square"]
+  )
   assert not one["text_tokens"][1].any()  # The unused slot is zeros.
 
 
-def test_training_reads_the_cache_and_never_runs_the_encoder(setup, monkeypatch):
+def test_training_reads_the_cache_and_never_runs_the_encoder(
+    setup, monkeypatch
+):
   folder, enc_a, _, root = setup
   c = cached_config(folder, enc_a)
   real = text_encoder_lib.load_pretrained_text_encoder(enc_a)
@@ -93,8 +122,9 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(setup, monkeypatch)
     return real.apply(params, ids, mask)
 
   spied = dataclasses.replace(real, apply=spy_apply)
-  monkeypatch.setattr(text_encoder_lib, "load_pretrained_text_encoder",
-                      lambda *a, **k: spied)
+  monkeypatch.setattr(
+      text_encoder_lib, "load_pretrained_text_encoder", lambda *a, **k: spied
+  )
   seen = []
   original = assets.train_batches
 
@@ -102,16 +132,22 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(setup, monkeypatch)
     for b in original(*args, **kwargs):
       seen.append(b)
       yield b
+
   monkeypatch.setattr(assets, "train_batches", batches)
   out = train.train_and_evaluate(c, str(root / "run_cached"))
   assert np.isfinite(out["train"]["train/loss"])
   assert np.isfinite(out["eval"]["val/flow"])
-  assert seen and all(b["text_tokens"].shape == (c.batch_size, MAX_LEN, 32) for b in seen)
+  assert seen and all(
+      b["text_tokens"].shape == (c.batch_size, MAX_LEN, 32) for b in seen
+  )
   # The sample grid encodes its prompts (they are not in the cache), so the spy is live; the
   # losses (train and validation) never call it.
   assert calls
-  in_loss = [s for s in calls if any(p.endswith(os.path.join("objectives", "crossflow.py"))
-                                     for p in s)]
+  in_loss = [
+      s
+      for s in calls
+      if any(p.endswith(os.path.join("objectives", "crossflow.py")) for p in s)
+  ]
   assert not in_loss, "the text encoder ran inside the loss"
 
 
@@ -129,12 +165,16 @@ def test_cached_and_uncached_runs_train_alike(setup):
   folder, enc_a, _, root = setup
   c = cached_config(folder, enc_a, total_steps=1)
   c.data.text_cache_dtype = "float32"
-  c.data.cache_captions = 3  # Keep every caption: both runs draw from the same lists.
+  c.data.cache_captions = (
+      3  # Keep every caption: both runs draw from the same lists.
+  )
   cached = train.train_and_evaluate(c, str(root / "run_f32"))["train"]
   c.data.cache_text = False
   uncached = train.train_and_evaluate(c, str(root / "run_uncached"))["train"]
   for key in ("train/loss", "train/flow_raw", "train/kl_raw", "train/clip_raw"):
-    np.testing.assert_allclose(cached[key], uncached[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(
+        cached[key], uncached[key], rtol=1e-5, err_msg=key
+    )
 
 
 def test_another_encoder_never_reads_the_cache(setup):

@@ -20,49 +20,99 @@ import transformers
 from txt2img_jax.models import text_encoder
 from txt2img_jax.models import text_encoder_weights
 
-if importlib.util.find_spec('torch') is None:
-  pytest.skip('torch (test-only) is not installed', allow_module_level=True)
+if importlib.util.find_spec("torch") is None:
+  pytest.skip("torch (test-only) is not installed", allow_module_level=True)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 
 MAX_LEN = 8
-WORDS = ['[PAD]', '[UNK]', '[EOS]', 'a', 'red', 'blue', 'green', 'circle', 'square', 'big']
-CAPTIONS = ['a red circle', 'big blue square a green circle', 'square']
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[EOS]",
+    "a",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "big",
+]
+CAPTIONS = ["a red circle", "big blue square a green circle", "square"]
 
 
 def tiny_tokenizer():
   import tokenizers
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
+
+  tok = tokenizers.Tokenizer(
+      tokenizers.models.WordLevel(
+          {w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"
+      )
+  )
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, pad_token='[PAD]', unk_token='[UNK]', eos_token='[EOS]',
-      model_max_length=MAX_LEN)
+      tokenizer_object=tok,
+      pad_token="[PAD]",
+      unk_token="[UNK]",
+      eos_token="[EOS]",
+      model_max_length=MAX_LEN,
+  )
 
 
 def tiny_torch_model(kind, seed=0):
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(seed)
-  if kind == 'clip':
+  if kind == "clip":
     cfg = transformers.CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=len(WORDS), max_position_embeddings=MAX_LEN, pad_token_id=0,
-        bos_token_id=2, eos_token_id=2)
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(WORDS),
+        max_position_embeddings=MAX_LEN,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
     return transformers.CLIPTextModel(cfg)
-  if kind == 'clip_full':  # A whole CLIPModel folder (text + vision towers).
+  if kind == "clip_full":  # A whole CLIPModel folder (text + vision towers).
     cfg = transformers.CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, vocab_size=len(WORDS),
-                         max_position_embeddings=MAX_LEN, pad_token_id=0, bos_token_id=2,
-                         eos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=4, image_size=16, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(WORDS),
+            max_position_embeddings=MAX_LEN,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=16,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     return transformers.CLIPModel(cfg)
-  cfg = transformers.T5Config(d_model=32, d_ff=37, num_layers=2, num_heads=4, d_kv=8,
-                              vocab_size=len(WORDS), relative_attention_num_buckets=8,
-                              pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+  cfg = transformers.T5Config(
+      d_model=32,
+      d_ff=37,
+      num_layers=2,
+      num_heads=4,
+      d_kv=8,
+      vocab_size=len(WORDS),
+      relative_attention_num_buckets=8,
+      pad_token_id=0,
+      eos_token_id=2,
+      decoder_start_token_id=0,
+  )
   return transformers.T5EncoderModel(cfg)
 
 
@@ -70,33 +120,55 @@ def _save_in_torch(specs):
   """In the child: [(kind, seed, path)] -> folders, each with `reference.npz` (the PyTorch
   model's features of CAPTIONS, and their ids and mask)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   for kind, seed, path in specs:
     model = tiny_torch_model(kind, seed).eval()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(path)
-    batch = tokenizer(CAPTIONS, padding='max_length', max_length=MAX_LEN, truncation=True,
-                      return_tensors='np')
-    text_model = model.text_model if kind == 'clip_full' else model
+    batch = tokenizer(
+        CAPTIONS,
+        padding="max_length",
+        max_length=MAX_LEN,
+        truncation=True,
+        return_tensors="np",
+    )
+    text_model = model.text_model if kind == "clip_full" else model
     with torch.no_grad():
-      out = text_model(input_ids=torch.tensor(batch['input_ids'], dtype=torch.long),
-                       attention_mask=torch.tensor(batch['attention_mask'], dtype=torch.long))
-    np.savez(os.path.join(path, 'reference.npz'), ids=batch['input_ids'],
-             mask=batch['attention_mask'], features=out.last_hidden_state.numpy())
+      out = text_model(
+          input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+          attention_mask=torch.tensor(
+              batch["attention_mask"], dtype=torch.long
+          ),
+      )
+    np.savez(
+        os.path.join(path, "reference.npz"),
+        ids=batch["input_ids"],
+        mask=batch["attention_mask"],
+        features=out.last_hidden_state.numpy(),
+    )
 
 
 def _clip_score_in_torch(path, images_path, prompts):
   """In the child: torchmetrics' CLIP score definition on a CLIPModel folder, for images already
   at the model's size (so no resize) in [0, 1], (N, S, S, 3)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   model = transformers.CLIPModel.from_pretrained(path).eval()
   tokenizer = transformers.AutoTokenizer.from_pretrained(path)
   images = np.load(images_path)
   mean = np.array([0.48145466, 0.4578275, 0.40821073])
   std = np.array([0.26862954, 0.26130258, 0.27577711])
-  x = torch.tensor(((images - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
-  batch = tokenizer(prompts, padding='max_length', max_length=MAX_LEN, truncation=True,
-                    return_tensors='pt')
+  x = torch.tensor(
+      ((images - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32
+  )
+  batch = tokenizer(
+      prompts,
+      padding="max_length",
+      max_length=MAX_LEN,
+      truncation=True,
+      return_tensors="pt",
+  )
   with torch.no_grad():
     img = model.get_image_features(pixel_values=x)
     txt = model.get_text_features(**batch)
@@ -105,13 +177,22 @@ def _clip_score_in_torch(path, images_path, prompts):
 
 
 def torch_clip_score(path, images, prompts, tmp_dir):
-  images_path = os.path.join(tmp_dir, 'images.npy')
+  images_path = os.path.join(tmp_dir, "images.npy")
   np.save(images_path, images)
-  code = ('import json, sys, test_text_encoders as t; '
-          't._clip_score_in_torch(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))')
-  env = dict(os.environ, USE_TORCH='1', PYTHONPATH=os.pathsep.join([TESTS, REPO]))
-  out = subprocess.run([sys.executable, '-c', code, path, images_path, json.dumps(prompts)],
-                       capture_output=True, text=True, env=env, cwd=REPO)
+  code = (
+      "import json, sys, test_text_encoders as t; "
+      "t._clip_score_in_torch(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))"
+  )
+  env = dict(
+      os.environ, USE_TORCH="1", PYTHONPATH=os.pathsep.join([TESTS, REPO])
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code, path, images_path, json.dumps(prompts)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=REPO,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return float(out.stdout.strip().splitlines()[-1])
 
@@ -119,38 +200,56 @@ def torch_clip_score(path, images, prompts, tmp_dir):
 def save_tiny_encoders(specs):
   """Saves tiny random encoders [(kind, seed, path)] with PyTorch's classes (safetensors only)."""
   specs = [(k, s, str(p)) for k, s, p in specs]
-  code = ('import json, sys, test_text_encoders as t; '
-          't._save_in_torch(json.loads(sys.argv[1]))')
-  env = dict(os.environ, USE_TORCH='1', PYTHONPATH=os.pathsep.join([TESTS, REPO]))
-  out = subprocess.run([sys.executable, '-c', code, json.dumps(specs)], capture_output=True,
-                       text=True, env=env, cwd=REPO)
+  code = (
+      "import json, sys, test_text_encoders as t; "
+      "t._save_in_torch(json.loads(sys.argv[1]))"
+  )
+  env = dict(
+      os.environ, USE_TORCH="1", PYTHONPATH=os.pathsep.join([TESTS, REPO])
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code, json.dumps(specs)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=REPO,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   for _, _, path in specs:
-    assert os.path.isfile(os.path.join(path, 'model.safetensors'))
-    assert not os.path.exists(os.path.join(path, 'flax_model.msgpack'))
+    assert os.path.isfile(os.path.join(path, "model.safetensors"))
+    assert not os.path.exists(os.path.join(path, "flax_model.msgpack"))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
-  root = tmp_path_factory.mktemp('encoders')
-  specs = [('clip', 0, root / 'clip'), ('clip_full', 0, root / 'clip_full'),
-           ('t5', 0, root / 't5'), ('clip', 1, root / 'clip_seed1')]
+  root = tmp_path_factory.mktemp("encoders")
+  specs = [
+      ("clip", 0, root / "clip"),
+      ("clip_full", 0, root / "clip_full"),
+      ("t5", 0, root / "t5"),
+      ("clip", 1, root / "clip_seed1"),
+  ]
   save_tiny_encoders(specs)
   return {p.name: str(p) for _, _, p in specs}
 
 
-@pytest.mark.parametrize('kind', ['clip', 'clip_full', 't5'])
+@pytest.mark.parametrize("kind", ["clip", "clip_full", "t5"])
 def test_safetensors_encoder_matches_torch(kind, encoders):
   enc = text_encoder.load_pretrained_text_encoder(encoders[kind])
   assert enc.width == 32 and enc.max_len == MAX_LEN
-  batch = enc.tokenizer(CAPTIONS, padding='max_length', max_length=MAX_LEN, truncation=True,
-                        return_tensors='np')
-  ids, mask = batch['input_ids'], batch['attention_mask']
-  ref = np.load(os.path.join(encoders[kind], 'reference.npz'))
-  np.testing.assert_array_equal(ids, ref['ids'])
+  batch = enc.tokenizer(
+      CAPTIONS,
+      padding="max_length",
+      max_length=MAX_LEN,
+      truncation=True,
+      return_tensors="np",
+  )
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  ref = np.load(os.path.join(encoders[kind], "reference.npz"))
+  np.testing.assert_array_equal(ids, ref["ids"])
   assert mask.sum(1).tolist() == [3, 6, 1]
   ours = np.asarray(jax.jit(enc.apply)(enc.params, ids, mask))
-  theirs = ref['features']
+  theirs = ref["features"]
   valid = mask.astype(bool)
   # Padded positions are never read downstream (the head masks them), so compare valid tokens.
   err = np.abs(ours - theirs)[valid].max() / np.abs(theirs[valid]).max()
@@ -158,60 +257,93 @@ def test_safetensors_encoder_matches_torch(kind, encoders):
 
 
 def test_fingerprint_follows_weights_and_max_len(encoders, tmp_path):
-  a = text_encoder.load_pretrained_text_encoder(encoders['clip'])
-  assert a.fingerprint() == text_encoder.load_pretrained_text_encoder(
-      encoders['clip']).fingerprint()
-  assert a.fingerprint() != text_encoder.load_pretrained_text_encoder(
-      encoders['clip'], max_len=MAX_LEN - 2).fingerprint()
+  a = text_encoder.load_pretrained_text_encoder(encoders["clip"])
+  assert (
+      a.fingerprint()
+      == text_encoder.load_pretrained_text_encoder(
+          encoders["clip"]
+      ).fingerprint()
+  )
+  assert (
+      a.fingerprint()
+      != text_encoder.load_pretrained_text_encoder(
+          encoders["clip"], max_len=MAX_LEN - 2
+      ).fingerprint()
+  )
   # Same architecture, other weights.
-  assert text_encoder.load_pretrained_text_encoder(
-      encoders['clip_seed1']).fingerprint() != a.fingerprint()
+  assert (
+      text_encoder.load_pretrained_text_encoder(
+          encoders["clip_seed1"]
+      ).fingerprint()
+      != a.fingerprint()
+  )
   # The same weights in Flax's own format have the same identity.
   flax_model = transformers.FlaxCLIPTextModel(
-      transformers.CLIPTextConfig.from_pretrained(encoders['clip']), _do_init=False)
+      transformers.CLIPTextConfig.from_pretrained(encoders["clip"]),
+      _do_init=False,
+  )
   flax_model.save_pretrained(str(tmp_path), params=a.params)
   tiny_tokenizer().save_pretrained(str(tmp_path))
   c = text_encoder.load_pretrained_text_encoder(str(tmp_path))
-  assert c.identity['weights'] == a.identity['weights']
+  assert c.identity["weights"] == a.identity["weights"]
   assert c.fingerprint() == a.fingerprint()
 
 
 def test_loading_safetensors_does_not_import_torch(encoders):
-  code = ('import sys; from txt2img_jax.models import text_encoder as t; '
-          f'e = t.load_pretrained_text_encoder({encoders["t5"]!r}); '
-          'assert "torch" not in sys.modules, "torch was imported"; print(e.width)')
+  code = (
+      "import sys; from txt2img_jax.models import text_encoder as t; "
+      f'e = t.load_pretrained_text_encoder({encoders["t5"]!r}); '
+      'assert "torch" not in sys.modules, "torch was imported"; print(e.width)'
+  )
   # USE_TORCH unset, as for a user (test_kl_vae sets it to 1 in this process for diffusers).
-  env = {k: v for k, v in os.environ.items() if k != 'USE_TORCH'}
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO,
-                       env=env)
+  env = {k: v for k, v in os.environ.items() if k != "USE_TORCH"}
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      env=env,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.strip().endswith('32')
+  assert out.stdout.strip().endswith("32")
 
 
 def test_mismatched_weights_are_a_clear_error(encoders, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
-  shutil.copytree(encoders['clip'], tmp_path, dirs_exist_ok=True)
+
+  shutil.copytree(encoders["clip"], tmp_path, dirs_exist_ok=True)
   cfg = transformers.CLIPTextConfig.from_pretrained(str(tmp_path))
-  cfg.num_hidden_layers = 3  # The config now asks for a layer the file does not have.
+  cfg.num_hidden_layers = (
+      3  # The config now asks for a layer the file does not have.
+  )
   cfg.save_pretrained(str(tmp_path))
-  with pytest.raises(ValueError, match=r'missing: text_model\.encoder\.layers\.2'):
+  with pytest.raises(
+      ValueError, match=r"missing: text_model\.encoder\.layers\.2"
+  ):
     text_encoder.load_pretrained_text_encoder(str(tmp_path))
 
 
 def test_folder_without_weights_is_a_clear_error(encoders, tmp_path):
-  transformers.AutoConfig.from_pretrained(encoders['t5']).save_pretrained(str(tmp_path))
+  transformers.AutoConfig.from_pretrained(encoders["t5"]).save_pretrained(
+      str(tmp_path)
+  )
   tiny_tokenizer().save_pretrained(str(tmp_path))
-  with pytest.raises(FileNotFoundError, match='model.safetensors'):
+  with pytest.raises(FileNotFoundError, match="model.safetensors"):
     text_encoder.load_pretrained_text_encoder(str(tmp_path))
   assert not text_encoder_weights.has_safetensors(str(tmp_path))
 
 
 def test_clip_score_matches_torch(encoders, tmp_path):
   from txt2img_jax.evaluation import prompts as evaluate_prompts  # pylint: disable=g-import-not-at-top
-  scorer = evaluate_prompts.ClipScorer(encoders['clip_full'])
+
+  scorer = evaluate_prompts.ClipScorer(encoders["clip_full"])
   assert scorer.size == 16
-  images = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  images = (
+      np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+  )
   ours = scorer(images, CAPTIONS)
-  theirs = torch_clip_score(encoders['clip_full'], images, CAPTIONS, str(tmp_path))
+  theirs = torch_clip_score(
+      encoders["clip_full"], images, CAPTIONS, str(tmp_path)
+  )
   assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
   assert 0.0 <= ours <= 100.0

@@ -57,11 +57,20 @@ def test_run_leaves_everything_a_user_needs(tiny_run):
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4, 6]
   last = train_rows[-1]
-  for key in ("train/loss_flow", "train/kl_raw", "train/loss_clip",
-              "train/lr/flow", "train/grad_norm/text_head",
-              "train/param_norm/flow", "train/norm_ratio", "train/mu_min",
-              "train/logvar_max", "train/loss_flow_ema",
-              "train/nonfinite_steps", "train/steps_per_sec"):
+  for key in (
+      "train/loss_flow",
+      "train/kl_raw",
+      "train/loss_clip",
+      "train/lr/flow",
+      "train/grad_norm/text_head",
+      "train/param_norm/flow",
+      "train/norm_ratio",
+      "train/mu_min",
+      "train/logvar_max",
+      "train/loss_flow_ema",
+      "train/nonfinite_steps",
+      "train/steps_per_sec",
+  ):
     assert key in last, key
     assert np.isfinite(last[key]), key
   assert any(k.startswith("train/loss_flow_bucket/") for k in last)
@@ -78,14 +87,18 @@ def test_resume_gives_the_same_result_as_one_run(tiny_run, tmp_path):
   a, _ = params_of(workdir)
   b, _ = params_of(split)
   for key in ("params", "ema_params", "opt_state"):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
-                                                         atol=1e-6),
-                 a[key], b[key])
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+        a[key],
+        b[key],
+    )
   # The first run logged its last step (3); the resumed run appended after
   # its checkpoint without repeating a step.
-  steps = [json.loads(l)["step"] for l in open(os.path.join(split,
-                                                            "metrics.jsonl"))
-           if "train/loss" in l]
+  steps = [
+      json.loads(l)["step"]
+      for l in open(os.path.join(split, "metrics.jsonl"))
+      if "train/loss" in l
+  ]
   assert steps == [2, 3, 4, 6]
 
 
@@ -98,41 +111,52 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
   with open(os.path.join(crashed, "metrics.jsonl"), "a") as f:
     f.write(json.dumps({"step": 4, "train/loss": 123.0}) + "\n")
   train.train_and_evaluate(tiny_config(), crashed)
-  rows = [json.loads(l) for l in open(os.path.join(crashed, "metrics.jsonl"))
-          if "train/loss" in l]
+  rows = [
+      json.loads(l)
+      for l in open(os.path.join(crashed, "metrics.jsonl"))
+      if "train/loss" in l
+  ]
   assert [r["step"] for r in rows] == [2, 3, 4, 6]
   assert rows[2]["train/loss"] != 123.0
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"head.kind": "grid_query", "head.grid_query.grid_size": 5},
-     "grid_size"),
-    ({"flow.patch_size": 3}, "patch_size"),
-    ({"autoencoder.factor": 3}, "factor"),
-    ({"head.kind": "nonsense"}, "nonsense"),
-    ({"time.sampler.kind": "nonsense"}, "nonsense"),
-    ({"flow.time_input": "nonsense"}, "nonsense"),
-    ({"loss.kl_kind": "normal"}, "loss.kl_kind='normal'"),
-    ({"prng_impl": "philox"}, "prng_impl='philox'"),
-    ({"optim.groups.flow.lr": -1.0}, "optim.groups.flow.lr=-1.0"),
-    ({"optim.groups.flow.lr": float("nan")}, "optim.groups.flow.lr=nan"),
-    ({"mesh.model": 3}, "mesh.model=3"),
-    ({"data.name": "nonsense"}, "nonsense"),
-    ({"autoencoder.kind": "nonsense"}, "nonsense"),
-    ({"autoencoder.kind": "kl_vae"}, "autoencoder.path"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"head.kind": "grid_query", "head.grid_query.grid_size": 5},
+            "grid_size",
+        ),
+        ({"flow.patch_size": 3}, "patch_size"),
+        ({"autoencoder.factor": 3}, "factor"),
+        ({"head.kind": "nonsense"}, "nonsense"),
+        ({"time.sampler.kind": "nonsense"}, "nonsense"),
+        ({"flow.time_input": "nonsense"}, "nonsense"),
+        ({"loss.kl_kind": "normal"}, "loss.kl_kind='normal'"),
+        ({"prng_impl": "philox"}, "prng_impl='philox'"),
+        ({"optim.groups.flow.lr": -1.0}, "optim.groups.flow.lr=-1.0"),
+        ({"optim.groups.flow.lr": float("nan")}, "optim.groups.flow.lr=nan"),
+        ({"mesh.model": 3}, "mesh.model=3"),
+        ({"data.name": "nonsense"}, "nonsense"),
+        ({"autoencoder.kind": "nonsense"}, "nonsense"),
+        ({"autoencoder.kind": "kl_vae"}, "autoencoder.path"),
+    ],
+)
 def test_bad_config_is_a_clear_error_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):
     validate.validate_config(tiny_config(**overrides))
 
 
-def test_rbg_generator_trains_and_refuses_a_switch_on_resume(data_dir, tmp_path):
+def test_rbg_generator_trains_and_refuses_a_switch_on_resume(
+    data_dir, tmp_path
+):
   """prng_impl=rbg: the state's key is rbg's, the run's config records it,
   and resuming the run with the other generator is a clear error."""
   workdir = str(tmp_path / "rbg")
   try:
     out = train.train_and_evaluate(
-        tiny_config(prng_impl="rbg", total_steps=2), workdir)
+        tiny_config(prng_impl="rbg", total_steps=2), workdir
+    )
     raw, step = params_of(workdir)
     assert step == 2 and np.asarray(raw["rng"]).shape == (4,)
     assert np.isfinite(out["train"]["train/loss"])
@@ -145,16 +169,24 @@ def test_rbg_generator_trains_and_refuses_a_switch_on_resume(data_dir, tmp_path)
 
 
 def test_merge_matching_loads_by_path_and_shape():
-  target = {"params": {"enc": {"kernel": np.zeros((2, 3))},
-                       "head": [np.zeros(2)]}}
-  source = {"params": {"enc": {"kernel": np.ones((2, 3))},
-                       "head": [np.ones(3)], "old": np.ones(1)}}
+  target = {
+      "params": {"enc": {"kernel": np.zeros((2, 3))}, "head": [np.zeros(2)]}
+  }
+  source = {
+      "params": {
+          "enc": {"kernel": np.ones((2, 3))},
+          "head": [np.ones(3)],
+          "old": np.ones(1),
+      }
+  }
   merged, table = checkpointing.merge_matching(target, source)
   np.testing.assert_array_equal(merged["params"]["enc"]["kernel"], 1.0)
   np.testing.assert_array_equal(merged["params"]["head"][0], 0.0)
-  assert table == {"loaded": ["params/enc/kernel"],
-                   "new": ["params/head/0 (shape (3,) -> (2,))"],
-                   "dropped": ["params/old"]}
+  assert table == {
+      "loaded": ["params/enc/kernel"],
+      "new": ["params/head/0 (shape (3,) -> (2,))"],
+      "dropped": ["params/old"],
+  }
 
 
 def test_head_swap_keeps_everything_else(tiny_run, tmp_path, caplog):
@@ -183,8 +215,11 @@ def test_restart_starts_a_new_cycle_from_the_old_lr(tiny_run, tmp_path):
   c = tiny_config("restart", total_steps=2, init_from=workdir)
   c.head.kind = "pooled_mlp"
   train.train_and_evaluate(c, new)
-  rows = [json.loads(l) for l in open(os.path.join(new, "metrics.jsonl"))
-          if "train/loss" in l]
+  rows = [
+      json.loads(l)
+      for l in open(os.path.join(new, "metrics.jsonl"))
+      if "train/loss" in l
+  ]
   base_lr = c.optim.groups.flow.lr
   old_cfg = assets.load_config(workdir)
   # The old run (warmup_cosine over 6 steps) ended at its end_lr.
@@ -201,19 +236,47 @@ def test_sample_and_evaluate_commands(tiny_run, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out_png = str(tmp_path / "x.png")
   r = subprocess.run(
-      [sys.executable, "-m", "txt2img_jax.sample", f"--workdir={workdir}",
-       "--prompt", "a large red circle in the center",
-       "--prompt", "a small blue square at the top left",
-       "--method", "heun", "--steps", "2", "--cfg_scale", "2",
-       f"--out={out_png}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.sample",
+          f"--workdir={workdir}",
+          "--prompt",
+          "a large red circle in the center",
+          "--prompt",
+          "a small blue square at the top left",
+          "--method",
+          "heun",
+          "--steps",
+          "2",
+          "--cfg_scale",
+          "2",
+          f"--out={out_png}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert os.path.getsize(out_png) > 0
   out_json = str(tmp_path / "e.json")
   r = subprocess.run(
-      [sys.executable, "-m", "txt2img_jax.evaluate", f"--workdir={workdir}",
-       "--num=4", f"--json={out_json}"], cwd=REPO, env=env,
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.evaluate",
+          f"--workdir={workdir}",
+          "--num=4",
+          f"--json={out_json}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.load(open(out_json))
   assert summary["eval/num_images"] == 4
@@ -225,27 +288,43 @@ def test_lpips_term_is_on_only_in_its_window(data_dir, tmp_path):
   c.loss.lpips_start, c.loss.lpips_stop = 1, 3
   workdir = str(tmp_path / "lpips")
   train.train_and_evaluate(c, workdir)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
-          if "train/loss" in l]
+  rows = [
+      json.loads(l)
+      for l in open(os.path.join(workdir, "metrics.jsonl"))
+      if "train/loss" in l
+  ]
   weights = [r["train/lpips_weight"] for r in rows]
   np.testing.assert_allclose(weights, [0.0, 0.1, 0.1, 0.0], rtol=1e-6)
   assert all(r["train/lpips_raw"] > 0 for r in rows)
-  np.testing.assert_allclose([r["train/loss_lpips"] for r in rows],
-                             [w * r["train/lpips_raw"]
-                              for w, r in zip(weights, rows)], rtol=1e-5)
+  np.testing.assert_allclose(
+      [r["train/loss_lpips"] for r in rows],
+      [w * r["train/lpips_raw"] for w, r in zip(weights, rows)],
+      rtol=1e-5,
+  )
   # The weighted terms add up to the total.
   for r in rows:
-    parts = sum(r[f"train/loss_{k}"] for k in ("flow", "kl", "clip", "tv",
-                                                "lpips"))
+    parts = sum(
+        r[f"train/loss_{k}"] for k in ("flow", "kl", "clip", "tv", "lpips")
+    )
     np.testing.assert_allclose(parts, r["train/loss"], rtol=1e-4)
 
 
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
   r = subprocess.run(
-      [sys.executable, "-m", "txt2img_jax.main",
-       "--config=configs/base.py:tiny", "--config.optim.nonexistent=1",
-       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-      timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.main",
+          "--config=configs/base.py:tiny",
+          "--config.optim.nonexistent=1",
+          f"--workdir={tmp_path}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert r.returncode != 0
   assert "unknown config field 'nonexistent'" in r.stderr
   assert "Traceback" not in r.stderr

@@ -16,11 +16,15 @@ def main() -> None:
   cal = benchmark.calibrate()
   print(benchmark.calibration_table(cal))
   print("\n64 px, 100 examples:")
-  print(benchmark.calibration_table(benchmark.calibrate(num=100,
-                                                        image_size=64)))
+  print(
+      benchmark.calibration_table(benchmark.calibrate(num=100, image_size=64))
+  )
   print("\nperturbations of 300 renders:")
-  print(benchmark.format_table(benchmark.summarize_splits(
-      benchmark.perturbations())))
+  print(
+      benchmark.format_table(
+          benchmark.summarize_splits(benchmark.perturbations())
+      )
+  )
   exs = [shapes.example(1, "test", i) for i in range(1000)]
   images, desc = benchmark.stack_examples(exs)
   desc10 = {k: v[:10] for k, v in desc.items()}

@@ -23,7 +23,8 @@ from absl import app
 from absl import flags
 
 _DEBUG = flags.DEFINE_bool(
-    "debug", False, "Show the full traceback of an error instead of one line.")
+    "debug", False, "Show the full traceback of an error instead of one line."
+)
 
 
 class UserError(Exception):
@@ -31,8 +32,14 @@ class UserError(Exception):
 
 
 # Raised with a message meant for the user by validation and file handling.
-EXPECTED = (UserError, ValueError, FileNotFoundError, NotADirectoryError,
-            PermissionError, IsADirectoryError)
+EXPECTED = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    IsADirectoryError,
+)
 
 
 def _one_line(e: BaseException) -> str:
@@ -61,8 +68,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     name = str(e)
     while len(name) > 1 and name[0] in "\"'" and name[-1] in "\"'":
       name = name[1:-1]
-    _fail(prog, f"unknown config field {name!r} in the command line; "
-          "every field is listed and documented in configs/base.py")
+    _fail(
+        prog,
+        f"unknown config field {name!r} in the command line; "
+        "every field is listed and documented in configs/base.py",
+    )
   except flags.Error as e:
     _fail(prog, _describe(_root_cause(e)))
   except Exception as e:  # The config file itself: missing, broken, raising.
@@ -74,10 +84,16 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     # unreadable) to its first use; report it now, in one line.
     value = flags.FLAGS[name].value
     if type(value).__name__ == "_ErrorConfig":
-      path = (flags.FLAGS[name].config_filename
-              if hasattr(flags.FLAGS[name], "config_filename") else name)
+      path = (
+          flags.FLAGS[name].config_filename
+          if hasattr(flags.FLAGS[name], "config_filename")
+          else name
+      )
       reason = str(object.__getattribute__(value, "_error")).strip()
-      _fail(prog, f"cannot load --{name}={path}: {reason.splitlines()[-1].strip()}")
+      _fail(
+          prog,
+          f"cannot load --{name}={path}: {reason.splitlines()[-1].strip()}",
+      )
   return rest
 
 
@@ -109,8 +125,9 @@ def _prog(argv: Sequence[str]) -> str:
   return name
 
 
-def run(main: Callable[[list[str]], None],
-        required: Sequence[str] = ()) -> None:
+def run(
+    main: Callable[[list[str]], None], required: Sequence[str] = ()
+) -> None:
   """app.run(main) with one parse of the flags and one-line user errors."""
   if required:
     flags.mark_flags_as_required(list(required))

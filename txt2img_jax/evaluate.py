@@ -20,8 +20,9 @@ from txt2img_jax.objectives import flow
 def define_flags():
   """Defined by the command only (its library is imported by the loop)."""
   flags.DEFINE_string("workdir", None, "Workdir of a training run.")
-  flags.DEFINE_integer("num", None, "Captions per split (default: the run's "
-                       "eval.num).")
+  flags.DEFINE_integer(
+      "num", None, "Captions per split (default: the run's " "eval.num)."
+  )
   flags.DEFINE_string("json", None, "Write the summary here as JSON.")
   flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
   flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
@@ -36,6 +37,7 @@ def main(argv):
   from txt2img_jax.evaluation.benchmark import scoring
   from txt2img_jax.train import run as run_lib
   from txt2img_jax.utils import reporting
+
   reporting.quiet_orbax()
   run = run_lib.load_run(f.workdir)
   c = run.config
@@ -47,17 +49,21 @@ def main(argv):
     c.sample.method = f.method
   if f.num:
     c.eval.num = f.num
-  evaluator = structure.Evaluator(c, run.workdir, run.builder, run.text,
-                                  run.generate, run.frozen, run.stats)
+  evaluator = structure.Evaluator(
+      c, run.workdir, run.builder, run.text, run.generate, run.frozen, run.stats
+  )
   summary = evaluator.benchmark(run.ema_params)
   summary["step"] = run.step
-  print(f"structure benchmark of {run.workdir} at step {run.step} "
-        f"({c.eval.num} captions per split, {c.sample.method} "
-        f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):")
-  print(scoring.format_table({k: v for k, v in summary.items()
-                              if k != "step"}))
-  print("shape drawn for each described shape (objects whose colour was "
-        "found):")
+  print(
+      f"structure benchmark of {run.workdir} at step {run.step} "
+      f"({c.eval.num} captions per split, {c.sample.method} "
+      f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):"
+  )
+  print(scoring.format_table({k: v for k, v in summary.items() if k != "step"}))
+  print(
+      "shape drawn for each described shape (objects whose colour was "
+      "found):"
+  )
   print(scoring.format_confusion(evaluator.shape_confusion))
   if f.json:
     with open(f.json, "w") as out:

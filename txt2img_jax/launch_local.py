@@ -27,15 +27,17 @@ from absl import flags
 from txt2img_jax import cli
 
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", 2, "Processes (hosts) to start.", lower_bound=1)
+    "num_processes", 2, "Processes (hosts) to start.", lower_bound=1
+)
 _DEVICES = flags.DEFINE_integer(
-    "devices_per_process", 2, "Fake CPU devices in each process.",
-    lower_bound=1)
+    "devices_per_process", 2, "Fake CPU devices in each process.", lower_bound=1
+)
 _PORT = flags.DEFINE_integer(
-    "port", 0, "Coordinator port on 127.0.0.1 (0: a free one).",
-    lower_bound=0)
+    "port", 0, "Coordinator port on 127.0.0.1 (0: a free one).", lower_bound=0
+)
 _MODULE = flags.DEFINE_string(
-    "module", "txt2img_jax.main", "The module every process runs.")
+    "module", "txt2img_jax.main", "The module every process runs."
+)
 
 # How long processes get to exit after SIGTERM before they are killed.
 _GRACE_S = 30.0
@@ -47,27 +49,45 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(devices: int, base: dict[str, str] | None = None
-                ) -> dict[str, str]:
+def process_env(
+    devices: int, base: dict[str, str] | None = None
+) -> dict[str, str]:
   """The environment of one process: CPU only, `devices` fake devices."""
   env = dict(os.environ if base is None else base)
   # A device count already in XLA_FLAGS would win over ours: drop it.
-  xla = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-               env.get("XLA_FLAGS", "")).split()
+  xla = re.sub(
+      r"--xla_force_host_platform_device_count=\S*",
+      "",
+      env.get("XLA_FLAGS", ""),
+  ).split()
   env["XLA_FLAGS"] = " ".join(
-      xla + [f"--xla_force_host_platform_device_count={devices}"])
+      xla + [f"--xla_force_host_platform_device_count={devices}"]
+  )
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"  # Lines reach the prefixer as they happen.
   return env
 
 
-def commands(args: list[str], num_processes: int, port: int,
-             module: str = "txt2img_jax.main") -> list[list[str]]:
+def commands(
+    args: list[str],
+    num_processes: int,
+    port: int,
+    module: str = "txt2img_jax.main",
+) -> list[list[str]]:
   """The command line of every process."""
-  return [[sys.executable, "-m", module, "--distributed",
-           f"--coordinator_address=127.0.0.1:{port}",
-           f"--num_processes={num_processes}", f"--process_id={i}", *args]
-          for i in range(num_processes)]
+  return [
+      [
+          sys.executable,
+          "-m",
+          module,
+          "--distributed",
+          f"--coordinator_address=127.0.0.1:{port}",
+          f"--num_processes={num_processes}",
+          f"--process_id={i}",
+          *args,
+      ]
+      for i in range(num_processes)
+  ]
 
 
 class _Printer:
@@ -88,22 +108,36 @@ def _stream(proc: subprocess.Popen, prefix: str, printer: _Printer) -> None:
   proc.stdout.close()
 
 
-def launch(args: list[str], num_processes: int, devices: int, port: int = 0,
-           module: str = "txt2img_jax.main") -> int:
+def launch(
+    args: list[str],
+    num_processes: int,
+    devices: int,
+    port: int = 0,
+    module: str = "txt2img_jax.main",
+) -> int:
   """Runs the processes to the end; returns 0 or the first failure's code."""
   port = port or free_port()
   printer = _Printer()
-  printer.line(f"[launch] {num_processes} processes x {devices} CPU devices, "
-               f"coordinator 127.0.0.1:{port}")
+  printer.line(
+      f"[launch] {num_processes} processes x {devices} CPU devices, "
+      f"coordinator 127.0.0.1:{port}"
+  )
   env = process_env(devices)
   procs, threads = [], []
   for i, cmd in enumerate(commands(args, num_processes, port, module)):
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     procs.append(proc)
     printer.line(f"[launch] p{i}: pid {proc.pid}")
-    t = threading.Thread(target=_stream, args=(proc, f"[p{i}] ", printer),
-                         daemon=True)
+    t = threading.Thread(
+        target=_stream, args=(proc, f"[p{i}] ", printer), daemon=True
+    )
     t.start()
     threads.append(t)
 
@@ -112,14 +146,17 @@ def launch(args: list[str], num_processes: int, devices: int, port: int = 0,
     # SIGTERM into the preemption notice the hosts agree on a step with;
     # a SIGINT would only raise KeyboardInterrupt in each.
     del frame
-    printer.line(f"[launch] {signal.Signals(signum).name}: sending SIGTERM "
-                 "to every process")
+    printer.line(
+        f"[launch] {signal.Signals(signum).name}: sending SIGTERM "
+        "to every process"
+    )
     for p in procs:
       if p.poll() is None:
         p.send_signal(signal.SIGTERM)
 
-  previous = {s: signal.signal(s, forward)
-              for s in (signal.SIGTERM, signal.SIGINT)}
+  previous = {
+      s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)
+  }
   try:
     code = _wait(procs, printer)
   finally:
@@ -128,8 +165,10 @@ def launch(args: list[str], num_processes: int, devices: int, port: int = 0,
     _stop(procs)
     for t in threads:
       t.join(timeout=5)
-  printer.line(f"[launch] {'all processes finished' if code == 0 else 'failed'}"
-               f" (exit code {code})")
+  printer.line(
+      f"[launch] {'all processes finished' if code == 0 else 'failed'}"
+      f" (exit code {code})"
+  )
   return code
 
 
@@ -139,8 +178,9 @@ def _wait(procs: list[subprocess.Popen], printer: _Printer) -> int:
     failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
     if failed:
       i, c = failed[0]
-      printer.line(f"[launch] process {i} exited with code {c}; stopping "
-                   "the others")
+      printer.line(
+          f"[launch] process {i} exited with code {c}; stopping " "the others"
+      )
       return c if c > 0 else 128 - c  # -N: killed by signal N.
     if all(c == 0 for c in codes):
       return 0
@@ -164,10 +204,15 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def main(argv: list[str]) -> None:
   args = argv[1:]
   if not args:
-    raise ValueError("give the main arguments after `--`, e.g. -- "
-                     "--config=configs/restart.py:tiny --workdir=/tmp/run")
-  sys.exit(launch(args, _NUM_PROCESSES.value, _DEVICES.value, _PORT.value,
-                  _MODULE.value))
+    raise ValueError(
+        "give the main arguments after `--`, e.g. -- "
+        "--config=configs/restart.py:tiny --workdir=/tmp/run"
+    )
+  sys.exit(
+      launch(
+          args, _NUM_PROCESSES.value, _DEVICES.value, _PORT.value, _MODULE.value
+      )
+  )
 
 
 if __name__ == "__main__":

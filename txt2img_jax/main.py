@@ -15,23 +15,41 @@ from ml_collections import config_flags
 from txt2img_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file, e.g. configs/restart.py[:tiny].",
-    lock_config=True)
+    "config",
+    None,
+    "Recipe file, e.g. configs/restart.py[:tiny].",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, TensorBoard events, "
-    "samples). Default: workdirs/<config.name>.")
+    "workdir",
+    None,
+    "Run directory (checkpoints, TensorBoard events, "
+    "samples). Default: workdirs/<config.name>.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host only: host:port of process 0 "
-    "(on Cloud TPU and Slurm, leave unset: jax.distributed finds it).")
+    "coordinator_address",
+    None,
+    "Multi-host only: host:port of process 0 "
+    "(on Cloud TPU and Slurm, leave unset: jax.distributed finds it).",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (pods, "
-    "multi-node GPU clusters, launch_local).")
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (pods, "
+    "multi-node GPU clusters, launch_local).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Multi-host only: how many processes in all "
-    "(unset on Cloud TPU and Slurm).")
+    "num_processes",
+    None,
+    "Multi-host only: how many processes in all "
+    "(unset on Cloud TPU and Slurm).",
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Multi-host only: this process's index in "
-    "[0, num_processes) (unset on Cloud TPU and Slurm).")
+    "process_id",
+    None,
+    "Multi-host only: this process's index in "
+    "[0, num_processes) (unset on Cloud TPU and Slurm).",
+)
 
 
 def main(argv):
@@ -39,21 +57,28 @@ def main(argv):
   from txt2img_jax.utils import multihost
   from txt2img_jax.utils import reporting
   from txt2img_jax.train import loop as train
+
   reporting.quiet_orbax()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   if _DISTRIBUTED.value:
-    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                         _PROCESS_ID.value)
+    multihost.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
     multihost.check_same_config(config)
   elif _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
     raise app.UsageError("--num_processes/--process_id need --distributed")
   workdir = _WORKDIR.value or os.path.join("workdirs", config.name)
-  logging.info("host %d/%d, %d local / %d global devices (%s); workdir %s",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform, workdir)
+  logging.info(
+      "host %d/%d, %d local / %d global devices (%s); workdir %s",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.devices()[0].platform,
+      workdir,
+  )
   train.train_and_evaluate(config, workdir)
 
 

@@ -70,7 +70,7 @@ def matmul_flops_per_s(dtype, n: int, min_seconds: float = 1.0) -> float:
   for _ in range(repeats):
     out = f(a, b)
   out.block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+  return 2 * n**3 * repeats / (time.perf_counter() - t0)
 
 
 def xla_flops(compiled) -> float:
@@ -87,25 +87,35 @@ def synthetic_inputs(config, latent_shape, tok, mesh):
   rng = np.random.default_rng(0)
   captions = [shapes.example(0, "train", i)["caption"] for i in range(b)]
   ids, mask = tokenizer_lib.tokenize(tok, captions, config.data.max_len)
-  arrays = {"image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
-            "ids": ids, "mask": mask}
+  arrays = {
+      "image": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
+      "ids": ids,
+      "mask": mask,
+  }
   if config.loss.hard_negatives:
     spec = config.loss.hard_negative_words
-    classes = (negatives.parse_word_classes(spec) if spec
-               else shapes.word_classes())
-    negs = [negatives.negative_caption(c, classes, rng) or c
-            for c in captions]
+    classes = (
+        negatives.parse_word_classes(spec) if spec else shapes.word_classes()
+    )
+    negs = [negatives.negative_caption(c, classes, rng) or c for c in captions]
     arrays["neg_ids"], arrays["neg_mask"] = tokenizer_lib.tokenize(
-        tok, negs, config.data.max_len)
+        tok, negs, config.data.max_len
+    )
   batch = sharding.put_batch(arrays, mesh)
   c = latent_shape[-1]
-  stats = ae_lib.LatentStats(shift=np.zeros((c,), np.float32),
-                             scale=np.ones((c,), np.float32))
+  stats = ae_lib.LatentStats(
+      shift=np.zeros((c,), np.float32), scale=np.ones((c,), np.float32)
+  )
   return batch, stats
 
 
-def measure(config, steps: int = 20, warmup: int = 3,
-            matmul_n: int | None = None, profile_steps: int = 0) -> dict:
+def measure(
+    config,
+    steps: int = 20,
+    warmup: int = 3,
+    matmul_n: int | None = None,
+    profile_steps: int = 0,
+) -> dict:
   """Compiles the train step once and times that executable `steps` times."""
   parts = run_lib.build_parts(config)
   latent_shape, tok = parts.latent_shape, parts.text.tokenizer
@@ -113,13 +123,17 @@ def measure(config, steps: int = 20, warmup: int = 3,
   rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
   t0 = time.perf_counter()
   tx, schedules, state, state_shardings = state_lib.create_train_state(
-      config, parts.model, latent_shape, parts.text.width, mesh, rules)
+      config, parts.model, latent_shape, parts.text.width, mesh, rules
+  )
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   options = validate.train_compiler_options(config)
   step = state_lib.jit_train_step(
-      step_lib.for_parts(config, parts, tx, schedules), state_shardings, mesh,
-      options)
+      step_lib.for_parts(config, parts, tx, schedules),
+      state_shardings,
+      mesh,
+      options,
+  )
   batch, stats = synthetic_inputs(config, latent_shape, tok, mesh)
   frozen = jax.device_put(parts.frozen)
 
@@ -136,23 +150,33 @@ def measure(config, steps: int = 20, warmup: int = 3,
   counted_by_xla = xla_flops(compiled)
   platform = jax.devices()[0].platform
   r = {
-      "config": config.name, "platform": platform,
+      "config": config.name,
+      "platform": platform,
       "device_kind": jax.devices()[0].device_kind,
-      "devices": jax.device_count(), "dtype": str(config.dtype),
-      "batch_size": config.batch_size, "jax": jax.__version__,
+      "devices": jax.device_count(),
+      "dtype": str(config.dtype),
+      "batch_size": config.batch_size,
+      "jax": jax.__version__,
       "flow_scan": bool(config.flow.scan),
       "flow_remat": str(config.flow.remat),
       "xla_options": options or {},
       "host_malloc": hostmem.applied,
-      "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
+      "init_s": init_s,
+      "lower_s": lower_s,
+      "compile_s": compile_s,
       "compile_cpu_s": compile_cpu_s,
-      "model_flops": model_flops, "xla_flops": counted_by_xla,
+      "model_flops": model_flops,
+      "xla_flops": counted_by_xla,
       "xla_over_model": counted_by_xla / model_flops,
       "model_flops_by_module": flops_lib.by_module(per_row),
       "model_flops_by_part": per_row,
-      "steps": steps, "step_time_s": None, "steps_per_sec": None,
-      "achieved_flops_per_s": None, "matmul_n": None,
-      "matmul_flops_per_s": None, "utilisation": None,
+      "steps": steps,
+      "step_time_s": None,
+      "steps_per_sec": None,
+      "achieved_flops_per_s": None,
+      "matmul_n": None,
+      "matmul_flops_per_s": None,
+      "utilisation": None,
   }
   if steps <= 0:
     return r
@@ -169,33 +193,53 @@ def measure(config, steps: int = 20, warmup: int = 3,
     dt = (time.perf_counter() - t0) / steps
     u1 = resource.getrusage(resource.RUSAGE_SELF)
     if profile_steps:
+
       def call():
         nonlocal state
         state, m = compiled(state, batch, frozen, stats)
         return m
+
       r["profile"] = op_profile(compiled, call, profile_steps)
   n = matmul_n or default_matmul_n(platform)
   peak = matmul_flops_per_s(jnp.dtype(config.dtype), n)
-  r.update({
-      "step_time_s": dt, "steps_per_sec": 1 / dt,
-      "achieved_flops_per_s": model_flops / dt, "matmul_n": n,
-      "matmul_flops_per_s": peak,
-      "utilisation": model_flops / dt / (peak * jax.device_count()),
-      # The host's side of a step: page faults and kernel time (hostmem).
-      "page_faults_per_step": (u1.ru_minflt - u0.ru_minflt) / steps,
-      "system_cpu_per_step_s": (u1.ru_stime - u0.ru_stime) / steps,
-  })
+  r.update(
+      {
+          "step_time_s": dt,
+          "steps_per_sec": 1 / dt,
+          "achieved_flops_per_s": model_flops / dt,
+          "matmul_n": n,
+          "matmul_flops_per_s": peak,
+          "utilisation": model_flops / dt / (peak * jax.device_count()),
+          # The host's side of a step: page faults and kernel time (hostmem).
+          "page_faults_per_step": (u1.ru_minflt - u0.ru_minflt) / steps,
+          "system_cpu_per_step_s": (u1.ru_stime - u0.ru_stime) / steps,
+      }
+  )
   return r
 
 
 # --- Where the step's time goes ----------------------------------------------
 
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT )?%(\S+) = .*? ([a-z][\w-]*)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*? ([a-z][\w-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) ")
-_MOVES = {"transpose", "copy", "bitcast", "reshape", "parameter", "broadcast",
-          "slice", "concatenate", "pad", "dynamic-slice", "constant", "iota",
-          "dynamic-update-slice", "tuple", "get-tuple-element", "reverse"}
+_MOVES = {
+    "transpose",
+    "copy",
+    "bitcast",
+    "reshape",
+    "parameter",
+    "broadcast",
+    "slice",
+    "concatenate",
+    "pad",
+    "dynamic-slice",
+    "constant",
+    "iota",
+    "dynamic-update-slice",
+    "tuple",
+    "get-tuple-element",
+    "reverse",
+}
 # Ops whose thunk spans the thunks of the computations they run.
 _CONTAINERS = {"while", "conditional", "call"}
 _MODULES = ("flow", "text_encoder", "text_head", "image_encoder")
@@ -216,8 +260,12 @@ def hlo_op_classes(hlo_text: str) -> dict[str, tuple[str, str, bool, str]]:
       current.append(opcode)
       called = re.search(r"calls=%([\w.\-]+)", rest)
       op_name = re.search(r'op_name="([^"]*)"', rest)
-      calls[name] = (opcode, called.group(1) if called else None,
-                     op_name.group(1) if op_name else "", rest)
+      calls[name] = (
+          opcode,
+          called.group(1) if called else None,
+          op_name.group(1) if op_name else "",
+          rest,
+      )
   out = {}
   # op_name: "jit(f)/transpose(jvp(CrossFlow.velocity))/flow/flow.blocks/...".
   for name, (opcode, called, op_name, rest) in calls.items():
@@ -234,8 +282,9 @@ def hlo_op_classes(hlo_text: str) -> dict[str, tuple[str, str, bool, str]]:
       kind = "data movement"
     else:
       kind = "elementwise"
-    module = next((m for m in _MODULES if re.search(rf"(^|/){m}(/|$)", op_name)),
-                  "other")
+    module = next(
+        (m for m in _MODULES if re.search(rf"(^|/){m}(/|$)", op_name)), "other"
+    )
     scope = "/".join(re.sub(r"^jit\([^)]*\)/", "", op_name).split("/")[:3])
     out[name] = (kind, module, "transpose(" in op_name, scope)
   return out
@@ -249,6 +298,7 @@ def op_profile(compiled, call, steps: int = 3) -> dict:
   than the step's wall time; 'wall_s' is that time.
   """
   from jax.profiler import ProfileData
+
   classes = hlo_op_classes(compiled.as_text())
   with tempfile.TemporaryDirectory() as d:
     jax.block_until_ready(call())
@@ -259,7 +309,8 @@ def op_profile(compiled, call, steps: int = 3) -> dict:
     jax.profiler.stop_trace()
     wall = (time.perf_counter() - t0) / steps
     trace = ProfileData.from_file(
-        glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
+        glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0]
+    )
     by_class, by_op, by_scope = (collections.Counter() for _ in range(3))
     for plane in trace.planes:
       for line in plane.lines:
@@ -270,26 +321,37 @@ def op_profile(compiled, call, steps: int = 3) -> dict:
           if kind == "container":
             continue
           seconds = e.duration_ns * 1e-9 / steps
-          by_class[(kind, module, "backward" if backward else "forward")] += seconds
+          by_class[
+              (kind, module, "backward" if backward else "forward")
+          ] += seconds
           by_op[e.name] += seconds
           by_scope[f"{kind} {scope}"] += seconds
-  return {"wall_s": wall, "op_s": sum(by_class.values()),
-          "by_class": {" / ".join(k): v for k, v in by_class.most_common()},
-          "top_ops": dict(by_op.most_common(15)),
-          "top_scopes": dict(by_scope.most_common(25))}
+  return {
+      "wall_s": wall,
+      "op_s": sum(by_class.values()),
+      "by_class": {" / ".join(k): v for k, v in by_class.most_common()},
+      "top_ops": dict(by_op.most_common(15)),
+      "top_scopes": dict(by_scope.most_common(25)),
+  }
 
 
 def profile_report(p: dict) -> str:
   total = p["op_s"]
-  lines = [f"op time {total * 1e3:.1f} ms per step (wall {p['wall_s'] * 1e3:.1f} ms); "
-           "by op class / module / pass:"]
+  lines = [
+      f"op time {total * 1e3:.1f} ms per step (wall {p['wall_s'] * 1e3:.1f} ms); "
+      "by op class / module / pass:"
+  ]
   summary = collections.Counter()
   for k, v in p["by_class"].items():
     summary[k.split(" / ")[0]] += v
-  lines += [f"  {k:<14} {v * 1e3:8.1f} ms {v / total:6.1%}"
-            for k, v in summary.most_common()]
-  lines += [f"    {k:<40} {v * 1e3:8.1f} ms {v / total:6.1%}"
-            for k, v in list(p["by_class"].items())[:12]]
+  lines += [
+      f"  {k:<14} {v * 1e3:8.1f} ms {v / total:6.1%}"
+      for k, v in summary.most_common()
+  ]
+  lines += [
+      f"    {k:<40} {v * 1e3:8.1f} ms {v / total:6.1%}"
+      for k, v in list(p["by_class"].items())[:12]
+  ]
   return "\n".join(lines)
 
 
@@ -298,14 +360,18 @@ def mismatch_warning(r: dict) -> str | None:
   if math.isfinite(ratio) and abs(ratio - 1) <= MISMATCH_TOLERANCE:
     return None
   if r["flow_scan"]:
-    why = (" (XLA counts the body of the scanned DiT blocks once, not once"
-           " per layer; --config.flow.scan=False to cross-check)")
+    why = (
+        " (XLA counts the body of the scanned DiT blocks once, not once"
+        " per layer; --config.flow.scan=False to cross-check)"
+    )
   elif r["platform"] == "gpu":
     why = " (XLA does not count the matmuls it hands to cuBLAS on GPUs)"
   else:
     why = " (at small widths XLA's elementwise work is a large share)"
-  return (f"WARNING: XLA counts {r['xla_flops'] / 1e9:.1f} GFLOP per step, "
-          f"{ratio:.2f}x the model count{why}")
+  return (
+      f"WARNING: XLA counts {r['xla_flops'] / 1e9:.1f} GFLOP per step, "
+      f"{ratio:.2f}x the model count{why}"
+  )
 
 
 def report(r: dict) -> str:
@@ -319,19 +385,23 @@ def report(r: dict) -> str:
       f"state init {r['init_s']:.1f} s",
       f"model {r['model_flops'] / g:.1f} GFLOP/step, XLA "
       f"{r['xla_flops'] / g:.1f} GFLOP/step (x{r['xla_over_model']:.2f})",
-      "  by module: " + ", ".join(
-          f"{k} {v / g:.1f}" for k, v in r["model_flops_by_module"].items()),
+      "  by module: "
+      + ", ".join(
+          f"{k} {v / g:.1f}" for k, v in r["model_flops_by_module"].items()
+      ),
   ]
   if r["step_time_s"] is not None:
     lines.append(
         f"{r['steps_per_sec']:.2f} steps/s ({r['step_time_s'] * 1e3:.1f} ms), "
         f"{r['achieved_flops_per_s'] / g:.1f} GFLOP/s achieved vs "
         f"{r['matmul_flops_per_s'] / g:.1f} GFLOP/s {r['matmul_n']}^3 matmul "
-        f"per device -> utilisation {r['utilisation']:.3f}")
+        f"per device -> utilisation {r['utilisation']:.3f}"
+    )
     lines.append(
         f"host: {r['page_faults_per_step']:.0f} page faults and "
         f"{r['system_cpu_per_step_s'] * 1e3:.1f} ms of system CPU per step "
-        f"(allocator: {r['host_malloc']})")
+        f"(allocator: {r['host_malloc']})"
+    )
   warning = mismatch_warning(r)
   if warning:
     lines.append(warning)
@@ -339,19 +409,34 @@ def report(r: dict) -> str:
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (0: compile and count only).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps before the timed ones.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 20, "Timed steps (0: compile and count only)."
+)
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 3, "Untimed steps before the timed ones."
+)
 _MATMUL_N = flags.DEFINE_integer(
-    "matmul_n", 0, "Side of the reference matmul (0: 2048 on CPU, 8192 elsewhere).")
-_JSON = flags.DEFINE_string("json", "", "Also write the measurement to this file.")
+    "matmul_n",
+    0,
+    "Side of the reference matmul (0: 2048 on CPU, 8192 elsewhere).",
+)
+_JSON = flags.DEFINE_string(
+    "json", "", "Also write the measurement to this file."
+)
 _PROFILE = flags.DEFINE_integer(
-    "profile", 0, "Also trace this many steps and print where their time goes.")
+    "profile", 0, "Also trace this many steps and print where their time goes."
+)
 
 
 def main(argv):
   del argv
-  r = measure(_CONFIG.value, _STEPS.value, _WARMUP.value, _MATMUL_N.value or None,
-              _PROFILE.value)
+  r = measure(
+      _CONFIG.value,
+      _STEPS.value,
+      _WARMUP.value,
+      _MATMUL_N.value or None,
+      _PROFILE.value,
+  )
   logging.info("%s", r)
   print(report(r))
   if "profile" in r:
@@ -363,4 +448,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from txt2img_jax import cli
+
   cli.run(main, required=["config"])

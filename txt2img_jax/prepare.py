@@ -15,7 +15,8 @@ from ml_collections import config_flags
 from txt2img_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file, e.g. configs/folder.py.", lock_config=True)
+    "config", None, "Recipe file, e.g. configs/folder.py.", lock_config=True
+)
 
 
 def main(argv):
@@ -23,15 +24,22 @@ def main(argv):
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   from txt2img_jax.train import assets  # Heavy imports after the flags are good.
   from txt2img_jax.models import latents
+
   config = _CONFIG.value
   latents.latent_shape(config)
   autoencoder = latents.build(config)  # A pixel space has nothing to cache.
   data = assets.prepare_data(config, autoencoder)
-  splits = {s: data.split_size(s) for s in ("train", "val", "test",
-                                            "heldout") if _has(data, s)}
+  splits = {
+      s: data.split_size(s)
+      for s in ("train", "val", "test", "heldout")
+      if _has(data, s)
+  }
   where = getattr(data, "out_dir", None) or getattr(data, "data_dir", "")
-  print(f"prepared {config.data.name}: " + ", ".join(
-      f"{n} {s}" for s, n in splits.items()) + f" at {where}")
+  print(
+      f"prepared {config.data.name}: "
+      + ", ".join(f"{n} {s}" for s, n in splits.items())
+      + f" at {where}"
+  )
 
 
 def _has(data, split: str) -> bool:

@@ -41,9 +41,25 @@ UNLISTED_IMAGE = "unlisted_image"
 KEPT_REASONS = frozenset({LONG_CAPTION})
 UNUSED_REASONS = frozenset({UNLISTED_IMAGE})
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif",
-    ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico"})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".ico",
+    }
+)
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
@@ -58,6 +74,7 @@ class BadInput(Exception):
 @dataclasses.dataclass(frozen=True)
 class Issue:
   """A counted problem: `path` relative to the source, `line` in metadata."""
+
   reason: str
   path: str
   line: int | None = None
@@ -72,6 +89,7 @@ class Candidate:
   row's position among the metadata rows (blank lines not counted), stored
   with the record so a record can be traced back to its row.
   """
+
   key: str
   index: int
   line: int | None = None
@@ -80,6 +98,7 @@ class Candidate:
 
 
 # ----------------------------------------------------------------- captions
+
 
 def normalize_captions(value: Any) -> list[str]:
   """A caption cell (str, bytes, list of them, None) -> non-empty stripped."""
@@ -105,10 +124,12 @@ def normalize_captions(value: Any) -> list[str]:
   return out
 
 
-def is_long_caption(caption: str, max_chars: int | None,
-                    max_words: int | None) -> bool:
-  return ((max_chars is not None and len(caption) > max_chars) or
-          (max_words is not None and len(caption.split()) > max_words))
+def is_long_caption(
+    caption: str, max_chars: int | None, max_words: int | None
+) -> bool:
+  return (max_chars is not None and len(caption) > max_chars) or (
+      max_words is not None and len(caption.split()) > max_words
+  )
 
 
 def _mix64(x: int) -> int:
@@ -119,8 +140,9 @@ def _mix64(x: int) -> int:
   return x ^ (x >> 31)
 
 
-def choose_caption(captions: Sequence[str], seed: int, step: int,
-                   index: int) -> str:
+def choose_caption(
+    captions: Sequence[str], seed: int, step: int, index: int
+) -> str:
   """One of an example's captions, a pure function of (seed, step, index).
 
   A different caption can come up each time the example is seen, and a run
@@ -130,8 +152,10 @@ def choose_caption(captions: Sequence[str], seed: int, step: int,
     raise ValueError(f"Example {index} has no caption to choose from.")
   if len(captions) == 1:
     return captions[0]
-  h = _mix64(_mix64(_mix64(seed & 0xFFFFFFFFFFFFFFFF) ^ (step & (2**64 - 1)))
-             ^ (index & (2**64 - 1)))
+  h = _mix64(
+      _mix64(_mix64(seed & 0xFFFFFFFFFFFFFFFF) ^ (step & (2**64 - 1)))
+      ^ (index & (2**64 - 1))
+  )
   return captions[h % len(captions)]
 
 
@@ -148,6 +172,7 @@ def key_unit(key: str) -> float:
 
 # ------------------------------------------------------------------- images
 
+
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
   """Any PIL mode -> uint8 (H, W, 3); alpha is composited on `background`."""
   mode = im.mode
@@ -159,9 +184,11 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
   if mode == "F":
     a = np.clip(np.round(np.asarray(im, np.float64)), 0, 255).astype(np.uint8)
     return np.repeat(a[..., None], 3, axis=-1)
-  has_alpha = (mode in ("RGBA", "LA", "PA", "La", "RGBa") or
-               (mode == "P" and "transparency" in im.info) or
-               (mode in ("L", "RGB") and "transparency" in im.info))
+  has_alpha = (
+      mode in ("RGBA", "LA", "PA", "La", "RGBa")
+      or (mode == "P" and "transparency" in im.info)
+      or (mode in ("L", "RGB") and "transparency" in im.info)
+  )
   if not has_alpha:
     return np.asarray(im.convert("RGB"))
   rgba = np.asarray(im.convert("RGBA"), dtype=np.uint32)
@@ -182,24 +209,31 @@ def resize_center_crop(rgb: np.ndarray, image_size: int) -> np.ndarray:
   # One resample of the centre square equals resize-then-crop, without
   # rounding the crop offset to a whole pixel of the resized image.
   out = Image.fromarray(rgb).resize(
-      (image_size, image_size), Image.Resampling.BICUBIC,
-      box=(left, top, left + side, top + side))
+      (image_size, image_size),
+      Image.Resampling.BICUBIC,
+      box=(left, top, left + side, top + side),
+  )
   return np.asarray(out)
 
 
 def check_size(size: tuple[int, int], min_side: int, max_pixels: int) -> None:
   w, h = size
   if w * h > max_pixels:
-    raise BadInput(TOO_MANY_PIXELS,
-                   f"{w}x{h} is over the pixel limit {max_pixels}")
+    raise BadInput(
+        TOO_MANY_PIXELS, f"{w}x{h} is over the pixel limit {max_pixels}"
+    )
   if min(w, h) < min_side:
     raise BadInput(TOO_SMALL, f"{w}x{h} is below the minimum side {min_side}")
 
 
-def prepare_image(im: Image.Image, image_size: int, *,
-                  background: tuple[int, int, int] = (255, 255, 255),
-                  min_side: int = 0,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def prepare_image(
+    im: Image.Image,
+    image_size: int,
+    *,
+    background: tuple[int, int, int] = (255, 255, 255),
+    min_side: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
   """An opened (not yet loaded) image -> uint8 (image_size, image_size, 3).
 
   Sizes are checked from the header before any pixel is decoded, so a
@@ -212,15 +246,17 @@ def prepare_image(im: Image.Image, image_size: int, *,
       # image_size on the shorter side (EXIF rotation keeps that true).
       scale = min(im.size) / image_size
       if scale >= 2:
-        im.draft(im.mode, (int(im.size[0] / scale) + 1,
-                           int(im.size[1] / scale) + 1))
+        im.draft(
+            im.mode, (int(im.size[0] / scale) + 1, int(im.size[1] / scale) + 1)
+        )
     im.load()
     im = ImageOps.exif_transpose(im)
     rgb = _to_rgb(im, background)
   except Exception as e:  # pylint: disable=broad-except
     # PIL's plugins raise many types for broken files; none may stop a run.
-    raise BadInput(CORRUPT_IMAGE,
-                   f"cannot decode: {type(e).__name__}: {e}") from e
+    raise BadInput(
+        CORRUPT_IMAGE, f"cannot decode: {type(e).__name__}: {e}"
+    ) from e
   return resize_center_crop(rgb, image_size)
 
 
@@ -235,11 +271,13 @@ def open_image(data: str | bytes) -> Image.Image:
   except UnidentifiedImageError as e:
     raise BadInput(NOT_AN_IMAGE, "not an image PIL can read") from e
   except Exception as e:  # pylint: disable=broad-except
-    raise BadInput(CORRUPT_IMAGE,
-                   f"cannot open: {type(e).__name__}: {e}") from e
+    raise BadInput(
+        CORRUPT_IMAGE, f"cannot open: {type(e).__name__}: {e}"
+    ) from e
 
 
 # ----------------------------------------------------------------- metadata
+
 
 def _find_metadata(root: str) -> str:
   if not os.path.isdir(root):
@@ -248,15 +286,21 @@ def _find_metadata(root: str) -> str:
     raise FileNotFoundError(f"Image folder {root!r} does not exist.")
   if not os.access(root, os.R_OK | os.X_OK):
     raise PermissionError(f"Image folder {root!r} is not readable.")
-  found = [n for n in ("metadata.jsonl", "metadata.csv")
-           if os.path.isfile(os.path.join(root, n))]
+  found = [
+      n
+      for n in ("metadata.jsonl", "metadata.csv")
+      if os.path.isfile(os.path.join(root, n))
+  ]
   if not found:
     raise FileNotFoundError(
         f"No metadata.jsonl or metadata.csv in {root!r}: add one whose rows "
-        "give `file_name` (relative path) and a caption column.")
+        "give `file_name` (relative path) and a caption column."
+    )
   if len(found) > 1:
-    raise ValueError(f"Both metadata.jsonl and metadata.csv are in {root!r}; "
-                     "keep the one to use.")
+    raise ValueError(
+        f"Both metadata.jsonl and metadata.csv are in {root!r}; "
+        "keep the one to use."
+    )
   return os.path.join(root, found[0])
 
 
@@ -264,7 +308,8 @@ def _missing_columns_error(meta: str, columns, caption_column: str):
   return ValueError(
       f"{os.path.basename(meta)} has columns {sorted(columns)}, but needs "
       f"'file_name' and '{caption_column}' (set the caption column to the one "
-      "that holds your captions).")
+      "that holds your captions)."
+  )
 
 
 def _jsonl_rows(meta: str, caption_column: str, issues: list[Issue]):
@@ -323,7 +368,8 @@ def _csv_rows(meta: str, caption_column: str, issues: list[Issue]):
       continue
     bad = "\0extra" in row or any(
         isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v)
-        for v in row.values())
+        for v in row.values()
+    )
     if bad:
       issues.append(Issue(BAD_METADATA_LINE, name, start))
       yield start, None
@@ -362,8 +408,9 @@ class ImageFolderSource:
     self.metadata_path = _find_metadata(self.root)
     self.issues: list[Issue] = []
     files = _walk(self.root)
-    rows = (_jsonl_rows if self.metadata_path.endswith(".jsonl")
-            else _csv_rows)(self.metadata_path, caption_column, self.issues)
+    rows = (
+        _jsonl_rows if self.metadata_path.endswith(".jsonl") else _csv_rows
+    )(self.metadata_path, caption_column, self.issues)
     self.candidates: list[Candidate] = []
     seen: set[str] = set()
     listed_stats = []
@@ -372,8 +419,9 @@ class ImageFolderSource:
         continue
       name = row.get("file_name")
       if not isinstance(name, str) or not name.strip():
-        self.issues.append(Issue(BAD_METADATA_LINE,
-                                 os.path.basename(self.metadata_path), line))
+        self.issues.append(
+            Issue(BAD_METADATA_LINE, os.path.basename(self.metadata_path), line)
+        )
         continue
       rel = os.path.normpath(name.strip().replace("\\", "/"))
       if rel in seen:
@@ -385,12 +433,19 @@ class ImageFolderSource:
         continue
       st = files[rel]
       listed_stats.append((rel, st.st_size, st.st_mtime_ns))
-      self.candidates.append(Candidate(
-          key=rel, index=index, line=line,
-          captions=tuple(normalize_captions(row.get(caption_column)))))
+      self.candidates.append(
+          Candidate(
+              key=rel,
+              index=index,
+              line=line,
+              captions=tuple(normalize_captions(row.get(caption_column))),
+          )
+      )
     for rel in sorted(files):
-      if (rel not in seen and
-          os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS):
+      if (
+          rel not in seen
+          and os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+      ):
         self.issues.append(Issue(UNLISTED_IMAGE, rel))
     self._fingerprint = self._summary(listed_stats)
 
@@ -402,9 +457,11 @@ class ImageFolderSource:
       h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogatepass"))
     st = os.stat(self.metadata_path)
     return {
-        "kind": self.kind, "path": self.root,
+        "kind": self.kind,
+        "path": self.root,
         "metadata": os.path.basename(self.metadata_path),
-        "metadata_size": st.st_size, "metadata_mtime_ns": st.st_mtime_ns,
+        "metadata_size": st.st_size,
+        "metadata_mtime_ns": st.st_mtime_ns,
         "caption_column": self.caption_column,
         "num_files": len(listed_stats),
         "bytes": sum(s for _, s, _ in listed_stats),
@@ -419,5 +476,7 @@ class ImageFolderSource:
 
   def read(self, cand: Candidate) -> tuple[Image.Image, list[str]]:
     """The opened image and captions of a candidate; raises BadInput."""
-    return (open_image(os.path.join(self.root, cand.key)),
-            list(cand.captions or ()))
+    return (
+        open_image(os.path.join(self.root, cand.key)),
+        list(cand.captions or ()),
+    )

@@ -14,9 +14,12 @@ import numpy as np
 WORD = re.compile(r"[A-Za-z]+")
 
 
-def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
-                     rng: np.random.Generator,
-                     forbidden: Sequence[str] = ()) -> str | None:
+def negative_caption(
+    caption: str,
+    word_classes: Sequence[Sequence[str]],
+    rng: np.random.Generator,
+    forbidden: Sequence[str] = (),
+) -> str | None:
   """The caption with its words changed so that it describes another image.
 
   `word_classes` are groups of words that can stand in for one another
@@ -30,8 +33,11 @@ def negative_caption(caption: str, word_classes: Sequence[Sequence[str]],
   None when no change is possible.
   """
   group_of = {w: g for g, words in enumerate(word_classes) for w in words}
-  found = [(m.start(), m.end(), m.group(), group_of[m.group()])
-           for m in WORD.finditer(caption) if m.group() in group_of]
+  found = [
+      (m.start(), m.end(), m.group(), group_of[m.group()])
+      for m in WORD.finditer(caption)
+      if m.group() in group_of
+  ]
 
   def rebuild(words):
     out, last = [], 0
@@ -72,18 +78,24 @@ def parse_word_classes(spec: str) -> tuple[tuple[str, ...], ...]:
     words = tuple(w.strip() for w in part.split(",") if w.strip())
     bad = [w for w in words if not WORD.fullmatch(w)]
     if bad:
-      raise ValueError(f"loss.hard_negative_words={spec!r}: {bad[0]!r} is not "
-                       "a word (letters only; ',' between words, ';' between "
-                       "groups)")
+      raise ValueError(
+          f"loss.hard_negative_words={spec!r}: {bad[0]!r} is not "
+          "a word (letters only; ',' between words, ';' between "
+          "groups)"
+      )
     if len(set(words)) < 2:
-      raise ValueError(f"loss.hard_negative_words={spec!r}: the group "
-                       f"{part.strip()!r} needs two different words")
+      raise ValueError(
+          f"loss.hard_negative_words={spec!r}: the group "
+          f"{part.strip()!r} needs two different words"
+      )
     groups.append(words)
   seen = [w for g in groups for w in g]
   twice = sorted({w for w in seen if seen.count(w) > 1})
   if twice:
-    raise ValueError(f"loss.hard_negative_words={spec!r}: {twice[0]!r} is in "
-                     "more than one place")
+    raise ValueError(
+        f"loss.hard_negative_words={spec!r}: {twice[0]!r} is in "
+        "more than one place"
+    )
   return tuple(groups)
 
 
@@ -94,4 +106,5 @@ def words_not_named(data_name: str) -> ValueError:
       f"loss.hard_negatives: data.name={data_name!r} does not say which "
       "caption words can stand in for one another: name them in "
       "loss.hard_negative_words (e.g. 'cat,dog;red,blue') or set "
-      "loss.hard_negatives=False")
+      "loss.hard_negatives=False"
+  )

@@ -51,8 +51,9 @@ class ChooseCaption(grain.transforms.RandomMap):
   """An example with several captions (COCO has five) trains on one of them,
   drawn from (seed, position in the stream): the same at every resume."""
 
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator
-                 ) -> dict[str, Any]:
+  def random_map(
+      self, element: dict[str, Any], rng: np.random.Generator
+  ) -> dict[str, Any]:
     if "captions" not in element:
       return element
     element = dict(element)
@@ -70,17 +71,20 @@ class NegativeCaption(grain.transforms.RandomMap):
   (seed, position in the stream) like the caption itself; a caption with
   no word to change gets itself, which its loss then masks out."""
 
-  def __init__(self, word_classes: Sequence[Sequence[str]],
-               forbidden: Sequence[str] = ()):
+  def __init__(
+      self, word_classes: Sequence[Sequence[str]], forbidden: Sequence[str] = ()
+  ):
     self._classes = tuple(tuple(g) for g in word_classes)
     self._forbidden = tuple(forbidden)
 
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator
-                 ) -> dict[str, Any]:
+  def random_map(
+      self, element: dict[str, Any], rng: np.random.Generator
+  ) -> dict[str, Any]:
     element = dict(element)
     caption = str(element["caption"])
-    neg = negatives_lib.negative_caption(caption, self._classes, rng,
-                                         self._forbidden)
+    neg = negatives_lib.negative_caption(
+        caption, self._classes, rng, self._forbidden
+    )
     element["neg_caption"] = caption if neg is None else neg
     return element
 
@@ -100,11 +104,13 @@ class TokenizeCaptions(grain.transforms.Map):
     batch = dict(batch)
     captions = [str(c) for c in batch.pop("caption")]
     batch["ids"], batch["mask"] = tokenizer_lib.tokenize(
-        self._tokenizer, captions, self._max_len)
+        self._tokenizer, captions, self._max_len
+    )
     if "neg_caption" in batch:
       negs = [str(c) for c in batch.pop("neg_caption")]
       batch["neg_ids"], batch["neg_mask"] = tokenizer_lib.tokenize(
-          self._tokenizer, negs, self._max_len)
+          self._tokenizer, negs, self._max_len
+      )
     return batch
 
 
@@ -112,7 +118,8 @@ def host_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(
         f"Global batch size {global_batch_size} must be a positive multiple "
-        f"of the process count {process_count}.")
+        f"of the process count {process_count}."
+    )
   return global_batch_size // process_count
 
 
@@ -128,15 +135,23 @@ def _source(data, split: str, subset_size: int | None) -> grain.MapDataset:
     if not 0 < subset_size <= len(ds):
       raise ValueError(
           f"subset_size={subset_size} must be in [1, {len(ds)}] (the size of "
-          f"split {split!r}).")
+          f"split {split!r})."
+      )
     ds = ds[:subset_size]
   return ds
 
 
 def train_dataset(
-    data, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
-    split: str = "train", subset_size: int | None = None,
-    process_index: int | None = None, process_count: int | None = None,
+    data,
+    *,
+    tokenizer,
+    max_len: int,
+    global_batch_size: int,
+    seed: int,
+    split: str = "train",
+    subset_size: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
     word_classes: Sequence[Sequence[str]] | None = None,
     forbidden: Sequence[str] = (),
 ) -> grain.MapDataset:
@@ -147,27 +162,32 @@ def train_dataset(
   overfit check trains on 512). `word_classes` adds a hard-negative caption
   to every example (`NegativeCaption`; none says a `forbidden` phrase).
   """
-  process_index = (jax.process_index() if process_index is None
-                   else process_index)
-  process_count = (jax.process_count() if process_count is None
-                   else process_count)
+  process_index = (
+      jax.process_index() if process_index is None else process_index
+  )
+  process_count = (
+      jax.process_count() if process_count is None else process_count
+  )
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in "
-                     f"[0, {process_count}).")
+    raise ValueError(
+        f"process_index {process_index} is not in " f"[0, {process_count})."
+    )
   batch_size = host_batch_size(global_batch_size, process_count)
   ds = _source(data, split, subset_size)
   if len(ds) < global_batch_size:
     raise ValueError(
         f"Split {split!r} has {len(ds)} examples (subset_size={subset_size}), "
-        f"fewer than the global batch size {global_batch_size}.")
+        f"fewer than the global batch size {global_batch_size}."
+    )
   ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat()  # Infinite, per-epoch.
   ds = ds.map(data.decode_transform())
   # Drawn before the hosts split the stream, so a caption depends on the
   # example's global position, not on how many hosts there are.
   ds = ds.random_map(ChooseCaption(), seed=_shuffle_seed(seed + 1))
   if word_classes:
-    ds = ds.random_map(NegativeCaption(word_classes, forbidden),
-                       seed=_shuffle_seed(seed + 2))
+    ds = ds.random_map(
+        NegativeCaption(word_classes, forbidden), seed=_shuffle_seed(seed + 2)
+    )
   # Lazy: a host's chunk is read and decoded only when that host asks.
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds[process_index::process_count]
@@ -175,10 +195,20 @@ def train_dataset(
 
 
 def make_train_iterator(
-    data, *, tokenizer, max_len: int, global_batch_size: int, seed: int,
-    start_step: int = 0, split: str = "train", subset_size: int | None = None,
-    process_index: int | None = None, process_count: int | None = None,
-    read_threads: int = 4, prefetch_batches: int = 4, worker_count: int = 0,
+    data,
+    *,
+    tokenizer,
+    max_len: int,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    split: str = "train",
+    subset_size: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    read_threads: int = 4,
+    prefetch_batches: int = 4,
+    worker_count: int = 0,
     word_classes: Sequence[Sequence[str]] | None = None,
     forbidden: Sequence[str] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -189,27 +219,49 @@ def make_train_iterator(
   processes (needs absl flags parsed in the main program; slow to start).
   """
   ds = train_dataset(
-      data, tokenizer=tokenizer, max_len=max_len,
-      global_batch_size=global_batch_size, seed=seed, split=split,
-      subset_size=subset_size, process_index=process_index,
-      process_count=process_count, word_classes=word_classes,
-      forbidden=forbidden)
+      data,
+      tokenizer=tokenizer,
+      max_len=max_len,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      split=split,
+      subset_size=subset_size,
+      process_index=process_index,
+      process_count=process_count,
+      word_classes=word_classes,
+      forbidden=forbidden,
+  )
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  logging.info("Input: split %s (%s examples), global batch %d, seed %d, "
-               "from step %d, %d read threads, %d workers.", split,
-               subset_size or "all", global_batch_size, seed, start_step,
-               read_threads, worker_count)
-  it = ds[start_step:].to_iter_dataset(grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
+  logging.info(
+      "Input: split %s (%s examples), global batch %d, seed %d, "
+      "from step %d, %d read threads, %d workers.",
+      split,
+      subset_size or "all",
+      global_batch_size,
+      seed,
+      start_step,
+      read_threads,
+      worker_count,
+  )
+  it = ds[start_step:].to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=read_threads, prefetch_buffer_size=prefetch_batches
+      )
+  )
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(it)
 
 
-def load_split(data, split: str, num: int | None = None, *,
-               tokenizer=None, max_len: int = DEFAULT_MAX_LEN
-               ) -> dict[str, Any]:
+def load_split(
+    data,
+    split: str,
+    num: int | None = None,
+    *,
+    tokenizer=None,
+    max_len: int = DEFAULT_MAX_LEN,
+) -> dict[str, Any]:
   """The first `num` examples of a split (all if None), in record order.
 
   Returns the batch arrays plus `caption` (a list of str) and `index` (int32,
@@ -220,8 +272,10 @@ def load_split(data, split: str, num: int | None = None, *,
   source = data.as_data_source(split=split)
   num = len(source) if num is None else num
   if not 0 < num <= len(source):
-    raise ValueError(f"Asked for {num} examples of split {split!r}, which "
-                     f"has {len(source)}.")
+    raise ValueError(
+        f"Asked for {num} examples of split {split!r}, which "
+        f"has {len(source)}."
+    )
   if tokenizer is None:
     tokenizer = tokenizer_lib.build_word_tokenizer(data.vocabulary(), max_len)
   decode = data.decode_transform()
@@ -232,10 +286,12 @@ def load_split(data, split: str, num: int | None = None, *,
       for key in PER_CAPTION_KEYS:
         if key in r:
           r[key] = r[key][0]
-  out = {k: np.stack([r[k] for r in records]) for k in records[0]
-         if k != "caption"}
+  out = {
+      k: np.stack([r[k] for r in records]) for k in records[0] if k != "caption"
+  }
   out["caption"] = [r["caption"] for r in records]
   out["ids"], out["mask"] = tokenizer_lib.tokenize(
-      tokenizer, out["caption"], max_len)
+      tokenizer, out["caption"], max_len
+  )
   out["index"] = np.arange(num, dtype=np.int32)
   return out

@@ -77,5 +77,9 @@ class PreparedData:
 
 def stack_images(data: PreparedData, split: str, num: int) -> np.ndarray:
   source = data.as_data_source(split)
-  return np.stack([records.decode_image_uint8(source[i])
-                   for i in range(min(num, len(source)))])
+  return np.stack(
+      [
+          records.decode_image_uint8(source[i])
+          for i in range(min(num, len(source)))
+      ]
+  )

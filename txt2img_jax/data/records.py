@@ -37,23 +37,37 @@ SPLITS = ("train", "val")
 RESERVED_KEYS = frozenset({"image", "captions", "index", "key", "size"})
 
 
-
 # ------------------------------------------------------------------ records
 
-def encode_record(image: np.ndarray, captions: Sequence[str], index: int,
-                  key: str, extras: Mapping[str, np.ndarray] = ()) -> bytes:
+
+def encode_record(
+    image: np.ndarray,
+    captions: Sequence[str],
+    index: int,
+    key: str,
+    extras: Mapping[str, np.ndarray] = (),
+) -> bytes:
   size = image.shape[0]
   if image.dtype != np.uint8 or image.shape != (size, size, 3):
-    raise ValueError(f"Expected a uint8 (S, S, 3) image, got {image.dtype} "
-                     f"{image.shape}.")
+    raise ValueError(
+        f"Expected a uint8 (S, S, 3) image, got {image.dtype} "
+        f"{image.shape}."
+    )
   ex = {}
   for name, arr in dict(extras).items():
     arr = np.ascontiguousarray(arr)
     ex[name] = [arr.dtype.str, list(arr.shape), arr.tobytes()]
-  return msgpack.packb({
-      "image": image.tobytes(), "size": int(size),
-      "captions": list(captions), "index": int(index), "key": key,
-      "extras": ex}, use_bin_type=True)
+  return msgpack.packb(
+      {
+          "image": image.tobytes(),
+          "size": int(size),
+          "captions": list(captions),
+          "index": int(index),
+          "key": key,
+          "extras": ex,
+      },
+      use_bin_type=True,
+  )
 
 
 def read_record(raw: bytes) -> dict[str, Any]:
@@ -67,8 +81,11 @@ def decode_record(raw: bytes) -> dict[str, Any]:
   rec = read_record(raw)
   s = rec["size"]
   image = np.frombuffer(rec["image"], np.uint8).reshape(s, s, 3)
-  out = {"image": image.astype(np.float32) / 255.0,
-         "captions": rec["captions"], "index": rec["index"]}
+  out = {
+      "image": image.astype(np.float32) / 255.0,
+      "captions": rec["captions"],
+      "index": rec["index"],
+  }
   for name, (dtype, shape, data) in rec["extras"].items():
     out[name] = np.frombuffer(data, np.dtype(dtype)).reshape(shape)
   return out
@@ -89,14 +106,18 @@ class DecodeRecord(grain.transforms.Map):
 
 # ------------------------------------------------------------------- reader
 
+
 def load_manifest(out_dir: str) -> dict[str, Any]:
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.isfile(path):
-    state = ("an unfinished preparation (rerun prepare to finish it)"
-             if os.path.exists(os.path.join(out_dir, FINGERPRINT))
-             else "no prepared data")
-    raise FileNotFoundError(f"{out_dir!r} holds {state}: {MANIFEST} is "
-                            "missing.")
+    state = (
+        "an unfinished preparation (rerun prepare to finish it)"
+        if os.path.exists(os.path.join(out_dir, FINGERPRINT))
+        else "no prepared data"
+    )
+    raise FileNotFoundError(
+        f"{out_dir!r} holds {state}: {MANIFEST} is " "missing."
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -104,8 +125,8 @@ def load_manifest(out_dir: str) -> dict[str, Any]:
 class PreparedSource:
   """Random access to one split's records (bytes), for grain.
 
-      ds = grain.MapDataset.source(PreparedSource(dir, "train"))
-      ds = ds.map(DecodeRecord())
+  ds = grain.MapDataset.source(PreparedSource(dir, "train"))
+  ds = ds.map(DecodeRecord())
   """
 
   def __init__(self, out_dir: str, split: str = "train"):
@@ -113,14 +134,15 @@ class PreparedSource:
     self.manifest = load_manifest(self.out_dir)
     splits = self.manifest["splits"]
     if split not in splits:
-      raise ValueError(f"No split {split!r} in {self.out_dir!r}; it has "
-                       f"{sorted(splits)}.")
+      raise ValueError(
+          f"No split {split!r} in {self.out_dir!r}; it has "
+          f"{sorted(splits)}."
+      )
     self.split = split
     info = splits[split]
     self._len = info["num_records"]
     paths = [os.path.join(self.out_dir, s) for s in info["shards"]]
-    self._source = (grain.sources.ArrayRecordDataSource(paths) if paths
-                    else None)
+    self._source = grain.sources.ArrayRecordDataSource(paths) if paths else None
 
   @property
   def fingerprint(self) -> dict[str, Any]:
@@ -136,8 +158,10 @@ class PreparedSource:
 
   def __getitem__(self, index: int) -> bytes:
     if not -self._len <= index < self._len:
-      raise IndexError(f"Record {index} out of range for split "
-                       f"{self.split!r} of {self._len}.")
+      raise IndexError(
+          f"Record {index} out of range for split "
+          f"{self.split!r} of {self._len}."
+      )
     return self._source[index % self._len]
 
   def __repr__(self) -> str:

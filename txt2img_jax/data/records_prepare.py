@@ -49,6 +49,7 @@ Featurize = Callable[[np.ndarray, list], Mapping[str, np.ndarray]]
 
 # ----------------------------------------------------------------- prepare
 
+
 @dataclasses.dataclass(frozen=True)
 class _Options:
   image_size: int
@@ -70,15 +71,21 @@ def _load_one(source, cand: ifo.Candidate, opts: _Options):
     if not captions:
       raise ifo.BadInput(ifo.EMPTY_CAPTION, "")  # The reason says it all.
     image = ifo.prepare_image(
-        im, opts.image_size, background=opts.background,
-        min_side=opts.min_side, max_pixels=opts.max_pixels)
+        im,
+        opts.image_size,
+        background=opts.background,
+        min_side=opts.min_side,
+        max_pixels=opts.max_pixels,
+    )
   except ifo.BadInput as e:
     return None, [], [ifo.Issue(e.reason, cand.key, cand.line, str(e))]
   finally:
     if im is not None:
       im.close()
-  if any(ifo.is_long_caption(c, opts.max_caption_chars,
-                             opts.max_caption_words) for c in captions):
+  if any(
+      ifo.is_long_caption(c, opts.max_caption_chars, opts.max_caption_words)
+      for c in captions
+  ):
     issues.append(ifo.Issue(ifo.LONG_CAPTION, cand.key, cand.line))
   return image, captions, issues
 
@@ -107,8 +114,14 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _clear(out_dir: str) -> None:
   """Removes what `prepare` writes (and nothing else) from out_dir."""
-  for pattern in ("*.array_record", "*.array_record.tmp", "*.json.tmp",
-                  records.MANIFEST, records.FINGERPRINT, records.REPORT):
+  for pattern in (
+      "*.array_record",
+      "*.array_record.tmp",
+      "*.json.tmp",
+      records.MANIFEST,
+      records.FINGERPRINT,
+      records.REPORT,
+  ):
     for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
       os.remove(path)
   shutil.rmtree(os.path.join(out_dir, records.CHUNKS_DIR), ignore_errors=True)
@@ -122,11 +135,13 @@ def _check_writable(out_dir: str) -> None:
   except OSError as e:
     raise PermissionError(
         f"Output dir {out_dir!r} is not writable ({e.strerror or e}); pick "
-        "another one for the prepared data.") from e
+        "another one for the prepared data."
+    ) from e
 
 
-def _assign_splits(cands: list[ifo.Candidate], val_fraction: float,
-                   val_count: int | None) -> dict[str, list[ifo.Candidate]]:
+def _assign_splits(
+    cands: list[ifo.Candidate], val_fraction: float, val_count: int | None
+) -> dict[str, list[ifo.Candidate]]:
   free = [c for c in cands if c.split is None]
   if val_count is not None:
     by_hash = sorted(free, key=lambda c: (ifo.key_unit(c.key), c.key))
@@ -135,46 +150,66 @@ def _assign_splits(cands: list[ifo.Candidate], val_fraction: float,
     val_keys = {c.key for c in free if ifo.key_unit(c.key) < val_fraction}
   out = {s: [] for s in records.SPLITS}
   for c in cands:  # Source order within each split.
-    split = c.split if c.split is not None else (
-        "val" if c.key in val_keys else "train")
+    split = (
+        c.split
+        if c.split is not None
+        else ("val" if c.key in val_keys else "train")
+    )
     if split not in out:
-      raise ValueError(f"Unknown split {split!r} for {c.key!r}; the prepared "
-                       f"splits are {records.SPLITS}.")
+      raise ValueError(
+          f"Unknown split {split!r} for {c.key!r}; the prepared "
+          f"splits are {records.SPLITS}."
+      )
     out[split].append(c)
   return out
 
 
-def _run_featurize(featurize: Featurize, images: np.ndarray,
-                   captions: list[list[str]]) -> dict[str, np.ndarray]:
+def _run_featurize(
+    featurize: Featurize, images: np.ndarray, captions: list[list[str]]
+) -> dict[str, np.ndarray]:
   out = featurize(images, captions)
   if not isinstance(out, Mapping):
-    raise TypeError(f"featurize must return a dict of arrays, got "
-                    f"{type(out).__name__}.")
+    raise TypeError(
+        f"featurize must return a dict of arrays, got " f"{type(out).__name__}."
+    )
   result = {}
   for name, arr in out.items():
     arr = np.asarray(arr)
     if name in records.RESERVED_KEYS:
-      raise ValueError(f"featurize output {name!r} clashes with a record "
-                       f"field ({sorted(records.RESERVED_KEYS)}); rename it.")
+      raise ValueError(
+          f"featurize output {name!r} clashes with a record "
+          f"field ({sorted(records.RESERVED_KEYS)}); rename it."
+      )
     if arr.ndim == 0 or arr.shape[0] != len(images):
-      raise ValueError(f"featurize output {name!r} has shape {arr.shape}; "
-                       f"it needs a leading batch dim of {len(images)}.")
+      raise ValueError(
+          f"featurize output {name!r} has shape {arr.shape}; "
+          f"it needs a leading batch dim of {len(images)}."
+      )
     result[name] = arr
   return result
 
 
-def prepare(source, out_dir: str, *, image_size: int,
-            fingerprint: Mapping[str, Any] | None = None,
-            featurize: Featurize | None = None, rebuild: bool = False,
-            val_fraction: float = 0.01, val_count: int | None = None,
-            background: Sequence[int] = (255, 255, 255),
-            min_side: int | None = None,
-            max_pixels: int = ifo.DEFAULT_MAX_PIXELS,
-            max_caption_chars: int | None = None,
-            max_caption_words: int | None = None,
-            chunk_size: int = 1024, num_workers: int | None = None,
-            featurize_batch_size: int = 64, progress: bool = True,
-            report_first: int = 5) -> dict[str, Any]:
+def prepare(
+    source,
+    out_dir: str,
+    *,
+    image_size: int,
+    fingerprint: Mapping[str, Any] | None = None,
+    featurize: Featurize | None = None,
+    rebuild: bool = False,
+    val_fraction: float = 0.01,
+    val_count: int | None = None,
+    background: Sequence[int] = (255, 255, 255),
+    min_side: int | None = None,
+    max_pixels: int = ifo.DEFAULT_MAX_PIXELS,
+    max_caption_chars: int | None = None,
+    max_caption_words: int | None = None,
+    chunk_size: int = 1024,
+    num_workers: int | None = None,
+    featurize_batch_size: int = 64,
+    progress: bool = True,
+    report_first: int = 5,
+) -> dict[str, Any]:
   """Prepares `source` into `out_dir` once; returns the report.
 
   Calling it again on complete data with the same settings does nothing but
@@ -209,9 +244,11 @@ def prepare(source, out_dir: str, *, image_size: int,
   """
   out_dir = os.path.abspath(os.fspath(out_dir))
   if featurize is not None and not fingerprint:
-    raise ValueError("prepare(featurize=...) needs a `fingerprint` naming the "
-                     "encoders and their weights, so a changed encoder is "
-                     "never read from a stale cache.")
+    raise ValueError(
+        "prepare(featurize=...) needs a `fingerprint` naming the "
+        "encoders and their weights, so a changed encoder is "
+        "never read from a stale cache."
+    )
   if chunk_size <= 0:
     raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
   if not 0.0 <= val_fraction < 1.0:
@@ -220,17 +257,26 @@ def prepare(source, out_dir: str, *, image_size: int,
       image_size=int(image_size),
       background=tuple(int(c) for c in background),
       min_side=int(image_size) // 2 if min_side is None else int(min_side),
-      max_pixels=int(max_pixels), max_caption_chars=max_caption_chars,
-      max_caption_words=max_caption_words)
-  full_fp = _normal({
-      "format_version": records.FORMAT_VERSION,
-      "source": source.fingerprint(),
-      "prepare": {**dataclasses.asdict(opts), "crop": "center",
-                  "resample": "bicubic", "val_fraction": val_fraction,
-                  "val_count": val_count, "chunk_size": chunk_size},
-      "featurize": dict(fingerprint or {}),
-      "featurized": featurize is not None,
-  })
+      max_pixels=int(max_pixels),
+      max_caption_chars=max_caption_chars,
+      max_caption_words=max_caption_words,
+  )
+  full_fp = _normal(
+      {
+          "format_version": records.FORMAT_VERSION,
+          "source": source.fingerprint(),
+          "prepare": {
+              **dataclasses.asdict(opts),
+              "crop": "center",
+              "resample": "bicubic",
+              "val_fraction": val_fraction,
+              "val_count": val_count,
+              "chunk_size": chunk_size,
+          },
+          "featurize": dict(fingerprint or {}),
+          "featurized": featurize is not None,
+      }
+  )
 
   fp_path = os.path.join(out_dir, records.FINGERPRINT)
   if os.path.exists(fp_path) and not rebuild:
@@ -240,13 +286,17 @@ def prepare(source, out_dir: str, *, image_size: int,
       raise ValueError(
           f"{out_dir!r} was prepared with other settings (differs in: "
           f"{', '.join(_diff_keys(stored, full_fp))}); prepare again with "
-          "rebuild=True, or use another output dir.")
+          "rebuild=True, or use another output dir."
+      )
     if os.path.exists(os.path.join(out_dir, records.MANIFEST)):
       with open(os.path.join(out_dir, records.REPORT)) as f:
         report = json.load(f)
       if progress:
-        print(f"prepare: {out_dir} is already prepared and matches; "
-              "reusing it.", file=sys.stderr)
+        print(
+            f"prepare: {out_dir} is already prepared and matches; "
+            "reusing it.",
+            file=sys.stderr,
+        )
       return report
 
   report = records_report.Report(report_first)
@@ -257,7 +307,8 @@ def prepare(source, out_dir: str, *, image_size: int,
     raise ValueError(
         f"No usable examples in {source.describe()}: "
         f"{sum(report.counts.values())} problems found while listing "
-        f"({dict(report.counts) or 'nothing listed'}).")
+        f"({dict(report.counts) or 'nothing listed'})."
+    )
 
   start = time.perf_counter()
   _check_writable(out_dir)
@@ -274,7 +325,7 @@ def prepare(source, out_dir: str, *, image_size: int,
   for split, members in _assign_splits(cands, val_fraction, val_count).items():
     n = -(-len(members) // chunk_size)
     for k in range(n):
-      plan.append((split, k, n, members[k * chunk_size:(k + 1) * chunk_size]))
+      plan.append((split, k, n, members[k * chunk_size : (k + 1) * chunk_size]))
 
   def chunk_json(split, k):
     return os.path.join(out_dir, records.CHUNKS_DIR, f"{split}-{k:05d}.json")
@@ -284,27 +335,46 @@ def prepare(source, out_dir: str, *, image_size: int,
   bar = records_report.Progress(len(cands), done, progress)
   workers = num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+
     def submit(chunk):
       return [pool.submit(_load_one, source, c, opts) for c in chunk[3]]
+
     try:
       futures = submit(todo[0]) if todo else []
       for i, chunk in enumerate(todo):
         # Decode the next chunk while this one is featurized and written.
         nxt = submit(todo[i + 1]) if i + 1 < len(todo) else []
-        _write_chunk(chunk, futures, out_dir, chunk_json(chunk[0], chunk[1]),
-                     featurize, featurize_batch_size, bar)
+        _write_chunk(
+            chunk,
+            futures,
+            out_dir,
+            chunk_json(chunk[0], chunk[1]),
+            featurize,
+            featurize_batch_size,
+            bar,
+        )
         futures = nxt
     except BaseException:
       for f in futures:
         f.cancel()
       raise
   bar.close()
-  return _finish(out_dir, plan, chunk_json, report, full_fp, start,
-                 len(cands), len(cands) - done, progress)
+  return _finish(
+      out_dir,
+      plan,
+      chunk_json,
+      report,
+      full_fp,
+      start,
+      len(cands),
+      len(cands) - done,
+      progress,
+  )
 
 
-def _write_chunk(chunk, futures, out_dir, json_path, featurize,
-                 featurize_batch_size, bar) -> None:
+def _write_chunk(
+    chunk, futures, out_dir, json_path, featurize, featurize_batch_size, bar
+) -> None:
   split, k, n, members = chunk
   images, captions, issues, kept = [], [], [], []
   for cand, fut in zip(members, futures):
@@ -326,9 +396,11 @@ def _write_chunk(chunk, futures, out_dir, json_path, featurize,
   if featurize is not None and images:
     parts = collections.defaultdict(list)
     for s in range(0, len(images), featurize_batch_size):
-      out = _run_featurize(featurize,
-                           np.stack(images[s:s + featurize_batch_size]),
-                           captions[s:s + featurize_batch_size])
+      out = _run_featurize(
+          featurize,
+          np.stack(images[s : s + featurize_batch_size]),
+          captions[s : s + featurize_batch_size],
+      )
       for name, arr in out.items():
         parts[name].append(arr)
     extras = {name: np.concatenate(p) for name, p in parts.items()}
@@ -339,25 +411,51 @@ def _write_chunk(chunk, futures, out_dir, json_path, featurize,
     tmp = path + ".tmp"
     writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
     for j, cand in enumerate(kept):
-      writer.write(records.encode_record(
-          images[j], captions[j], cand.index, cand.key,
-          {name: arr[j] for name, arr in extras.items()}))
+      writer.write(
+          records.encode_record(
+              images[j],
+              captions[j],
+              cand.index,
+              cand.key,
+              {name: arr[j] for name, arr in extras.items()},
+          )
+      )
     writer.close()
     os.replace(tmp, path)
     nbytes = os.path.getsize(path)
-  spec = {name: {"dtype": arr.dtype.str, "shape": list(arr.shape[1:])}
-          for name, arr in extras.items()}
-  _atomic_write_json(json_path, {
-      "split": split, "chunk": k, "shard": shard if kept else None,
-      "num_records": len(kept), "bytes": nbytes, "extras": spec,
-      "captions_dropped": dropped,
-      "issues": [[i.reason, i.path, i.line, i.detail] for i in issues]})
+  spec = {
+      name: {"dtype": arr.dtype.str, "shape": list(arr.shape[1:])}
+      for name, arr in extras.items()
+  }
+  _atomic_write_json(
+      json_path,
+      {
+          "split": split,
+          "chunk": k,
+          "shard": shard if kept else None,
+          "num_records": len(kept),
+          "bytes": nbytes,
+          "extras": spec,
+          "captions_dropped": dropped,
+          "issues": [[i.reason, i.path, i.line, i.detail] for i in issues],
+      },
+  )
 
 
-def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
-            processed, progress) -> dict[str, Any]:
-  splits = {s: {"num_records": 0, "shards": [], "bytes": 0}
-            for s in records.SPLITS}
+def _finish(
+    out_dir,
+    plan,
+    chunk_json,
+    report,
+    full_fp,
+    start,
+    listed,
+    processed,
+    progress,
+) -> dict[str, Any]:
+  splits = {
+      s: {"num_records": 0, "shards": [], "bytes": 0} for s in records.SPLITS
+  }
   extras = None
   dropped = 0
   for split, k, _, _ in plan:
@@ -376,12 +474,14 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
       elif info["extras"] != extras:
         raise ValueError(
             f"featurize gave {info['extras']} for shard {info['shard']} but "
-            f"{extras} before; its outputs must keep their shapes and dtypes.")
+            f"{extras} before; its outputs must keep their shapes and dtypes."
+        )
   total = sum(s["num_records"] for s in splits.values())
   total_bytes = sum(s["bytes"] for s in splits.values())
   seconds = time.perf_counter() - start
   result = {
-      "output": out_dir, "listed": listed,
+      "output": out_dir,
+      "listed": listed,
       "written": {s: v["num_records"] for s, v in splits.items()},
       "skipped": report.skipped(),
       "reasons": report.reasons(),
@@ -399,13 +499,20 @@ def _finish(out_dir, plan, chunk_json, report, full_fp, start, listed,
     raise ValueError(
         f"No usable examples: all {listed} listed inputs were skipped "
         f"({dict(report.counts)}); see "
-        f"{os.path.join(out_dir, records.REPORT)}.")
+        f"{os.path.join(out_dir, records.REPORT)}."
+    )
   if progress:
     for line in records_report.summary_lines(result):
       print(line, file=sys.stderr)
   # Last: the manifest is what makes the directory count as prepared.
-  _atomic_write_json(os.path.join(out_dir, records.MANIFEST), {
-      "format_version": records.FORMAT_VERSION, "fingerprint": full_fp,
-      "image_size": full_fp["prepare"]["image_size"],
-      "splits": splits, "extras": extras or {}})
+  _atomic_write_json(
+      os.path.join(out_dir, records.MANIFEST),
+      {
+          "format_version": records.FORMAT_VERSION,
+          "fingerprint": full_fp,
+          "image_size": full_fp["prepare"]["image_size"],
+          "splits": splits,
+          "extras": extras or {},
+      },
+  )
   return result

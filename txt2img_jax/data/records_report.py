@@ -18,8 +18,8 @@ from typing import Any
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
 
-
 # ------------------------------------------------------------------- report
+
 
 class Report:
   """Counts by reason, with the first few offending inputs of each."""
@@ -42,29 +42,45 @@ class Report:
   def reasons(self) -> dict[str, dict[str, Any]]:
     out = {}
     for reason in sorted(self.counts):
-      action = ("kept" if reason in ifo.KEPT_REASONS else
-                "not used (no metadata row)" if reason in ifo.UNUSED_REASONS
-                else "skipped")
-      out[reason] = {"count": self.counts[reason], "action": action,
-                     "first": self.first[reason]}
+      action = (
+          "kept"
+          if reason in ifo.KEPT_REASONS
+          else "not used (no metadata row)"
+          if reason in ifo.UNUSED_REASONS
+          else "skipped"
+      )
+      out[reason] = {
+          "count": self.counts[reason],
+          "action": action,
+          "first": self.first[reason],
+      }
     return out
 
   def skipped(self) -> int:
-    return sum(c for r, c in self.counts.items()
-               if r not in ifo.KEPT_REASONS and r not in ifo.UNUSED_REASONS)
+    return sum(
+        c
+        for r, c in self.counts.items()
+        if r not in ifo.KEPT_REASONS and r not in ifo.UNUSED_REASONS
+    )
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
   written = report["written"]
-  lines = [f"prepare: {written['train']} train + {written['val']} val records "
-           f"from {report['listed']} listed inputs in "
-           f"{report['seconds']:.1f} s "
-           f"({report['bytes_per_example']:.0f} bytes/example) -> "
-           f"{report['output']}"]
+  lines = [
+      f"prepare: {written['train']} train + {written['val']} val records "
+      f"from {report['listed']} listed inputs in "
+      f"{report['seconds']:.1f} s "
+      f"({report['bytes_per_example']:.0f} bytes/example) -> "
+      f"{report['output']}"
+  ]
   if report["reasons"]:
-    lines.append("prepare: " + ", ".join(
-        f"{r} {v['count']} ({v['action']})"
-        for r, v in report["reasons"].items()))
+    lines.append(
+        "prepare: "
+        + ", ".join(
+            f"{r} {v['count']} ({v['action']})"
+            for r, v in report["reasons"].items()
+        )
+    )
     path = os.path.join(report["output"], records.REPORT)
     lines.append(f"prepare: details in {path}")
   return lines
@@ -93,8 +109,10 @@ class Progress:
     left = self.total - self.done
     eta = f"{left / rate:.0f} s" if rate > 0 else "?"
     pct = 100.0 * self.done / max(self.total, 1)
-    msg = (f"prepare: {self.done}/{self.total} ({pct:.0f}%) "
-           f"{rate:.1f} images/s, ETA {eta}")
+    msg = (
+        f"prepare: {self.done}/{self.total} ({pct:.0f}%) "
+        f"{rate:.1f} images/s, ETA {eta}"
+    )
     self.stream.write(("\r" + msg + " " * 8) if self.tty else msg + "\n")
     self.stream.flush()
 

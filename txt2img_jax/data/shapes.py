@@ -32,20 +32,28 @@ COLOR_RGB = np.array([COLORS[c] for c in COLOR_NAMES], np.uint8)
 SIZES = ("small", "large")
 # Row-major 3x3 cells; each phrase reads naturally after "in the" / "at the".
 CELLS = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )
 MAX_OBJECTS = 2
 BACKGROUND = (0, 0, 0)
 
 # Colour-shape pairings never seen in the training split. They are spread so
 # every colour and shape still appears in training with the other pairings.
-HELDOUT_PAIRS = frozenset({
-    ("red", "triangle"),
-    ("blue", "circle"),
-    ("yellow", "square"),
-})
+HELDOUT_PAIRS = frozenset(
+    {
+        ("red", "triangle"),
+        ("blue", "circle"),
+        ("yellow", "square"),
+    }
+)
 
 # Several phrasings, so the text encoder must parse rather than memorise.
 # {obj} is "a small red circle"; {cell} is "top left".
@@ -79,8 +87,13 @@ def cell_center(cell: int, image_size: int) -> tuple[float, float]:
   return (r + 0.5) * step, (c + 0.5) * step
 
 
-def shape_mask(shape: int, center: tuple[float, float], radius: float,
-               image_size: int, supersample: int = 4) -> np.ndarray:
+def shape_mask(
+    shape: int,
+    center: tuple[float, float],
+    radius: float,
+    image_size: int,
+    supersample: int = 4,
+) -> np.ndarray:
   """Anti-aliased coverage in [0, 1] of one shape, (S, S) float32."""
   n = image_size * supersample
   coords = (np.arange(n) + 0.5) / supersample
@@ -103,8 +116,9 @@ def shape_mask(shape: int, center: tuple[float, float], radius: float,
   return cover.mean(axis=(1, 3)).astype(np.float32)
 
 
-def render(objects: list[Obj], image_size: int = 32,
-           jitter: np.ndarray | None = None) -> np.ndarray:
+def render(
+    objects: list[Obj], image_size: int = 32, jitter: np.ndarray | None = None
+) -> np.ndarray:
   """Draws the objects in order on the background; uint8 (S, S, 3).
 
   `jitter`: optional (len(objects), 2) offsets in pixels of each centre.
@@ -124,8 +138,10 @@ def render(objects: list[Obj], image_size: int = 32,
 
 def describe(objects: list[Obj]) -> dict[str, np.ndarray]:
   """Fixed-size integer arrays for one example's objects (padded with -1)."""
-  out = {k: np.full((MAX_OBJECTS,), -1, np.int32)
-         for k in ("shapes", "colors", "sizes", "cells")}
+  out = {
+      k: np.full((MAX_OBJECTS,), -1, np.int32)
+      for k in ("shapes", "colors", "sizes", "cells")
+  }
   for i, o in enumerate(objects):
     out["shapes"][i] = o.shape
     out["colors"][i] = o.color
@@ -137,8 +153,15 @@ def describe(objects: list[Obj]) -> dict[str, np.ndarray]:
 
 def objects_from_description(desc: dict[str, np.ndarray]) -> list[Obj]:
   n = int(desc["num_objects"])
-  return [Obj(int(desc["shapes"][i]), int(desc["colors"][i]),
-              int(desc["sizes"][i]), int(desc["cells"][i])) for i in range(n)]
+  return [
+      Obj(
+          int(desc["shapes"][i]),
+          int(desc["colors"][i]),
+          int(desc["sizes"][i]),
+          int(desc["cells"][i]),
+      )
+      for i in range(n)
+  ]
 
 
 def object_phrase(o: Obj) -> str:
@@ -156,8 +179,9 @@ def caption(objects: list[Obj], rng: np.random.Generator) -> str:
 
 
 def is_heldout(objects: list[Obj]) -> bool:
-  return any((COLOR_NAMES[o.color], SHAPES[o.shape]) in HELDOUT_PAIRS
-             for o in objects)
+  return any(
+      (COLOR_NAMES[o.color], SHAPES[o.shape]) in HELDOUT_PAIRS for o in objects
+  )
 
 
 def random_objects(rng: np.random.Generator, heldout: bool | None) -> list[Obj]:
@@ -170,8 +194,15 @@ def random_objects(rng: np.random.Generator, heldout: bool | None) -> list[Obj]:
     n = int(rng.integers(1, MAX_OBJECTS + 1))
     cells = rng.choice(9, size=n, replace=False)
     colors = rng.choice(len(COLOR_NAMES), size=n, replace=False)
-    objs = [Obj(int(rng.integers(len(SHAPES))), int(colors[i]),
-                int(rng.integers(len(SIZES))), int(cells[i])) for i in range(n)]
+    objs = [
+        Obj(
+            int(rng.integers(len(SHAPES))),
+            int(colors[i]),
+            int(rng.integers(len(SIZES))),
+            int(cells[i]),
+        )
+        for i in range(n)
+    ]
     if heldout is None or is_heldout(objs) == heldout:
       return objs
 
@@ -181,8 +212,13 @@ SPLITS = ("train", "test", "heldout")
 _SPLIT_SEED = {"train": 0, "test": 1, "heldout": 2}
 
 
-def example(seed: int, split: str, index: int, image_size: int = 32,
-            jitter_px: float = 1.0) -> dict:
+def example(
+    seed: int,
+    split: str,
+    index: int,
+    image_size: int = 32,
+    jitter_px: float = 1.0,
+) -> dict:
   """The `index`-th example of `split`: a pure function of its arguments."""
   rng = np.random.default_rng([seed, _SPLIT_SEED[split], index])
   objs = random_objects(rng, heldout=(split == "heldout"))
@@ -194,8 +230,13 @@ def example(seed: int, split: str, index: int, image_size: int = 32,
   }
 
 
-def examples(seed: int, split: str, num: int, image_size: int = 32,
-             jitter_px: float = 1.0) -> Iterator[dict]:
+def examples(
+    seed: int,
+    split: str,
+    num: int,
+    image_size: int = 32,
+    jitter_px: float = 1.0,
+) -> Iterator[dict]:
   for i in range(num):
     yield example(seed, split, i, image_size, jitter_px)
 

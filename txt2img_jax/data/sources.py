@@ -28,53 +28,79 @@ from absl import logging
 def data_dir(config) -> str:
   if config.data.data_dir:
     return os.path.expanduser(config.data.data_dir)
-  return os.environ.get("TXT2IMG_DATA_DIR",
-                        os.path.expanduser("~/.cache/txt2img_jax/data"))
+  return os.environ.get(
+      "TXT2IMG_DATA_DIR", os.path.expanduser("~/.cache/txt2img_jax/data")
+  )
 
 
 def _shapes(config, featurizer=None):
   from txt2img_jax.data import tfds_shapes
+
   del featurizer  # The shapes set is small: encoders run in the step.
   d = config.data
   return tfds_shapes.prepare(
-      data_dir(config), seed=d.seed, image_size=d.image_size,
-      num_train=d.num_train, num_test=d.num_test, num_heldout=d.num_heldout,
-      jitter_px=d.jitter_px)
+      data_dir(config),
+      seed=d.seed,
+      image_size=d.image_size,
+      num_train=d.num_train,
+      num_test=d.num_test,
+      num_heldout=d.num_heldout,
+      jitter_px=d.jitter_px,
+  )
 
 
 def _folder_source(config):
   from txt2img_jax.data import imagefolder
+
   if not config.data.path:
-    raise ValueError("data.name='folder' needs data.path: a folder of images "
-                     "with metadata.jsonl or metadata.csv")
-  return imagefolder.ImageFolderSource(os.path.expanduser(config.data.path),
-                                       config.data.caption_column)
+    raise ValueError(
+        "data.name='folder' needs data.path: a folder of images "
+        "with metadata.jsonl or metadata.csv"
+    )
+  return imagefolder.ImageFolderSource(
+      os.path.expanduser(config.data.path), config.data.caption_column
+  )
 
 
 def _tfds_source(config):
   from txt2img_jax.data import tfds_source
+
   d = config.data
   if not d.tfds_name:
     raise ValueError("data.name='tfds' needs data.tfds_name")
   return tfds_source.TfdsSource(
-      d.tfds_name, data_dir=d.tfds_data_dir or None, image_key=d.image_key,
-      caption_key=d.caption_key, train_split=d.train_split,
-      val_split=d.val_split or None)
+      d.tfds_name,
+      data_dir=d.tfds_data_dir or None,
+      image_key=d.image_key,
+      caption_key=d.caption_key,
+      train_split=d.train_split,
+      val_split=d.val_split or None,
+  )
 
 
 def prepared_dir(config, featurizer=None) -> str:
   """Where a user's data is prepared: named by what the records depend on,
   so another image size or encoder never reuses the wrong records."""
   d = config.data
-  what = {"name": d.name, "path": os.path.abspath(
-      os.path.expanduser(d.path)) if d.name == "folder" else d.tfds_name,
-          "image_size": d.image_size,
-          "features": featurizer.fingerprint if featurizer else None}
+  what = {
+      "name": d.name,
+      "path": os.path.abspath(os.path.expanduser(d.path))
+      if d.name == "folder"
+      else d.tfds_name,
+      "image_size": d.image_size,
+      "features": featurizer.fingerprint if featurizer else None,
+  }
   digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
-  base = (os.path.basename(os.path.normpath(d.path)) if d.name == "folder"
-          else d.tfds_name.replace("/", "_"))
-  return os.path.join(data_dir(config), "prepared",
-                      f"{d.name}_{base}_s{d.image_size}_{digest[:10]}")
+  base = (
+      os.path.basename(os.path.normpath(d.path))
+      if d.name == "folder"
+      else d.tfds_name.replace("/", "_")
+  )
+  return os.path.join(
+      data_dir(config),
+      "prepared",
+      f"{d.name}_{base}_s{d.image_size}_{digest[:10]}",
+  )
 
 
 def _prepare_records(make_source):
@@ -82,20 +108,30 @@ def _prepare_records(make_source):
     from txt2img_jax.data import prepared
     from txt2img_jax.data import records
     from txt2img_jax.data import records_prepare
+
     d = config.data
     out_dir = prepared_dir(config, featurizer)
     if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
-        d.rebuild):
+        d.rebuild
+    ):
       logging.info("preparing %s data into %s", d.name, out_dir)
     report = records_prepare.prepare(
-        make_source(config), out_dir, image_size=d.image_size,
+        make_source(config),
+        out_dir,
+        image_size=d.image_size,
         fingerprint=featurizer.fingerprint if featurizer else None,
-        featurize=featurizer, rebuild=d.rebuild,
-        val_fraction=d.val_fraction, val_count=d.val_count or None,
-        background=tuple(d.background), min_side=d.min_side or None,
-        max_pixels=d.max_pixels, max_caption_words=d.max_len,
-        num_workers=d.prepare_workers or None)
+        featurize=featurizer,
+        rebuild=d.rebuild,
+        val_fraction=d.val_fraction,
+        val_count=d.val_count or None,
+        background=tuple(d.background),
+        min_side=d.min_side or None,
+        max_pixels=d.max_pixels,
+        max_caption_words=d.max_len,
+        num_workers=d.prepare_workers or None,
+    )
     return prepared.PreparedData(out_dir, report)
+
   return prepare
 
 
@@ -118,11 +154,15 @@ def validate(config) -> None:
   """The data settings that can be checked before anything is written."""
   d = config.data
   if d.name not in REGISTRY:
-    raise ValueError(f"data.name={d.name!r}: expected one of {sorted(REGISTRY)}")
+    raise ValueError(
+        f"data.name={d.name!r}: expected one of {sorted(REGISTRY)}"
+    )
   if d.name == "folder":
     if not d.path:
-      raise ValueError("data.name='folder' needs data.path: a folder of "
-                       "images with metadata.jsonl or metadata.csv")
+      raise ValueError(
+          "data.name='folder' needs data.path: a folder of "
+          "images with metadata.jsonl or metadata.csv"
+      )
     if not os.path.isdir(os.path.expanduser(d.path)):
       raise FileNotFoundError(f"data.path={d.path!r} is not a folder")
   if d.name == "tfds" and not d.tfds_name:

@@ -53,6 +53,7 @@ class DecodeExample(grain.transforms.Map):
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
   """What a preparation of the shapes world depends on."""
+
   seed: int = 0
   image_size: int = 32
   num_train: int = 20_000
@@ -61,23 +62,43 @@ class ShapesConfig(tfds.core.BuilderConfig):
   jitter_px: float = 1.0
 
 
-def config_name(seed: int, image_size: int, num_train: int, num_test: int,
-                num_heldout: int, jitter_px: float) -> str:
+def config_name(
+    seed: int,
+    image_size: int,
+    num_train: int,
+    num_test: int,
+    num_heldout: int,
+    jitter_px: float,
+) -> str:
   """E.g. `s32_seed0_n20000-1000-1000_j1p0` (only `[\\w.+-]` is allowed)."""
   jitter = f"{float(jitter_px):g}".replace(".", "p").replace("-", "m")
-  return (f"s{image_size}_seed{seed}_n{num_train}-{num_test}-{num_heldout}"
-          f"_j{jitter}")
+  return (
+      f"s{image_size}_seed{seed}_n{num_train}-{num_test}-{num_heldout}"
+      f"_j{jitter}"
+  )
 
 
-def make_config(seed: int = 0, image_size: int = 32, num_train: int = 20_000,
-                num_test: int = 1_000, num_heldout: int = 1_000,
-                jitter_px: float = 1.0) -> ShapesConfig:
-  name = config_name(seed, image_size, num_train, num_test, num_heldout,
-                     jitter_px)
+def make_config(
+    seed: int = 0,
+    image_size: int = 32,
+    num_train: int = 20_000,
+    num_test: int = 1_000,
+    num_heldout: int = 1_000,
+    jitter_px: float = 1.0,
+) -> ShapesConfig:
+  name = config_name(
+      seed, image_size, num_train, num_test, num_heldout, jitter_px
+  )
   return ShapesConfig(
-      name=name, description="Procedural captioned shapes.",
-      seed=seed, image_size=image_size, num_train=num_train,
-      num_test=num_test, num_heldout=num_heldout, jitter_px=float(jitter_px))
+      name=name,
+      description="Procedural captioned shapes.",
+      seed=seed,
+      image_size=image_size,
+      num_train=num_train,
+      num_test=num_test,
+      num_heldout=num_heldout,
+      jitter_px=float(jitter_px),
+  )
 
 
 class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
@@ -101,15 +122,19 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
     s = self.builder_config.image_size
     n = shapes.MAX_OBJECTS
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
-            "caption": tfds.features.Text(),
-            "shapes": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-            "colors": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-            "sizes": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-            "cells": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-            "num_objects": tfds.features.Scalar(dtype=np.int32),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(
+                    shape=(s, s, 3), encoding_format="png"
+                ),
+                "caption": tfds.features.Text(),
+                "shapes": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "colors": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "sizes": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "cells": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "num_objects": tfds.features.Scalar(dtype=np.int32),
+            }
+        ),
         supervised_keys=None,
         # Record i of a split is example i: tests and the benchmark rely on it.
         disable_shuffling=True,
@@ -133,16 +158,18 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
 
   def split_size(self, split: str) -> int:
     c = self.builder_config
-    return {"train": c.num_train, "test": c.num_test,
-            "heldout": c.num_heldout}[split]
+    return {"train": c.num_train, "test": c.num_test, "heldout": c.num_heldout}[
+        split
+    ]
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     c = self.builder_config
-    sizes = {"train": c.num_train, "test": c.num_test,
-             "heldout": c.num_heldout}
-    return {split: self._generate_examples(split, num)
-            for split, num in sizes.items()}
+    sizes = {"train": c.num_train, "test": c.num_test, "heldout": c.num_heldout}
+    return {
+        split: self._generate_examples(split, num)
+        for split, num in sizes.items()
+    }
 
   def _generate_examples(self, split: str, num: int):
     c = self.builder_config
@@ -160,7 +187,8 @@ def _check_writable(data_dir: str) -> None:
     raise PermissionError(
         f"Data dir {data_dir!r} is not writable ({e}), so the shapes data set "
         "cannot be prepared there. Pick another `data_dir`, or prepare it "
-        "once where it can be written.") from e
+        "once where it can be written."
+    ) from e
 
 
 class CorruptDataError(ValueError):
@@ -178,30 +206,35 @@ def verify(builder: CaptionedShapes, probes: int = 3) -> None:
       path = os.path.join(builder.data_dir, filename)
       found = _count_records(path)
       if found != expected:
-        problems.append(f"{filename} holds {found} records, expected "
-                        f"{expected}")
+        problems.append(
+            f"{filename} holds {found} records, expected " f"{expected}"
+        )
     if any(name in p for p in problems):
       continue
     n = split.num_examples
     source = builder.as_data_source(split=name)
-    for i in sorted({int(round(k * (n - 1) / max(probes - 1, 1)))
-                     for k in range(probes)}):
+    for i in sorted(
+        {int(round(k * (n - 1) / max(probes - 1, 1))) for k in range(probes)}
+    ):
       try:
         np.asarray(source[i]["image"])
       except Exception as e:  # PIL, TFDS and array_record raise many kinds.
-        problems.append(f"{name} record {i} does not decode "
-                        f"({type(e).__name__}: {e})")
+        problems.append(
+            f"{name} record {i} does not decode " f"({type(e).__name__}: {e})"
+        )
         break
   if problems:
     raise CorruptDataError(
         f"the prepared shapes data at {builder.data_dir} is corrupt: "
         f"{'; '.join(problems)}. Delete that directory and run the same "
-        "command again to re-prepare it (or prepare into another data_dir)")
+        "command again to re-prepare it (or prepare into another data_dir)"
+    )
 
 
 def _count_records(path: str) -> int | str:
   """Records in one ArrayRecord file (read from its footer, not scanned)."""
   from array_record.python import array_record_module
+
   if not os.path.exists(path):
     return "no"
   try:
@@ -217,44 +250,63 @@ def _count_records(path: str) -> int | str:
       pass
 
 
-def prepare(data_dir: str, seed: int = 0, image_size: int = 32,
-            num_train: int = 20_000, num_test: int = 1_000,
-            num_heldout: int = 1_000,
-            jitter_px: float = 1.0) -> CaptionedShapes:
+def prepare(
+    data_dir: str,
+    seed: int = 0,
+    image_size: int = 32,
+    num_train: int = 20_000,
+    num_test: int = 1_000,
+    num_heldout: int = 1_000,
+    jitter_px: float = 1.0,
+) -> CaptionedShapes:
   """Returns the builder, generating the records first if they are absent.
 
   Safe to call twice: a prepared config is reused, never regenerated. On a
   pod, give each host a local `data_dir` (generation is deterministic), or let
   one host prepare a shared dir before the others call this.
   """
-  config = make_config(seed, image_size, num_train, num_test, num_heldout,
-                       jitter_px)
+  config = make_config(
+      seed, image_size, num_train, num_test, num_heldout, jitter_px
+  )
   data_dir = os.fspath(data_dir)
-  builder = CaptionedShapes(data_dir=data_dir, config=config,
-                            file_format=_FILE_FORMAT)
+  builder = CaptionedShapes(
+      data_dir=data_dir, config=config, file_format=_FILE_FORMAT
+  )
   if builder.is_prepared():
     verify(builder)
-    logging.info("Shapes data %s already prepared at %s; reusing it.",
-                 config.name, builder.data_dir)
+    logging.info(
+        "Shapes data %s already prepared at %s; reusing it.",
+        config.name,
+        builder.data_dir,
+    )
     return builder
   _check_writable(data_dir)
   with _preparing(data_dir, config.name):
     # Another process may have prepared it while this one waited.
-    builder = CaptionedShapes(data_dir=data_dir, config=config,
-                              file_format=_FILE_FORMAT)
+    builder = CaptionedShapes(
+        data_dir=data_dir, config=config, file_format=_FILE_FORMAT
+    )
     if builder.is_prepared():
       verify(builder)
-      logging.info("Shapes data %s was prepared by another process; "
-                   "reusing it.", config.name)
+      logging.info(
+          "Shapes data %s was prepared by another process; " "reusing it.",
+          config.name,
+      )
       return builder
-    logging.info("Preparing shapes data %s at %s ...", config.name,
-                 builder.data_dir)
+    logging.info(
+        "Preparing shapes data %s at %s ...", config.name, builder.data_dir
+    )
     start = time.perf_counter()
     tfds.disable_progress_bar()  # One log line per split reads better.
     builder.download_and_prepare(file_format=_FILE_FORMAT)
-    logging.info("Prepared shapes data %s in %.1f s (%d/%d/%d examples).",
-                 config.name, time.perf_counter() - start, num_train,
-                 num_test, num_heldout)
+    logging.info(
+        "Prepared shapes data %s in %.1f s (%d/%d/%d examples).",
+        config.name,
+        time.perf_counter() - start,
+        num_train,
+        num_test,
+        num_heldout,
+    )
   return builder
 
 

@@ -35,11 +35,15 @@ def _to_pil(array: np.ndarray) -> Image.Image:
   if a.dtype == np.uint16:
     return Image.fromarray(a.astype(np.uint16), mode=None)
   if a.dtype != np.uint8:
-    raise ifo.BadInput(ifo.CORRUPT_IMAGE, f"image dtype {a.dtype} is not "
-                       "uint8 or uint16")
+    raise ifo.BadInput(
+        ifo.CORRUPT_IMAGE, f"image dtype {a.dtype} is not " "uint8 or uint16"
+    )
   if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-    raise ifo.BadInput(ifo.CORRUPT_IMAGE, f"image shape {a.shape} is not "
-                       "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    raise ifo.BadInput(
+        ifo.CORRUPT_IMAGE,
+        f"image shape {a.shape} is not "
+        "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
+    )
   return Image.fromarray(a)
 
 
@@ -48,9 +52,16 @@ class TfdsSource:
 
   kind = "tfds"
 
-  def __init__(self, name: str, *, data_dir: str | None = None,
-               image_key: str = "image", caption_key: str = "caption",
-               train_split: str = "train", val_split: str | None = None):
+  def __init__(
+      self,
+      name: str,
+      *,
+      data_dir: str | None = None,
+      image_key: str = "image",
+      caption_key: str = "caption",
+      train_split: str = "train",
+      val_split: str | None = None,
+  ):
     import tensorflow_datasets as tfds  # Heavy; only users of TFDS pay.
 
     self.name, self.image_key, self.caption_key = name, image_key, caption_key
@@ -59,12 +70,15 @@ class TfdsSource:
       builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for an unknown name.
       raise FileNotFoundError(
-          f"No TFDS data set {name!r} (data_dir={data_dir!r}): {e}".split(
-              "\n")[0]) from e
+          f"No TFDS data set {name!r} (data_dir={data_dir!r}): {e}".split("\n")[
+              0
+          ]
+      ) from e
     if not builder.is_prepared():
       raise FileNotFoundError(
           f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}; "
-          "build it first (e.g. `tfds build`), with file_format=array_record.")
+          "build it first (e.g. `tfds build`), with file_format=array_record."
+      )
     self._builder = builder
     self._sources = {}
     for split in filter(None, (train_split, val_split)):
@@ -74,30 +88,38 @@ class TfdsSource:
         raise ValueError(
             f"Cannot read split {split!r} of TFDS {name!r} by random access "
             f"({type(e).__name__}: {e}); it needs file_format=array_record "
-            f"and a split among {sorted(builder.info.splits)}.") from e
+            f"and a split among {sorted(builder.info.splits)}."
+        ) from e
     self._check_keys()
     self.issues: list[ifo.Issue] = []
     self.candidates = []
     for split, ds in self._sources.items():
-      role = None if val_split is None else (
-          "train" if split == train_split else "val")
+      role = (
+          None
+          if val_split is None
+          else ("train" if split == train_split else "val")
+      )
       self.candidates += [
           ifo.Candidate(key=f"{split}/{i}", index=i, split=role)
-          for i in range(len(ds))]
+          for i in range(len(ds))
+      ]
 
   def _check_keys(self) -> None:
     ds = self._sources[self.train_split]
     if not len(ds):
       return
     element = ds[0]
-    for what, key in (("image_key", self.image_key),
-                      ("caption_key", self.caption_key)):
+    for what, key in (
+        ("image_key", self.image_key),
+        ("caption_key", self.caption_key),
+    ):
       try:
         _get(element, key)
       except (KeyError, TypeError, IndexError):
         raise ValueError(
             f"TFDS {self.name!r} has no feature {key!r} (the {what}); its "
-            f"features are {sorted(element)}.") from None
+            f"features are {sorted(element)}."
+        ) from None
 
   def fingerprint(self) -> dict[str, Any]:
     # The files behind the data set: a re-generated data set changes them.
@@ -107,10 +129,14 @@ class TfdsSource:
       st = os.stat(os.path.join(root, fn))
       h.update(f"{fn}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {
-        "kind": self.kind, "name": self.name, "path": root,
+        "kind": self.kind,
+        "name": self.name,
+        "path": root,
         "version": str(self._builder.version),
-        "image_key": self.image_key, "caption_key": self.caption_key,
-        "train_split": self.train_split, "val_split": self.val_split,
+        "image_key": self.image_key,
+        "caption_key": self.caption_key,
+        "train_split": self.train_split,
+        "val_split": self.val_split,
         "num_examples": {s: len(d) for s, d in self._sources.items()},
         "files_digest": h.hexdigest(),
     }
@@ -125,6 +151,7 @@ class TfdsSource:
       image = _get(element, self.image_key)
       captions = _get(element, self.caption_key)
     except Exception as e:  # A record TFDS cannot decode.
-      raise ifo.BadInput(ifo.CORRUPT_IMAGE,
-                         f"cannot read record: {type(e).__name__}: {e}") from e
+      raise ifo.BadInput(
+          ifo.CORRUPT_IMAGE, f"cannot read record: {type(e).__name__}: {e}"
+      ) from e
     return _to_pil(image), captions

@@ -39,22 +39,30 @@ def build_word_tokenizer(
 
   tok = tokenizers.Tokenizer(models.WordLevel(token_to_id, unk_token=UNK))
   tok.normalizer = normalizers.Sequence(
-      [normalizers.NFKC(), normalizers.Lowercase()])
+      [normalizers.NFKC(), normalizers.Lowercase()]
+  )
   # Whitespace() splits on \w+|[^\w\s]+, which separates punctuation.
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(
       single=f"{BOS} $A {EOS}",
-      special_tokens=[(BOS, token_to_id[BOS]), (EOS, token_to_id[EOS])])
+      special_tokens=[(BOS, token_to_id[BOS]), (EOS, token_to_id[EOS])],
+  )
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok,
-      pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
+      pad_token=PAD,
+      unk_token=UNK,
+      bos_token=BOS,
+      eos_token=EOS,
       model_max_length=max_len,
-      padding_side="right", truncation_side="right",
-      model_input_names=["input_ids", "attention_mask"])
+      padding_side="right",
+      truncation_side="right",
+      model_input_names=["input_ids", "attention_mask"],
+  )
 
 
-def tokenize(tokenizer, texts: Sequence[str],
-             max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(
+    tokenizer, texts: Sequence[str], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Token ids and attention mask, both int32 (B, max_len), padded right.
 
   Works for any `transformers` tokenizer with a pad token: this module's word
@@ -63,7 +71,14 @@ def tokenize(tokenizer, texts: Sequence[str],
   """
   if isinstance(texts, str):
     raise TypeError("`texts` must be a sequence of strings, not one string.")
-  out = tokenizer(list(texts), padding="max_length", truncation=True,
-                  max_length=max_len, return_tensors="np")
-  return (out["input_ids"].astype(np.int32),
-          out["attention_mask"].astype(np.int32))
+  out = tokenizer(
+      list(texts),
+      padding="max_length",
+      truncation=True,
+      max_length=max_len,
+      return_tensors="np",
+  )
+  return (
+      out["input_ids"].astype(np.int32),
+      out["attention_mask"].astype(np.int32),
+  )

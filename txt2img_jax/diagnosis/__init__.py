@@ -24,29 +24,67 @@ from typing import Optional
 # The public API, gathered in one namespace for tests and notebooks.
 # pylint: disable=unused-import
 from txt2img_jax.diagnosis.analysis import (
-    Metrics, MetricsNotFoundError, Series, analyze, count_lines, effective_window, fit_trend,
-    load_config, load_metrics)
+    Metrics,
+    MetricsNotFoundError,
+    Series,
+    analyze,
+    count_lines,
+    effective_window,
+    fit_trend,
+    load_config,
+    load_metrics,
+)
 from txt2img_jax.diagnosis.checks import segment_name
 from txt2img_jax.diagnosis.plots import plot_run
 from txt2img_jax.diagnosis.report import (
-    BucketInfo, Flag, LrInfo, Report, Trend, format_report, report_to_json)
+    BucketInfo,
+    Flag,
+    LrInfo,
+    Report,
+    Trend,
+    format_report,
+    report_to_json,
+)
 from txt2img_jax.diagnosis.thresholds import (
-    BUCKET_FAR_ABOVE, BUCKET_OTHERS_FALLING_REL, BUCKET_STUCK_REL, DEFAULT_WINDOW,
-    KL_PER_DIM_COLLAPSED, LEVER_LR_RESTART, LEVER_NONFINITE, LEVER_NORMS, LEVER_RISING,
-    LEVER_TEXT_END, LEVER_TEXT_SIDE, LEVER_TIME_SAMPLING, LOGVAR_COLLAPSED_RANGE,
-    LOSS_COMPONENTS, LR_FAR_BELOW_RATIO, LR_WARMUP_RISE, MIN_TREND_POINTS, MU_COLLAPSED_ABS,
-    NORM_RATIO_RANGE, PLATEAU_REL_CHANGE, RISING_REL_CHANGE)
+    BUCKET_FAR_ABOVE,
+    BUCKET_OTHERS_FALLING_REL,
+    BUCKET_STUCK_REL,
+    DEFAULT_WINDOW,
+    KL_PER_DIM_COLLAPSED,
+    LEVER_LR_RESTART,
+    LEVER_NONFINITE,
+    LEVER_NORMS,
+    LEVER_RISING,
+    LEVER_TEXT_END,
+    LEVER_TEXT_SIDE,
+    LEVER_TIME_SAMPLING,
+    LOGVAR_COLLAPSED_RANGE,
+    LOSS_COMPONENTS,
+    LR_FAR_BELOW_RATIO,
+    LR_WARMUP_RISE,
+    MIN_TREND_POINTS,
+    MU_COLLAPSED_ABS,
+    NORM_RATIO_RANGE,
+    PLATEAU_REL_CHANGE,
+    RISING_REL_CHANGE,
+)
+
 # pylint: enable=unused-import
 
 
-
-def run(workdir: str, out_dir: Optional[str] = None, window: int = DEFAULT_WINDOW) -> Report:
+def run(
+    workdir: str, out_dir: Optional[str] = None, window: int = DEFAULT_WINDOW
+) -> Report:
   """Everything the CLI does: analyse, print nothing, write report.{txt,json} and the PNGs."""
   metrics = load_metrics(workdir)
   if not metrics:
-    raise MetricsNotFoundError(f"{workdir}/metrics.jsonl holds no log lines yet.")
+    raise MetricsNotFoundError(
+        f"{workdir}/metrics.jsonl holds no log lines yet."
+    )
   config = load_config(workdir)
-  report = analyze(metrics, config, window, workdir=workdir, num_lines=count_lines(workdir))
+  report = analyze(
+      metrics, config, window, workdir=workdir, num_lines=count_lines(workdir)
+  )
   out_dir = out_dir or os.path.join(workdir, "diagnose")
   os.makedirs(out_dir, exist_ok=True)
   plot_run(metrics, out_dir, config)

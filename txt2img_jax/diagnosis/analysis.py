@@ -14,11 +14,22 @@ import numpy as np
 
 from txt2img_jax.utils import runfiles
 from txt2img_jax.diagnosis.checks import (
-    check_buckets, check_loss_trend, check_lr, check_mosaic, check_nonfinite, check_norms,
-    check_posterior)
+    check_buckets,
+    check_loss_trend,
+    check_lr,
+    check_mosaic,
+    check_nonfinite,
+    check_norms,
+    check_posterior,
+)
 from txt2img_jax.diagnosis.report import BucketInfo, Flag, LrInfo, Report, Trend
 from txt2img_jax.diagnosis.thresholds import (
-    BUCKET_RE, DEFAULT_WINDOW, LOSS_COMPONENTS, LR_WARMUP_RISE, MIN_TREND_POINTS)
+    BUCKET_RE,
+    DEFAULT_WINDOW,
+    LOSS_COMPONENTS,
+    LR_WARMUP_RISE,
+    MIN_TREND_POINTS,
+)
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step.
 Metrics = dict[str, Series]
@@ -32,6 +43,7 @@ class MetricsNotFoundError(FileNotFoundError):
 # Loading.
 # --------------------------------------------------------------------------------------------
 
+
 def load_metrics(workdir: str) -> Metrics:
   """Reads W/metrics.jsonl into {name: (steps, values)}.
 
@@ -43,7 +55,8 @@ def load_metrics(workdir: str) -> Metrics:
   if not os.path.exists(path):
     raise MetricsNotFoundError(
         f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
-        "logged its first step?")
+        "logged its first step?"
+    )
   by_name: dict[str, dict[int, float]] = {}
   for record in runfiles.read_metrics(workdir):
     step = int(record["step"])
@@ -57,7 +70,10 @@ def load_metrics(workdir: str) -> Metrics:
   metrics = {}
   for name, points in by_name.items():
     steps = np.array(sorted(points), dtype=np.int64)
-    metrics[name] = (steps, np.array([points[s] for s in steps], dtype=np.float64))
+    metrics[name] = (
+        steps,
+        np.array([points[s] for s in steps], dtype=np.float64),
+    )
   return metrics
 
 
@@ -76,6 +92,7 @@ def count_lines(workdir: str) -> int:
 # Analysis.
 # --------------------------------------------------------------------------------------------
 
+
 def latest(metrics: Metrics, name: str) -> Optional[float]:
   if name not in metrics:
     return None
@@ -90,7 +107,9 @@ def _window_values(metrics: Metrics, name: str, start_step: int) -> np.ndarray:
   return values[np.isfinite(values)]
 
 
-def _window_mean(metrics: Metrics, name: str, start_step: int) -> Optional[float]:
+def _window_mean(
+    metrics: Metrics, name: str, start_step: int
+) -> Optional[float]:
   values = _window_values(metrics, name, start_step)
   return float(values.mean()) if values.size else None
 
@@ -100,7 +119,9 @@ def effective_window(metrics: Metrics, window: int) -> tuple[int, int, int]:
 
   Without this, a short run's window would contain its initial drop and never read as flat.
   """
-  train = [s for n, (s, _) in metrics.items() if n.startswith("train/") and s.size]
+  train = [
+      s for n, (s, _) in metrics.items() if n.startswith("train/") and s.size
+  ]
   all_steps = train or [s for s, _ in metrics.values() if s.size]
   if not all_steps:
     return window, 0, 0
@@ -112,7 +133,9 @@ def effective_window(metrics: Metrics, window: int) -> tuple[int, int, int]:
   return window, last - window, last
 
 
-def fit_trend(steps: np.ndarray, values: np.ndarray, start_step: int) -> Optional[Trend]:
+def fit_trend(
+    steps: np.ndarray, values: np.ndarray, start_step: int
+) -> Optional[Trend]:
   """Least-squares line over the points at or after start_step; None if too few points."""
   keep = (steps >= start_step) & np.isfinite(values)
   s, v = steps[keep].astype(np.float64), values[keep]
@@ -122,27 +145,45 @@ def fit_trend(steps: np.ndarray, values: np.ndarray, start_step: int) -> Optiona
   slope, intercept = np.polyfit(x, v, 1)
   residual = v - (intercept + slope * x)
   dof = max(s.size - 2, 1)
-  slope_stderr = math.sqrt(float(residual @ residual) / dof / float(((x - x.mean()) ** 2).sum()))
+  slope_stderr = math.sqrt(
+      float(residual @ residual) / dof / float(((x - x.mean()) ** 2).sum())
+  )
   fit_start, fit_end = intercept, intercept + slope * x[-1]
   k = max(1, s.size // 10)
   first, last = float(v[:k].mean()), float(v[-k:].mean())
   tiny = 1e-12
   return Trend(
-      start_step=int(s[0]), end_step=int(s[-1]), num_points=int(s.size), first=first, last=last,
+      start_step=int(s[0]),
+      end_step=int(s[-1]),
+      num_points=int(s.size),
+      first=first,
+      last=last,
       rel_change=float((fit_end - fit_start) / max(abs(fit_start), tiny)),
       rel_change_ends=float((last - first) / max(abs(first), tiny)),
-      slope=float(slope), slope_stderr=slope_stderr)
+      slope=float(slope),
+      slope_stderr=slope_stderr,
+  )
 
 
 def _loss_table(metrics: Metrics) -> dict[str, dict[str, Optional[float]]]:
   total = latest(metrics, "train/loss")
-  table = {"total": {"value": total, "ema": latest(metrics, "train/loss_ema"), "share": None}}
+  table = {
+      "total": {
+          "value": total,
+          "ema": latest(metrics, "train/loss_ema"),
+          "share": None,
+      }
+  }
   for c in LOSS_COMPONENTS:
     value = latest(metrics, f"train/loss_{c}")
     if value is None:
       continue
     share = value / total if total not in (None, 0.0) else None
-    table[c] = {"value": value, "ema": latest(metrics, f"train/loss_{c}_ema"), "share": share}
+    table[c] = {
+        "value": value,
+        "ema": latest(metrics, f"train/loss_{c}_ema"),
+        "share": share,
+    }
   return table
 
 
@@ -155,9 +196,13 @@ def group_lrs(config: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
-def _lr_table(metrics: Metrics, config: Mapping[str, Any], start: int) -> dict[str, LrInfo]:
+def _lr_table(
+    metrics: Metrics, config: Mapping[str, Any], start: int
+) -> dict[str, LrInfo]:
   base = group_lrs(config)
-  groups = {n[len("train/lr/"):] for n in metrics if n.startswith("train/lr/")} | set(base)
+  groups = {
+      n[len("train/lr/") :] for n in metrics if n.startswith("train/lr/")
+  } | set(base)
   table = {}
   for g in sorted(groups):
     actual = latest(metrics, f"train/lr/{g}")
@@ -175,21 +220,41 @@ def _prefixed(metrics: Metrics, prefix: str) -> dict[str, float]:
     if name.startswith(prefix):
       value = latest(metrics, name)
       if value is not None:
-        out[name[len(prefix):]] = value
+        out[name[len(prefix) :]] = value
   return out
 
 
-def _posterior(metrics: Metrics, config: Mapping[str, Any]) -> dict[str, Optional[float]]:
-  post = {k: latest(metrics, f"train/{k}") for k in (
-      "mu_min", "mu_max", "mu_mean", "logvar_min", "logvar_max", "logvar_mean")}
-  post["var_min"] = math.exp(post["logvar_min"]) if post["logvar_min"] is not None else None
-  post["var_max"] = math.exp(post["logvar_max"]) if post["logvar_max"] is not None else None
+def _posterior(
+    metrics: Metrics, config: Mapping[str, Any]
+) -> dict[str, Optional[float]]:
+  post = {
+      k: latest(metrics, f"train/{k}")
+      for k in (
+          "mu_min",
+          "mu_max",
+          "mu_mean",
+          "logvar_min",
+          "logvar_max",
+          "logvar_mean",
+      )
+  }
+  post["var_min"] = (
+      math.exp(post["logvar_min"]) if post["logvar_min"] is not None else None
+  )
+  post["var_max"] = (
+      math.exp(post["logvar_max"]) if post["logvar_max"] is not None else None
+  )
   post["kl_raw"] = latest(metrics, "train/kl_raw")
   post["kl_weight"] = latest(metrics, "train/kl_weight")
   dims = config.get("latent_dims")
-  post["latent_dims"] = float(dims) if isinstance(dims, (int, float)) and dims > 0 else None
-  post["kl_per_dim"] = (post["kl_raw"] / post["latent_dims"]
-                        if post["kl_raw"] is not None and post["latent_dims"] else None)
+  post["latent_dims"] = (
+      float(dims) if isinstance(dims, (int, float)) and dims > 0 else None
+  )
+  post["kl_per_dim"] = (
+      post["kl_raw"] / post["latent_dims"]
+      if post["kl_raw"] is not None and post["latent_dims"]
+      else None
+  )
   return post
 
 
@@ -199,18 +264,34 @@ def _buckets(metrics: Metrics, start: int) -> list[BucketInfo]:
   out = []
   for i in indices:
     name = f"train/loss_flow_bucket/{i}"
-    out.append(BucketInfo(
-        index=i, t_lo=i / k, t_hi=(i + 1) / k, latest=latest(metrics, name),
-        window_mean=_window_mean(metrics, name, start), trend=fit_trend(*metrics[name], start)))
+    out.append(
+        BucketInfo(
+            index=i,
+            t_lo=i / k,
+            t_hi=(i + 1) / k,
+            latest=latest(metrics, name),
+            window_mean=_window_mean(metrics, name, start),
+            trend=fit_trend(*metrics[name], start),
+        )
+    )
   return out
-
 
 
 def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   """The latest blockiness and hf of the samples, the lowest blockiness before, and the val
   flow loss at both evaluations."""
-  out = {k: None for k in ("blockiness", "blockiness_min", "min_step", "step", "hf", "flow",
-                           "flow_at_min")}
+  out = {
+      k: None
+      for k in (
+          "blockiness",
+          "blockiness_min",
+          "min_step",
+          "step",
+          "hf",
+          "flow",
+          "flow_at_min",
+      )
+  }
   if "val/blockiness" not in metrics:
     return out
   steps, values = metrics["val/blockiness"]
@@ -219,23 +300,39 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   if not steps.size:
     return out
   i = int(np.argmin(values))
-  out.update(blockiness=float(values[-1]), step=int(steps[-1]), blockiness_min=float(values[i]),
-             min_step=int(steps[i]), hf=latest(metrics, "val/hf"))
+  out.update(
+      blockiness=float(values[-1]),
+      step=int(steps[-1]),
+      blockiness_min=float(values[i]),
+      min_step=int(steps[i]),
+      hf=latest(metrics, "val/hf"),
+  )
   if "val/flow" in metrics:
-    flow = dict(zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist()))
+    flow = dict(
+        zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
+    )
     out["flow"] = flow.get(int(steps[-1]))
     out["flow_at_min"] = flow.get(int(steps[i]))
   return out
 
 
-def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
-            window: int = DEFAULT_WINDOW, workdir: str = "", num_lines: int = 0) -> Report:
+def analyze(
+    metrics: Metrics,
+    config: Optional[Mapping[str, Any]] = None,
+    window: int = DEFAULT_WINDOW,
+    workdir: str = "",
+    num_lines: int = 0,
+) -> Report:
   """Reads off every number of §4 of the design and raises the flags."""
   config = config or {}
   window, start, last = effective_window(metrics, window)
   steps = [s for s, _ in metrics.values() if s.size]
   trends = {}
-  for name in ["train/loss"] + [f"train/loss_{c}" for c in LOSS_COMPONENTS] + ["train/kl_raw"]:
+  for name in (
+      ["train/loss"]
+      + [f"train/loss_{c}" for c in LOSS_COMPONENTS]
+      + ["train/kl_raw"]
+  ):
     if name in metrics:
       trend = fit_trend(*metrics[name], start)
       if trend is not None:
@@ -260,28 +357,46 @@ def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
     grad = {"global": latest(metrics, "train/grad_norm"), **grad}
 
   report = Report(
-      workdir=workdir, step=last if steps else None,
-      first_step=int(min(s[0] for s in steps)) if steps else None, num_lines=num_lines,
+      workdir=workdir,
+      step=last if steps else None,
+      first_step=int(min(s[0] for s in steps)) if steps else None,
+      num_lines=num_lines,
       window=window,
-      latest={n: v for n in sorted(metrics) if (v := latest(metrics, n)) is not None},
-      losses=_loss_table(metrics), lr=_lr_table(metrics, config, start), grad_norms=grad,
-      param_norms=_prefixed(metrics, "train/param_norm/"), norms=norms,
-      posterior=_posterior(metrics, config), trends=trends, buckets=_buckets(metrics, start),
+      latest={
+          n: v for n in sorted(metrics) if (v := latest(metrics, n)) is not None
+      },
+      losses=_loss_table(metrics),
+      lr=_lr_table(metrics, config, start),
+      grad_norms=grad,
+      param_norms=_prefixed(metrics, "train/param_norm/"),
+      norms=norms,
+      posterior=_posterior(metrics, config),
+      trends=trends,
+      buckets=_buckets(metrics, start),
       nonfinite={"total": nonfinite_total, "grew_by": grew_by},
       steps_per_sec=latest(metrics, "train/steps_per_sec"),
-      eval={**_prefixed(metrics, "eval/"),
-            **{f"val/{k}": v for k, v in _prefixed(metrics, "val/").items()}},
-      mosaic=_mosaic(metrics), flags=[])
+      eval={
+          **_prefixed(metrics, "eval/"),
+          **{f"val/{k}": v for k, v in _prefixed(metrics, "val/").items()},
+      },
+      mosaic=_mosaic(metrics),
+      flags=[],
+  )
 
   flags = report.flags
-  skipped = [r for r in (
-      check_loss_trend(trends, flags),
-      check_lr(report.lr, flags),
-      check_posterior(report.posterior, flags),
-      check_norms(norms, flags),
-      check_buckets(report.buckets, flags),
-      check_nonfinite(report.nonfinite, flags),
-      check_mosaic(report.mosaic, flags)) if r]
+  skipped = [
+      r
+      for r in (
+          check_loss_trend(trends, flags),
+          check_lr(report.lr, flags),
+          check_posterior(report.posterior, flags),
+          check_norms(norms, flags),
+          check_buckets(report.buckets, flags),
+          check_nonfinite(report.nonfinite, flags),
+          check_mosaic(report.mosaic, flags),
+      )
+      if r
+  ]
   if not report.warnings:
     flags.append(Flag("ok", "info", _ok_message(report)))
   if skipped:
@@ -291,13 +406,16 @@ def analyze(metrics: Metrics, config: Optional[Mapping[str, Any]] = None,
 
 def _ok_message(report: Report) -> str:
   parts = ["no warning raised"]
-  trend = report.trends.get("train/loss_flow") or report.trends.get("train/loss")
+  trend = report.trends.get("train/loss_flow") or report.trends.get(
+      "train/loss"
+  )
   if trend is not None:
     parts.append(f"flow loss {100 * trend.rel_change:+.1f}% over the window")
-  ratios = [f"{g} {i.ratio:.2f}×" for g, i in report.lr.items() if i.ratio is not None]
+  ratios = [
+      f"{g} {i.ratio:.2f}×" for g, i in report.lr.items() if i.ratio is not None
+  ]
   if ratios:
     parts.append("LR/base " + ", ".join(ratios))
   if report.norms["ratio"] is not None:
     parts.append(f"norm ratio {report.norms['ratio']:.2f}")
   return "; ".join(parts) + "."
-

@@ -60,33 +60,47 @@ MOSAIC_RISE = 1.25
 
 # Levers: the config switch that addresses each flag. Kept in one place so that a renamed
 # config field is changed once.
-LEVER_LR_RESTART = ("restart the LR: --config.init_from=W with configs/restart.py and "
-                    "--config.head.kind=<W's head> (new cosine cycle, peak 2× base, floor = "
-                    "the LR reached now; the note: T0=20k, eta_min=2.5e-7)")
-LEVER_TIME_SAMPLING = ("time sampling: configs/logsnr.py (uniform logSNR λ∈[−2, 6], "
-                       "curriculum α>0.8 for the first 30k steps)")
+LEVER_LR_RESTART = (
+    "restart the LR: --config.init_from=W with configs/restart.py and "
+    "--config.head.kind=<W's head> (new cosine cycle, peak 2× base, floor = "
+    "the LR reached now; the note: T0=20k, eta_min=2.5e-7)"
+)
+LEVER_TIME_SAMPLING = (
+    "time sampling: configs/logsnr.py (uniform logSNR λ∈[−2, 6], "
+    "curriculum α>0.8 for the first 30k steps)"
+)
 # On the noise-free path the text end (t ~ 0) is where the image is formed
 # from z_text alone and the note's high-signal advice never trains it
 # (docs/recipes.md), so a stuck text end gets the opposite lever.
-LEVER_TEXT_END = ("more draws at the text end of the path: configs/restart.py's "
-                  "time.sampler (curriculum from t in [0, 0.15]); not the note's "
-                  "alpha > 0.8, which never trains t < 0.8")
+LEVER_TEXT_END = (
+    "more draws at the text end of the path: configs/restart.py's "
+    "time.sampler (curriculum from t in [0, 0.15]); not the note's "
+    "alpha > 0.8, which never trains t < 0.8"
+)
 
-LEVER_TEXT_SIDE = ("contrast z_text with the image latent itself: "
-                   "--config.loss.clip_target=latent (the recipe's; it more than doubled "
-                   "object accuracy in docs/recipes.md); "
-                   "lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
-                      "1e-4); contrastive weight ×2: --config.loss.clip_weight=2.0; text head "
-                      "--config.head.kind=token_transformer (best in docs/heads.md; the note's "
-                      "spatial grid_query head drew less there)")
-LEVER_NORMS = ("check latent standardisation (per-channel shift/scale stored with the run) "
-               "and β_KL: --config.loss.kl_weight")
-LEVER_NONFINITE = ("gradient clipping --config.optim.grad_clip=1.0, a lower peak LR, and the "
-                   "batch at the failing step")
+LEVER_TEXT_SIDE = (
+    "contrast z_text with the image latent itself: "
+    "--config.loss.clip_target=latent (the recipe's; it more than doubled "
+    "object accuracy in docs/recipes.md); "
+    "lower β_KL on the summed KL: --config.loss.kl_weight (the recipe's "
+    "1e-4); contrastive weight ×2: --config.loss.clip_weight=2.0; text head "
+    "--config.head.kind=token_transformer (best in docs/heads.md; the note's "
+    "spatial grid_query head drew less there)"
+)
+LEVER_NORMS = (
+    "check latent standardisation (per-channel shift/scale stored with the run) "
+    "and β_KL: --config.loss.kl_weight"
+)
+LEVER_NONFINITE = (
+    "gradient clipping --config.optim.grad_clip=1.0, a lower peak LR, and the "
+    "batch at the failing step"
+)
 LEVER_RISING = "lower the peak LR or restart from the last good checkpoint"
-LEVER_MOSAIC = ("decode each latent cell from neighbouring tokens too: "
-                "--config.flow.out_head=overlap (or conv); smaller tokens (flow.patch_size, "
-                "autoencoder.factor) at a higher cost per step")
+LEVER_MOSAIC = (
+    "decode each latent cell from neighbouring tokens too: "
+    "--config.flow.out_head=overlap (or conv); smaller tokens (flow.patch_size, "
+    "autoencoder.factor) at a higher cost per step"
+)
 
 # Names as the trainer logs them.
 LOSS_COMPONENTS = metric_names.LOSS_TERMS

@@ -49,21 +49,24 @@ def _grey(images: np.ndarray) -> np.ndarray:
   return x
 
 
-def boundary_energies(images: np.ndarray, period: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def boundary_energies(
+    images: np.ndarray, period: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Per image: mean squared neighbour difference across the P-pixel grid's
   lines, and inside its cells, both directions together. (N,), (N,)."""
   x = _grey(images)
   _, h, w = x.shape
   if not (fits(period, h) and fits(period, w)):
-    raise ValueError(f"token period {period} does not fit images of "
-                     f"{h}x{w}: need 2 <= period <= side / 2")
+    raise ValueError(
+        f"token period {period} does not fit images of "
+        f"{h}x{w}: need 2 <= period <= side / 2"
+    )
   dx = np.diff(x, axis=2) ** 2  # (N, H, W-1): between columns j and j+1.
   dy = np.diff(x, axis=1) ** 2
   on_x = (np.arange(1, w) % period) == 0
   on_y = (np.arange(1, h) % period) == 0
-  across = (dx[:, :, on_x].sum((1, 2)) + dy[:, on_y, :].sum((1, 2)))
-  inside = (dx[:, :, ~on_x].sum((1, 2)) + dy[:, ~on_y, :].sum((1, 2)))
+  across = dx[:, :, on_x].sum((1, 2)) + dy[:, on_y, :].sum((1, 2))
+  inside = dx[:, :, ~on_x].sum((1, 2)) + dy[:, ~on_y, :].sum((1, 2))
   n_across = h * on_x.sum() + w * on_y.sum()
   n_inside = h * (~on_x).sum() + w * (~on_y).sum()
   return across / n_across, inside / n_inside
@@ -79,15 +82,21 @@ def block_ratio(images: np.ndarray, period: int) -> float:
 def hf_energy(images: np.ndarray) -> float:
   """Squared 4-neighbour Laplacian over pixel variance, pooled over a set."""
   x = _grey(images)
-  lap = (x[:, 1:-1, 2:] + x[:, 1:-1, :-2] + x[:, 2:, 1:-1] + x[:, :-2, 1:-1]
-         - 4 * x[:, 1:-1, 1:-1])
+  lap = (
+      x[:, 1:-1, 2:]
+      + x[:, 1:-1, :-2]
+      + x[:, 2:, 1:-1]
+      + x[:, :-2, 1:-1]
+      - 4 * x[:, 1:-1, 1:-1]
+  )
   var = x.var(axis=(1, 2))
-  return float((lap ** 2).mean((1, 2)).sum() / (var.sum() + _EPS))
+  return float((lap**2).mean((1, 2)).sum() / (var.sum() + _EPS))
 
 
 @dataclasses.dataclass(frozen=True)
 class Reference:
   """The real images' own numbers, which generated images are judged by."""
+
   period: int
   block_ratio: float
   hf: float
@@ -99,8 +108,8 @@ class Reference:
   def score(self, images: np.ndarray) -> dict[str, float]:
     """blockiness and hf of `images`, each relative to the real images'."""
     return {
-        "blockiness": block_ratio(images, self.period) / max(self.block_ratio,
-                                                             _EPS),
+        "blockiness": block_ratio(images, self.period)
+        / max(self.block_ratio, _EPS),
         "hf": hf_energy(images) / max(self.hf, _EPS),
     }
 
@@ -124,8 +133,13 @@ def is_mosaic(blockiness: float) -> bool:
 # Calibration images (used by the tests and docs/diagnostics.md).
 # ---------------------------------------------------------------------------
 
-def tiled(images: np.ndarray, period: int, rng: np.random.Generator,
-          spread: float = 0.5) -> np.ndarray:
+
+def tiled(
+    images: np.ndarray,
+    period: int,
+    rng: np.random.Generator,
+    spread: float = 0.5,
+) -> np.ndarray:
   """Real images pasted as P x P tiles, each tile's brightness shifted by a
   random amount (a shuffled set of offsets): the seed's colour blocks."""
   x = np.asarray(images, np.float64).copy()
@@ -146,5 +160,9 @@ def blurred(images: np.ndarray, radius: int = 2) -> np.ndarray:
   c = p.cumsum(1).cumsum(2)
   c = np.pad(c, [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3))
   h, w = x.shape[1:3]
-  return (c[:, k:k + h, k:k + w] - c[:, :h, k:k + w] - c[:, k:k + h, :w]
-          + c[:, :h, :w]) / (k * k)
+  return (
+      c[:, k : k + h, k : k + w]
+      - c[:, :h, k : k + w]
+      - c[:, k : k + h, :w]
+      + c[:, :h, :w]
+  ) / (k * k)

@@ -51,31 +51,39 @@ def prompt_list(config, data, tokenizer) -> tuple[list[str], np.ndarray | None]:
   n = min(config.sample.grid_size, data.split_size("val"))
   if n == 0:
     raise ValueError("no val split to take prompts from: set eval.prompts")
-  val = pipeline.load_split(data, "val", n, max_len=config.data.max_len,
-                            tokenizer=tokenizer)
+  val = pipeline.load_split(
+      data, "val", n, max_len=config.data.max_len, tokenizer=tokenizer
+  )
   return list(val["caption"]), val["image"]
 
 
 class PromptEvaluator:
   """sample_grid(params, step) and evaluate(params, step) for prepared data."""
 
-  def __init__(self, config, workdir, data, parts, generate, frozen, stats,
-               writer=None):
+  def __init__(
+      self, config, workdir, data, parts, generate, frozen, stats, writer=None
+  ):
     self.config, self.workdir, self.writer = config, workdir, writer
     self.generate, self.frozen, self.stats = generate, frozen, stats
     tok = parts.text.tokenizer
     self.prompts, self.references = prompt_list(config, data, tok)
-    self.ids, self.mask = tokenizer_lib.tokenize(tok, self.prompts,
-                                                 config.data.max_len)
+    self.ids, self.mask = tokenizer_lib.tokenize(
+        tok, self.prompts, config.data.max_len
+    )
     n = min(config.eval.num, data.split_size("val"))
-    self.val = (pipeline.load_split(data, "val", n, tokenizer=tok,
-                                    max_len=config.data.max_len)
-                if n else None)
+    self.val = (
+        pipeline.load_split(
+            data, "val", n, tokenizer=tok, max_len=config.data.max_len
+        )
+        if n
+        else None
+    )
     self.mosaic = _MosaicMeasure(config, data, parts, tok, self.val)
     self._val_loss = jax.jit(_val_loss_fn(config, parts))
     self._posterior_mean = jax.jit(_posterior_mean_fn(parts))
-    self._latent_side = types.SimpleNamespace(autoencoder=parts.autoencoder,
-                                              stats=stats)
+    self._latent_side = types.SimpleNamespace(
+        autoencoder=parts.autoencoder, stats=stats
+    )
     clip_model = config.eval.clip_model
     self.clip = ClipScorer(clip_model) if clip_model else None
 
@@ -84,8 +92,15 @@ class PromptEvaluator:
 
   def images_for(self, params, ids, mask) -> np.ndarray:
     return structure.generate_images(
-        self.generate, params, self.frozen, self.stats, self.config.sample,
-        ids, mask, self.config.eval.batch_size)
+        self.generate,
+        params,
+        self.frozen,
+        self.stats,
+        self.config.sample,
+        ids,
+        mask,
+        self.config.eval.batch_size,
+    )
 
   def sample_grid(self, params, step: int) -> str:
     images = self.images(params)
@@ -97,14 +112,18 @@ class PromptEvaluator:
     if self.val is None:
       return {}
     bs = self.config.eval.batch_size
-    keys = [k for k in ("image", "moments_mean", "moments_logvar",
-                        "text_tokens") if k in self.val]
+    keys = [
+        k
+        for k in ("image", "moments_mean", "moments_logvar", "text_tokens")
+        if k in self.val
+    ]
     total = bucket_sum = bucket_count = 0.0
     n = (len(self.val["ids"]) // bs) * bs or len(self.val["ids"])
     for i in range(0, n, bs):
-      batch = {k: self.val[k][i:i + bs] for k in keys + ["ids", "mask"]}
-      flow, s, c = self._val_loss(params, batch, jax.random.PRNGKey(i),
-                                  self.frozen, self.stats)
+      batch = {k: self.val[k][i : i + bs] for k in keys + ["ids", "mask"]}
+      flow, s, c = self._val_loss(
+          params, batch, jax.random.PRNGKey(i), self.frozen, self.stats
+      )
       total += float(flow) * len(batch["ids"])
       bucket_sum = bucket_sum + np.asarray(s)
       bucket_count = bucket_count + np.asarray(c)
@@ -115,12 +134,18 @@ class PromptEvaluator:
     if self.config.objective == "crossflow":  # The noise path has no z_text.
       out.update(self.z_text(params))
     if self.mosaic.enabled:
-      out.update(self.mosaic(self.images_for(params, self.mosaic.ids,
-                                             self.mosaic.mask)))
+      out.update(
+          self.mosaic(
+              self.images_for(params, self.mosaic.ids, self.mosaic.mask)
+          )
+      )
     if self.clip is not None:
       out["val/clip_score"] = self.clip(self.images(params), self.prompts)
-    logging.info("validation%s: %s", f" at step {step}" if step else "",
-                 ", ".join(f"{k}={v:.4f}" for k, v in out.items()))
+    logging.info(
+        "validation%s: %s",
+        f" at step {step}" if step else "",
+        ", ".join(f"{k}={v:.4f}" for k, v in out.items()),
+    )
     if step is not None:
       if self.writer is not None:
         self.writer.write_scalars(step, out)
@@ -128,34 +153,44 @@ class PromptEvaluator:
         runfiles.append_metrics(self.workdir, {"step": step, **out})
     return out
 
-
   def z_text(self, params) -> dict[str, float]:
     """The z_text measures of the val captions against their own images
     (ztext.py says what each means)."""
     v, bs = self.val, self.config.eval.batch_size
     mus = []
     for i in range(0, len(v["ids"]), bs):
-      mus.append(np.asarray(self._posterior_mean(
-          params, self.frozen.get("text"), v["ids"][i:i + bs],
-          v["mask"][i:i + bs],
-          v["text_tokens"][i:i + bs] if "text_tokens" in v else None)))
-    out = ztext.z_text_measures(self._latent_side, np.concatenate(mus),
-                                 v["image"])
+      mus.append(
+          np.asarray(
+              self._posterior_mean(
+                  params,
+                  self.frozen.get("text"),
+                  v["ids"][i : i + bs],
+                  v["mask"][i : i + bs],
+                  v["text_tokens"][i : i + bs] if "text_tokens" in v else None,
+              )
+          )
+      )
+    out = ztext.z_text_measures(
+        self._latent_side, np.concatenate(mus), v["image"]
+    )
     return {f"val/{k}": v for k, v in out.items()}
 
 
-def mosaic_reference(config, data, latent_side: int, tokenizer,
-                     num: int | None = None) -> blockiness.Reference | None:
+def mosaic_reference(
+    config, data, latent_side: int, tokenizer, num: int | None = None
+) -> blockiness.Reference | None:
   """The first `num` (default eval.reference_num) training images' own
   blockiness and hf, which samples are judged against; None when the token
   grid has no lines to measure across."""
-  period = blockiness.token_period(config.data.image_size, latent_side,
-                                   config.flow.patch_size)
+  period = blockiness.token_period(
+      config.data.image_size, latent_side, config.flow.patch_size
+  )
   if not blockiness.fits(period, config.data.image_size):
     return None
   num_real = min(num or config.eval.reference_num, data.split_size("train"))
-  real = pipeline.load_split(data, "train", num_real, tokenizer=tokenizer,
-                             max_len=config.data.max_len)["image"]
+  real = pipeline.load_split(
+      data, "train", num_real, tokenizer=tokenizer, max_len=config.data.max_len
+  )["image"]
   return blockiness.Reference.of(real, period)
 
 
@@ -168,10 +203,13 @@ class _MosaicMeasure:
     self.enabled = n > 0
     if not self.enabled:
       return
-    self.reference = mosaic_reference(config, data, parts.latent_shape[0],
-                                      tokenizer)
+    self.reference = mosaic_reference(
+        config, data, parts.latent_shape[0], tokenizer
+    )
     if self.reference is None:
-      logging.info("no mosaic measures: the token grid has no lines to measure across")
+      logging.info(
+          "no mosaic measures: the token grid has no lines to measure across"
+      )
       self.enabled = False
       return
     self.ids, self.mask = val["ids"][:n], val["mask"][:n]
@@ -184,9 +222,16 @@ class _MosaicMeasure:
 def _posterior_mean_fn(parts):
   def mean(params, frozen_text, ids, mask, tokens):
     mu, _ = generator_lib.text_posterior(
-        parts.model, parts.text.frozen, params, frozen_text, ids, mask,
-        tokens=tokens)
+        parts.model,
+        parts.text.frozen,
+        params,
+        frozen_text,
+        ids,
+        mask,
+        tokens=tokens,
+    )
     return mu.astype(jnp.float32)
+
   return mean
 
 
@@ -196,7 +241,8 @@ def _val_loss_fn(config, parts):
     c.time.sampler = dict(kind="uniform", t_min=0.0, t_max=1.0)
     c.loss.cfg_null_prob = 0.0
   loss = objectives.get(c.objective).make_loss(
-      c, parts.model, parts.autoencoder, parts.text.frozen)
+      c, parts.model, parts.autoencoder, parts.text.frozen
+  )
 
   def val(params, batch, rng, frozen, stats):
     _, aux = loss(params, batch, rng, jnp.int32(0), frozen, stats)
@@ -219,15 +265,18 @@ class ClipScorer:
     import json as json_lib
     import transformers
     from txt2img_jax.models import text_encoder_weights as weights_lib
+
     path = os.path.expanduser(path)
     try:
       config = transformers.CLIPConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-      raise FileNotFoundError(f"eval.clip_model={path!r}: not a CLIP folder "
-                              f"({e})") from None
+      raise FileNotFoundError(
+          f"eval.clip_model={path!r}: not a CLIP folder " f"({e})"
+      ) from None
     if weights_lib.has_flax(path):
       model, params = transformers.FlaxCLIPModel.from_pretrained(
-          path, _do_init=False)
+          path, _do_init=False
+      )
     else:
       model = transformers.FlaxCLIPModel(config, _do_init=False)
       params, _ = weights_lib.load_safetensors(path, model.params_shape_tree)
@@ -246,23 +295,28 @@ class ClipScorer:
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     def features(params, images, ids, mask):
-      x = jax.image.resize(images, (images.shape[0], self.size, self.size,
-                                    3), "bicubic")
+      x = jax.image.resize(
+          images, (images.shape[0], self.size, self.size, 3), "bicubic"
+      )
       x = ((jnp.clip(x, 0, 1) - mean) / std).transpose(0, 3, 1, 2)
       img = model.get_image_features(pixel_values=x, params=params)
-      txt = model.get_text_features(input_ids=ids, attention_mask=mask,
-                                    params=params)
+      txt = model.get_text_features(
+          input_ids=ids, attention_mask=mask, params=params
+      )
       return img, txt
 
     self._features = jax.jit(features)
 
   def __call__(self, images: np.ndarray, prompts) -> float:
-    ids, mask = tokenizer_lib.tokenize(self.tokenizer, list(prompts),
-                                       self.max_len)
-    img, txt = self._features(self.params, jnp.asarray(images, jnp.float32),
-                              ids, mask)
+    ids, mask = tokenizer_lib.tokenize(
+        self.tokenizer, list(prompts), self.max_len
+    )
+    img, txt = self._features(
+        self.params, jnp.asarray(images, jnp.float32), ids, mask
+    )
     img = np.asarray(img, np.float64)
     txt = np.asarray(txt, np.float64)
-    cos = (img * txt).sum(-1) / (np.linalg.norm(img, axis=-1)
-                                 * np.linalg.norm(txt, axis=-1) + 1e-12)
+    cos = (img * txt).sum(-1) / (
+        np.linalg.norm(img, axis=-1) * np.linalg.norm(txt, axis=-1) + 1e-12
+    )
     return float(np.maximum(100.0 * cos, 0.0).mean())

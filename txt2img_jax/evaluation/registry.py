@@ -12,8 +12,9 @@ from txt2img_jax.evaluation import prompts as evaluate_prompts
 
 
 def _structure(config, workdir, data, parts, generate, frozen, stats, writer):
-  return structure.Evaluator(config, workdir, data, parts.text, generate,
-                            frozen, stats, writer)
+  return structure.Evaluator(
+      config, workdir, data, parts.text, generate, frozen, stats, writer
+  )
 
 
 REGISTRY = {
@@ -22,11 +23,12 @@ REGISTRY = {
 }
 
 
-def make_evaluator(config, workdir, data, parts, generate, frozen, stats,
-                   writer=None):
-  kind = config.eval.kind or getattr(data, "DEFAULT_EVALUATOR",
-                                                "structure")
+def make_evaluator(
+    config, workdir, data, parts, generate, frozen, stats, writer=None
+):
+  kind = config.eval.kind or getattr(data, "DEFAULT_EVALUATOR", "structure")
   if kind not in REGISTRY:
     raise ValueError(f"eval.kind={kind!r}: expected one of {sorted(REGISTRY)}")
-  return REGISTRY[kind](config, workdir, data, parts, generate, frozen, stats,
-                        writer)
+  return REGISTRY[kind](
+      config, workdir, data, parts, generate, frozen, stats, writer
+  )

@@ -28,8 +28,9 @@ class Evaluator:
   """Sample grids and structure-benchmark scores (the shapes set's splits
   with known structure) from a set of (EMA) parameters."""
 
-  def __init__(self, config, workdir, builder, text, generate, frozen, stats,
-               writer=None):
+  def __init__(
+      self, config, workdir, builder, text, generate, frozen, stats, writer=None
+  ):
     self.config = config
     self.workdir = workdir
     self.generate = generate
@@ -39,22 +40,38 @@ class Evaluator:
     self.shape_confusion = {}  # Of the last benchmark, per split.
     n = max(config.eval.num, config.sample.grid_size)
     if not hasattr(builder, "EVAL_SPLITS") or "heldout" not in (
-        builder.EVAL_SPLITS):
-      raise ValueError("eval.kind='structure' scores drawings against the "
-                       "structure of the shapes set; other data uses "
-                       "eval.kind='prompts'")
+        builder.EVAL_SPLITS
+    ):
+      raise ValueError(
+          "eval.kind='structure' scores drawings against the "
+          "structure of the shapes set; other data uses "
+          "eval.kind='prompts'"
+      )
     self.data = {
         prefix: pipeline.load_split(
-            builder, split, min(n, builder.split_size(split)),
-            tokenizer=text.tokenizer, max_len=config.data.max_len)
-        for prefix, split in builder.EVAL_SPLITS.items()}
+            builder,
+            split,
+            min(n, builder.split_size(split)),
+            tokenizer=text.tokenizer,
+            max_len=config.data.max_len,
+        )
+        for prefix, split in builder.EVAL_SPLITS.items()
+    }
 
   def images(self, params, data, num, seed=0, **overrides) -> np.ndarray:
     """Generated images (num, S, S, 3) in [0, 1] for the first num captions."""
-    return generate_images(self.generate, params, self.frozen, self.stats,
-                           self.config.sample, data["ids"][:num],
-                           data["mask"][:num], self.config.eval.batch_size,
-                           seed, **overrides)
+    return generate_images(
+        self.generate,
+        params,
+        self.frozen,
+        self.stats,
+        self.config.sample,
+        data["ids"][:num],
+        data["mask"][:num],
+        self.config.eval.batch_size,
+        seed,
+        **overrides,
+    )
 
   def sample_grid(self, params, step: int) -> str:
     n = self.config.sample.grid_size
@@ -64,8 +81,9 @@ class Evaluator:
     grid = caption_grid(data["image"][:n], images, data["caption"][:n])
     return save_grid(grid, self.workdir, step, self.writer)
 
-  def benchmark(self, params, step: int | None = None,
-                num: int | None = None) -> dict[str, float]:
+  def benchmark(
+      self, params, step: int | None = None, num: int | None = None
+  ) -> dict[str, float]:
     num = num or self.config.eval.num
     t0 = time.perf_counter()
     summaries, pixel_errors = {}, {}
@@ -76,17 +94,24 @@ class Evaluator:
       desc = {k: data[k][:n] for k in tfds_shapes.DESCRIPTION_KEYS}
       summaries[prefix] = benchmark.score(images, desc)
       self.shape_confusion[prefix] = benchmark.shape_confusion(
-          summaries[prefix], desc)
+          summaries[prefix], desc
+      )
       pixel_errors[f"{prefix}/pixel_mse_rel"] = pixel_mse_rel(
-          images, data["image"][:n])
+          images, data["image"][:n]
+      )
       if self.writer is not None and step is not None and prefix == "eval":
         grid = caption_grid(data["image"][:8], images[:8], data["caption"][:8])
-        self.writer.write_images(step, {"eval/examples": np.asarray(grid)[None]})
+        self.writer.write_images(
+            step, {"eval/examples": np.asarray(grid)[None]}
+        )
     flat = benchmark.summarize_splits(summaries)
     flat.update(pixel_errors)
-    logging.info("structure benchmark%s (%.1f s):\n%s",
-                 f" at step {step}" if step is not None else "",
-                 time.perf_counter() - t0, benchmark.format_table(flat))
+    logging.info(
+        "structure benchmark%s (%.1f s):\n%s",
+        f" at step {step}" if step is not None else "",
+        time.perf_counter() - t0,
+        benchmark.format_table(flat),
+    )
     if step is not None:
       if self.writer is not None:
         self.writer.write_scalars(step, flat)
@@ -111,20 +136,32 @@ def save_grid(grid, workdir: str, step: int, writer=None) -> str:
   return path
 
 
-def generate_images(generate, params, frozen, stats, sample_config, ids, mask,
-                    batch_size: int, seed: int = 0, **overrides) -> np.ndarray:
+def generate_images(
+    generate,
+    params,
+    frozen,
+    stats,
+    sample_config,
+    ids,
+    mask,
+    batch_size: int,
+    seed: int = 0,
+    **overrides,
+) -> np.ndarray:
   """Images for every caption, in fixed-size batches (the last one padded)
   so the sampler compiles once; the run's sampler settings unless
   overridden."""
-  kw = dict(num_steps=int(sample_config.num_steps),
-            method=sample_config.method,
-            cfg_scale=float(sample_config.cfg_scale),
-            use_mean=bool(sample_config.use_mean))
+  kw = dict(
+      num_steps=int(sample_config.num_steps),
+      method=sample_config.method,
+      cfg_scale=float(sample_config.cfg_scale),
+      use_mean=bool(sample_config.use_mean),
+  )
   kw.update(overrides)
   bs = batch_size
   out = []
   for i in range(0, len(ids), bs):
-    b_ids, b_mask = ids[i:i + bs], mask[i:i + bs]
+    b_ids, b_mask = ids[i : i + bs], mask[i : i + bs]
     pad = bs - len(b_ids)
     if pad:
       b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
@@ -133,7 +170,7 @@ def generate_images(generate, params, frozen, stats, sample_config, ids, mask,
     imgs = generate(params, frozen, stats, b_ids, b_mask, rng, **kw)
     if not imgs.is_fully_addressable:  # Sharded over hosts (e.g. fsdp).
       imgs = multihost_utils.process_allgather(imgs, tiled=True)
-    out.append(np.asarray(jax.device_get(imgs))[:bs - pad])
+    out.append(np.asarray(jax.device_get(imgs))[: bs - pad])
   return np.concatenate(out)
 
 
@@ -150,9 +187,14 @@ def pixel_mse_rel(images: np.ndarray, references: np.ndarray) -> float:
   return float(err / max(base, 1e-12))
 
 
-def caption_grid(references: np.ndarray | None, images: np.ndarray,
-                 captions: list[str], scale: int = 4, columns: int = 4,
-                 between: np.ndarray | None = None) -> Image.Image:
+def caption_grid(
+    references: np.ndarray | None,
+    images: np.ndarray,
+    captions: list[str],
+    scale: int = 4,
+    columns: int = 4,
+    between: np.ndarray | None = None,
+) -> Image.Image:
   """Reference | generated pairs with their caption underneath, as one image.
 
   `between`, when given, is a third image per caption drawn between the two
@@ -165,22 +207,29 @@ def caption_grid(references: np.ndarray | None, images: np.ndarray,
   panels = (1 if references is None else 2) + (between is not None)
   cell_w, cell_h = panels * s + 2 * panels + 2, s + text_h
   rows = (n + columns - 1) // columns
-  canvas = Image.new("RGB", (columns * cell_w + 6, rows * cell_h + 6),
-                     (255, 255, 255))
+  canvas = Image.new(
+      "RGB", (columns * cell_w + 6, rows * cell_h + 6), (255, 255, 255)
+  )
   draw = ImageDraw.Draw(canvas)
   for i in range(n):
     r, c = divmod(i, columns)
     x, y = 6 + c * cell_w, 6 + r * cell_h
-    row = ([] if references is None else [references[i]]) + (
-        [] if between is None else [between[i]]) + [images[i]]
+    row = (
+        ([] if references is None else [references[i]])
+        + ([] if between is None else [between[i]])
+        + [images[i]]
+    )
     for j, img in enumerate(row):
       arr = np.asarray(img)
       if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
       tile = Image.fromarray(arr).resize((s, s), Image.NEAREST)
       canvas.paste(tile, (x + j * (s + 2), y))
-    draw.multiline_text((x, y + s + 1), _wrap(captions[i], max(2, panels) * s // 6),
-                        fill=(0, 0, 0))
+    draw.multiline_text(
+        (x, y + s + 1),
+        _wrap(captions[i], max(2, panels) * s // 6),
+        fill=(0, 0, 0),
+    )
   return canvas
 
 

@@ -41,12 +41,34 @@ from __future__ import annotations
 # The public API, gathered in one namespace.
 # pylint: disable=unused-import
 from txt2img_jax.health_checks.latents import (
-    DEFAULT_LATENT_NUM, MAX_ABS_MEAN, MAX_NOISE_RATIO, MAX_RECON_ABS, MAX_RECON_MEAN,
-    MAX_STD_DEV, latents_table, run_latents)
+    DEFAULT_LATENT_NUM,
+    MAX_ABS_MEAN,
+    MAX_NOISE_RATIO,
+    MAX_RECON_ABS,
+    MAX_RECON_MEAN,
+    MAX_STD_DEV,
+    latents_table,
+    run_latents,
+)
 from txt2img_jax.health_checks.overfit import (
-    DEFAULT_RECON, DEFAULT_STEPS, LOG_POINTS, LR_FACTOR, MAX_REL, MIN_FALL, NOTE_STEPS,
-    NOTE_SUBSET, _deranged, broken_targets, loss_fall, overfit_config, plot_overfit,
-    read_loss_curve, run_overfit, text_only_reconstruction)
+    DEFAULT_RECON,
+    DEFAULT_STEPS,
+    LOG_POINTS,
+    LR_FACTOR,
+    MAX_REL,
+    MIN_FALL,
+    NOTE_STEPS,
+    NOTE_SUBSET,
+    _deranged,
+    broken_targets,
+    loss_fall,
+    overfit_config,
+    plot_overfit,
+    read_loss_curve,
+    run_overfit,
+    text_only_reconstruction,
+)
 from txt2img_jax.health_checks.mosaic import DEFAULT_MOSAIC_NUM, PROBES, run_mosaic
 from txt2img_jax.health_checks.result import Result
+
 # pylint: enable=unused-import

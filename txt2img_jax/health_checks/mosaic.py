@@ -33,10 +33,14 @@ def _held_out_split(data) -> str:
         return split
     except KeyError:
       continue
-  raise ValueError("the run's data has no val or test split to draw captions from")
+  raise ValueError(
+      "the run's data has no val or test split to draw captions from"
+  )
 
 
-def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> Result:
+def run_mosaic(
+    workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = ""
+) -> Result:
   from txt2img_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from txt2img_jax.evaluation import structure
   from txt2img_jax.evaluation import prompts as evaluate_prompts
@@ -49,41 +53,75 @@ def run_mosaic(workdir: str, num: int = DEFAULT_MOSAIC_NUM, probe: str = "") -> 
   run = run_lib.load_run(workdir)
   c = run.config
   data, tok = run.builder, run.text.tokenizer
-  ref = evaluate_prompts.mosaic_reference(c, data, run.parts.latent_shape[0], tok)
+  ref = evaluate_prompts.mosaic_reference(
+      c, data, run.parts.latent_shape[0], tok
+  )
   if ref is None:
-    raise ValueError(f"a token spans the {c.data.image_size}-pixel image: no token grid to "
-                     "measure")
+    raise ValueError(
+        f"a token spans the {c.data.image_size}-pixel image: no token grid to "
+        "measure"
+    )
   period = ref.period
   split = _held_out_split(data)
-  held = pipeline.load_split(data, split, min(num, data.split_size(split)), tokenizer=tok,
-                             max_len=c.data.max_len)
+  held = pipeline.load_split(
+      data,
+      split,
+      min(num, data.split_size(split)),
+      tokenizer=tok,
+      max_len=c.data.max_len,
+  )
   if probe == "real":
     images = held["image"]
   elif probe == "tiled":
     images = blockiness.tiled(held["image"], period, np.random.default_rng(0))
   else:
-    images = structure.generate_images(run.generate, run.ema_params, run.frozen, run.stats,
-                                      c.sample, held["ids"], held["mask"], c.eval.batch_size)
+    images = structure.generate_images(
+        run.generate,
+        run.ema_params,
+        run.frozen,
+        run.stats,
+        c.sample,
+        held["ids"],
+        held["mask"],
+        c.eval.batch_size,
+    )
   images = np.clip(np.asarray(images, np.float64), 0.0, 1.0)
   scores = ref.score(images)
   real_scores = ref.score(held["image"])
   passed = scores["blockiness"] <= blockiness.MOSAIC_BLOCKINESS
-  numbers = {"step": run.step, "num": len(images), "split": split, "period": period,
-             "probe": probe, **scores,
-             "real_blockiness": real_scores["blockiness"], "real_hf": real_scores["hf"],
-             "threshold": blockiness.MOSAIC_BLOCKINESS}
+  numbers = {
+      "step": run.step,
+      "num": len(images),
+      "split": split,
+      "period": period,
+      "probe": probe,
+      **scores,
+      "real_blockiness": real_scores["blockiness"],
+      "real_hf": real_scores["hf"],
+      "threshold": blockiness.MOSAIC_BLOCKINESS,
+  }
   with open(os.path.join(run.workdir, "mosaic.json"), "w") as f:
     json.dump(numbers, f, indent=1)
-  _save_pairs(held["image"][:16], images[:16], os.path.join(run.workdir, "mosaic.png"))
-  verdict = "as smooth as the data" if passed else "a mosaic of token-sized blocks"
-  reason = (f"blockiness {scores['blockiness']:.2f}× the training images' on {len(images)} "
-            f"{split} captions (limit {blockiness.MOSAIC_BLOCKINESS}; the {split} images "
-            f"themselves {real_scores['blockiness']:.2f}×), hf {scores['hf']:.2f}×: {verdict}")
+  _save_pairs(
+      held["image"][:16], images[:16], os.path.join(run.workdir, "mosaic.png")
+  )
+  verdict = (
+      "as smooth as the data" if passed else "a mosaic of token-sized blocks"
+  )
+  reason = (
+      f"blockiness {scores['blockiness']:.2f}× the training images' on {len(images)} "
+      f"{split} captions (limit {blockiness.MOSAIC_BLOCKINESS}; the {split} images "
+      f"themselves {real_scores['blockiness']:.2f}×), hf {scores['hf']:.2f}×: {verdict}"
+  )
   return Result("mosaic", passed, reason, numbers)
 
 
-def _save_pairs(real: np.ndarray, generated: np.ndarray, path: str, scale: int = 2) -> None:
+def _save_pairs(
+    real: np.ndarray, generated: np.ndarray, path: str, scale: int = 2
+) -> None:
   pairs = np.concatenate([real, generated], axis=1)  # Real above generated.
   row = np.concatenate(list(pairs), axis=1)
   img = Image.fromarray((np.clip(row, 0, 1) * 255).round().astype(np.uint8))
-  img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
+  img.resize(
+      (img.width * scale, img.height * scale), Image.Resampling.NEAREST
+  ).save(path)

@@ -27,29 +27,33 @@ from txt2img_jax.health_checks.result import Result
 
 # --- Thresholds (docs/health.md explains each). ------------------------------
 
-NOTE_SUBSET = 512          # The note: 512 samples ...
-LR_FACTOR = 2.0            # ... LR x 2 ...
+NOTE_SUBSET = 512  # The note: 512 samples ...
+LR_FACTOR = 2.0  # ... LR x 2 ...
 NOTE_STEPS = (2000, 3000)  # ... 2-3k steps (at full scale, on a GPU).
 # configs/restart.py's train step runs ~1.5 steps/s at batch 64 on the 2-core
 # CPU this project is developed on: 450 steps ~ 5 min (56 epochs of 512).
 DEFAULT_STEPS = 450
-MIN_FALL = 0.20            # The note: loss_flow must fall by more than 20%.
-MAX_REL = 0.8              # Text-only reconstruction / mean-image baseline.
-DEFAULT_RECON = 64         # Training captions regenerated for criterion 2.
-LOG_POINTS = 20            # Logged loss points over the run (>= 10 needed).
+MIN_FALL = 0.20  # The note: loss_flow must fall by more than 20%.
+MAX_REL = 0.8  # Text-only reconstruction / mean-image baseline.
+DEFAULT_RECON = 64  # Training captions regenerated for criterion 2.
+LOG_POINTS = 20  # Logged loss points over the run (>= 10 needed).
 
 
-def overfit_config(config: ml_collections.ConfigDict, steps: int = DEFAULT_STEPS,
-                   subset: int = NOTE_SUBSET, lr_factor: float = LR_FACTOR
-                   ) -> ml_collections.ConfigDict:
+def overfit_config(
+    config: ml_collections.ConfigDict,
+    steps: int = DEFAULT_STEPS,
+    subset: int = NOTE_SUBSET,
+    lr_factor: float = LR_FACTOR,
+) -> ml_collections.ConfigDict:
   """A copy of `config` set up as the note's small-batch overfit run."""
   c = config.copy_and_resolve_references()
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   subset = min(int(subset), int(c.data.num_train))
   if subset < c.batch_size:
-    raise ValueError(f"subset={subset} is smaller than batch_size="
-                     f"{c.batch_size}")
+    raise ValueError(
+        f"subset={subset} is smaller than batch_size=" f"{c.batch_size}"
+    )
   with c.unlocked():
     c.name = f"{config.name}_overfit"
     c.data.subset_size = subset
@@ -134,36 +138,55 @@ def read_loss_curve(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def loss_fall(flow: np.ndarray, tail: int = 3) -> float:
   """Relative fall: 1 - mean(last `tail` values) / first value."""
   if len(flow) < tail + 1:
-    raise ValueError(f"need at least {tail + 1} logged loss values, got "
-                     f"{len(flow)}")
+    raise ValueError(
+        f"need at least {tail + 1} logged loss values, got " f"{len(flow)}"
+    )
   return float(1.0 - np.mean(flow[-tail:]) / flow[0])
 
 
-def text_only_reconstruction(workdir: str, num: int = DEFAULT_RECON,
-                             seed: int = 0) -> dict[str, float]:
+def text_only_reconstruction(
+    workdir: str, num: int = DEFAULT_RECON, seed: int = 0
+) -> dict[str, float]:
   """Images generated from the first `num` training captions (the run's EMA
   parameters and sampler settings, starting at t = 0 from the text alone),
   compared with the true images and with the subset's mean image."""
   from txt2img_jax.evaluation import structure
   from txt2img_jax.train import run as run_lib
   from txt2img_jax.data import pipeline
+
   run = run_lib.load_run(workdir)
   c = run.config
   subset = int(c.data.subset_size or c.data.num_train)
-  data = pipeline.load_split(run.builder, "train", subset,
-                             tokenizer=run.text.tokenizer,
-                             max_len=c.data.max_len)
+  data = pipeline.load_split(
+      run.builder,
+      "train",
+      subset,
+      tokenizer=run.text.tokenizer,
+      max_len=c.data.max_len,
+  )
   num = min(num, subset)
   mean_img = data["image"].mean(0, keepdims=True)
   gen = structure.generate_images(
-      run.generate, run.ema_params, run.frozen, run.stats, c.sample,
-      data["ids"][:num], data["mask"][:num], batch_size=min(num, 64),
-      seed=seed)
+      run.generate,
+      run.ema_params,
+      run.frozen,
+      run.stats,
+      c.sample,
+      data["ids"][:num],
+      data["mask"][:num],
+      batch_size=min(num, 64),
+      seed=seed,
+  )
   img = data["image"][:num]
   mse_gen = float(np.mean((gen - img) ** 2))
   mse_mean = float(np.mean((mean_img - img) ** 2))
-  return {"recon_num": num, "recon_mse": mse_gen, "mean_image_mse": mse_mean,
-          "rel": mse_gen / max(mse_mean, 1e-12), "step": run.step}
+  return {
+      "recon_num": num,
+      "recon_mse": mse_gen,
+      "mean_image_mse": mse_mean,
+      "rel": mse_gen / max(mse_mean, 1e-12),
+      "step": run.step,
+  }
 
 
 # Written into every workdir the check makes: the only non-empty directory it will wipe. Any
@@ -180,29 +203,47 @@ def _prepare_workdir(workdir: str) -> None:
       raise ValueError(
           f"workdir {workdir} is not empty and was not made by the overfit check (no "
           f"{MARKER} file in it); refusing to delete it: give --workdir a new or empty "
-          "directory")
+          "directory"
+      )
     shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, MARKER), "w") as f:
-    f.write("Made by `python -m txt2img_jax.health overfit`; the next check here wipes it.\n")
+    f.write(
+        "Made by `python -m txt2img_jax.health overfit`; the next check here wipes it.\n"
+    )
 
 
-def run_overfit(config: ml_collections.ConfigDict, workdir: str | None = None,
-                steps: int = DEFAULT_STEPS, subset: int = NOTE_SUBSET,
-                break_targets: bool = False, *, lr_factor: float = LR_FACTOR,
-                recon_num: int = DEFAULT_RECON, min_fall: float = MIN_FALL,
-                max_rel: float = MAX_REL, plot: bool = True) -> Result:
+def run_overfit(
+    config: ml_collections.ConfigDict,
+    workdir: str | None = None,
+    steps: int = DEFAULT_STEPS,
+    subset: int = NOTE_SUBSET,
+    break_targets: bool = False,
+    *,
+    lr_factor: float = LR_FACTOR,
+    recon_num: int = DEFAULT_RECON,
+    min_fall: float = MIN_FALL,
+    max_rel: float = MAX_REL,
+    plot: bool = True,
+) -> Result:
   """Trains the overfit copy of `config` in `workdir` (a new or empty
   directory, or one an earlier check made, which is wiped first) and judges
   it; writes W/overfit.json and W/overfit.png."""
   from txt2img_jax.train import loop as train
+
   c = overfit_config(config, steps, subset, lr_factor)
   workdir = os.path.abspath(
-      workdir or os.path.join("workdirs", f"health_overfit_{config.name}"))
+      workdir or os.path.join("workdirs", f"health_overfit_{config.name}")
+  )
   _prepare_workdir(workdir)
-  logging.info("overfit: %d steps on %d examples, lr x %g%s, workdir %s",
-               steps, c.data.subset_size, lr_factor,
-               " (BROKEN TARGETS)" if break_targets else "", workdir)
+  logging.info(
+      "overfit: %d steps on %d examples, lr x %g%s, workdir %s",
+      steps,
+      c.data.subset_size,
+      lr_factor,
+      " (BROKEN TARGETS)" if break_targets else "",
+      workdir,
+  )
   ctx = broken_targets(c.seed) if break_targets else contextlib.nullcontext()
   t0 = time.perf_counter()
   with ctx:
@@ -217,27 +258,43 @@ def run_overfit(config: ml_collections.ConfigDict, workdir: str | None = None,
   ok_fall = fall > min_fall
   ok_rel = recon["rel"] < max_rel
   passed = ok_fall and ok_rel
-  reason = (f"loss_flow fell {100 * fall:.1f}% ({flow[0]:.4f} -> "
-            f"{np.mean(flow[-3:]):.4f}; need > {100 * min_fall:.0f}%"
-            f"{'' if ok_fall else ' ✗'}), text-only reconstruction "
-            f"rel = {recon['rel']:.3f} (need < {max_rel}"
-            f"{'' if ok_rel else ' ✗'}; 1.0 = no better than the mean image)")
+  reason = (
+      f"loss_flow fell {100 * fall:.1f}% ({flow[0]:.4f} -> "
+      f"{np.mean(flow[-3:]):.4f}; need > {100 * min_fall:.0f}%"
+      f"{'' if ok_fall else ' ✗'}), text-only reconstruction "
+      f"rel = {recon['rel']:.3f} (need < {max_rel}"
+      f"{'' if ok_rel else ' ✗'}; 1.0 = no better than the mean image)"
+  )
   numbers = {
-      "config": config.name, "steps": steps, "subset": int(c.data.subset_size),
-      "lr_factor": lr_factor, "break_targets": bool(break_targets),
+      "config": config.name,
+      "steps": steps,
+      "subset": int(c.data.subset_size),
+      "lr_factor": lr_factor,
+      "break_targets": bool(break_targets),
       "batch_size": int(c.batch_size),
-      "loss_flow_first": float(flow[0]), "loss_flow_last3": float(
-          np.mean(flow[-3:])), "fall": fall, "min_fall": min_fall,
-      "fall_ok": ok_fall, "max_rel": max_rel, "rel_ok": ok_rel,
-      **recon, "train_seconds": train_s, "recon_seconds": recon_s,
-      "curve": {"step": steps_logged.tolist(), "loss_flow": flow.tolist(),
-                "loss_flow_ema": [None if not np.isfinite(v) else float(v)
-                                  for v in ema]},
+      "loss_flow_first": float(flow[0]),
+      "loss_flow_last3": float(np.mean(flow[-3:])),
+      "fall": fall,
+      "min_fall": min_fall,
+      "fall_ok": ok_fall,
+      "max_rel": max_rel,
+      "rel_ok": ok_rel,
+      **recon,
+      "train_seconds": train_s,
+      "recon_seconds": recon_s,
+      "curve": {
+          "step": steps_logged.tolist(),
+          "loss_flow": flow.tolist(),
+          "loss_flow_ema": [
+              None if not np.isfinite(v) else float(v) for v in ema
+          ],
+      },
   }
   result = Result("overfit", passed, reason, numbers)
   with open(os.path.join(workdir, "overfit.json"), "w") as f:
-    json.dump({"passed": passed, "verdict": result.verdict, **numbers}, f,
-              indent=2)
+    json.dump(
+        {"passed": passed, "verdict": result.verdict, **numbers}, f, indent=2
+    )
   if plot:
     plot_overfit(result, os.path.join(workdir, "overfit.png"))
   return result
@@ -245,8 +302,10 @@ def run_overfit(config: ml_collections.ConfigDict, workdir: str | None = None,
 
 def plot_overfit(result: Result, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   n = result.numbers
   curve = n["curve"]
   fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -255,16 +314,22 @@ def plot_overfit(result: Result, path: str) -> None:
   if np.isfinite(ema).any():
     ax.plot(curve["step"], ema, "-", label="loss_flow EMA")
   target = n["loss_flow_first"] * (1 - n["min_fall"])
-  ax.axhline(target, color="gray", ls="--", lw=1,
-             label=f"-{100 * n['min_fall']:.0f}% of first")
+  ax.axhline(
+      target,
+      color="gray",
+      ls="--",
+      lw=1,
+      label=f"-{100 * n['min_fall']:.0f}% of first",
+  )
   ax.set_xlabel("step")
   ax.set_ylabel("train/loss_flow")
   ax.legend()
-  ax.set_title(f"overfit {'PASS' if result.passed else 'FAIL'}: fall "
-               f"{100 * n['fall']:.1f}%, text-only rel {n['rel']:.3f}"
-               f"{' (broken targets)' if n['break_targets'] else ''}",
-               fontsize=10)
+  ax.set_title(
+      f"overfit {'PASS' if result.passed else 'FAIL'}: fall "
+      f"{100 * n['fall']:.1f}%, text-only rel {n['rel']:.3f}"
+      f"{' (broken targets)' if n['break_targets'] else ''}",
+      fontsize=10,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-

@@ -9,6 +9,7 @@ from typing import Any
 @dataclasses.dataclass
 class Result:
   """What a check found: the verdict, a one-line reason and its numbers."""
+
   check: str
   passed: bool
   reason: str

@@ -22,6 +22,7 @@ from txt2img_jax.models import text_head as text_head_lib
 
 class ContrastiveTower(nn.Module):
   """The image side of the contrastive loss and its learnable temperature."""
+
   out_dim: int
   width: int
   depth: int
@@ -31,10 +32,15 @@ class ContrastiveTower(nn.Module):
   @nn.compact
   def __call__(self, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
     emb = image_encoder_lib.ImageEncoder(
-        out_dim=self.out_dim, width=self.width, depth=self.depth,
-        dtype=self.dtype, name="encoder")(x1)
-    scale = self.param("logit_scale", nn.initializers.constant(
-        self.init_logit_scale), ())
+        out_dim=self.out_dim,
+        width=self.width,
+        depth=self.depth,
+        dtype=self.dtype,
+        name="encoder",
+    )(x1)
+    scale = self.param(
+        "logit_scale", nn.initializers.constant(self.init_logit_scale), ()
+    )
     return emb, scale
 
 
@@ -44,10 +50,11 @@ class CrossFlow(nn.Module):
   Each part gets its own block of the config (`from_config` picks them), not
   the whole run's config.
   """
-  text_encoder_config: Any    # config.text_encoder; unused with a frozen one.
-  head_config: Any            # config.head (its kind and that kind's block).
-  image_encoder_config: Any   # config.image_encoder.
-  flow_config: Any            # config.flow.
+
+  text_encoder_config: Any  # config.text_encoder; unused with a frozen one.
+  head_config: Any  # config.head (its kind and that kind's block).
+  image_encoder_config: Any  # config.image_encoder.
+  flow_config: Any  # config.flow.
   latent_shape: tuple[int, int, int]
   vocab_size: int
   max_len: int
@@ -58,33 +65,56 @@ class CrossFlow(nn.Module):
     dtype = jnp.dtype(self.dtype)
     if self.embedded_text_encoder:
       self.text_encoder = text_encoder_lib.SmallTextEncoder.from_config(
-          self.text_encoder_config, self.vocab_size, self.max_len, dtype)
+          self.text_encoder_config, self.vocab_size, self.max_len, dtype
+      )
     self.text_head = text_head_lib.make_text_head(
-        self.head_config.kind, self.latent_shape, dtype=dtype,
-        **head_kwargs(self.head_config))
+        self.head_config.kind,
+        self.latent_shape,
+        dtype=dtype,
+        **head_kwargs(self.head_config),
+    )
     h, w, ch = self.latent_shape
     i = self.image_encoder_config
     self.image_encoder = ContrastiveTower(
-        out_dim=h * w * ch, width=i.width, depth=i.depth,
-        init_logit_scale=i.init_logit_scale, dtype=dtype)
+        out_dim=h * w * ch,
+        width=i.width,
+        depth=i.depth,
+        init_logit_scale=i.init_logit_scale,
+        dtype=dtype,
+    )
     f = self.flow_config
     self.flow = dit_lib.DiT(
-        latent_shape=self.latent_shape, patch_size=f.patch_size,
-        width=f.width, depth=f.depth, num_heads=f.num_heads,
-        mlp_ratio=f.mlp_ratio, dtype=dtype,
-        scan=f.get("scan", False), remat=f.get("remat", "none"),
-        out_head=f.out_head)
+        latent_shape=self.latent_shape,
+        patch_size=f.patch_size,
+        width=f.width,
+        depth=f.depth,
+        num_heads=f.num_heads,
+        mlp_ratio=f.mlp_ratio,
+        dtype=dtype,
+        scan=f.get("scan", False),
+        remat=f.get("remat", "none"),
+        out_head=f.out_head,
+    )
 
   @classmethod
-  def from_config(cls, config, latent_shape, vocab_size: int,
-                  embedded_text_encoder: bool = True) -> "CrossFlow":
-    return cls(text_encoder_config=config.text_encoder,
-               head_config=config.head,
-               image_encoder_config=config.image_encoder,
-               flow_config=config.flow, latent_shape=tuple(latent_shape),
-               vocab_size=vocab_size, max_len=config.data.max_len,
-               dtype=config.dtype,
-               embedded_text_encoder=embedded_text_encoder)
+  def from_config(
+      cls,
+      config,
+      latent_shape,
+      vocab_size: int,
+      embedded_text_encoder: bool = True,
+  ) -> "CrossFlow":
+    return cls(
+        text_encoder_config=config.text_encoder,
+        head_config=config.head,
+        image_encoder_config=config.image_encoder,
+        flow_config=config.flow,
+        latent_shape=tuple(latent_shape),
+        vocab_size=vocab_size,
+        max_len=config.data.max_len,
+        dtype=config.dtype,
+        embedded_text_encoder=embedded_text_encoder,
+    )
 
   def encode_text(self, ids, mask):
     return self.text_encoder(ids, mask)
@@ -115,8 +145,9 @@ def head_kwargs(head_config: ml_collections.ConfigDict) -> dict:
   return dict(head_config[kind].to_dict())
 
 
-def text_posterior(model, text_frozen, params, frozen_text, ids, mask,
-                   tokens=None):
+def text_posterior(
+    model, text_frozen, params, frozen_text, ids, mask, tokens=None
+):
   """(mu, log_var) of the text head for a batch of captions.
 
   The token features are, in order of preference: `tokens` (cached by

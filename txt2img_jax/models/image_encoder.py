@@ -17,6 +17,7 @@ class ImageEncoder(nn.Module):
   Kept small on purpose: it only has to give the contrastive loss an image embedding to align
   z_text with, not to be a strong vision model. Output in float32.
   """
+
   out_dim: int
   width: int
   depth: int
@@ -27,12 +28,19 @@ class ImageEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # The stem's input side is the latent channel count (e.g. 4): too small to shard.
-    x = layers.conv(self.width, (3, 3), (None, None, None, 'conv_out'), name='stem', **kw)(
-        x.astype(self.dtype))
+    x = layers.conv(
+        self.width, (3, 3), (None, None, None, "conv_out"), name="stem", **kw
+    )(x.astype(self.dtype))
     for i in range(self.depth):
-      x = nn.gelu(nn.LayerNorm(name=f'ln_{i}', **kw)(x))
-      x = layers.conv(self.width, (3, 3), (None, None, 'conv_in', 'conv_out'), strides=2,
-                      name=f'down_{i}', **kw)(x)
-    x = nn.LayerNorm(name='ln_final', **kw)(jnp.mean(x, axis=(1, 2)))
-    out = layers.dense(self.out_dim, ('embed', None), name='proj', **kw)(x)
+      x = nn.gelu(nn.LayerNorm(name=f"ln_{i}", **kw)(x))
+      x = layers.conv(
+          self.width,
+          (3, 3),
+          (None, None, "conv_in", "conv_out"),
+          strides=2,
+          name=f"down_{i}",
+          **kw,
+      )(x)
+    x = nn.LayerNorm(name="ln_final", **kw)(jnp.mean(x, axis=(1, 2)))
+    out = layers.dense(self.out_dim, ("embed", None), name="proj", **kw)(x)
     return out.astype(jnp.float32)

@@ -27,13 +27,15 @@ def _pixel(config):
 def _pixel_shape(config):
   size, f = config.data.image_size, config.autoencoder.factor
   if f < 1 or size % f:
-    raise ValueError(f"autoencoder.factor={f} must divide "
-                     f"data.image_size={size}")
+    raise ValueError(
+        f"autoencoder.factor={f} must divide " f"data.image_size={size}"
+    )
   return size // f, size // f, 3 * f * f
 
 
 def _kl_vae(config):
   from txt2img_jax.models import kl_vae  # Only runs that use one load it.
+
   return kl_vae.load(_vae_path(config), dtype=config.dtype)
 
 
@@ -46,20 +48,25 @@ def _kl_vae_shape(config):
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
         f"autoencoder.path: cannot read {path} ({e}); it must be a "
-        "diffusers-format AutoencoderKL folder") from e
+        "diffusers-format AutoencoderKL folder"
+    ) from e
   factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
   size = config.data.image_size
   if size % factor:
-    raise ValueError(f"data.image_size={size} is not divisible by the VAE's "
-                     f"downsampling factor {factor}")
+    raise ValueError(
+        f"data.image_size={size} is not divisible by the VAE's "
+        f"downsampling factor {factor}"
+    )
   return size // factor, size // factor, int(vae.get("latent_channels", 4))
 
 
 def _vae_path(config) -> str:
   path = config.autoencoder.path
   if not path:
-    raise ValueError("autoencoder.kind='kl_vae' needs autoencoder.path: a "
-                     "local diffusers AutoencoderKL folder")
+    raise ValueError(
+        "autoencoder.kind='kl_vae' needs autoencoder.path: a "
+        "local diffusers AutoencoderKL folder"
+    )
   return os.path.expanduser(path)
 
 
@@ -73,8 +80,9 @@ REGISTRY = {
 def _entry(config):
   kind = config.autoencoder.kind
   if kind not in REGISTRY:
-    raise ValueError(f"autoencoder.kind={kind!r}: expected one of "
-                     f"{sorted(REGISTRY)}")
+    raise ValueError(
+        f"autoencoder.kind={kind!r}: expected one of " f"{sorted(REGISTRY)}"
+    )
   return REGISTRY[kind]
 
 
@@ -94,20 +102,26 @@ class MomentsFeaturizer:
   def __init__(self, autoencoder, dtype: str = "float32"):
     import jax
     import numpy as np
+
     self._np = np
     self._dtype = dtype
     self._encode = jax.jit(autoencoder.encode_moments)
     self._params = autoencoder.params
-    self.fingerprint = {"latent": autoencoder.fingerprint(),
-                        "moments_dtype": dtype}
+    self.fingerprint = {
+        "latent": autoencoder.fingerprint(),
+        "moments_dtype": dtype,
+    }
 
   def __call__(self, images_uint8, captions):
     del captions
     np = self._np
-    mean, logvar = self._encode(self._params,
-                                np.asarray(images_uint8, np.float32) / 255.0)
-    return {"moments_mean": np.asarray(mean, self._dtype),
-            "moments_logvar": np.asarray(logvar, self._dtype)}
+    mean, logvar = self._encode(
+        self._params, np.asarray(images_uint8, np.float32) / 255.0
+    )
+    return {
+        "moments_mean": np.asarray(mean, self._dtype),
+        "moments_logvar": np.asarray(logvar, self._dtype),
+    }
 
 
 class Featurizers:
@@ -136,11 +150,16 @@ def text_featurizer(config):
     return None
   import numpy as np
   from txt2img_jax.models import text_encoder as text_encoder_lib
+
   enc = text_encoder_lib.load_pretrained_text_encoder(
-      config.text_encoder.name, dtype=np.dtype(config.dtype))
+      config.text_encoder.name, dtype=np.dtype(config.dtype)
+  )
   return text_encoder_lib.TextFeaturizer(
-      enc, config.data.max_len, config.data.cache_captions,
-      config.data.text_cache_dtype)
+      enc,
+      config.data.max_len,
+      config.data.cache_captions,
+      config.data.text_cache_dtype,
+  )
 
 
 def featurizer(config, autoencoder):
@@ -148,8 +167,11 @@ def featurizer(config, autoencoder):
   (with weights, `data.cache_latents`) and a frozen text encoder's token
   features (`data.cache_text`); None when neither."""
   parts = []
-  if (autoencoder is not None and autoencoder.params
-      and config.data.cache_latents):
+  if (
+      autoencoder is not None
+      and autoencoder.params
+      and config.data.cache_latents
+  ):
     parts.append(MomentsFeaturizer(autoencoder))
   text = text_featurizer(config)
   if text is not None:

@@ -29,28 +29,55 @@ LogicalNames = Tuple[Optional[str], ...]
 default_kernel_init = nn.initializers.lecun_normal()
 
 
-def dense(features: int, names: LogicalNames, *, dtype: Dtype, param_dtype: Dtype,
-          kernel_init: Initializer = default_kernel_init,
-          bias_init: Initializer = nn.initializers.zeros_init(),
-          use_bias: bool = True, name: Optional[str] = None) -> nn.Dense:
+def dense(
+    features: int,
+    names: LogicalNames,
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    kernel_init: Initializer = default_kernel_init,
+    bias_init: Initializer = nn.initializers.zeros_init(),
+    use_bias: bool = True,
+    name: Optional[str] = None,
+) -> nn.Dense:
   """nn.Dense whose kernel carries logical axis names (input side, output side)."""
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      features,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
       kernel_init=nn.with_logical_partitioning(kernel_init, names),
-      bias_init=bias_init, name=name)
+      bias_init=bias_init,
+      name=name,
+  )
 
 
-def conv(features: int, kernel_size: Sequence[int], names: LogicalNames, *, dtype: Dtype,
-         param_dtype: Dtype, strides: int = 1, feature_group_count: int = 1,
-         kernel_init: Initializer = default_kernel_init,
-         bias_init: Initializer = nn.initializers.zeros_init(),
-         name: Optional[str] = None) -> nn.Conv:
+def conv(
+    features: int,
+    kernel_size: Sequence[int],
+    names: LogicalNames,
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    strides: int = 1,
+    feature_group_count: int = 1,
+    kernel_init: Initializer = default_kernel_init,
+    bias_init: Initializer = nn.initializers.zeros_init(),
+    name: Optional[str] = None,
+) -> nn.Conv:
   """nn.Conv (SAME padding) whose kernel carries logical axis names."""
   return nn.Conv(
-      features, tuple(kernel_size), strides=strides, padding='SAME',
-      feature_group_count=feature_group_count, dtype=dtype, param_dtype=param_dtype,
+      features,
+      tuple(kernel_size),
+      strides=strides,
+      padding="SAME",
+      feature_group_count=feature_group_count,
+      dtype=dtype,
+      param_dtype=param_dtype,
       kernel_init=nn.with_logical_partitioning(kernel_init, names),
-      bias_init=bias_init, name=name)
+      bias_init=bias_init,
+      name=name,
+  )
 
 
 def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -64,6 +91,7 @@ def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
 
 class MLP(nn.Module):
   """Two-layer GELU MLP: width -> hidden -> width (or out_features)."""
+
   hidden: int
   out_features: Optional[int] = None
   dtype: Dtype = jnp.float32
@@ -73,9 +101,9 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     out = self.out_features or x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = dense(self.hidden, ('embed', 'mlp'), name='fc1', **kw)(x)
+    x = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
     x = nn.gelu(x)
-    return dense(out, ('mlp', 'embed'), name='fc2', **kw)(x)
+    return dense(out, ("mlp", "embed"), name="fc2", **kw)(x)
 
 
 class Attention(nn.Module):
@@ -84,37 +112,45 @@ class Attention(nn.Module):
   `mask` is a key mask (B, Lk): False keys receive no attention. Logits and softmax run in
   float32 so a bf16 compute dtype does not saturate the mask.
   """
+
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: Optional[jax.Array] = None,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      context: Optional[jax.Array] = None,
+      mask: Optional[jax.Array] = None,
+  ) -> jax.Array:
     context = x if context is None else context
     width = x.shape[-1]
     if width % self.num_heads:
-      raise ValueError(f'width {width} is not divisible by num_heads {self.num_heads}')
+      raise ValueError(
+          f"width {width} is not divisible by num_heads {self.num_heads}"
+      )
     head_dim = width // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def heads(name, inputs):
-      y = dense(width, ('embed', 'heads'), name=name, **kw)(inputs)
+      y = dense(width, ("embed", "heads"), name=name, **kw)(inputs)
       return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
 
-    q, k, v = heads('query', x), heads('key', context), heads('value', context)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+    q, k, v = heads("query", x), heads("key", context), heads("value", context)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     logits = logits / np.sqrt(head_dim)
     if mask is not None:
       keep = mask.astype(bool)[:, None, None, :]
       logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(*x.shape[:-1], width)
-    return dense(width, ('heads', 'embed'), name='out', **kw)(out)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(*x.shape[:-1], width)
+    return dense(width, ("heads", "embed"), name="out", **kw)(out)
 
 
 class TransformerBlock(nn.Module):
   """Pre-LN block: x + attn(LN x) [+ cross-attn to context], then x + MLP(LN x)."""
+
   num_heads: int
   mlp_ratio: float = 4.0
   cross_attention: bool = False
@@ -122,25 +158,31 @@ class TransformerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
-               context: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      mask: Optional[jax.Array] = None,
+      context: Optional[jax.Array] = None,
+  ) -> jax.Array:
     """With cross_attention, `mask` masks the context tokens; otherwise it masks x's tokens."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: nn.LayerNorm(name=name, **kw)
-    attn = Attention(self.num_heads, name='attn', **kw)
+    attn = Attention(self.num_heads, name="attn", **kw)
     if self.cross_attention:
-      x = x + attn(norm('ln_q')(x), norm('ln_kv')(context), mask)
+      x = x + attn(norm("ln_q")(x), norm("ln_kv")(context), mask)
     else:
-      x = x + attn(norm('ln_attn')(x), None, mask)
+      x = x + attn(norm("ln_attn")(x), None, mask)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + MLP(hidden, name='mlp', **kw)(norm('ln_mlp')(x))
+    return x + MLP(hidden, name="mlp", **kw)(norm("ln_mlp")(x))
 
 
 def sincos_1d(width: int, positions: np.ndarray) -> np.ndarray:
   """Fixed sin-cos features (N, width) of integer positions, MAE-style frequencies."""
   if width % 2:
-    raise ValueError(f'sin-cos width must be even, got {width}')
-  omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=np.float64) / (width / 2.0))
+    raise ValueError(f"sin-cos width must be even, got {width}")
+  omega = 1.0 / 10000 ** (
+      np.arange(width // 2, dtype=np.float64) / (width / 2.0)
+  )
   angles = positions.reshape(-1)[:, None] * omega[None, :]
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
@@ -148,13 +190,19 @@ def sincos_1d(width: int, positions: np.ndarray) -> np.ndarray:
 def sincos_2d(width: int, height: int, grid_width: int) -> np.ndarray:
   """Fixed 2D sin-cos position embedding, (height * grid_width, width), row-major."""
   if width % 4:
-    raise ValueError(f'2D sin-cos width must be divisible by 4, got {width}')
-  rows, cols = np.meshgrid(np.arange(height), np.arange(grid_width), indexing='ij')
-  emb = np.concatenate([sincos_1d(width // 2, rows), sincos_1d(width // 2, cols)], axis=1)
+    raise ValueError(f"2D sin-cos width must be divisible by 4, got {width}")
+  rows, cols = np.meshgrid(
+      np.arange(height), np.arange(grid_width), indexing="ij"
+  )
+  emb = np.concatenate(
+      [sincos_1d(width // 2, rows), sincos_1d(width // 2, cols)], axis=1
+  )
   return emb.astype(np.float32)
 
 
-def sinusoidal_features(x: jax.Array, dim: int, min_freq: float, max_freq: float) -> jax.Array:
+def sinusoidal_features(
+    x: jax.Array, dim: int, min_freq: float, max_freq: float
+) -> jax.Array:
   """[cos, sin] of x times `dim // 2` frequencies spaced geometrically in [min_freq, max_freq].
 
   Frequencies are in radians per unit of x (no hidden x1000 scale), so the same features serve
@@ -162,7 +210,7 @@ def sinusoidal_features(x: jax.Array, dim: int, min_freq: float, max_freq: float
   stays below one half-turn over the whole range, so it never wraps).
   """
   if dim % 2:
-    raise ValueError(f'feature dim must be even, got {dim}')
+    raise ValueError(f"feature dim must be even, got {dim}")
   freqs = jnp.exp(jnp.linspace(jnp.log(max_freq), jnp.log(min_freq), dim // 2))
   angles = x.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
@@ -175,6 +223,7 @@ class ScalarEmbed(nn.Module):
   `t * 1000` with max period 10^4 in resolution; for logSNR in [-10, 10] the slowest
   frequency turns by 0.05 * 20 = 1 rad over the whole range, so features stay unambiguous.
   """
+
   width: int
   freq_dim: int = 256
   min_freq: float = 0.05
@@ -186,5 +235,7 @@ class ScalarEmbed(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     feats = sinusoidal_features(x, self.freq_dim, self.min_freq, self.max_freq)
-    h = dense(self.width, (None, 'mlp'), name='fc1', **kw)(feats.astype(self.dtype))
-    return dense(self.width, ('mlp', 'embed'), name='fc2', **kw)(nn.silu(h))
+    h = dense(self.width, (None, "mlp"), name="fc1", **kw)(
+        feats.astype(self.dtype)
+    )
+    return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.silu(h))

@@ -17,8 +17,8 @@ from txt2img_jax.models import text_encoder_weights as weights_lib
 
 Dtype = Any
 
-_CLIP_TYPES = ('clip', 'clip_text_model')
-_T5_TYPES = ('t5',)
+_CLIP_TYPES = ("clip", "clip_text_model")
+_T5_TYPES = ("t5",)
 # T5 has relative positions and no hard limit; tokenizers often report a huge sentinel instead.
 _FALLBACK_MAX_LEN = 512
 
@@ -29,6 +29,7 @@ class SmallTextEncoder(nn.Module):
   __call__(ids int32 (B, L), mask (B, L)) -> (B, L, width). Padded tokens (mask False) are never
   attended to, so they cannot change the features of valid tokens.
   """
+
   vocab_size: int
   max_len: int
   width: int
@@ -39,29 +40,47 @@ class SmallTextEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @classmethod
-  def from_config(cls, config, vocab_size: int, max_len: int,
-                  dtype: Dtype = jnp.float32) -> 'SmallTextEncoder':
+  def from_config(
+      cls, config, vocab_size: int, max_len: int, dtype: Dtype = jnp.float32
+  ) -> "SmallTextEncoder":
     """The embedded encoder a run's `config.text_encoder` describes."""
-    return cls(vocab_size=vocab_size, max_len=max_len, width=config.width,
-               depth=config.depth, num_heads=config.num_heads,
-               mlp_ratio=config.mlp_ratio, dtype=dtype)
+    return cls(
+        vocab_size=vocab_size,
+        max_len=max_len,
+        width=config.width,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        dtype=dtype,
+    )
 
   @nn.compact
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     if ids.shape[1] > self.max_len:
-      raise ValueError(f'sequence length {ids.shape[1]} exceeds max_len {self.max_len}')
+      raise ValueError(
+          f"sequence length {ids.shape[1]} exceeds max_len {self.max_len}"
+      )
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     init = nn.initializers.normal(0.02)
-    x = nn.Embed(self.vocab_size, self.width, name='token_embed',
-                 embedding_init=nn.with_logical_partitioning(init, ('vocab', 'embed')),
-                 **kw)(ids)
-    pos = self.param('pos_embed', nn.with_logical_partitioning(init, (None, 'embed')),
-                     (self.max_len, self.width), self.param_dtype)
-    x = x + pos[None, :ids.shape[1]].astype(self.dtype)
+    x = nn.Embed(
+        self.vocab_size,
+        self.width,
+        name="token_embed",
+        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
+        **kw,
+    )(ids)
+    pos = self.param(
+        "pos_embed",
+        nn.with_logical_partitioning(init, (None, "embed")),
+        (self.max_len, self.width),
+        self.param_dtype,
+    )
+    x = x + pos[None, : ids.shape[1]].astype(self.dtype)
     for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.mlp_ratio, name=f'block_{i}', **kw)(
-          x, mask)
-    return nn.LayerNorm(name='ln_final', **kw)(x)
+      x = layers.TransformerBlock(
+          self.num_heads, self.mlp_ratio, name=f"block_{i}", **kw
+      )(x, mask)
+    return nn.LayerNorm(name="ln_final", **kw)(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +90,7 @@ class PretrainedTextEncoder:
   `identity` says what produced its features (architecture, compute dtype, a hash of every
   weight, the tokenizer): a cache of them is keyed by `fingerprint()`.
   """
+
   params: Any
   apply: Callable[[Any, jax.Array, jax.Array], jax.Array]
   width: int
@@ -80,43 +100,67 @@ class PretrainedTextEncoder:
   identity: Any = None
 
   def fingerprint(self) -> str:
-    meta = json.dumps({'identity': self.identity, 'max_len': self.max_len}, sort_keys=True)
+    meta = json.dumps(
+        {"identity": self.identity, "max_len": self.max_len}, sort_keys=True
+    )
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 
 def _config(path: str):
   from transformers import AutoConfig  # Imported lazily: transformers is slow to import.
+
   try:
     return AutoConfig.from_pretrained(path)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
-        f'text_encoder.name={path!r}: cannot read its config.json ({e}); give a local CLIP '
-        'text model or T5 encoder folder') from None
+        f"text_encoder.name={path!r}: cannot read its config.json ({e}); give a local CLIP "
+        "text model or T5 encoder folder"
+    ) from None
 
 
 def _tokenizer_hash(tokenizer) -> str:
   """What turns a caption into ids: the fast tokenizer's whole pipeline, else its vocabulary."""
-  backend = getattr(tokenizer, 'backend_tokenizer', None)
-  text = backend.to_str() if backend is not None else json.dumps(
-      sorted(tokenizer.get_vocab().items()))
-  text += json.dumps([type(tokenizer).__name__, tokenizer.padding_side,
-                      tokenizer.truncation_side, str(tokenizer.pad_token)])
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  text = (
+      backend.to_str()
+      if backend is not None
+      else json.dumps(sorted(tokenizer.get_vocab().items()))
+  )
+  text += json.dumps(
+      [
+          type(tokenizer).__name__,
+          tokenizer.padding_side,
+          tokenizer.truncation_side,
+          str(tokenizer.pad_token),
+      ]
+  )
   return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _architecture(config) -> dict:
   d = config.to_dict()
-  for volatile in ('transformers_version', '_name_or_path', 'architectures', 'torch_dtype',
-                   'dtype', '_commit_hash', '_attn_implementation_autoset'):
+  for volatile in (
+      "transformers_version",
+      "_name_or_path",
+      "architectures",
+      "torch_dtype",
+      "dtype",
+      "_commit_hash",
+      "_attn_implementation_autoset",
+  ):
     d.pop(volatile, None)
   return d
 
 
-def load_pretrained_text_encoder(name_or_path: str, dtype: Dtype = jnp.float32,
-                                 max_len: Optional[int] = None) -> PretrainedTextEncoder:
+def load_pretrained_text_encoder(
+    name_or_path: str, dtype: Dtype = jnp.float32, max_len: Optional[int] = None
+) -> PretrainedTextEncoder:
   """`_load` once per process for the same files: `prepare` (to cache features) and the run
-  both ask for the encoder, and hashing a T5-XXL's weights twice would cost tens of seconds."""
-  return _load_cached(name_or_path, jnp.dtype(dtype).name, max_len, _files_state(name_or_path))
+  both ask for the encoder, and hashing a T5-XXL's weights twice would cost tens of seconds.
+  """
+  return _load_cached(
+      name_or_path, jnp.dtype(dtype).name, max_len, _files_state(name_or_path)
+  )
 
 
 def _files_state(path: str) -> tuple:
@@ -136,8 +180,9 @@ def _load_cached(name_or_path, dtype, max_len, files_state):
   return _load(name_or_path, jnp.dtype(dtype), max_len)
 
 
-def _load(name_or_path: str, dtype: Dtype = jnp.float32,
-          max_len: Optional[int] = None) -> PretrainedTextEncoder:
+def _load(
+    name_or_path: str, dtype: Dtype = jnp.float32, max_len: Optional[int] = None
+) -> PretrainedTextEncoder:
   """Loads a Flax CLIP text model or T5 encoder plus its tokenizer from a folder.
 
   Weights: `flax_model.msgpack`, else PyTorch `model.safetensors` (or its shards) converted
@@ -150,7 +195,7 @@ def _load(name_or_path: str, dtype: Dtype = jnp.float32,
   config = _config(name_or_path)
   model_type = config.model_type
   if model_type in _CLIP_TYPES:
-    if model_type == 'clip':  # A full CLIPModel folder: its text tower.
+    if model_type == "clip":  # A full CLIPModel folder: its text tower.
       config = config.text_config
     cls = transformers.FlaxCLIPTextModel
     width = config.hidden_size
@@ -161,35 +206,55 @@ def _load(name_or_path: str, dtype: Dtype = jnp.float32,
     default_len = None
   else:
     raise ValueError(
-        f'unsupported text encoder model_type {model_type!r} for {name_or_path!r}; '
-        f'expected one of {_CLIP_TYPES + _T5_TYPES}')
+        f"unsupported text encoder model_type {model_type!r} for {name_or_path!r}; "
+        f"expected one of {_CLIP_TYPES + _T5_TYPES}"
+    )
   # _do_init=False: the weights come from disk, so no full-size random init runs on the host.
   if weights_lib.has_flax(name_or_path) or not os.path.isdir(name_or_path):
-    model, params = cls.from_pretrained(name_or_path, dtype=dtype, _do_init=False)
+    model, params = cls.from_pretrained(
+        name_or_path, dtype=dtype, _do_init=False
+    )
     weights_hash = weights_lib.hash_params(params)
   elif weights_lib.has_safetensors(name_or_path):
     model = cls(config, dtype=dtype, _do_init=False)
-    params, weights_hash = weights_lib.load_safetensors(name_or_path, model.params_shape_tree)
+    params, weights_hash = weights_lib.load_safetensors(
+        name_or_path, model.params_shape_tree
+    )
   else:
     raise FileNotFoundError(
-        f'text_encoder.name={name_or_path!r} has neither {weights_lib.FLAX_FILE} nor '
-        f'{weights_lib.WEIGHTS_FILE}; save the model with save_pretrained(safe_serialization=True)')
+        f"text_encoder.name={name_or_path!r} has neither {weights_lib.FLAX_FILE} nor "
+        f"{weights_lib.WEIGHTS_FILE}; save the model with save_pretrained(safe_serialization=True)"
+    )
   tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
   if default_len is None:
-    limit = getattr(tokenizer, 'model_max_length', None) or _FALLBACK_MAX_LEN
+    limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LEN
     default_len = min(int(limit), _FALLBACK_MAX_LEN)
 
   def apply(params, ids, mask):
-    out = model(input_ids=ids, attention_mask=mask.astype(jnp.int32), params=params,
-                train=False)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask.astype(jnp.int32),
+        params=params,
+        train=False,
+    )
     return out.last_hidden_state
 
-  identity = {'model_type': model_type, 'architecture': _architecture(model.config),
-              'dtype': jnp.dtype(dtype).name, 'weights': weights_hash,
-              'tokenizer': _tokenizer_hash(tokenizer)}
-  return PretrainedTextEncoder(params=params, apply=apply, width=width,
-                               tokenizer=tokenizer, max_len=max_len or default_len,
-                               model_type=model_type, identity=identity)
+  identity = {
+      "model_type": model_type,
+      "architecture": _architecture(model.config),
+      "dtype": jnp.dtype(dtype).name,
+      "weights": weights_hash,
+      "tokenizer": _tokenizer_hash(tokenizer),
+  }
+  return PretrainedTextEncoder(
+      params=params,
+      apply=apply,
+      width=width,
+      tokenizer=tokenizer,
+      max_len=max_len or default_len,
+      model_type=model_type,
+      identity=identity,
+  )
 
 
 class TextFeaturizer:
@@ -204,41 +269,65 @@ class TextFeaturizer:
   which are part of the cache's key.
   """
 
-  def __init__(self, encoder: PretrainedTextEncoder, max_len: int, max_captions: int = 5,
-               dtype: str = 'float16', batch_size: int = 64):
-    if dtype not in ('float16', 'float32'):
-      raise ValueError(f'data.text_cache_dtype={dtype!r}: expected float16 or float32')
+  def __init__(
+      self,
+      encoder: PretrainedTextEncoder,
+      max_len: int,
+      max_captions: int = 5,
+      dtype: str = "float16",
+      batch_size: int = 64,
+  ):
+    if dtype not in ("float16", "float32"):
+      raise ValueError(
+          f"data.text_cache_dtype={dtype!r}: expected float16 or float32"
+      )
     if max_captions < 1:
-      raise ValueError(f'data.cache_captions={max_captions} must be >= 1')
+      raise ValueError(f"data.cache_captions={max_captions} must be >= 1")
     if max_len > encoder.max_len:
-      raise ValueError(f'data.max_len={max_len} exceeds the text encoder\'s {encoder.max_len} '
-                       'positions; lower data.max_len')
-    self.encoder, self.max_len, self.max_captions = encoder, max_len, max_captions
+      raise ValueError(
+          f"data.max_len={max_len} exceeds the text encoder's {encoder.max_len} "
+          "positions; lower data.max_len"
+      )
+    self.encoder, self.max_len, self.max_captions = (
+        encoder,
+        max_len,
+        max_captions,
+    )
     self.dtype, self.batch_size = dtype, batch_size
     self._apply = jax.jit(encoder.apply)
-    self.fingerprint = {'text': encoder.fingerprint(), 'text_max_len': max_len,
-                        'text_dtype': dtype, 'text_captions': max_captions}
+    self.fingerprint = {
+        "text": encoder.fingerprint(),
+        "text_max_len": max_len,
+        "text_dtype": dtype,
+        "text_captions": max_captions,
+    }
 
   def features(self, captions: Sequence[str]) -> np.ndarray:
     """(N, max_len, width) in the cache dtype; batches padded to one shape (one compile)."""
     from txt2img_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    ids, mask = tokenizer_lib.tokenize(self.encoder.tokenizer, list(captions), self.max_len)
+
+    ids, mask = tokenizer_lib.tokenize(
+        self.encoder.tokenizer, list(captions), self.max_len
+    )
     out, bs = [], self.batch_size
     for s in range(0, len(ids), bs):
       n = min(bs, len(ids) - s)
       pad = ((0, bs - n), (0, 0))
-      f = self._apply(self.encoder.params, np.pad(ids[s:s + n], pad),
-                      np.pad(mask[s:s + n], pad))
+      f = self._apply(
+          self.encoder.params,
+          np.pad(ids[s : s + n], pad),
+          np.pad(mask[s : s + n], pad),
+      )
       out.append(np.asarray(f[:n], self.dtype))
     return np.concatenate(out)
 
   def __call__(self, images_uint8, captions: Sequence[Sequence[str]]):
     del images_uint8
-    caps = [list(c)[:self.max_captions] for c in captions]
+    caps = [list(c)[: self.max_captions] for c in captions]
     flat = self.features([c for cs in caps for c in cs])
     out = np.zeros((len(caps), self.max_captions) + flat.shape[1:], self.dtype)
     i = 0
     for b, cs in enumerate(caps):
-      out[b, :len(cs)] = flat[i:i + len(cs)]
+      out[b, : len(cs)] = flat[i : i + len(cs)]
       i += len(cs)
-    return {'text_tokens': out}
+    return {"text_tokens": out}

@@ -25,18 +25,25 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import jax
 import numpy as np
 
-WEIGHTS_FILE = 'model.safetensors'
-INDEX_FILE = 'model.safetensors.index.json'
-FLAX_FILE = 'flax_model.msgpack'
-_LEAF_TO_TORCH = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight',
-                  'weight': 'weight', 'bias': 'bias'}
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+FLAX_FILE = "flax_model.msgpack"
+_LEAF_TO_TORCH = {
+    "kernel": "weight",
+    "embedding": "weight",
+    "scale": "weight",
+    "weight": "weight",
+    "bias": "bias",
+}
 # Tied input embeddings: safetensors keeps one name of a tied pair, which one depends on the
 # saving class (T5EncoderModel keeps `shared.weight`, some exports `encoder.embed_tokens.weight`).
-_ALIASES = {'shared.weight': ('encoder.embed_tokens.weight',)}
+_ALIASES = {"shared.weight": ("encoder.embed_tokens.weight",)}
 
 
 def has_safetensors(path: str) -> bool:
-  return any(os.path.isfile(os.path.join(path, f)) for f in (WEIGHTS_FILE, INDEX_FILE))
+  return any(
+      os.path.isfile(os.path.join(path, f)) for f in (WEIGHTS_FILE, INDEX_FILE)
+  )
 
 
 def has_flax(path: str) -> bool:
@@ -51,45 +58,51 @@ def weight_files(path: str) -> list[str]:
   index = os.path.join(path, INDEX_FILE)
   try:
     with open(index) as f:
-      shards = sorted(set(json.load(f)['weight_map'].values()))
+      shards = sorted(set(json.load(f)["weight_map"].values()))
   except (OSError, ValueError, KeyError) as e:
     raise FileNotFoundError(
-        f'{path!r}: cannot read {WEIGHTS_FILE} or a valid {INDEX_FILE} ({e}); the text encoder '
-        f'folder needs PyTorch safetensors or {FLAX_FILE}') from None
+        f"{path!r}: cannot read {WEIGHTS_FILE} or a valid {INDEX_FILE} ({e}); the text encoder "
+        f"folder needs PyTorch safetensors or {FLAX_FILE}"
+    ) from None
   return [os.path.join(path, s) for s in shards]
 
 
 def _read_tensors(files: Sequence[str]) -> Dict[str, np.ndarray]:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
   out = {}
   for path in files:
     try:
       out.update(load_file(path))
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'cannot read {path}: {e}') from None
+      raise ValueError(f"cannot read {path}: {e}") from None
   return out
 
 
 def _torch_name(path: Tuple[str, ...]) -> str:
   *modules, leaf = path
   # Bare parameters (CLIP's logit_scale, class_embedding) keep their name.
-  return '.'.join(modules + [_LEAF_TO_TORCH.get(leaf, leaf)])
+  return ".".join(modules + [_LEAF_TO_TORCH.get(leaf, leaf)])
 
 
 def _to_flax_layout(leaf: str, array: np.ndarray) -> np.ndarray:
-  if leaf == 'kernel' and array.ndim == 4:  # conv OIHW -> HWIO (CLIP's patch embedding)
+  if (
+      leaf == "kernel" and array.ndim == 4
+  ):  # conv OIHW -> HWIO (CLIP's patch embedding)
     return array.transpose(2, 3, 1, 0)
-  return array.T if leaf == 'kernel' else array
+  return array.T if leaf == "kernel" else array
 
 
 def _list(title: str, items: Sequence[str], limit: int = 8) -> str:
-  shown = ', '.join(items[:limit]) + (f', ... ({len(items) - limit} more)'
-                                      if len(items) > limit else '')
-  return f'{len(items)} {title}: {shown}'
+  shown = ", ".join(items[:limit]) + (
+      f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+  )
+  return f"{len(items)} {title}: {shown}"
 
 
-def convert(shape_tree: Any, tensors: Mapping[str, np.ndarray], where: str
-            ) -> Tuple[Dict[str, Any], str]:
+def convert(
+    shape_tree: Any, tensors: Mapping[str, np.ndarray], where: str
+) -> Tuple[Dict[str, Any], str]:
   """(Flax params as float32 numpy, sha256 of every weight used) from PyTorch tensors.
 
   `shape_tree` is the Flax model's `params_shape_tree`; `where` names the files in errors.
@@ -101,13 +114,15 @@ def convert(shape_tree: Any, tensors: Mapping[str, np.ndarray], where: str
   for key_path, leaf in sorted(flat, key=lambda x: jax.tree_util.keystr(x[0])):
     path = tuple(str(k.key) for k in key_path)
     name = _torch_name(path)
-    found = next((n for n in (name,) + _ALIASES.get(name, ()) if n in tensors), None)
+    found = next(
+        (n for n in (name,) + _ALIASES.get(name, ()) if n in tensors), None
+    )
     if found is None:
       missing.append(name)
       continue
     array = _to_flax_layout(path[-1], np.asarray(tensors[found], np.float32))
     if array.shape != tuple(leaf.shape):
-      misshaped.append(f'{found} {tuple(tensors[found].shape)}')
+      misshaped.append(f"{found} {tuple(tensors[found].shape)}")
       continue
     array = np.ascontiguousarray(array)
     digest.update(name.encode())
@@ -117,23 +132,30 @@ def convert(shape_tree: Any, tensors: Mapping[str, np.ndarray], where: str
       node = node.setdefault(p, {})
     node[path[-1]] = array
   if missing or misshaped:
-    problems = [_list(t, items) for t, items in (('missing', missing),
-                                                 ('mis-shaped', misshaped)) if items]
-    raise ValueError(f'{where} does not match its config.json: ' + '; '.join(problems))
+    problems = [
+        _list(t, items)
+        for t, items in (("missing", missing), ("mis-shaped", misshaped))
+        if items
+    ]
+    raise ValueError(
+        f"{where} does not match its config.json: " + "; ".join(problems)
+    )
   return params, digest.hexdigest()
 
 
 def load_safetensors(path: str, shape_tree: Any) -> Tuple[Dict[str, Any], str]:
   """(params, weights hash) of a folder's safetensors, for a model of `shape_tree`."""
   files = weight_files(path)
-  return convert(shape_tree, _read_tensors(files), ', '.join(files))
+  return convert(shape_tree, _read_tensors(files), ", ".join(files))
 
 
 def hash_params(params: Any) -> str:
   """sha256 over every leaf: the identity of weights loaded from Flax msgpack."""
   digest = hashlib.sha256()
-  for key_path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
-                               key=lambda x: jax.tree_util.keystr(x[0])):
+  for key_path, leaf in sorted(
+      jax.tree_util.tree_flatten_with_path(params)[0],
+      key=lambda x: jax.tree_util.keystr(x[0]),
+  ):
     # The same names and order as `convert`: one set of weights, one hash, whatever the format.
     digest.update(_torch_name(tuple(str(k.key) for k in key_path)).encode())
     digest.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())

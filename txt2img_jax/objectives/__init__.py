@@ -22,23 +22,28 @@ from txt2img_jax.objectives import crossflow
 from txt2img_jax.objectives import noise_flow
 
 
-
 class Objective(Protocol):
   LOSS_TERMS: tuple[str, ...]
   EMA_KEYS: tuple[str, ...]
 
-  def make_loss(self, config, model, autoencoder, text_frozen,
-                perceptual=None) -> Callable: ...
+  def make_loss(
+      self, config, model, autoencoder, text_frozen, perceptual=None
+  ) -> Callable:
+    ...
 
-  def build_model(self, config, latent_shape, vocab_size: int,
-                  embedded: bool) -> Any: ...
+  def build_model(
+      self, config, latent_shape, vocab_size: int, embedded: bool
+  ) -> Any:
+    ...
 
-  def make_generate(self, config, model, autoencoder,
-                    text_frozen) -> Callable: ...
+  def make_generate(self, config, model, autoencoder, text_frozen) -> Callable:
+    ...
 
 
-REGISTRY: dict[str, Objective] = {"crossflow": crossflow,
-                                  "noise_flow": noise_flow}
+REGISTRY: dict[str, Objective] = {
+    "crossflow": crossflow,
+    "noise_flow": noise_flow,
+}
 
 
 def get(name: str) -> Objective:

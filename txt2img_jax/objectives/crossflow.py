@@ -35,13 +35,15 @@ def image_latent(autoencoder, frozen, batch, rng, stats):
   if "moments_mean" in batch:
     moments = (batch["moments_mean"], batch["moments_logvar"])
     return ae_lib.sample_latent(autoencoder, moments, rng, stats)
-  return ae_lib.encode_latent(autoencoder, frozen.get("latent", {}),
-                              batch["image"], rng, stats)
+  return ae_lib.encode_latent(
+      autoencoder, frozen.get("latent", {}), batch["image"], rng, stats
+  )
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
-  return generator_lib.CrossFlow.from_config(config, latent_shape, vocab_size,
-                                             embedded)
+  return generator_lib.CrossFlow.from_config(
+      config, latent_shape, vocab_size, embedded
+  )
 
 
 def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
@@ -61,8 +63,14 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     apply = functools.partial(model.apply, {"params": params})
 
     mu, log_var = generator_lib.text_posterior(
-        model, text_frozen, params, frozen.get("text"), ids, mask,
-        tokens=batch.get("text_tokens"))
+        model,
+        text_frozen,
+        params,
+        frozen.get("text"),
+        ids,
+        mask,
+        tokens=batch.get("text_tokens"),
+    )
     mu = mu.astype(jnp.float32)
     log_var = log_var.astype(jnp.float32)
     z_text = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_eps, mu.shape)
@@ -74,12 +82,15 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     null, x1_target = losses.swap_null_targets(k_swap, null, x1)
     indicator = 1 - null.astype(jnp.int32)
 
-    t = timesteps.sample_t(k_t, b, c.time.sampler, step,
-                           c.time.start_prob)
+    t = timesteps.sample_t(k_t, b, c.time.sampler, step, c.time.start_prob)
     x_t = flow.interpolate(z_text, x1_target, t, sigma_min)
     v_target = flow.velocity_target(z_text, x1_target, sigma_min)
-    v_pred = apply(x_t, timesteps.time_input(t, c.flow.time_input), indicator,
-                   method="velocity")
+    v_pred = apply(
+        x_t,
+        timesteps.time_input(t, c.flow.time_input),
+        indicator,
+        method="velocity",
+    )
     flow_per_ex = losses.flow_mse_per_example(v_pred, v_target)
     loss_flow = flow_per_ex.mean()
 
@@ -94,19 +105,33 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
       # that say something else, drawn like z_text. A caption with nothing
       # to change came back as itself and is left out.
       neg_mu, neg_lv = generator_lib.text_posterior(
-          model, text_frozen, params, frozen.get("text"), batch["neg_ids"],
-          batch["neg_mask"])
+          model,
+          text_frozen,
+          params,
+          frozen.get("text"),
+          batch["neg_ids"],
+          batch["neg_mask"],
+      )
       neg_mu = neg_mu.astype(jnp.float32)
       negatives = neg_mu + jnp.exp(0.5 * neg_lv.astype(jnp.float32)) * (
-          jax.random.normal(jax.random.fold_in(k_eps, 1), neg_mu.shape))
+          jax.random.normal(jax.random.fold_in(k_eps, 1), neg_mu.shape)
+      )
       negatives_valid = jnp.any(batch["neg_ids"] != ids, axis=1)
-    loss_clip = losses.contrastive(z_text, img_emb, logit_scale,
-                                   c.loss.logit_scale_kind,
-                                   negatives=negatives,
-                                   negatives_valid=negatives_valid)
+    loss_clip = losses.contrastive(
+        z_text,
+        img_emb,
+        logit_scale,
+        c.loss.logit_scale_kind,
+        negatives=negatives,
+        negatives_valid=negatives_valid,
+    )
     loss_tv = losses.total_variation(z_text).mean()
-    total = (c.loss.flow_weight * loss_flow + kl_w * kl_raw
-             + c.loss.clip_weight * loss_clip + c.loss.tv_weight * loss_tv)
+    total = (
+        c.loss.flow_weight * loss_flow
+        + kl_w * kl_raw
+        + c.loss.clip_weight * loss_clip
+        + c.loss.tv_weight * loss_tv
+    )
     align_weight = c.loss.align_weight
     align_w = jnp.float32(align_weight)
     loss_align = jnp.float32(0.0)
@@ -121,14 +146,18 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
       # On the decoded one-step estimate of the image, against the image.
       latent_params = frozen.get("latent", {})
       x1_hat = flow.one_step_estimate(x_t, v_pred, t)
-      images_hat = ae_lib.decode_latent(autoencoder, latent_params, x1_hat,
-                                        stats)
-      target_images = ae_lib.decode_latent(autoencoder, latent_params,
-                                           x1_target, stats)
-      loss_lpips = perceptual.distance(frozen["lpips"], images_hat,
-                                       target_images).mean()
-      lpips_w = losses.window_weight(step, c.loss.lpips_weight,
-                                     c.loss.lpips_start, c.loss.lpips_stop)
+      images_hat = ae_lib.decode_latent(
+          autoencoder, latent_params, x1_hat, stats
+      )
+      target_images = ae_lib.decode_latent(
+          autoencoder, latent_params, x1_target, stats
+      )
+      loss_lpips = perceptual.distance(
+          frozen["lpips"], images_hat, target_images
+      ).mean()
+      lpips_w = losses.window_weight(
+          step, c.loss.lpips_weight, c.loss.lpips_start, c.loss.lpips_stop
+      )
       total = total + lpips_w * loss_lpips
 
     def per_ex_norm(x):
@@ -139,23 +168,36 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     aux = {
         # loss_* are the weighted terms (they add up to loss); *_raw are
         # the terms before their weight.
-        "loss": total, "loss_flow": c.loss.flow_weight * loss_flow,
+        "loss": total,
+        "loss_flow": c.loss.flow_weight * loss_flow,
         "flow_raw": loss_flow,
-        "loss_kl": kl_w * kl_raw, "kl_raw": kl_raw, "kl_weight": kl_w,
-        "loss_clip": c.loss.clip_weight * loss_clip, "clip_raw": loss_clip,
+        "loss_kl": kl_w * kl_raw,
+        "kl_raw": kl_raw,
+        "kl_weight": kl_w,
+        "loss_clip": c.loss.clip_weight * loss_clip,
+        "clip_raw": loss_clip,
         "clip_weight": jnp.float32(c.loss.clip_weight),
-        "loss_tv": c.loss.tv_weight * loss_tv, "tv_raw": loss_tv,
+        "loss_tv": c.loss.tv_weight * loss_tv,
+        "tv_raw": loss_tv,
         "tv_weight": jnp.float32(c.loss.tv_weight),
-        "loss_lpips": lpips_w * loss_lpips, "lpips_raw": loss_lpips,
+        "loss_lpips": lpips_w * loss_lpips,
+        "lpips_raw": loss_lpips,
         "lpips_weight": lpips_w,
-        "loss_align": align_w * loss_align, "align_raw": loss_align,
+        "loss_align": align_w * loss_align,
+        "align_raw": loss_align,
         "align_weight": align_w,
         "logit_scale": logit_scale,
-        "z_text_norm": z_norm, "x1_norm": x_norm, "norm_ratio": z_norm / x_norm,
-        "mu_min": mu.min(), "mu_max": mu.max(), "mu_mean": mu.mean(),
-        "logvar_min": log_var.min(), "logvar_max": log_var.max(),
+        "z_text_norm": z_norm,
+        "x1_norm": x_norm,
+        "norm_ratio": z_norm / x_norm,
+        "mu_min": mu.min(),
+        "mu_max": mu.max(),
+        "mu_mean": mu.mean(),
+        "logvar_min": log_var.min(),
+        "logvar_max": log_var.max(),
         "logvar_mean": log_var.mean(),
-        "flow_bucket_sum": bucket_sum, "flow_bucket_count": bucket_count,
+        "flow_bucket_sum": bucket_sum,
+        "flow_bucket_count": bucket_count,
     }
     return total, aux
 
@@ -171,22 +213,45 @@ def make_generate(config, model, autoencoder, text_frozen):
   """
   c = config
 
-  def generate(params, frozen_params, stats, ids, mask, rng, *,
-               num_steps, method, cfg_scale, use_mean):
+  def generate(
+      params,
+      frozen_params,
+      stats,
+      ids,
+      mask,
+      rng,
+      *,
+      num_steps,
+      method,
+      cfg_scale,
+      use_mean,
+  ):
     apply = functools.partial(model.apply, {"params": params})
     mu, log_var = generator_lib.text_posterior(
-        model, text_frozen, params, frozen_params.get("text"), ids, mask)
-    z = mu if use_mean else mu + jnp.exp(0.5 * log_var) * jax.random.normal(
-        rng, mu.shape, mu.dtype)
+        model, text_frozen, params, frozen_params.get("text"), ids, mask
+    )
+    z = (
+        mu
+        if use_mean
+        else mu
+        + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mu.shape, mu.dtype)
+    )
 
     def velocity(x, t, indicator):
-      return apply(x, timesteps.time_input(t, c.flow.time_input), indicator,
-                   method="velocity").astype(jnp.float32)
+      return apply(
+          x,
+          timesteps.time_input(t, c.flow.time_input),
+          indicator,
+          method="velocity",
+      ).astype(jnp.float32)
 
-    x1 = flow.integrate(velocity, z.astype(jnp.float32), num_steps, method,
-                        cfg_scale)
-    return ae_lib.decode_latent(autoencoder, frozen_params.get("latent", {}),
-                                x1, stats)
+    x1 = flow.integrate(
+        velocity, z.astype(jnp.float32), num_steps, method, cfg_scale
+    )
+    return ae_lib.decode_latent(
+        autoencoder, frozen_params.get("latent", {}), x1, stats
+    )
 
-  return jax.jit(generate, static_argnames=("num_steps", "method",
-                                            "cfg_scale", "use_mean"))
+  return jax.jit(
+      generate, static_argnames=("num_steps", "method", "cfg_scale", "use_mean")
+  )

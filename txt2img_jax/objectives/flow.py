@@ -13,7 +13,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-
 # The ODE methods of `integrate`: the one list the config check, the sample
 # and evaluate commands and the evaluators use.
 SAMPLERS = ("euler", "heun")
@@ -23,14 +22,16 @@ def _bcast(t: jax.Array, like: jax.Array) -> jax.Array:
   return t.reshape(t.shape + (1,) * (like.ndim - t.ndim))
 
 
-def interpolate(z_text: jax.Array, x1: jax.Array, t: jax.Array,
-                sigma_min: float) -> jax.Array:
+def interpolate(
+    z_text: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float
+) -> jax.Array:
   t = _bcast(t, x1)
   return (1.0 - (1.0 - sigma_min) * t) * z_text + t * x1
 
 
-def velocity_target(z_text: jax.Array, x1: jax.Array,
-                    sigma_min: float) -> jax.Array:
+def velocity_target(
+    z_text: jax.Array, x1: jax.Array, sigma_min: float
+) -> jax.Array:
   return x1 - (1.0 - sigma_min) * z_text
 
 
@@ -39,8 +40,9 @@ def one_step_estimate(x_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
   return x_t + _bcast(1.0 - t, x_t) * v
 
 
-def cfg_velocity(velocity_fn: Callable, x: jax.Array, t: jax.Array,
-                 scale: float) -> jax.Array:
+def cfg_velocity(
+    velocity_fn: Callable, x: jax.Array, t: jax.Array, scale: float
+) -> jax.Array:
   """Classifier-free guidance: v_null + s (v_cond - v_null), one batched call.
 
   velocity_fn(x, t, indicator) with indicator 1 = conditional, 0 = null.
@@ -57,8 +59,13 @@ def cfg_velocity(velocity_fn: Callable, x: jax.Array, t: jax.Array,
   return v_null + scale * (v_cond - v_null)
 
 
-def integrate(velocity_fn: Callable, x0: jax.Array, num_steps: int,
-              method: str = "euler", cfg_scale: float = 1.0) -> jax.Array:
+def integrate(
+    velocity_fn: Callable,
+    x0: jax.Array,
+    num_steps: int,
+    method: str = "euler",
+    cfg_scale: float = 1.0,
+) -> jax.Array:
   """Integrates dx/dt = v from t = 0 to 1 with uniform steps.
 
   velocity_fn(x, t (B,), indicator (B,)) -> v. Heun (the trapezoid rule on

@@ -45,8 +45,9 @@ def flow_mse_per_example(v_pred: jax.Array, v_target: jax.Array) -> jax.Array:
 def alignment_per_example(mu: jax.Array, x1: jax.Array) -> jax.Array:
   """Mean squared distance of the text posterior's mean to the image latent
   (`loss.align_weight`), (B,); no gradient to x1."""
-  err = jnp.square(mu.astype(jnp.float32)
-                   - jax.lax.stop_gradient(x1).astype(jnp.float32))
+  err = jnp.square(
+      mu.astype(jnp.float32) - jax.lax.stop_gradient(x1).astype(jnp.float32)
+  )
   return err.reshape(err.shape[0], -1).mean(axis=1)
 
 
@@ -73,11 +74,15 @@ def total_variation(z: jax.Array) -> jax.Array:
   return dh + dw
 
 
-def contrastive(text_vec: jax.Array, image_vec: jax.Array,
-                logit_scale: jax.Array, kind: str = "exp",
-                max_scale: float = 100.0,
-                negatives: jax.Array | None = None,
-                negatives_valid: jax.Array | None = None) -> jax.Array:
+def contrastive(
+    text_vec: jax.Array,
+    image_vec: jax.Array,
+    logit_scale: jax.Array,
+    kind: str = "exp",
+    max_scale: float = 100.0,
+    negatives: jax.Array | None = None,
+    negatives_valid: jax.Array | None = None,
+) -> jax.Array:
   """Symmetric InfoNCE; `kind` says how logit_scale becomes the multiplier.
 
   exp: min(exp(logit_scale), max_scale); raw: logit_scale itself
@@ -87,8 +92,10 @@ def contrastive(text_vec: jax.Array, image_vec: jax.Array,
   negatives (`negatives_valid`, bool (B,)); the text rows are unchanged.
   """
   if kind not in LOGIT_SCALE_KINDS:
-    raise ValueError(f"loss.logit_scale_kind={kind!r}: expected one of "
-                     f"{LOGIT_SCALE_KINDS}")
+    raise ValueError(
+        f"loss.logit_scale_kind={kind!r}: expected one of "
+        f"{LOGIT_SCALE_KINDS}"
+    )
 
   def norm(x):
     x = x.reshape(x.shape[0], -1).astype(jnp.float32)
@@ -110,8 +117,9 @@ def contrastive(text_vec: jax.Array, image_vec: jax.Array,
   return 0.5 * (l_t.mean() + l_i.mean())
 
 
-def swap_null_targets(rng: jax.Array, null: jax.Array,
-                      x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+def swap_null_targets(
+    rng: jax.Array, null: jax.Array, x1: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Classifier-free guidance targets (CrossFlow): returns (null, targets).
 
   A null sample (indicator 0) gets the image of another null sample, so the
@@ -145,8 +153,9 @@ def kl_weight(step: jax.Array, weight: float, warmup_steps: int) -> jax.Array:
   return weight * frac
 
 
-def window_weight(step: jax.Array, weight: float, start: int,
-                  stop: int) -> jax.Array:
+def window_weight(
+    step: jax.Array, weight: float, start: int, stop: int
+) -> jax.Array:
   """`weight` for start <= step < stop (stop <= 0: no end), else 0."""
   step = step.astype(jnp.int32)
   on = step >= start

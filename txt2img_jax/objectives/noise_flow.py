@@ -35,16 +35,18 @@ EMA_KEYS = metric_names.EMA_KEYS
 
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
-  return noise_flow_lib.NoiseFlow.from_config(config, latent_shape,
-                                              vocab_size, embedded)
+  return noise_flow_lib.NoiseFlow.from_config(
+      config, latent_shape, vocab_size, embedded
+  )
 
 
 def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
   """loss(params, batch, rng, step, frozen, stats) -> (total, aux)."""
   c = config
   if perceptual is not None or c.loss.lpips_weight > 0:
-    raise ValueError("objective=noise_flow has no LPIPS term: set "
-                     "loss.lpips_weight=0")
+    raise ValueError(
+        "objective=noise_flow has no LPIPS term: set " "loss.lpips_weight=0"
+    )
   sigma_min = c.flow.sigma_min
   edges = timesteps.t_bucket_edges(c.time.num_buckets)
 
@@ -52,8 +54,14 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     k_lat, k_noise, k_null, k_t = jax.random.split(rng, 4)
     ids, mask = batch["ids"], batch["mask"]
     tokens = noise_flow_lib.caption_tokens(
-        model, text_frozen, params, frozen.get("text"), ids, mask,
-        tokens=batch.get("text_tokens"))
+        model,
+        text_frozen,
+        params,
+        frozen.get("text"),
+        ids,
+        mask,
+        tokens=batch.get("text_tokens"),
+    )
     x1 = crossflow.image_latent(autoencoder, frozen, batch, k_lat, stats)
     x0 = jax.random.normal(k_noise, x1.shape, x1.dtype)
 
@@ -63,13 +71,18 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     null = jax.random.bernoulli(k_null, c.loss.cfg_null_prob, (b,))
     indicator = 1 - null.astype(jnp.int32)
 
-    t = timesteps.sample_t(k_t, b, c.time.sampler, step,
-                           c.time.start_prob)
+    t = timesteps.sample_t(k_t, b, c.time.sampler, step, c.time.start_prob)
     x_t = flow.interpolate(x0, x1, t, sigma_min)
     v_target = flow.velocity_target(x0, x1, sigma_min)
     v_pred = model.apply(
-        {"params": params}, x_t, timesteps.time_input(t, c.flow.time_input),
-        indicator, tokens, mask, method="velocity")
+        {"params": params},
+        x_t,
+        timesteps.time_input(t, c.flow.time_input),
+        indicator,
+        tokens,
+        mask,
+        method="velocity",
+    )
     flow_per_ex = losses.flow_mse_per_example(v_pred, v_target)
     loss_flow = flow_per_ex.mean()
     total = c.loss.flow_weight * loss_flow
@@ -77,9 +90,15 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     bucket_sum, bucket_count = timesteps.bucket_sums(flow_per_ex, t, edges)
     zero = jnp.float32(0.0)
     x_norm = jnp.sqrt(jnp.square(x1).reshape(b, -1).sum(1)).mean()
-    aux = {"loss": total, "loss_flow": total, "flow_raw": loss_flow,
-           "x1_norm": x_norm, "null_fraction": null.mean(),
-           "flow_bucket_sum": bucket_sum, "flow_bucket_count": bucket_count}
+    aux = {
+        "loss": total,
+        "loss_flow": total,
+        "flow_raw": loss_flow,
+        "x1_norm": x_norm,
+        "null_fraction": null.mean(),
+        "flow_bucket_sum": bucket_sum,
+        "flow_bucket_count": bucket_count,
+    }
     for term in LOSS_TERMS:
       if term != "flow":
         aux[f"loss_{term}"] = zero
@@ -99,11 +118,23 @@ def make_generate(config, model, autoencoder, text_frozen):
   """
   c = config
 
-  def generate(params, frozen_params, stats, ids, mask, rng, *,
-               num_steps, method, cfg_scale, use_mean):
+  def generate(
+      params,
+      frozen_params,
+      stats,
+      ids,
+      mask,
+      rng,
+      *,
+      num_steps,
+      method,
+      cfg_scale,
+      use_mean,
+  ):
     del use_mean
     tokens = noise_flow_lib.caption_tokens(
-        model, text_frozen, params, frozen_params.get("text"), ids, mask)
+        model, text_frozen, params, frozen_params.get("text"), ids, mask
+    )
     h, w, ch = model.latent_shape
     x0 = jax.random.normal(rng, (ids.shape[0], h, w, ch), jnp.float32)
     apply = functools.partial(model.apply, {"params": params})
@@ -114,12 +145,20 @@ def make_generate(config, model, autoencoder, text_frozen):
       reps = x.shape[0] // tokens.shape[0]
       tok = jnp.concatenate([tokens] * reps)
       msk = jnp.concatenate([mask] * reps)
-      return apply(x, timesteps.time_input(t, c.flow.time_input), indicator,
-                   tok, msk, method="velocity").astype(jnp.float32)
+      return apply(
+          x,
+          timesteps.time_input(t, c.flow.time_input),
+          indicator,
+          tok,
+          msk,
+          method="velocity",
+      ).astype(jnp.float32)
 
     x1 = flow.integrate(velocity, x0, num_steps, method, cfg_scale)
-    return ae_lib.decode_latent(autoencoder, frozen_params.get("latent", {}),
-                                x1, stats)
+    return ae_lib.decode_latent(
+        autoencoder, frozen_params.get("latent", {}), x1, stats
+    )
 
-  return jax.jit(generate, static_argnames=("num_steps", "method",
-                                            "cfg_scale", "use_mean"))
+  return jax.jit(
+      generate, static_argnames=("num_steps", "method", "cfg_scale", "use_mean")
+  )

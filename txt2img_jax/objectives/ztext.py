@@ -8,13 +8,17 @@ import numpy as np
 
 from txt2img_jax.models import autoencoder as ae_lib
 
+ZTEXT_KEYS = (
+    "ztext/corr",
+    "ztext/caption_share",
+    "ztext/tile_repeat",
+    "ztext/roughness",
+)
 
-ZTEXT_KEYS = ("ztext/corr", "ztext/caption_share", "ztext/tile_repeat",
-              "ztext/roughness")
 
-
-def z_text_measures(run, mu: np.ndarray, images: np.ndarray,
-                    tile: int = 2) -> dict[str, float]:
+def z_text_measures(
+    run, mu: np.ndarray, images: np.ndarray, tile: int = 2
+) -> dict[str, float]:
   """How much of each caption's own image is already in z_text, in place.
 
   ztext/corr: correlation, over every (example, position, channel), between
@@ -33,19 +37,28 @@ def z_text_measures(run, mu: np.ndarray, images: np.ndarray,
   ztext/roughness: mean |neighbour difference| of mu over its mean |mu|
   (the TV penalty's quantity, scale-free).
   """
-  x1 = np.asarray(ae_lib.standardize(
-      run.autoencoder.encode_moments(run.autoencoder.params, images)[0], run.stats))
+  x1 = np.asarray(
+      ae_lib.standardize(
+          run.autoencoder.encode_moments(run.autoencoder.params, images)[0],
+          run.stats,
+      )
+  )
   a = mu - mu.mean(0, keepdims=True)
   b = x1 - x1.mean(0, keepdims=True)
   corr = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
-  diffs = np.concatenate([np.abs(np.diff(mu, axis=1)).ravel(),
-                          np.abs(np.diff(mu, axis=2)).ravel()])
+  diffs = np.concatenate(
+      [np.abs(np.diff(mu, axis=1)).ravel(), np.abs(np.diff(mu, axis=2)).ravel()]
+  )
   rough = float(diffs.mean() / (np.abs(mu).mean() + 1e-12))
   share = float((a * a).sum() / ((mu * mu).sum() + 1e-12))
   n, h, w, c = a.shape
   patches = a.reshape(n, h // tile, tile, w // tile, tile, c)
   repeated = patches.mean(axis=(1, 3), keepdims=True)
   num_patches = (h // tile) * (w // tile)
-  repeat = float(num_patches * (repeated ** 2).sum() / ((a * a).sum() + 1e-12))
-  return {"ztext/corr": corr, "ztext/caption_share": share,
-          "ztext/tile_repeat": repeat, "ztext/roughness": rough}
+  repeat = float(num_patches * (repeated**2).sum() / ((a * a).sum() + 1e-12))
+  return {
+      "ztext/corr": corr,
+      "ztext/caption_share": share,
+      "ztext/tile_repeat": repeat,
+      "ztext/roughness": rough,
+  }

@@ -35,13 +35,16 @@ VOCAB_FILE = runfiles.VOCAB_FILE
 
 # --- Config ------------------------------------------------------------------
 
-def save_config(config: ml_collections.ConfigDict, workdir: str,
-                latent_shape) -> None:
+
+def save_config(
+    config: ml_collections.ConfigDict, workdir: str, latent_shape
+) -> None:
   d = config.to_dict()
   d["latent_dims"] = int(np.prod(latent_shape))  # Read by diagnose.
   if jax.process_index() == 0:
-    runfiles.write_json(workdir, CONFIG_FILE, d, indent=2, sort_keys=True,
-                        default=str)
+    runfiles.write_json(
+        workdir, CONFIG_FILE, d, indent=2, sort_keys=True, default=str
+    )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -54,6 +57,7 @@ def _base_defaults() -> dict:
   """Every field's default (configs/base.py): a run saved before a field
   existed gets the default, which is the behaviour it was trained with."""
   from configs import base  # pylint: disable=g-import-not-at-top
+
   return base.get_config().to_dict()
 
 
@@ -62,8 +66,11 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
   for k, v in defaults.items():
     if k not in out:
       out[k] = v
-    elif isinstance(v, dict) and isinstance(out[k], dict) and k not in (
-        "sampler", "schedule", "then", "first"):  # Kind-specific blocks.
+    elif (
+        isinstance(v, dict)
+        and isinstance(out[k], dict)
+        and k not in ("sampler", "schedule", "then", "first")
+    ):  # Kind-specific blocks.
       out[k] = _with_defaults(out[k], v)
   return out
 
@@ -78,28 +85,36 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
         walk(name + ".", v)
       elif isinstance(v, (int, float, str, bool)):
         out[name] = v
+
   walk("", config.to_dict())
   return out
 
 
 # --- Data --------------------------------------------------------------------
 
+
 def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
   """The configured data set (`data/sources.py`), prepared once; with a
   latent space that has weights, its moments are cached with the images
   when `data.cache_latents` is set."""
-  featurizer = (latents.featurizer(config, autoencoder)
-                if autoencoder is not None else None)
+  featurizer = (
+      latents.featurizer(config, autoencoder)
+      if autoencoder is not None
+      else None
+  )
   return sources.prepare(config, featurizer)
 
 
-def train_batches(config, builder, text: "TextSide",
-                  start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+    config, builder, text: "TextSide", start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
   from txt2img_jax.data import pipeline
+
   d = config.data
   word_classes, forbidden = None, ()
   if config.loss.hard_negatives:
     from txt2img_jax.data import negatives
+
     spec = config.loss.hard_negative_words
     if spec:
       word_classes = negatives.parse_word_classes(spec)
@@ -109,30 +124,48 @@ def train_batches(config, builder, text: "TextSide",
       raise negatives.words_not_named(d.name)
     forbidden = getattr(builder, "forbidden_phrases", tuple)()
   it = pipeline.make_train_iterator(
-      builder, tokenizer=text.tokenizer, max_len=d.max_len,
-      global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, subset_size=d.subset_size or None,
-      read_threads=d.read_threads, prefetch_batches=d.prefetch,
-      worker_count=d.worker_count, word_classes=word_classes,
-      forbidden=forbidden)
+      builder,
+      tokenizer=text.tokenizer,
+      max_len=d.max_len,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      subset_size=d.subset_size or None,
+      read_threads=d.read_threads,
+      prefetch_batches=d.prefetch,
+      worker_count=d.worker_count,
+      word_classes=word_classes,
+      forbidden=forbidden,
+  )
   # What the train step reads: cached latent moments replace the image,
   # cached text features (`text_tokens`) the frozen text encoder; hard
   # negatives (`neg_ids`, `neg_mask`) when loss.hard_negatives is on.
-  keys = ("ids", "mask", "moments_mean", "moments_logvar", "text_tokens",
-          "neg_ids", "neg_mask")
+  keys = (
+      "ids",
+      "mask",
+      "moments_mean",
+      "moments_logvar",
+      "text_tokens",
+      "neg_ids",
+      "neg_mask",
+  )
+
   def pick(b):
     out = {k: b[k] for k in keys if k in b}
     if "moments_mean" not in out:
       out["image"] = b["image"]
     return out
+
   return (pick(b) for b in it)
 
 
 # --- Text side ---------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class TextSide:
   """The tokenizer and, for a pretrained encoder, its frozen weights."""
+
   tokenizer: Any
   vocab_size: int
   width: int
@@ -140,21 +173,23 @@ class TextSide:
   frozen_params: Any
 
 
-def load_text(config: ml_collections.ConfigDict, workdir: str | None,
-              data=None) -> TextSide:
+def load_text(
+    config: ml_collections.ConfigDict, workdir: str | None, data=None
+) -> TextSide:
   """The text side of a run. The embedded encoder's word vocabulary comes
   from the data and is kept in the workdir (VOCAB_FILE), so a trained run
   rebuilds without its data; runs made before that file are shapes runs."""
   name = config.text_encoder.name
   if not name:
     tok = tokenizer_lib.build_word_tokenizer(
-        vocabulary(config, workdir, data), config.data.max_len)
+        vocabulary(config, workdir, data), config.data.max_len
+    )
     return TextSide(tok, len(tok), config.text_encoder.width, None, {})
   enc = text_encoder_lib.load_pretrained_text_encoder(
-      name, dtype=np.dtype(config.dtype))
+      name, dtype=np.dtype(config.dtype)
+  )
   logging.info("frozen text encoder %s: width %d", name, enc.width)
-  return TextSide(enc.tokenizer, len(enc.tokenizer), enc.width, enc,
-                  enc.params)
+  return TextSide(enc.tokenizer, len(enc.tokenizer), enc.width, enc, enc.params)
 
 
 def vocabulary(config, workdir: str | None, data=None) -> list[str]:
@@ -167,7 +202,8 @@ def vocabulary(config, workdir: str | None, data=None) -> list[str]:
     words = shapes.vocabulary()
   else:
     raise FileNotFoundError(
-        f"{path or 'no workdir'}: the run's word vocabulary is missing")
+        f"{path or 'no workdir'}: the run's word vocabulary is missing"
+    )
   if path and jax.process_index() == 0:
     runfiles.write_json(workdir, VOCAB_FILE, words)
   return words
@@ -175,24 +211,31 @@ def vocabulary(config, workdir: str | None, data=None) -> list[str]:
 
 # --- Latent statistics -------------------------------------------------------
 
-def latent_stats(config, workdir: str, builder,
-                 autoencoder) -> ae_lib.LatentStats:
+
+def latent_stats(
+    config, workdir: str, builder, autoencoder
+) -> ae_lib.LatentStats:
   """Per-channel shift/scale, computed once and kept with the run."""
   from txt2img_jax.data import pipeline
+
   path = os.path.join(workdir, STATS_FILE)
   if os.path.exists(path):
     return load_latent_stats(workdir)
   n = min(config.autoencoder.stats_examples, builder.split_size("train"))
-  split = pipeline.load_split(builder, "train", n,
-                              max_len=config.data.max_len)
+  split = pipeline.load_split(builder, "train", n, max_len=config.data.max_len)
   chunks = max(1, n // 256)
   if "moments_mean" in split:  # Cached: the frozen encoder need not run.
-    batches = list(zip(np.array_split(split["moments_mean"], chunks),
-                       np.array_split(split["moments_logvar"], chunks)))
+    batches = list(
+        zip(
+            np.array_split(split["moments_mean"], chunks),
+            np.array_split(split["moments_logvar"], chunks),
+        )
+    )
   else:
     batches = np.array_split(split["image"], chunks)
   stats = ae_lib.compute_latent_stats(
-      autoencoder, batches, jax.random.PRNGKey(config.seed + 1))
+      autoencoder, batches, jax.random.PRNGKey(config.seed + 1)
+  )
   if jax.process_index() == 0:
     runfiles.write_json(workdir, STATS_FILE, stats.to_dict())
   return stats

@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
 # What orbax writes last when it commits a step (after every array and the
 # tree's _METADATA): a step dir without these is an interrupted save.
 _COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
@@ -33,7 +32,8 @@ def local_workdir(workdir: str) -> str:
     raise ValueError(
         f"--workdir={workdir}: the workdir must be a mounted path, not a URL; "
         "mount the bucket on every host (gcsfuse, see launch/README.md) and "
-        "pass the mount path, e.g. /gcs/<bucket>/<run>")
+        "pass the mount path, e.g. /gcs/<bucket>/<run>"
+    )
   return os.path.abspath(os.path.expanduser(workdir))
 
 
@@ -47,16 +47,21 @@ def is_complete(step_dir: str) -> bool:
   Cheap (no array is read): a truncated array file passes, and is caught
   when the restore fails.
   """
-  return all(os.path.isfile(p) and os.path.getsize(p) > 0
-             for p in (os.path.join(step_dir, f) for f in _COMMIT_FILES))
+  return all(
+      os.path.isfile(p) and os.path.getsize(p) > 0
+      for p in (os.path.join(step_dir, f) for f in _COMMIT_FILES)
+  )
 
 
 def step_dirs(directory: str) -> tuple[list[int], list[int]]:
   """(complete steps, incomplete steps) of a checkpoints dir, ascending."""
   if not os.path.isdir(directory):
     return [], []
-  steps = sorted(int(d) for d in os.listdir(directory)
-                 if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  steps = sorted(
+      int(d)
+      for d in os.listdir(directory)
+      if d.isdigit() and os.path.isdir(os.path.join(directory, d))
+  )
   good = [s for s in steps if is_complete(os.path.join(directory, str(s)))]
   return good, [s for s in steps if s not in good]
 
@@ -70,19 +75,24 @@ class Checkpointer:
   the newest step that restores.
   """
 
-  def __init__(self, workdir: str, max_to_keep: int = 3,
-               async_save: bool = True):
+  def __init__(
+      self, workdir: str, max_to_keep: int = 3, async_save: bool = True
+  ):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
-        enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=async_save,
+    )
     _, incomplete = step_dirs(self.directory)
     for step in incomplete:
-      self._set_aside(step, "not a complete checkpoint (empty, or its save "
-                      "was cut off before orbax committed it)")
-    self._manager = ocp.CheckpointManager(self.directory,
-                                          options=self._options)
+      self._set_aside(
+          step,
+          "not a complete checkpoint (empty, or its save "
+          "was cut off before orbax committed it)",
+      )
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
     self._saved = None
 
   def _set_aside(self, step: int, why: str) -> None:
@@ -95,10 +105,16 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       os.rename(src, dst)
-    logging.warning("checkpoint step %d in %s is %s; moved it to %s",
-                    step, self.directory, why, dst)
+    logging.warning(
+        "checkpoint step %d in %s is %s; moved it to %s",
+        step,
+        self.directory,
+        why,
+        dst,
+    )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"set_aside_{step}")
 
   def latest_step(self) -> int | None:
@@ -134,24 +150,29 @@ class Checkpointer:
         errors.append(f"step {latest}: {_short(e)}")
         self._manager.close()
         self._set_aside(latest, f"unreadable ({_short(e)})")
-        self._manager = ocp.CheckpointManager(self.directory,
-                                              options=self._options)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=self._options
+        )
         continue
       if errors:
-        logging.warning("resumed from step %d, the newest checkpoint that "
-                        "restores", latest)
+        logging.warning(
+            "resumed from step %d, the newest checkpoint that " "restores",
+            latest,
+        )
       return state
     raise NoCheckpointError(
         f"no checkpoint in {self.directory} restores ({'; '.join(errors)}); "
         f"the broken ones are in {os.path.join(self.workdir, BROKEN_DIR)}. "
-        "Use a new --workdir to start afresh")
+        "Use a new --workdir to start afresh"
+    )
 
   def _check_structure(self, abstract_state: Any, step: int) -> None:
     """A clear error when the checkpoint holds other arrays than the
     configured model (a changed head, depth or flow.scan on resume)."""
     try:
       meta = ocp.StandardCheckpointer().metadata(
-          os.path.join(self.directory, str(step), "default"))
+          os.path.join(self.directory, str(step), "default")
+      )
       saved = _shapes_by_path(getattr(meta, "item_metadata", meta))
     except Exception:  # Unreadable metadata: restore fails and falls back.
       return
@@ -160,24 +181,30 @@ class Checkpointer:
       return
     missing = sorted(set(want) - set(saved))
     extra = sorted(set(saved) - set(want))
-    reshaped = sorted(k for k in set(want) & set(saved)
-                      if want[k] != saved[k])
-    detail = "; ".join(f"{name}: {', '.join(keys[:3])}"
-                       + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
-                       for name, keys in (("not in the checkpoint", missing),
-                                          ("only in the checkpoint", extra),
-                                          ("other shape", reshaped)) if keys)
+    reshaped = sorted(k for k in set(want) & set(saved) if want[k] != saved[k])
+    detail = "; ".join(
+        f"{name}: {', '.join(keys[:3])}"
+        + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
+        for name, keys in (
+            ("not in the checkpoint", missing),
+            ("only in the checkpoint", extra),
+            ("other shape", reshaped),
+        )
+        if keys
+    )
     if any(k.endswith("rng") for k in reshaped):
       detail += " - the random key's shape: another prng_impl"
     raise ValueError(
         f"checkpoint step {step} in {self.directory} holds another model than "
         f"this config ({detail}): resume with the run's own config "
         "(its config.json), or use --config.init_from with a new --workdir "
-        "to take the weights that fit")
+        "to take the weights that fit"
+    )
 
   def _restore(self, abstract_state: Any, step: int) -> Any:
     return self._manager.restore(
-        step, args=ocp.args.StandardRestore(abstract_state))
+        step, args=ocp.args.StandardRestore(abstract_state)
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -192,8 +219,10 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple]:
   metadata of it (dataclass fields and dict keys named alike)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-             for k in path]
+    names = [
+        str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+        for k in path
+    ]
     out["/".join(names)] = tuple(getattr(leaf, "shape", ()) or ())
   return out
 
@@ -213,24 +242,30 @@ def _candidates(path: str) -> tuple[str, list[int]]:
     if good or bad:
       newer_bad = [s for s in bad if not good or s > good[-1]]
       if newer_bad:
-        logging.warning("%s: skipping step dir(s) %s, not complete "
-                        "checkpoints (empty, or a save that was cut off)",
-                        directory, newer_bad)
+        logging.warning(
+            "%s: skipping step dir(s) %s, not complete "
+            "checkpoints (empty, or a save that was cut off)",
+            directory,
+            newer_bad,
+        )
       if good:
         return directory, good[::-1]
       raise NoCheckpointError(
           f"no complete checkpoint in {directory}: step dir(s) {bad} are "
-          "empty or were cut off in mid-save")
+          "empty or were cut off in mid-save"
+      )
   parent, leaf = os.path.split(path)
   if leaf.isdigit() and os.path.isdir(path):
     if is_complete(path):
       return parent, [int(leaf)]
     raise NoCheckpointError(
         f"{path} is not a complete checkpoint (empty, or its save was cut "
-        "off); pass the workdir to use its newest complete one")
+        "off); pass the workdir to use its newest complete one"
+    )
   raise NoCheckpointError(
       f"no checkpoint found at {path!r}: expected a workdir with "
-      "checkpoints/<step>/, a checkpoints dir, or a step dir")
+      "checkpoints/<step>/, a checkpoints dir, or a step dir"
+  )
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
@@ -255,12 +290,18 @@ def load_raw(path: str) -> tuple[dict, int]:
       raw = _restore_to_host(os.path.join(directory, str(step), "default"))
     except Exception as e:  # Orbax and tensorstore raise many kinds.
       errors.append(f"step {step}: {_short(e)}")
-      logging.warning("%s: checkpoint step %d does not restore (%s); trying "
-                      "an older one", directory, step, _short(e))
+      logging.warning(
+          "%s: checkpoint step %d does not restore (%s); trying "
+          "an older one",
+          directory,
+          step,
+          _short(e),
+      )
       continue
     return raw, step
   raise NoCheckpointError(
-      f"no checkpoint in {directory} restores: {'; '.join(errors)}")
+      f"no checkpoint in {directory} restores: {'; '.join(errors)}"
+  )
 
 
 def _restore_to_host(path: str) -> Any:
@@ -270,8 +311,7 @@ def _restore_to_host(path: str) -> Any:
   meta = checkpointer.metadata(path)
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                      tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return checkpointer.restore(path, restore_args=args)
 
 
@@ -303,8 +343,11 @@ def merge_matching(target: Any, source: Any) -> tuple[Any, dict[str, list]]:
     if other is not None and np.shape(other) == np.shape(leaf):
       loaded.append(name)
       return np.asarray(other, dtype=np.asarray(leaf).dtype)
-    new.append(name if other is None else
-               f"{name} (shape {np.shape(other)} -> {np.shape(leaf)})")
+    new.append(
+        name
+        if other is None
+        else f"{name} (shape {np.shape(other)} -> {np.shape(leaf)})"
+    )
     return leaf
 
   merged = jax.tree_util.tree_map_with_path(pick, target)
@@ -314,8 +357,10 @@ def merge_matching(target: Any, source: Any) -> tuple[Any, dict[str, list]]:
 
 
 def format_merge_table(table: dict[str, list], max_rows: int = 40) -> str:
-  lines = [f"loaded {len(table['loaded'])}, new {len(table['new'])}, "
-           f"dropped {len(table['dropped'])} parameters"]
+  lines = [
+      f"loaded {len(table['loaded'])}, new {len(table['new'])}, "
+      f"dropped {len(table['dropped'])} parameters"
+  ]
   for kind in ("new", "dropped"):
     for name in table[kind][:max_rows]:
       lines.append(f"  {kind:8s} {name}")

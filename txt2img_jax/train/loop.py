@@ -32,10 +32,10 @@ from txt2img_jax.utils import reporting
 from txt2img_jax.train import sharding
 from txt2img_jax.train import step as step_lib
 
-
 # ---------------------------------------------------------------------------
 # train_and_evaluate
 # ---------------------------------------------------------------------------
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint); returns the
@@ -43,34 +43,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Logging and checks (before anything compiles).
   validate.use_prng_impl(config)  # Process-wide: before any key is made.
   latent_shape = validate.validate_config(config)
-  if (warning := optim.unfinished_schedule(config)):
+  if warning := optim.unfinished_schedule(config):
     logging.warning("optim.schedule: %s", warning)
   workdir = checkpointing.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=True)
+      workdir, just_logging=not is_main, asynchronous=True
+  )
   writer.write_hparams(assets.flat_hparams(config))
 
   # --- Mesh.
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
-  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape),
-               jax.device_count(), jax.devices()[0].platform)
+  logging.info(
+      "mesh %s over %d devices (%s)",
+      dict(mesh.shape),
+      jax.device_count(),
+      jax.devices()[0].platform,
+  )
 
   # --- Input: data, tokenizer and text side, latent space and statistics.
   autoencoder = latents.build(config)
   with multihost.main_process_first("prepare_data"):  # A shared data dir.
     data = assets.prepare_data(config, autoencoder)
-  parts = run_lib.build_parts(config, workdir, data, autoencoder,
-                              latent_shape)
+  parts = run_lib.build_parts(config, workdir, data, autoencoder, latent_shape)
   text, autoencoder, model = parts.text, parts.autoencoder, parts.model
   stats = assets.latent_stats(config, workdir, data, autoencoder)
 
   # --- Model, optimiser and sharded init (shapes first, then each array
   # is created where it lives).
   tx, schedules, state, state_shardings = state_lib.create_train_state(
-      config, model, latent_shape, text.width, mesh, rules)
+      config, model, latent_shape, text.width, mesh, rules
+  )
   logging.info("parameters: %s", reporting.param_counts(state.params))
 
   # --- Restore: resume this run, or take weights from another (init_from).
@@ -79,33 +84,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if resumed:
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        state, state_shardings)
+        state,
+        state_shardings,
+    )
     state = ckpt.restore(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   elif config.init_from:
     state, tx, schedules = restore.init_from_other_run(
-        config, state, tx, schedules, state_shardings)
+        config, state, tx, schedules, state_shardings
+    )
   start_step = int(state.step)
   # Written once the checkpoint is known to fit: a resume with a config of
   # another model fails above and leaves the run's own config.json.
   assets.save_config(config, workdir, latent_shape)
 
   # --- The jitted train step: donated state, explicit shardings.
-  perceptual = (perceptual_lib.load(config.loss.lpips_net)
-                if config.loss.lpips_weight > 0 else None)
+  perceptual = (
+      perceptual_lib.load(config.loss.lpips_net)
+      if config.loss.lpips_weight > 0
+      else None
+  )
   frozen = jax.device_put(
       dict(parts.frozen, lpips=perceptual.params if perceptual else {}),
-      sharding.replicated(mesh))
+      sharding.replicated(mesh),
+  )
   stats_dev = jax.device_put(stats, sharding.replicated(mesh))
   p_train_step = state_lib.jit_train_step(
       step_lib.for_parts(config, parts, tx, schedules, perceptual),
-      state_shardings, mesh, validate.train_compiler_options(config))
+      state_shardings,
+      mesh,
+      validate.train_compiler_options(config),
+  )
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).
-  generate = run_lib.make_generate_fn(config, model, autoencoder,
-                                       text.frozen)
-  evaluator = evaluators.make_evaluator(config, workdir, data, parts, generate,
-                                     frozen, stats_dev, writer)
+  generate = run_lib.make_generate_fn(config, model, autoencoder, text.frozen)
+  evaluator = evaluators.make_evaluator(
+      config, workdir, data, parts, generate, frozen, stats_dev, writer
+  )
 
   # --- Loop.
   total = config.total_steps
@@ -132,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
         writer.flush()
         raise reporting.RunawayError(
-            f"run stopped: {reporter.failure}. {ckpt.describe_latest()}")
+            f"run stopped: {reporter.failure}. {ckpt.describe_latest()}"
+        )
       if hooks.log(done) or done == total:
         reporter.flush(done)
       if hooks.checkpoint(done) or stopping:
@@ -154,9 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.save(total, state)
   ckpt.close()
   writer.flush()
-  return {"train": reporter.last, "eval": last_eval,
-          "compiles": reporting.num_compiles(p_train_step),
-          "resumed": resumed, "start_step": start_step,
-          "stopped_by": stop.signal_name}  # A signal ended it early, else None.
-
-
+  return {
+      "train": reporter.last,
+      "eval": last_eval,
+      "compiles": reporting.num_compiles(p_train_step),
+      "resumed": resumed,
+      "start_step": start_step,
+      "stopped_by": stop.signal_name,
+  }  # A signal ended it early, else None.

@@ -36,16 +36,18 @@ import ml_collections
 import optax
 
 # Fields each schedule kind reads; `max_lr` and `step_offset` are common to all.
-_COMMON_FIELDS = ('kind', 'max_lr', 'step_offset', 'warmup_steps')
+_COMMON_FIELDS = ("kind", "max_lr", "step_offset", "warmup_steps")
 _KIND_FIELDS = {
-    'constant': (),
-    'warmup_cosine': ('decay_steps', 'end_lr'),
-    'sgdr': ('t0', 't_mult', 'eta_min'),
+    "constant": (),
+    "warmup_cosine": ("decay_steps", "end_lr"),
+    "sgdr": ("t0", "t_mult", "eta_min"),
 }
 _ALL_FIELDS = frozenset(_COMMON_FIELDS).union(*_KIND_FIELDS.values())
 # The field holding the floor a restarted cycle decays to.
-_FLOOR_FIELD = {'warmup_cosine': 'end_lr', 'sgdr': 'eta_min'}
-_GROUP_FIELDS = frozenset({'lr', 'max_lr', 'schedule', 'trainable', 'weight_decay'})
+_FLOOR_FIELD = {"warmup_cosine": "end_lr", "sgdr": "eta_min"}
+_GROUP_FIELDS = frozenset(
+    {"lr", "max_lr", "schedule", "trainable", "weight_decay"}
+)
 
 
 def _to_dict(cfg: Any) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _to_dict(cfg: Any) -> dict[str, Any]:
 
 def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
   """Accepts the whole config (reads `.optim`) or the optim ConfigDict itself."""
-  if 'optim' in config:
+  if "optim" in config:
     return config.optim
   return config
 
@@ -69,50 +71,61 @@ def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
 def _validated_fields(cfg: Any, peak_lr: float) -> dict[str, Any]:
   """Returns the schedule's fields with defaults filled in; raises ValueError."""
   fields = _to_dict(cfg)
-  kind = fields.get('kind')
+  kind = fields.get("kind")
   if kind not in _KIND_FIELDS:
     raise ValueError(
-        f'Unknown schedule kind {kind!r}; expected one of {sorted(_KIND_FIELDS)}.')
+        f"Unknown schedule kind {kind!r}; expected one of {sorted(_KIND_FIELDS)}."
+    )
   unknown = set(fields) - _ALL_FIELDS
   if unknown:
-    raise ValueError(f'Unknown schedule field(s) {sorted(unknown)} for kind {kind!r}.')
+    raise ValueError(
+        f"Unknown schedule field(s) {sorted(unknown)} for kind {kind!r}."
+    )
   f = dict(warmup_steps=0, max_lr=None, step_offset=0)
   f.update(fields)
   if peak_lr is None or peak_lr < 0:
-    raise ValueError(f'peak_lr must be >= 0, got {peak_lr}.')
-  for name in ('warmup_steps', 'step_offset'):
+    raise ValueError(f"peak_lr must be >= 0, got {peak_lr}.")
+  for name in ("warmup_steps", "step_offset"):
     if f[name] is None or int(f[name]) != f[name] or f[name] < 0:
-      raise ValueError(f'{name} must be an integer >= 0, got {f[name]!r}.')
-  if f['max_lr'] is not None and f['max_lr'] <= 0:
+      raise ValueError(f"{name} must be an integer >= 0, got {f[name]!r}.")
+  if f["max_lr"] is not None and f["max_lr"] <= 0:
     raise ValueError(f'max_lr must be > 0 or None, got {f["max_lr"]}.')
   # The highest lr the curve reaches; a floor above it makes no sense.
-  top = peak_lr if f['max_lr'] is None else min(peak_lr, f['max_lr'])
+  top = peak_lr if f["max_lr"] is None else min(peak_lr, f["max_lr"])
 
-  if kind == 'warmup_cosine':
-    if 'decay_steps' not in f:
-      raise ValueError('warmup_cosine needs decay_steps (total, warmup included).')
-    if int(f['decay_steps']) != f['decay_steps'] or f['decay_steps'] <= f['warmup_steps']:
+  if kind == "warmup_cosine":
+    if "decay_steps" not in f:
+      raise ValueError(
+          "warmup_cosine needs decay_steps (total, warmup included)."
+      )
+    if (
+        int(f["decay_steps"]) != f["decay_steps"]
+        or f["decay_steps"] <= f["warmup_steps"]
+    ):
       raise ValueError(
           f'decay_steps ({f["decay_steps"]}) must be an integer > warmup_steps '
-          f'({f["warmup_steps"]}).')
-    f.setdefault('end_lr', 0.0)
-    if not 0 <= f['end_lr'] <= top:
+          f'({f["warmup_steps"]}).'
+      )
+    f.setdefault("end_lr", 0.0)
+    if not 0 <= f["end_lr"] <= top:
       raise ValueError(f'end_lr ({f["end_lr"]}) must lie in [0, peak={top}].')
-  elif kind == 'sgdr':
-    for name in ('t0', 't_mult'):
+  elif kind == "sgdr":
+    for name in ("t0", "t_mult"):
       if name not in f:
-        raise ValueError(f'sgdr needs {name}.')
-    if int(f['t0']) != f['t0'] or f['t0'] < 1:
+        raise ValueError(f"sgdr needs {name}.")
+    if int(f["t0"]) != f["t0"] or f["t0"] < 1:
       raise ValueError(f't0 must be an integer >= 1, got {f["t0"]!r}.')
-    if int(f['t_mult']) != f['t_mult'] or f['t_mult'] < 1:
+    if int(f["t_mult"]) != f["t_mult"] or f["t_mult"] < 1:
       raise ValueError(f't_mult must be an integer >= 1, got {f["t_mult"]!r}.')
-    f.setdefault('eta_min', 0.0)
-    if not 0 <= f['eta_min'] <= top:
+    f.setdefault("eta_min", 0.0)
+    if not 0 <= f["eta_min"] <= top:
       raise ValueError(f'eta_min ({f["eta_min"]}) must lie in [0, peak={top}].')
   return f
 
 
-def _sgdr_cycle(u: jax.Array, t0: int, t_mult: int) -> tuple[jax.Array, jax.Array]:
+def _sgdr_cycle(
+    u: jax.Array, t0: int, t_mult: int
+) -> tuple[jax.Array, jax.Array]:
   """(T_cur, T_i) of CosineAnnealingWarmRestarts at epoch `u` (int32, >= 0)."""
   if t_mult == 1:
     return u % t0, jnp.full_like(u, t0)
@@ -121,7 +134,9 @@ def _sgdr_cycle(u: jax.Array, t0: int, t_mult: int) -> tuple[jax.Array, jax.Arra
     return t0 * (t_mult**n - 1) // (t_mult - 1)
 
   uf = u.astype(jnp.float32)
-  n = jnp.floor(jnp.log(uf / t0 * (t_mult - 1) + 1) / math.log(t_mult)).astype(jnp.int32)
+  n = jnp.floor(jnp.log(uf / t0 * (t_mult - 1) + 1) / math.log(t_mult)).astype(
+      jnp.int32
+  )
   n = jnp.maximum(n, 0)
   # The float log can land one cycle off at a boundary; fix it in integers.
   n = jnp.where(u >= start(n + 1), n + 1, n)
@@ -142,21 +157,30 @@ def make_schedule(cfg: Any, peak_lr: float) -> optax.Schedule:
   lr = peak_lr.
   """
   f = _validated_fields(cfg, peak_lr)
-  kind, warmup, offset, max_lr = f['kind'], int(f['warmup_steps']), int(f['step_offset']), f['max_lr']
+  kind, warmup, offset, max_lr = (
+      f["kind"],
+      int(f["warmup_steps"]),
+      int(f["step_offset"]),
+      f["max_lr"],
+  )
   peak = float(peak_lr)
 
   def schedule(step):
     s = jnp.maximum(jnp.asarray(step, jnp.int32) - offset, 0)
-    if kind == 'constant':
+    if kind == "constant":
       lr = jnp.full(s.shape, peak, jnp.float32)
-    elif kind == 'warmup_cosine':
-      frac = jnp.clip((s - warmup) / (int(f['decay_steps']) - warmup), 0.0, 1.0)
-      end = float(f['end_lr'])
+    elif kind == "warmup_cosine":
+      frac = jnp.clip((s - warmup) / (int(f["decay_steps"]) - warmup), 0.0, 1.0)
+      end = float(f["end_lr"])
       lr = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
     else:  # sgdr
-      t_cur, t_i = _sgdr_cycle(jnp.maximum(s - warmup, 0), int(f['t0']), int(f['t_mult']))
-      eta_min = float(f['eta_min'])
-      lr = eta_min + (peak - eta_min) * 0.5 * (1 + jnp.cos(jnp.pi * t_cur / t_i))
+      t_cur, t_i = _sgdr_cycle(
+          jnp.maximum(s - warmup, 0), int(f["t0"]), int(f["t_mult"])
+      )
+      eta_min = float(f["eta_min"])
+      lr = eta_min + (peak - eta_min) * 0.5 * (
+          1 + jnp.cos(jnp.pi * t_cur / t_i)
+      )
     if warmup > 0:
       lr = jnp.where(s < warmup, peak * s / warmup, lr)
     if max_lr is not None:
@@ -171,7 +195,7 @@ def make_schedule(cfg: Any, peak_lr: float) -> optax.Schedule:
 
 def _key_name(k) -> str:
   """'name' of a DictKey / GetAttrKey / SequenceKey path entry."""
-  return str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+  return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
 
 
 def param_group_labels(params: Any) -> Any:
@@ -189,10 +213,10 @@ def decay_mask(params: Any) -> Any:
 
   def decays(path, x):
     names = [_key_name(k) for k in path]
-    leaf = names[-1] if names else ''
-    if jnp.ndim(x) <= 1 or leaf in ('bias', 'logit_scale'):
+    leaf = names[-1] if names else ""
+    if jnp.ndim(x) <= 1 or leaf in ("bias", "logit_scale"):
       return False
-    if leaf == 'scale' and any('norm' in n.lower() for n in names[:-1]):
+    if leaf == "scale" and any("norm" in n.lower() for n in names[:-1]):
       return False
     return True
 
@@ -204,7 +228,9 @@ def group_global_norms(tree: Any, labels: Any) -> dict[str, jax.Array]:
   leaves = jax.tree_util.tree_leaves(tree)
   label_leaves = jax.tree_util.tree_leaves(labels)
   if len(leaves) != len(label_leaves):
-    raise ValueError(f'tree has {len(leaves)} leaves but labels has {len(label_leaves)}.')
+    raise ValueError(
+        f"tree has {len(leaves)} leaves but labels has {len(label_leaves)}."
+    )
   sq: dict[str, jax.Array] = {}
   for x, g in zip(leaves, label_leaves):
     s = jnp.sum(jnp.square(jnp.asarray(x, jnp.float32)))
@@ -216,22 +242,26 @@ def group_global_norms(tree: Any, labels: Any) -> dict[str, jax.Array]:
 
 
 def _group_cfgs(optim: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-  groups = _to_dict(optim.get('groups'))
+  groups = _to_dict(optim.get("groups"))
   for name, g in groups.items():
     unknown = set(g) - _GROUP_FIELDS
     if unknown:
-      raise ValueError(f'Unknown field(s) {sorted(unknown)} in optim.groups.{name}.')
-    if g.get('trainable', True) and g.get('lr') is None:
-      raise ValueError(f'optim.groups.{name} needs an lr.')
+      raise ValueError(
+          f"Unknown field(s) {sorted(unknown)} in optim.groups.{name}."
+      )
+    if g.get("trainable", True) and g.get("lr") is None:
+      raise ValueError(f"optim.groups.{name} needs an lr.")
   return groups
 
 
-def _group_schedule_cfg(optim: ml_collections.ConfigDict, group: Mapping[str, Any]) -> dict[str, Any]:
+def _group_schedule_cfg(
+    optim: ml_collections.ConfigDict, group: Mapping[str, Any]
+) -> dict[str, Any]:
   """The shared schedule with the group's overrides and its max_lr cap applied."""
-  cfg = _to_dict(optim.get('schedule'))
-  cfg.update(_to_dict(group.get('schedule')))
-  caps = [c for c in (cfg.get('max_lr'), group.get('max_lr')) if c is not None]
-  cfg['max_lr'] = min(caps) if caps else None
+  cfg = _to_dict(optim.get("schedule"))
+  cfg.update(_to_dict(group.get("schedule")))
+  caps = [c for c in (cfg.get("max_lr"), group.get("max_lr")) if c is not None]
+  cfg["max_lr"] = min(caps) if caps else None
   return cfg
 
 
@@ -248,36 +278,42 @@ def unfinished_schedule(config: Any, threshold: float = 0.1) -> str | None:
   """
   optim = _optim_cfg(config)
   last = config.total_steps - 1
-  warmup = int(_to_dict(optim.get('schedule')).get('warmup_steps', 0) or 0)
+  warmup = int(_to_dict(optim.get("schedule")).get("warmup_steps", 0) or 0)
   if warmup >= config.total_steps > 1:
-    return (f'the run ends inside the LR warmup (warmup_steps={warmup}, '
-            f'total_steps={config.total_steps}). A recipe\'s steps variant '
-            'scales every schedule with the steps (e.g. --config='
-            f'configs/restart.py:{config.total_steps}).')
+    return (
+        f"the run ends inside the LR warmup (warmup_steps={warmup}, "
+        f"total_steps={config.total_steps}). A recipe's steps variant "
+        "scales every schedule with the steps (e.g. --config="
+        f"configs/restart.py:{config.total_steps})."
+    )
   worst = 0.0
   for group in _group_cfgs(optim).values():
-    if not group.get('trainable', True) or not group['lr']:
+    if not group.get("trainable", True) or not group["lr"]:
       continue
     cfg = _group_schedule_cfg(optim, group)
-    cfg['max_lr'] = None  # The curve's own shape, not its cap.
-    if cfg.get('kind', 'constant') == 'constant':
+    cfg["max_lr"] = None  # The curve's own shape, not its cap.
+    if cfg.get("kind", "constant") == "constant":
       continue
-    peak = float(group['lr'])
-    floor = min(float(cfg.get(_FLOOR_FIELD[cfg['kind']], 0.0) or 0.0), peak)
+    peak = float(group["lr"])
+    floor = min(float(cfg.get(_FLOOR_FIELD[cfg["kind"]], 0.0) or 0.0), peak)
     if peak > floor:
       lr = float(make_schedule(cfg, peak)(last))
       worst = max(worst, (lr - floor) / (peak - floor))
   if worst <= threshold:
     return None
-  return (f'the learning rate is still {worst:.0%} of the way from its floor '
-          f'to its peak on the last step (total_steps={config.total_steps}): '
-          'the run ends before its LR schedule decays. A recipe\'s steps '
-          'variant scales every schedule with the steps (e.g. --config='
-          f'configs/restart.py:{config.total_steps}); or set the schedule\'s '
-          'own steps (optim.schedule) too.')
+  return (
+      f"the learning rate is still {worst:.0%} of the way from its floor "
+      f"to its peak on the last step (total_steps={config.total_steps}): "
+      "the run ends before its LR schedule decays. A recipe's steps "
+      "variant scales every schedule with the steps (e.g. --config="
+      f"configs/restart.py:{config.total_steps}); or set the schedule's "
+      "own steps (optim.schedule) too."
+  )
 
 
-def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+def make_optimizer(
+    config: Any, params: Any
+) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
   """Builds clip -> per-group AdamW from `config.optim` for the groups in `params`.
 
   Returns `(tx, schedules)`; `schedules` has one entry per trainable group
@@ -293,36 +329,45 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
   missing = [g for g in present if g not in groups]
   if missing:
     raise ValueError(
-        f'Parameter group(s) {missing} have no entry in optim.groups '
-        f'(configured: {sorted(groups)}).')
+        f"Parameter group(s) {missing} have no entry in optim.groups "
+        f"(configured: {sorted(groups)})."
+    )
 
   transforms, schedules = {}, {}
   for name in present:
     g = groups[name]
-    if not g.get('trainable', True):
+    if not g.get("trainable", True):
       transforms[name] = optax.set_to_zero()
       continue
-    schedules[name] = make_schedule(_group_schedule_cfg(optim, g), g['lr'])
+    schedules[name] = make_schedule(_group_schedule_cfg(optim, g), g["lr"])
     # AdamW as its parts, so the learning rate can follow the train state's
     # step rather than the optimiser's own update count (see scale_by_lr_at).
     transforms[name] = optax.chain(
-        optax.scale_by_adam(b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
-                            eps=optim.get('eps', 1e-8)),
+        optax.scale_by_adam(
+            b1=optim.get("b1", 0.9),
+            b2=optim.get("b2", 0.999),
+            eps=optim.get("eps", 1e-8),
+        ),
         optax.add_decayed_weights(
-            g.get('weight_decay', optim.get('weight_decay', 0.0)), decay_mask),
+            g.get("weight_decay", optim.get("weight_decay", 0.0)), decay_mask
+        ),
         scale_by_lr_at(schedules[name]),
     )
 
   labels = param_group_labels(params)
   tx = optax.multi_transform(transforms, labels)
-  clip = optim.get('grad_clip')
+  clip = optim.get("grad_clip")
   if clip:
     trainable = jax.tree_util.tree_map(lambda l: l in schedules, labels)
-    tx = optax.chain(optax.masked(optax.clip_by_global_norm(clip), trainable), tx)
+    tx = optax.chain(
+        optax.masked(optax.clip_by_global_norm(clip), trainable), tx
+    )
   return tx, schedules
 
 
-def scale_by_lr_at(schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+def scale_by_lr_at(
+    schedule: optax.Schedule,
+) -> optax.GradientTransformationExtraArgs:
   """Multiplies updates by -schedule(step), with `step` passed to `update`.
 
   The train step passes its own step (`tx.update(g, s, p, step=state.step)`),
@@ -330,6 +375,7 @@ def scale_by_lr_at(schedule: optax.Schedule) -> optax.GradientTransformationExtr
   step, a reset of the optimiser moments or a restart that starts a new
   step count cannot put it out of sync.
   """
+
   def init_fn(params):
     del params
     return optax.EmptyState()
@@ -342,7 +388,9 @@ def scale_by_lr_at(schedule: optax.Schedule) -> optax.GradientTransformationExtr
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def current_lrs(schedules: Mapping[str, optax.Schedule], step: Any) -> dict[str, jax.Array]:
+def current_lrs(
+    schedules: Mapping[str, optax.Schedule], step: Any
+) -> dict[str, jax.Array]:
   """The learning rate each group's AdamW uses for the update made at `step`."""
   return {name: sched(step) for name, sched in schedules.items()}
 
@@ -379,31 +427,39 @@ def restart_schedules(
   """
   optim = _to_dict(_optim_cfg(config))
   groups = _group_cfgs(ml_collections.ConfigDict(optim))
-  trainable = [n for n, g in groups.items() if g.get('trainable', True)]
+  trainable = [n for n, g in groups.items() if g.get("trainable", True)]
   unknown = set(old_lrs) - set(groups)
   if unknown:
-    raise ValueError(f'old_lrs has group(s) {sorted(unknown)} not in optim.groups.')
+    raise ValueError(
+        f"old_lrs has group(s) {sorted(unknown)} not in optim.groups."
+    )
   missing = [n for n in trainable if n not in old_lrs]
   if missing:
-    raise ValueError(f'old_lrs is missing trainable group(s) {missing}.')
+    raise ValueError(f"old_lrs is missing trainable group(s) {missing}.")
   if int(restart_step) != restart_step or restart_step < 0:
-    raise ValueError(f'restart_step must be an integer >= 0, got {restart_step!r}.')
+    raise ValueError(
+        f"restart_step must be an integer >= 0, got {restart_step!r}."
+    )
   if peak_factor <= 0:
-    raise ValueError(f'peak_factor must be > 0, got {peak_factor}.')
+    raise ValueError(f"peak_factor must be > 0, got {peak_factor}.")
 
   new = copy.deepcopy(optim)
-  new['schedule'] = {**_to_dict(new.get('schedule')), **_to_dict(schedule)}
+  new["schedule"] = {**_to_dict(new.get("schedule")), **_to_dict(schedule)}
   for name in trainable:
-    g = new['groups'][name]
-    g['lr'] = float(peak_factor * g['lr'])
-    overrides = _to_dict(g.get('schedule'))
-    overrides.update(step_offset=int(restart_step), warmup_steps=int(warmup_steps))
-    sched = _group_schedule_cfg(new, {**g, 'schedule': overrides})
-    floor_field = _FLOOR_FIELD.get(sched.get('kind'))
+    g = new["groups"][name]
+    g["lr"] = float(peak_factor * g["lr"])
+    overrides = _to_dict(g.get("schedule"))
+    overrides.update(
+        step_offset=int(restart_step), warmup_steps=int(warmup_steps)
+    )
+    sched = _group_schedule_cfg(new, {**g, "schedule": overrides})
+    floor_field = _FLOOR_FIELD.get(sched.get("kind"))
     if floor_field is not None:
-      top = g['lr'] if sched['max_lr'] is None else min(g['lr'], sched['max_lr'])
+      top = (
+          g["lr"] if sched["max_lr"] is None else min(g["lr"], sched["max_lr"])
+      )
       overrides[floor_field] = float(min(float(old_lrs[name]), top))
-    g['schedule'] = overrides
+    g["schedule"] = overrides
     # Validate now so a bad restart fails before any training step.
-    _validated_fields(_group_schedule_cfg(new, g), g['lr'])
+    _validated_fields(_group_schedule_cfg(new, g), g["lr"])
   return ml_collections.ConfigDict(new)

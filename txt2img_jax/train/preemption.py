@@ -37,8 +37,10 @@ class StopOnSignal:
       return self
     if threading.current_thread() is not threading.main_thread():
       # Python only delivers signals to the main thread.
-      logging.warning("not on the main thread: SIGTERM/SIGINT will not "
-                      "save a checkpoint before stopping")
+      logging.warning(
+          "not on the main thread: SIGTERM/SIGINT will not "
+          "save a checkpoint before stopping"
+      )
       return self
     for sig in SIGNALS:
       self._previous[sig] = signal.signal(sig, self._handle)
@@ -57,14 +59,17 @@ class StopOnSignal:
       os.kill(os.getpid(), signum)
       return
     self.signal_name = signal.Signals(signum).name
-    logging.warning("%s received: finishing this step, then saving a "
-                    "checkpoint and stopping (send it again to stop at once)",
-                    self.signal_name)
+    logging.warning(
+        "%s received: finishing this step, then saving a "
+        "checkpoint and stopping (send it again to stop at once)",
+        self.signal_name,
+    )
 
   def requested(self, step: int) -> bool:
     """True once a stop was asked for; `step` is the step just finished."""
     if self._multihost:
       from jax.experimental import multihost_utils
+
       if multihost_utils.reached_preemption_sync_point(step):
         self.signal_name = "preemption notice"
         return True
@@ -73,6 +78,10 @@ class StopOnSignal:
 
   def report(self, step: int, checkpoint_dir: str) -> None:
     """The line that says what happened and how to go on."""
-    logging.warning("stopped by %s after step %d; checkpoint saved in %s. Run "
-                    "the same command again to resume.", self.signal_name,
-                    step, checkpoint_dir)
+    logging.warning(
+        "stopped by %s after step %d; checkpoint saved in %s. Run "
+        "the same command again to resume.",
+        self.signal_name,
+        step,
+        checkpoint_dir,
+    )

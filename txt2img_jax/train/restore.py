@@ -17,8 +17,9 @@ from txt2img_jax.train import optim
 from txt2img_jax.train.state import TrainState
 
 
-def init_from_other_run(config, state: TrainState, tx, schedules,
-                        state_shardings):
+def init_from_other_run(
+    config, state: TrainState, tx, schedules, state_shardings
+):
   """Weights (and EMA) from config.init_from; a new LR cycle from step 0.
 
   The new cycle's peak is restart.peak_factor x each group's configured lr,
@@ -36,29 +37,40 @@ def init_from_other_run(config, state: TrainState, tx, schedules,
 
   old_config = assets.load_config(_run_dir(config.init_from))
   _, old_schedules = optim.make_optimizer(old_config, host.params)
-  old_lrs = {g: float(s(old_step)) for g, s in old_schedules.items()
-             if g in schedules}
-  new_optim = optim.restart_schedules(config, old_lrs, restart_step=0,
-                                      peak_factor=config.restart.peak_factor)
+  old_lrs = {
+      g: float(s(old_step)) for g, s in old_schedules.items() if g in schedules
+  }
+  new_optim = optim.restart_schedules(
+      config, old_lrs, restart_step=0, peak_factor=config.restart.peak_factor
+  )
   new_config = config.copy_and_resolve_references()
   with new_config.unlocked():
     new_config.optim = new_optim
   tx, schedules = optim.make_optimizer(new_config, params)
   for g in schedules:
-    logging.info("  lr %s: old run reached %.3g; new cycle peak %.3g -> "
-                 "floor %.3g", g, old_lrs.get(g, float("nan")),
-                 float(schedules[g](0)), old_lrs.get(g, float("nan")))
+    logging.info(
+        "  lr %s: old run reached %.3g; new cycle peak %.3g -> " "floor %.3g",
+        g,
+        old_lrs.get(g, float("nan")),
+        float(schedules[g](0)),
+        old_lrs.get(g, float("nan")),
+    )
 
   opt_state = tx.init(params)
   if config.restart.keep_opt_state:
-    opt_state, opt_table = checkpointing.merge_matching(opt_state,
-                                                        raw["opt_state"])
-    logging.info("  optimizer moments kept: %d tensors (%d new)",
-                 len(opt_table["loaded"]), len(opt_table["new"]))
+    opt_state, opt_table = checkpointing.merge_matching(
+        opt_state, raw["opt_state"]
+    )
+    logging.info(
+        "  optimizer moments kept: %d tensors (%d new)",
+        len(opt_table["loaded"]),
+        len(opt_table["new"]),
+    )
   else:
     logging.info("  optimizer moments reset")
-  new_state = host.replace(step=np.int32(0), params=params, ema_params=ema,
-                           opt_state=opt_state)
+  new_state = host.replace(
+      step=np.int32(0), params=params, ema_params=ema, opt_state=opt_state
+  )
   return jax.device_put(new_state, state_shardings), tx, schedules
 
 
@@ -66,8 +78,11 @@ def dit_layout(config):
   """The converter of a checkpoint's DiT blocks to this config's layout
   (stacked under flow.scan, else one subtree per block); both leave a tree
   already in that layout unchanged."""
-  return (dit_lib.stack_block_params if config.flow.scan
-          else dit_lib.unstack_block_params)
+  return (
+      dit_lib.stack_block_params
+      if config.flow.scan
+      else dit_lib.unstack_block_params
+  )
 
 
 def _run_dir(path: str) -> str:

@@ -26,24 +26,27 @@ from txt2img_jax.train import validate
 
 def build_model(config, latent_shape, vocab_size: int, embedded: bool):
   return objectives.get(config.objective).build_model(
-      config, latent_shape, vocab_size, embedded)
+      config, latent_shape, vocab_size, embedded
+  )
 
 
 def make_generate_fn(config, model, autoencoder, text_frozen):
   """generate(params, frozen, stats, ids, mask, rng, *, num_steps, method,
   cfg_scale, use_mean) -> images in [0, 1]: the objective's sampler."""
   return objectives.get(config.objective).make_generate(
-      config, model, autoencoder, text_frozen)
+      config, model, autoencoder, text_frozen
+  )
 
 
 @dataclasses.dataclass
 class Parts:
   """The pieces of a run that do not depend on its weights."""
+
   config: Any
   latent_shape: tuple[int, int, int]
   text: assets.TextSide
-  autoencoder: Any            # A latent space (txt2img_jax/latents.py).
-  model: Any                  # The CrossFlow module.
+  autoencoder: Any  # A latent space (txt2img_jax/latents.py).
+  model: Any  # The CrossFlow module.
 
   @property
   def frozen(self) -> dict:
@@ -51,8 +54,13 @@ class Parts:
     return {"text": self.text.frozen_params, "latent": self.autoencoder.params}
 
 
-def build_parts(config, workdir: str | None = None, data=None,
-                autoencoder=None, latent_shape=None) -> Parts:
+def build_parts(
+    config,
+    workdir: str | None = None,
+    data=None,
+    autoencoder=None,
+    latent_shape=None,
+) -> Parts:
   """`data` gives the embedded text encoder its vocabulary (else the run's
   saved one); `autoencoder`, when already built, is reused. The config is
   validated here unless the caller did (and passes its `latent_shape`)."""
@@ -62,8 +70,9 @@ def build_parts(config, workdir: str | None = None, data=None,
   text = assets.load_text(config, workdir, data)
   check_text_cache(config, data, text)
   autoencoder = autoencoder or latents.build(config)
-  model = build_model(config, latent_shape, text.vocab_size,
-                      text.frozen is None)
+  model = build_model(
+      config, latent_shape, text.vocab_size, text.frozen is None
+  )
   return Parts(config, latent_shape, text, autoencoder, model)
 
 
@@ -79,27 +88,34 @@ def check_text_cache(config, data, text: assets.TextSide) -> None:
     return
   where = getattr(data, "out_dir", "the prepared data")
   if text.frozen is None:
-    raise ValueError(f"{where} holds cached text features, but this run "
-                     "trains its own text encoder; prepare without "
-                     "data.cache_text, or set text_encoder.name")
+    raise ValueError(
+        f"{where} holds cached text features, but this run "
+        "trains its own text encoder; prepare without "
+        "data.cache_text, or set text_encoder.name"
+    )
   made_by = data.manifest["fingerprint"]["featurize"].get("text")
   if made_by != text.frozen.fingerprint():
-    raise ValueError(f"{where} holds text features of another encoder "
-                     f"({made_by}, this run's is "
-                     f"{text.frozen.fingerprint()}); prepare again with "
-                     "--config.data.rebuild=True")
+    raise ValueError(
+        f"{where} holds text features of another encoder "
+        f"({made_by}, this run's is "
+        f"{text.frozen.fingerprint()}); prepare again with "
+        "--config.data.rebuild=True"
+    )
   shape = tuple(extras["text_tokens"]["shape"][1:])
   if shape != (config.data.max_len, text.width):
-    raise ValueError(f"{where}: cached text features are {shape} per "
-                     f"caption, this run needs ({config.data.max_len}, "
-                     f"{text.width}); prepare again with "
-                     "--config.data.rebuild=True")
+    raise ValueError(
+        f"{where}: cached text features are {shape} per "
+        f"caption, this run needs ({config.data.max_len}, "
+        f"{text.width}); prepare again with "
+        "--config.data.rebuild=True"
+    )
 
 
 @dataclasses.dataclass
 class Run:
   """A trained run rebuilt from its workdir: sample.py, evaluate.py, the
   health checks and the experiments start here."""
+
   workdir: str
   config: Any
   step: int
@@ -132,19 +148,33 @@ def load_run(workdir: str, with_data: bool = True) -> Run:
   parts = build_parts(config, workdir)
   raw, step = checkpointing.load_raw(workdir)
   raw = restore.dit_layout(config)(raw)
-  generate = make_generate_fn(config, parts.model, parts.autoencoder,
-                              parts.text.frozen)
-  builder = (assets.prepare_data(config, parts.autoencoder) if with_data
-             else None)
-  return Run(workdir=workdir, config=config, step=step, parts=parts,
-             builder=builder, generate=generate,
-             ema_params=jax.device_put(raw["ema_params"]),
-             stats=assets.load_latent_stats(workdir))
+  generate = make_generate_fn(
+      config, parts.model, parts.autoencoder, parts.text.frozen
+  )
+  builder = (
+      assets.prepare_data(config, parts.autoencoder) if with_data else None
+  )
+  return Run(
+      workdir=workdir,
+      config=config,
+      step=step,
+      parts=parts,
+      builder=builder,
+      generate=generate,
+      ema_params=jax.device_put(raw["ema_params"]),
+      stats=assets.load_latent_stats(workdir),
+  )
 
 
 def initial_params(run: "Run"):
   """The parameters `run` started from at step 0 (its seed's init)."""
   validate.use_prng_impl(run.config)
-  return nn.unbox(state_lib.init_variables(
-      run.model, run.config, run.parts.latent_shape, run.text.width,
-      state_lib.init_keys(run.config)[0]))
+  return nn.unbox(
+      state_lib.init_variables(
+          run.model,
+          run.config,
+          run.parts.latent_shape,
+          run.text.width,
+          state_lib.init_keys(run.config)[0],
+      )
+  )

@@ -28,6 +28,7 @@ PRESETS = ("", "fsdp")
 class Rules(tuple):
   """Logical-axis rules (a tuple of (logical, mesh axis) pairs, what flax
   takes) that also carry the mesh preset."""
+
   preset: str = ""
 
 
@@ -38,33 +39,39 @@ def _devices_phrase(n: int) -> str:
   return f"{n} devices ({hosts} hosts x {n // hosts})"
 
 
-def make_mesh(data: int = -1, model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A (data, model) mesh over all devices; -1 means "the rest"."""
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if model < 1 or n % model:
-    raise ValueError(f"mesh.model={model} must divide the "
-                     f"{_devices_phrase(n)}")
+    raise ValueError(
+        f"mesh.model={model} must divide the " f"{_devices_phrase(n)}"
+    )
   if data == -1:
     data = n // model
   if data * model != n:
     raise ValueError(
         f"mesh.data={data} x mesh.model={model} does not fit the "
-        f"{_devices_phrase(n)}; use --config.mesh.data=-1 (all the rest)")
+        f"{_devices_phrase(n)}; use --config.mesh.data=-1 (all the rest)"
+    )
   local = jax.local_device_count()
   if jax.process_count() > 1 and local % model:
     # Each host feeds its own rows of the batch: a 'model' group that spans
     # hosts would need the same rows on several hosts.
-    raise ValueError(f"mesh.model={model} must divide the {local} devices "
-                     "of each host (a model group cannot span hosts)")
+    raise ValueError(
+        f"mesh.model={model} must divide the {local} devices "
+        "of each host (a model group cannot span hosts)"
+    )
   # Consistent device order matters: every host must build the same mesh.
   grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id)))
   return Mesh(grid.reshape(data, model), MESH_AXES)
 
 
-def logical_rules(config_rules: Sequence[Sequence[Any]],
-                  preset: str = "") -> Rules:
+def logical_rules(
+    config_rules: Sequence[Sequence[Any]], preset: str = ""
+) -> Rules:
   """Config rules are lists [logical, mesh_axis_or_None]; flax wants tuples."""
   if preset not in PRESETS:
     raise ValueError(f"mesh.preset={preset!r}: expected one of {PRESETS}")
@@ -86,9 +93,13 @@ def state_shardings(abstract_boxed: Any, mesh: Mesh, rules: tuple) -> Any:
   if getattr(rules, "preset", "") == "fsdp":
     shapes = nn.unbox(abstract_boxed)
     specs = jax.tree.map(
-        lambda spec, leaf: _fsdp_spec(spec, leaf.shape, rules,
-                                      mesh.shape["data"]),
-        specs, shapes, is_leaf=lambda x: isinstance(x, P))
+        lambda spec, leaf: _fsdp_spec(
+            spec, leaf.shape, rules, mesh.shape["data"]
+        ),
+        specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, P),
+    )
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
@@ -104,8 +115,11 @@ def _fsdp_spec(spec: P, shape: tuple, rules: tuple, n: int) -> P:
   mesh_axes = [mapping.get(a) if isinstance(a, str) else a for a in names]
   if n <= 1 or "data" in mesh_axes:
     return spec
-  free = [i for i, (size, axis) in enumerate(zip(shape, mesh_axes))
-          if axis is None and size % n == 0]
+  free = [
+      i
+      for i, (size, axis) in enumerate(zip(shape, mesh_axes))
+      if axis is None and size % n == 0
+  ]
   if not free:
     return spec  # Small leaves (biases of odd sizes) stay replicated.
   i = max(free, key=lambda j: shape[j])
@@ -129,5 +143,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This host's slice of the global batch -> global arrays on the mesh."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, v)
+      for k, v in batch.items()
+  }

@@ -22,7 +22,9 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Any
   opt_state: Any
   rng: jax.Array
-  nonfinite: jax.Array  # Steps skipped because loss or gradients were not finite.
+  nonfinite: (
+      jax.Array
+  )  # Steps skipped because loss or gradients were not finite.
 
 
 def init_variables(model, config, latent_shape, text_width, rng):
@@ -32,8 +34,9 @@ def init_variables(model, config, latent_shape, text_width, rng):
   mask = jnp.ones((b, length), jnp.int32)
   tokens = jnp.zeros((b, length, text_width), jnp.float32)
   x1 = jnp.zeros((b,) + tuple(latent_shape), jnp.float32)
-  return model.init(rng, ids, mask, tokens, x1, jnp.zeros((b,)),
-                    jnp.ones((b,), jnp.int32))["params"]
+  return model.init(
+      rng, ids, mask, tokens, x1, jnp.zeros((b,)), jnp.ones((b,), jnp.int32)
+  )["params"]
 
 
 def init_keys(config) -> tuple[jax.Array, jax.Array]:
@@ -45,50 +48,63 @@ def init_keys(config) -> tuple[jax.Array, jax.Array]:
 def create_train_state(config, model, latent_shape, text_width, mesh, rules):
   """(tx, schedules, state, state_shardings), the state created sharded."""
   init_rng, state_rng = init_keys(config)
-  boxed = jax.eval_shape(functools.partial(
-      init_variables, model, config, latent_shape, text_width), init_rng)
+  boxed = jax.eval_shape(
+      functools.partial(
+          init_variables, model, config, latent_shape, text_width
+      ),
+      init_rng,
+  )
   tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))
 
   def init_state(key):
-    params = nn.unbox(init_variables(model, config, latent_shape, text_width,
-                                     key))
-    return TrainState(step=jnp.int32(0), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=tx.init(params), rng=state_rng,
-                      nonfinite=jnp.int32(0))
+    params = nn.unbox(
+        init_variables(model, config, latent_shape, text_width, key)
+    )
+    return TrainState(
+        step=jnp.int32(0),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+        rng=state_rng,
+        nonfinite=jnp.int32(0),
+    )
 
   abstract_state = jax.eval_shape(init_state, init_rng)
   param_shardings = sharding.state_shardings(boxed, mesh, rules)
-  state_shardings = train_state_shardings(abstract_state, param_shardings,
-                                          mesh)
+  state_shardings = train_state_shardings(abstract_state, param_shardings, mesh)
   with mesh:
     state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
   return tx, schedules, state, state_shardings
 
 
-def jit_train_step(train_step, state_shardings, mesh,
-                   compiler_options: dict | None = None):
+def jit_train_step(
+    train_step, state_shardings, mesh, compiler_options: dict | None = None
+):
   """Explicit in/out shardings; the state is donated (updated in place).
   compiler_options: XLA options for this step (`train_compiler_options`)."""
   repl = sharding.replicated(mesh)
   return jax.jit(
-      train_step, donate_argnums=(0,),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl,
-                    repl),
+      train_step,
+      donate_argnums=(0,),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl),
       out_shardings=(state_shardings, repl),
-      compiler_options=compiler_options)
+      compiler_options=compiler_options,
+  )
 
 
-def train_state_shardings(abstract_state: TrainState, param_shardings,
-                          mesh) -> TrainState:
+def train_state_shardings(
+    abstract_state: TrainState, param_shardings, mesh
+) -> TrainState:
   """Params and EMA as the logical rules say; optimizer moments like the
   parameter they belong to (matched by path suffix and shape); the rest
   replicated."""
   by_path = {}
   for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
     by_path[jax.tree_util.keystr(path)] = s
-  param_shapes = {jax.tree_util.keystr(p): l.shape for p, l in
-                  jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+  param_shapes = {
+      jax.tree_util.keystr(p): l.shape
+      for p, l in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+  }
   repl = sharding.replicated(mesh)
 
   def like_param(path, leaf):
@@ -99,6 +115,11 @@ def train_state_shardings(abstract_state: TrainState, param_shardings,
     return repl
 
   opt = jax.tree_util.tree_map_with_path(like_param, abstract_state.opt_state)
-  return TrainState(step=repl, params=param_shardings,
-                    ema_params=param_shardings, opt_state=opt, rng=repl,
-                    nonfinite=repl)
+  return TrainState(
+      step=repl,
+      params=param_shardings,
+      ema_params=param_shardings,
+      opt_state=opt,
+      rng=repl,
+      nonfinite=repl,
+  )

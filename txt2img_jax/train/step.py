@@ -27,10 +27,12 @@ def make_train_step(config, loss_fn, tx, schedules):
   def train_step(state, batch, frozen, stats):
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, aux), grads = grad_fn(state.params, batch, rng, state.step, frozen,
-                              stats)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params,
-                                 step=state.step)
+    (_, aux), grads = grad_fn(
+        state.params, batch, rng, state.step, frozen, stats
+    )
+    updates, new_opt = tx.update(
+        grads, state.opt_state, state.params, step=state.step
+    )
     new_params = optax.apply_updates(state.params, updates)
     group_labels = labels(grads)
 
@@ -41,12 +43,16 @@ def make_train_step(config, loss_fn, tx, schedules):
     for g, p in optim.group_global_norms(state.params, group_labels).items():
       ratios[g] = ratios[g] / jnp.maximum(p, 1e-6)
     ratio = jnp.max(jnp.stack(list(ratios.values())))
-    finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(optax.tree.norm(grads))
-              & jnp.isfinite(ratio))
+    finite = (
+        jnp.isfinite(aux["loss"])
+        & jnp.isfinite(optax.tree.norm(grads))
+        & jnp.isfinite(ratio)
+    )
     bound = c.max_update_ratio
     ok = finite & ((bound <= 0) | (ratio <= bound))
     keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(ok, n, o), new, old)
+        lambda n, o: jnp.where(ok, n, o), new, old
+    )
     new_params = keep(new_params, state.params)
     new_opt = keep(new_opt, state.opt_state)
 
@@ -54,9 +60,14 @@ def make_train_step(config, loss_fn, tx, schedules):
     if c.ema_warmup:
       s = state.step.astype(jnp.float32)
       decay = jnp.minimum(decay, (1.0 + s) / (10.0 + s))
-    new_ema = keep(jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
-                                state.ema_params, new_params),
-                   state.ema_params)
+    new_ema = keep(
+        jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p,
+            state.ema_params,
+            new_params,
+        ),
+        state.ema_params,
+    )
 
     metrics = dict(aux)
     metrics["skipped"] = ~ok
@@ -71,8 +82,12 @@ def make_train_step(config, loss_fn, tx, schedules):
     for g, v in optim.current_lrs(schedules, state.step).items():
       metrics[f"lr/{g}"] = v
     new_state = state.replace(
-        step=state.step + 1, params=new_params, ema_params=new_ema,
-        opt_state=new_opt, nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        step=state.step + 1,
+        params=new_params,
+        ema_params=new_ema,
+        opt_state=new_opt,
+        nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
+    )
     metrics["nonfinite_steps"] = new_state.nonfinite
     return new_state, metrics
 
@@ -82,6 +97,7 @@ def make_train_step(config, loss_fn, tx, schedules):
 def for_parts(config, parts, tx, schedules, perceptual=None):
   """The train step of `config.objective` over assembled parts."""
   objective = objectives.get(config.objective)
-  loss_fn = objective.make_loss(config, parts.model, parts.autoencoder,
-                                parts.text.frozen, perceptual)
+  loss_fn = objective.make_loss(
+      config, parts.model, parts.autoencoder, parts.text.frozen, perceptual
+  )
   return make_train_step(config, loss_fn, tx, schedules)

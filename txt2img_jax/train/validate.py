@@ -22,7 +22,6 @@ from txt2img_jax.objectives import losses
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.objectives import timesteps
 
-
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
@@ -30,98 +29,139 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """Every check that needs no compilation; returns the latent shape. It
   sets nothing: `use_prng_impl` is the config's one process-wide setting."""
   from txt2img_jax.models import text_head as text_head_lib
+
   if config.prng_impl not in PRNG_IMPLS:
-    raise ValueError(f"prng_impl={config.prng_impl!r}: expected one of "
-                     f"{PRNG_IMPLS}")
+    raise ValueError(
+        f"prng_impl={config.prng_impl!r}: expected one of " f"{PRNG_IMPLS}"
+    )
   sources.validate(config)
   shape = latents.latent_shape(config)
   text_head_lib.check_text_head_config(
-      config.head.kind, shape, **generator_lib.head_kwargs(config.head))
+      config.head.kind, shape, **generator_lib.head_kwargs(config.head)
+  )
   timesteps.validate_time_config(config.time.sampler)
   timesteps.validate_start_prob(config.time.start_prob)
   timesteps.time_input(jnp.zeros((1,)), config.flow.time_input)
   p = config.flow.patch_size
   if shape[0] % p or shape[1] % p:
-    raise ValueError(f"flow.patch_size={p} does not divide the latent "
-                     f"{shape[0]}x{shape[1]} (data.image_size="
-                     f"{config.data.image_size}, autoencoder.factor="
-                     f"{config.autoencoder.factor})")
+    raise ValueError(
+        f"flow.patch_size={p} does not divide the latent "
+        f"{shape[0]}x{shape[1]} (data.image_size="
+        f"{config.data.image_size}, autoencoder.factor="
+        f"{config.autoencoder.factor})"
+    )
   if config.flow.width % config.flow.num_heads:
-    raise ValueError(f"flow.width={config.flow.width} is not divisible by "
-                     f"flow.num_heads={config.flow.num_heads}")
+    raise ValueError(
+        f"flow.width={config.flow.width} is not divisible by "
+        f"flow.num_heads={config.flow.num_heads}"
+    )
   if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size={config.batch_size} must divide over "
-                     f"{jax.process_count()} hosts")
+    raise ValueError(
+        f"batch_size={config.batch_size} must divide over "
+        f"{jax.process_count()} hosts"
+    )
   model_axis = config.mesh.model
   if model_axis < 1 or jax.device_count() % model_axis:
-    raise ValueError(f"mesh.model={model_axis} must divide the "
-                     f"{jax.device_count()} devices")
-  data_axis = (config.mesh.data if config.mesh.data > 0
-               else jax.device_count() // model_axis)
+    raise ValueError(
+        f"mesh.model={model_axis} must divide the "
+        f"{jax.device_count()} devices"
+    )
+  data_axis = (
+      config.mesh.data
+      if config.mesh.data > 0
+      else jax.device_count() // model_axis
+  )
   if config.batch_size % data_axis:
-    raise ValueError(f"batch_size={config.batch_size} must divide over the "
-                     f"mesh's data axis of {data_axis} devices")
+    raise ValueError(
+        f"batch_size={config.batch_size} must divide over the "
+        f"mesh's data axis of {data_axis} devices"
+    )
   for name, group in config.optim.groups.items():
     lr = group.lr
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-      raise ValueError(f"optim.groups.{name}.lr={lr} must be a finite "
-                       "number >= 0")
+      raise ValueError(
+          f"optim.groups.{name}.lr={lr} must be a finite " "number >= 0"
+      )
   for name in ("total_steps", "batch_size", "log_every"):
     if config[name] < 1:
       raise ValueError(f"{name} must be >= 1, got {config[name]}")
   if config.loss.lpips_weight > 0 and config.loss.lpips_net not in (
-      perceptual_lib.NETS):
-    raise ValueError(f"loss.lpips_net={config.loss.lpips_net!r}: expected "
-                     f"one of {perceptual_lib.NETS}")
+      perceptual_lib.NETS
+  ):
+    raise ValueError(
+        f"loss.lpips_net={config.loss.lpips_net!r}: expected "
+        f"one of {perceptual_lib.NETS}"
+    )
   if not 0.0 <= config.ema_decay <= 1.0:
-    raise ValueError(f"ema_decay={config.ema_decay} must lie in [0, 1] "
-                     "(0.999 keeps ~1000 steps)")
+    raise ValueError(
+        f"ema_decay={config.ema_decay} must lie in [0, 1] "
+        "(0.999 keeps ~1000 steps)"
+    )
   if config.max_skipped_steps < 0:
-    raise ValueError(f"max_skipped_steps={config.max_skipped_steps} must be "
-                     ">= 0 (0: never stop on skipped steps)")
+    raise ValueError(
+        f"max_skipped_steps={config.max_skipped_steps} must be "
+        ">= 0 (0: never stop on skipped steps)"
+    )
   if not config.max_update_ratio >= 0:
-    raise ValueError(f"max_update_ratio={config.max_update_ratio} must be "
-                     ">= 0 (0: no bound)")
+    raise ValueError(
+        f"max_update_ratio={config.max_update_ratio} must be "
+        ">= 0 (0: no bound)"
+    )
   if config.loss.kl_kind not in losses.KL_KINDS:
-    raise ValueError(f"loss.kl_kind={config.loss.kl_kind!r}: expected one of "
-                     f"{losses.KL_KINDS}")
+    raise ValueError(
+        f"loss.kl_kind={config.loss.kl_kind!r}: expected one of "
+        f"{losses.KL_KINDS}"
+    )
   if config.loss.logit_scale_kind not in losses.LOGIT_SCALE_KINDS:
-    raise ValueError(f"loss.logit_scale_kind={config.loss.logit_scale_kind!r}:"
-                     f" expected one of {losses.LOGIT_SCALE_KINDS}")
+    raise ValueError(
+        f"loss.logit_scale_kind={config.loss.logit_scale_kind!r}:"
+        f" expected one of {losses.LOGIT_SCALE_KINDS}"
+    )
   if not 0.0 <= config.loss.cfg_null_prob < 1.0:
     raise ValueError("loss.cfg_null_prob must be in [0, 1)")
   if config.loss.clip_target not in losses.CLIP_TARGETS:
-    raise ValueError(f"loss.clip_target={config.loss.clip_target!r}: "
-                     f"expected one of {losses.CLIP_TARGETS}")
+    raise ValueError(
+        f"loss.clip_target={config.loss.clip_target!r}: "
+        f"expected one of {losses.CLIP_TARGETS}"
+    )
   if config.loss.hard_negatives:
     if config.objective != "crossflow":
-      raise ValueError("loss.hard_negatives is a term of the crossflow "
-                       "objective's contrastive loss; objective="
-                       f"{config.objective!r} has none")
+      raise ValueError(
+          "loss.hard_negatives is a term of the crossflow "
+          "objective's contrastive loss; objective="
+          f"{config.objective!r} has none"
+      )
     if config.data.cache_text and config.text_encoder.name:
       # (Without a frozen encoder nothing is cached: cache_text is moot.)
-      raise ValueError("loss.hard_negatives needs the text encoder to run on "
-                       "the negative captions: set data.cache_text=False")
+      raise ValueError(
+          "loss.hard_negatives needs the text encoder to run on "
+          "the negative captions: set data.cache_text=False"
+      )
   if config.loss.hard_negative_words:
     from txt2img_jax.data import negatives
+
     negatives.parse_word_classes(config.loss.hard_negative_words)
-  elif (config.loss.hard_negatives
-        and config.data.name in ("folder", "tfds")):
+  elif config.loss.hard_negatives and config.data.name in ("folder", "tfds"):
     from txt2img_jax.data import negatives
+
     raise negatives.words_not_named(config.data.name)
   if config.loss.align_weight < 0:
     raise ValueError("loss.align_weight must be >= 0")
   if config.sample.method not in flow.SAMPLERS:
-    raise ValueError(f"sample.method={config.sample.method!r}: expected one "
-                     f"of {flow.SAMPLERS}")
+    raise ValueError(
+        f"sample.method={config.sample.method!r}: expected one "
+        f"of {flow.SAMPLERS}"
+    )
   objectives.get(config.objective)
   options = train_compiler_options(config)
   if options:
     try:  # XLA knows its options: a trivial compile names a bad one now.
       jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"xla_cpu_options={config.xla_cpu_options!r}: "
-                       f"{str(e).splitlines()[0]}") from None
+      raise ValueError(
+          f"xla_cpu_options={config.xla_cpu_options!r}: "
+          f"{str(e).splitlines()[0]}"
+      ) from None
   return shape
 
 
@@ -132,9 +172,11 @@ def parse_xla_options(text: str) -> dict[str, bool | int | float | str]:
   for item in filter(None, (i.strip() for i in text.split(";"))):
     name, eq, value = (part.strip() for part in item.partition("="))
     if not eq or not name.startswith("xla_") or not value:
-      raise ValueError(f"xla_cpu_options: {item!r} is not 'xla_<name>=<value>'"
-                       " (items separated by ';', e.g. "
-                       "'xla_disable_hlo_passes=tree_reduction_rewriter')")
+      raise ValueError(
+          f"xla_cpu_options: {item!r} is not 'xla_<name>=<value>'"
+          " (items separated by ';', e.g. "
+          "'xla_disable_hlo_passes=tree_reduction_rewriter')"
+      )
     if name in options:
       raise ValueError(f"xla_cpu_options: {name} is given twice")
     options[name] = _xla_value(value)

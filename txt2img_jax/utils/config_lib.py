@@ -9,8 +9,9 @@ import os
 
 def load_sibling(config_file: str, name: str):
   """Imports configs/<name>.py next to `config_file` (recipes build on base)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)),
-                      f"{name}.py")
+  path = os.path.join(
+      os.path.dirname(os.path.abspath(config_file)), f"{name}.py"
+  )
   spec = importlib.util.spec_from_file_location(f"_txt2img_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -43,8 +44,9 @@ def steps_variant(c, steps: int) -> None:
   schedule scaled with them (`rescale_steps`), a benchmark at the end, grids
   at half-way and the end, a checkpoint every quarter."""
   if steps < 1:
-    raise ValueError(f"config variant {steps!r}: a number of steps must be "
-                     ">= 1")
+    raise ValueError(
+        f"config variant {steps!r}: a number of steps must be " ">= 1"
+    )
   rescale_steps(c, steps)
   c.eval_every = steps
   c.sample_every = max(1, steps // 2)

@@ -44,11 +44,21 @@ M_MMAP_MAX = -4
 ENV = "TXT2IMG_MALLOC"
 CHOICES = ("auto", "reuse", "system")
 # Packages that give jax a GPU or TPU backend.
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu",
-                        "jax_rocm60_plugin", "jax_rocm7_plugin")
+_ACCELERATOR_PLUGINS = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "libtpu",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+)
 # The user's own glibc malloc settings win.
-_GLIBC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_",
-              "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_GLIBC_ENV = (
+    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
 
 # What keep_freed_memory did in this process ("reuse" or "off (why)").
 applied: str = "not tried"
@@ -58,17 +68,20 @@ def _cpu_only() -> bool:
   platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
   if platforms:
     return platforms == "cpu"
-  return not any(importlib.util.find_spec(p) is not None
-                 for p in _ACCELERATOR_PLUGINS)
+  return not any(
+      importlib.util.find_spec(p) is not None for p in _ACCELERATOR_PLUGINS
+  )
 
 
-def decide(environ=os.environ, platform: str = sys.platform,
-           cpu_only=_cpu_only) -> str:
+def decide(
+    environ=os.environ, platform: str = sys.platform, cpu_only=_cpu_only
+) -> str:
   """'reuse', or 'off (why)': what keep_freed_memory will do here."""
   choice = environ.get(ENV, "auto").strip().lower() or "auto"
   if choice not in CHOICES:
-    raise ValueError(f"{ENV}={environ[ENV]!r}: expected one of "
-                     f"{', '.join(CHOICES)}")
+    raise ValueError(
+        f"{ENV}={environ[ENV]!r}: expected one of " f"{', '.join(CHOICES)}"
+    )
   if choice == "system":
     return f"off ({ENV}=system)"
   if not platform.startswith("linux"):
@@ -98,8 +111,9 @@ def keep_freed_memory() -> str:
     return applied
   mallopt = _mallopt()
   # mallopt returns 1 on success; its int -1 becomes SIZE_MAX: never trim.
-  if mallopt is None or not (mallopt(M_MMAP_MAX, 0) == 1 and
-                             mallopt(M_TRIM_THRESHOLD, -1) == 1):
+  if mallopt is None or not (
+      mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
+  ):
     applied = "off (no glibc mallopt)"
     return applied
   jax.config.update("jax_cpu_enable_async_dispatch", False)

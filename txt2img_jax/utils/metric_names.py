@@ -5,5 +5,14 @@ objective writes them, the reporter smooths them, `diagnose` reads them.
 # aux holds loss_<term> (weighted; they add up to `loss`) and <term>_raw.
 LOSS_TERMS = ("flow", "kl", "clip", "tv", "lpips", "align")
 # The values the reporter smooths with an EMA on the host.
-EMA_KEYS = ("loss", "loss_flow", "loss_kl", "kl_raw", "loss_clip", "clip_raw",
-            "loss_tv", "loss_lpips", "loss_align")
+EMA_KEYS = (
+    "loss",
+    "loss_flow",
+    "loss_kl",
+    "kl_raw",
+    "loss_clip",
+    "clip_raw",
+    "loss_tv",
+    "loss_lpips",
+    "loss_align",
+)

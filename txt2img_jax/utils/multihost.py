@@ -18,14 +18,22 @@ import jax
 import numpy as np
 
 
-def initialize(coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
   """jax.distributed.initialize; unset arguments are found by JAX (Cloud
   TPU metadata, Slurm or Open MPI environment)."""
-  kw = {k: v for k, v in (("coordinator_address", coordinator_address),
-                          ("num_processes", num_processes),
-                          ("process_id", process_id)) if v is not None}
+  kw = {
+      k: v
+      for k, v in (
+          ("coordinator_address", coordinator_address),
+          ("num_processes", num_processes),
+          ("process_id", process_id),
+      )
+      if v is not None
+  }
   # CPU devices of several processes (local rehearsals, tests) need a
   # collectives backend; gloo is JAX's default today, named here so that a
   # change of default cannot turn a rehearsal into a hang. Accelerators
@@ -50,6 +58,7 @@ def check_same_config(config) -> None:
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
+
   digest = config_digest(config)
   # 16 hex digits as two uint32 words: process_allgather moves arrays only.
   words = np.array([int(digest[:8], 16), int(digest[8:], 16)], np.uint32)
@@ -60,7 +69,8 @@ def check_same_config(config) -> None:
     raise ValueError(
         f"the {len(digests)} processes see different configs: process(es) "
         f"{differ} differ from process 0 (config hashes {digests}); give "
-        "every host the same code, config file and --config overrides")
+        "every host the same code, config file and --config overrides"
+    )
   logging.info("config hash %s on all %d processes", digest, len(digests))
 
 
@@ -68,6 +78,7 @@ def sync(name: str) -> None:
   """Every process waits here until all have arrived."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

@@ -31,8 +31,11 @@ class _QuietOrbax(logging_lib.Filter):
   """absl routes orbax's records through its own logger; keep warnings."""
 
   def filter(self, record):
-    quiet = ("orbax" in record.pathname or "checkpoint" in record.pathname
-             or "tensorstore" in record.pathname)
+    quiet = (
+        "orbax" in record.pathname
+        or "checkpoint" in record.pathname
+        or "tensorstore" in record.pathname
+    )
     return not quiet or record.levelno >= logging_lib.WARNING
 
 
@@ -53,8 +56,11 @@ class Periodic:
   def __init__(self, config, total_steps: int):
     self.total = total_steps
     self.every = {
-        "log": config.log_every, "checkpoint": config.checkpoint_every,
-        "sample": config.sample_every, "eval": config.eval_every}
+        "log": config.log_every,
+        "checkpoint": config.checkpoint_every,
+        "sample": config.sample_every,
+        "eval": config.eval_every,
+    }
 
   def _due(self, kind: str, step: int) -> bool:
     every = self.every[kind]
@@ -83,8 +89,9 @@ class Periodic:
 class Reporter:
   """Averages device metrics over a log interval and writes them out."""
 
-  def __init__(self, config, workdir: str, writer, start_step: int,
-               total_steps: int):
+  def __init__(
+      self, config, workdir: str, writer, start_step: int, total_steps: int
+  ):
     self.writer = writer
     self.total = total_steps
     self.start_step = start_step
@@ -105,24 +112,33 @@ class Reporter:
   def _restore_ema(self, start_step: int) -> None:
     """A resumed run continues its loss EMAs and drops log lines past the
     checkpoint (they will be written again, identically)."""
-    kept = [r for r in runfiles.read_metrics(self.workdir)
-            if r.get("step", 0) <= start_step]
+    kept = [
+        r
+        for r in runfiles.read_metrics(self.workdir)
+        if r.get("step", 0) <= start_step
+    ]
     for row in kept:
       for k in EMA_KEYS:
         if f"train/{k}_ema" in row:
           self._ema[k] = row[f"train/{k}_ema"]
     if self.is_main:
       runfiles.write_metrics(self.workdir, kept)
-    self._rows = _load_partial(os.path.join(self.workdir, PARTIAL_FILE),
-                               start_step)
+    self._rows = _load_partial(
+        os.path.join(self.workdir, PARTIAL_FILE), start_step
+    )
 
   def save_partial(self, step: int) -> None:
     """Keeps the steps logged since the last flush for a resume at `step`."""
     if not self.is_main:
       return
     path = os.path.join(self.workdir, PARTIAL_FILE)
-    rows = [{k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
-             for k, v in r.items()} for r in self._rows]
+    rows = [
+        {
+            k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
+            for k, v in r.items()
+        }
+        for r in self._rows
+    ]
     with open(path + ".tmp", "w") as f:
       json.dump({"step": step, "rows": rows}, f)
     os.replace(path + ".tmp", path)
@@ -179,15 +195,27 @@ class Reporter:
     elapsed = time.perf_counter() - self._t0
     rate = done / max(elapsed, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float("nan")
-    lrs = " ".join(f"{k.split('/')[-1]}={v:.2e}" for k, v in out.items()
-                   if k.startswith("train/lr/"))
+    lrs = " ".join(
+        f"{k.split('/')[-1]}={v:.2e}"
+        for k, v in out.items()
+        if k.startswith("train/lr/")
+    )
     logging.info(
         "step %d/%d (%.0f%%) loss %.4f flow %.4f kl_raw %.1f clip_raw %.3f | "
         "grad %.3f | %s | %.2f steps/s, elapsed %s, ETA %s",
-        step, self.total, 100 * step / self.total, out["train/loss"],
-        out["train/loss_flow"], out["train/kl_raw"], out["train/clip_raw"],
-        out["train/grad_norm"], lrs, out["train/steps_per_sec"],
-        _hms(elapsed), _hms(eta))
+        step,
+        self.total,
+        100 * step / self.total,
+        out["train/loss"],
+        out["train/loss_flow"],
+        out["train/kl_raw"],
+        out["train/clip_raw"],
+        out["train/grad_norm"],
+        lrs,
+        out["train/steps_per_sec"],
+        _hms(elapsed),
+        _hms(eta),
+    )
 
 
 def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
@@ -198,13 +226,18 @@ def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
     with open(path) as f:
       saved = json.load(f)
   except ValueError:
-    logging.warning("%s is damaged; the log interval around the resume "
-                    "averages fewer steps", path)
+    logging.warning(
+        "%s is damaged; the log interval around the resume "
+        "averages fewer steps",
+        path,
+    )
     return []
   if saved.get("step") != start_step:
     return []
-  return [{k: np.asarray(v, dtype=dtype) for k, (dtype, v) in r.items()}
-          for r in saved["rows"]]
+  return [
+      {k: np.asarray(v, dtype=dtype) for k, (dtype, v) in r.items()}
+      for r in saved["rows"]
+  ]
 
 
 class RunawayError(ValueError):
@@ -232,28 +265,37 @@ class RunawayGuard:
       return
     ratio = float(row.get("update_ratio", 0.0))
     if self.max_ratio > 0 and ratio > self.max_ratio:
-      groups = {k.split("/", 1)[1]: float(v) for k, v in row.items()
-                if k.startswith("update_ratio/")}
+      groups = {
+          k.split("/", 1)[1]: float(v)
+          for k, v in row.items()
+          if k.startswith("update_ratio/")
+      }
       worst = max(groups, key=groups.get) if groups else "?"
       self.failure = (
           f"step {step}'s update was {ratio:.3g} x the parameter norm (group "
           f"{worst}), above config.max_update_ratio={self.max_ratio:g}; it was "
           "not applied. The learning rate is far too high: lower "
-          f"config.optim.groups.{worst}.lr")
+          f"config.optim.groups.{worst}.lr"
+      )
       return
     if not bool(row["skipped"]):
       self.streak = 0
       return
     self.streak += 1
     if self.streak == 1:
-      logging.warning("step %d skipped: its loss or gradient is not finite "
-                      "(update_ratio %.3g)", step, ratio)
+      logging.warning(
+          "step %d skipped: its loss or gradient is not finite "
+          "(update_ratio %.3g)",
+          step,
+          ratio,
+      )
     if self.max_skipped > 0 and self.streak >= self.max_skipped:
       self.failure = (
           f"{self.streak} steps in a row (up to step {step}) had a non-finite "
           f"loss or gradient (config.max_skipped_steps={self.max_skipped}): "
           "the run is not learning any more. Lower the learning rates or "
-          "check the data")
+          "check the data"
+      )
 
 
 def _hms(seconds: float) -> str:
@@ -273,12 +315,16 @@ def check_compiles(jitted, limit: int) -> None:
   if limit and n > limit:
     raise RuntimeError(
         f"the train step compiled {n} times (limit max_compiles={limit}): "
-        "an input changed shape, dtype or sharding between steps")
+        "an input changed shape, dtype or sharding between steps"
+    )
 
 
 def param_counts(params) -> str:
-  counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
-            for k, v in params.items()}
+  counts = {
+      k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
+      for k, v in params.items()
+  }
   total = sum(counts.values())
   return ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()) + (
-      f"; total {total / 1e6:.2f}M")
+      f"; total {total / 1e6:.2f}M"
+  )

@@ -45,14 +45,18 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         raise ValueError("not an object with a 'step'")
     except ValueError as e:
       if i == last:
-        logging.warning("%s: dropped its last line, cut off in mid-write (a "
-                        "kill or crash while logging): %r", path,
-                        _preview(line))
+        logging.warning(
+            "%s: dropped its last line, cut off in mid-write (a "
+            "kill or crash while logging): %r",
+            path,
+            _preview(line),
+        )
         break
       raise CorruptMetricsError(
           f"{path}, line {i + 1} is not a metrics row ({e}): "
           f"{_preview(line)!r}. The file is damaged in the middle, not by a "
-          "kill; fix or delete that line") from None
+          "kill; fix or delete that line"
+      ) from None
     rows.append(row)
   return rows
 
@@ -88,8 +92,11 @@ def _drop_torn_tail(path: str) -> None:
     f.seek(0)
     data = f.read()
     keep = data.rfind(b"\n") + 1
-    logging.warning("%s: cut off a torn last line before appending: %r", path,
-                    _preview(data[keep:]))
+    logging.warning(
+        "%s: cut off a torn last line before appending: %r",
+        path,
+        _preview(data[keep:]),
+    )
     f.truncate(keep)
 
 
@@ -105,9 +112,9 @@ def write_metrics(workdir: str, rows: Iterable[dict[str, Any]]) -> None:
 
 # --- The run's other files: config, latent statistics, word vocabulary. ------
 
-CONFIG_FILE = "config.json"       # The run's config (assets.load_config reads it).
+CONFIG_FILE = "config.json"  # The run's config (assets.load_config reads it).
 STATS_FILE = "latent_stats.json"  # Per-channel latent shift and scale.
-VOCAB_FILE = "vocab.json"         # The embedded text encoder's words.
+VOCAB_FILE = "vocab.json"  # The embedded text encoder's words.
 
 
 def read_json(workdir: str, name: str) -> Any:
@@ -116,7 +123,9 @@ def read_json(workdir: str, name: str) -> Any:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} not found: {workdir!r} is not the workdir of a training run"
-        if name == CONFIG_FILE else f"{path} not found")
+        if name == CONFIG_FILE
+        else f"{path} not found"
+    )
   with open(path) as f:
     return json.load(f)
 

@@ -24,19 +24,47 @@ calibration tables.
 
 from __future__ import annotations
 
-
 # The public API, gathered in one namespace.
 # pylint: disable=unused-import
 from txt2img_jax.evaluation.benchmark.calibration import (
-    stack_examples, blur, calibrate, calibration_table, chance_levels, perturbations,
-    render_hard_edges, shuffle_blocks, shuffle_pixels)
+    stack_examples,
+    blur,
+    calibrate,
+    calibration_table,
+    chance_levels,
+    perturbations,
+    render_hard_edges,
+    shuffle_blocks,
+    shuffle_pixels,
+)
 from txt2img_jax.evaluation.benchmark.pixels import (
-    AMBIGUOUS_CLASS, BACKGROUND_CLASS, COLOR_DIST, MIN_COVERAGE, class_colors,
-    classify_pixels, expected_areas, laplacian_energy, quantize)
+    AMBIGUOUS_CLASS,
+    BACKGROUND_CLASS,
+    COLOR_DIST,
+    MIN_COVERAGE,
+    class_colors,
+    classify_pixels,
+    expected_areas,
+    laplacian_energy,
+    quantize,
+)
 from txt2img_jax.evaluation.benchmark.scoring import (
-    BY_COUNT_KEYS, HF_SCALE, MIN_BLOB_FRAC, MIN_SHAPE_IOU, PER_IMAGE_KEYS, PER_OBJECT_KEYS,
+    BY_COUNT_KEYS,
+    HF_SCALE,
+    MIN_BLOB_FRAC,
+    MIN_SHAPE_IOU,
+    PER_IMAGE_KEYS,
+    PER_OBJECT_KEYS,
     PRESENT_FRAC,
-    SUMMARY_KEYS, TEMPLATE_SIGMAS, format_confusion, format_table, score, shape_confusion,
-    summarize, summarize_splits)
+    SUMMARY_KEYS,
+    TEMPLATE_SIGMAS,
+    format_confusion,
+    format_table,
+    score,
+    shape_confusion,
+    summarize,
+    summarize_splits,
+)
+
 # pylint: enable=unused-import
 from txt2img_jax.data import shapes

@@ -15,14 +15,23 @@ from scipy import ndimage
 
 from txt2img_jax.evaluation.benchmark.pixels import NUM_COLORS
 from txt2img_jax.evaluation.benchmark.scoring import (
-    SUMMARY_KEYS, format_table, score, summarize, summarize_splits)
+    SUMMARY_KEYS,
+    format_table,
+    score,
+    summarize,
+    summarize_splits,
+)
 from txt2img_jax.data import shapes
 
 
-def stack_examples(examples: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def stack_examples(
+    examples: list[dict],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   images = np.stack([e["image"] for e in examples])
-  desc = {k: np.stack([np.asarray(e[k]) for e in examples])
-          for k in ("shapes", "colors", "sizes", "cells", "num_objects")}
+  desc = {
+      k: np.stack([np.asarray(e[k]) for e in examples])
+      for k in ("shapes", "colors", "sizes", "cells", "num_objects")
+  }
   return images, desc
 
 
@@ -43,8 +52,12 @@ def blur(images, sigma: float = 0.7) -> np.ndarray:
   return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
-def render_hard_edges(descriptions, image_size: int, rng: np.random.Generator,
-                      jitter_px: float = 1.0) -> np.ndarray:
+def render_hard_edges(
+    descriptions,
+    image_size: int,
+    rng: np.random.Generator,
+    jitter_px: float = 1.0,
+) -> np.ndarray:
   """Draws every description with hard edges: a pixel takes an object's colour
   when its centre lies inside the shape (no anti-aliasing), each object
   jittered like the data. uint8 (N, S, S, 3)."""
@@ -53,24 +66,34 @@ def render_hard_edges(descriptions, image_size: int, rng: np.random.Generator,
   out = np.zeros((n, image_size, image_size, 3), np.uint8)
   for i in range(n):
     objs = shapes.objects_from_description(
-        {k: np.asarray(v)[i] for k, v in descriptions.items()})
+        {k: np.asarray(v)[i] for k, v in descriptions.items()}
+    )
     img = np.zeros((image_size, image_size, 3), np.uint8)
     img[:] = shapes.BACKGROUND
     for o in objs:
       cy, cx = shapes.cell_center(o.cell, image_size)
       cy, cx = cy + rng.uniform(-jitter_px, jitter_px), cx + rng.uniform(
-          -jitter_px, jitter_px)
+          -jitter_px, jitter_px
+      )
       radius = large if o.size == 1 else small
-      inside = shapes.shape_mask(o.shape, (cy, cx), radius, image_size,
-                                 supersample=1) > 0.5
+      inside = (
+          shapes.shape_mask(
+              o.shape, (cy, cx), radius, image_size, supersample=1
+          )
+          > 0.5
+      )
       img[inside] = shapes.COLOR_RGB[o.color]
     out[i] = img
   return out
 
 
-def mean_of_jittered_renders(descriptions, image_size: int,
-                             rng: np.random.Generator, draws: int = 16,
-                             jitter_px: float = 1.0) -> np.ndarray:
+def mean_of_jittered_renders(
+    descriptions,
+    image_size: int,
+    rng: np.random.Generator,
+    draws: int = 16,
+    jitter_px: float = 1.0,
+) -> np.ndarray:
   """Each description drawn `draws` times with the data's jitter and
   averaged: the image that minimises the expected pixel MSE to the caption's
   renders, i.e. where a deterministic caption -> image map trained with an
@@ -79,7 +102,8 @@ def mean_of_jittered_renders(descriptions, image_size: int,
   out = np.zeros((n, image_size, image_size, 3), np.uint8)
   for i in range(n):
     objs = shapes.objects_from_description(
-        {k: np.asarray(v)[i] for k, v in descriptions.items()})
+        {k: np.asarray(v)[i] for k, v in descriptions.items()}
+    )
     total = np.zeros((image_size, image_size, 3), np.float32)
     for _ in range(draws):
       jitter = rng.uniform(-jitter_px, jitter_px, size=(len(objs), 2))
@@ -96,9 +120,13 @@ def chance_levels(descriptions) -> dict[str, float]:
   c = mean_objects / NUM_COLORS
   p, s, z = 1 / 9, 1 / len(shapes.SHAPES), 1 / len(shapes.SIZES)
   return {
-      "color_acc": c, "shape_acc": c * s, "position_acc": c * p,
-      "size_acc": c * z, "object_acc": c * s * p * z,
-      "shape_given_color": s, "position_given_color": p,
+      "color_acc": c,
+      "shape_acc": c * s,
+      "position_acc": c * p,
+      "size_acc": c * z,
+      "object_acc": c * s * p * z,
+      "shape_given_color": s,
+      "position_given_color": p,
       "size_given_color": z,
   }
 
@@ -162,13 +190,15 @@ def shuffle_blocks(images, block: int, rng: np.random.Generator) -> np.ndarray:
   return tiles.reshape(x.shape)
 
 
-def perturbations(num: int = 300, seed: int = 0,
-                  image_size: int = 32) -> dict[str, dict]:
+def perturbations(
+    num: int = 300, seed: int = 0, image_size: int = 32
+) -> dict[str, dict]:
   """Summaries of renders under perturbations a generator's output may show
   (noise, dimmed colours, more blur: no fragmentation) and two that break
   the drawing into blocks (fragmentation)."""
-  images, desc = stack_examples([shapes.example(seed, "test", i, image_size)
-                         for i in range(num)])
+  images, desc = stack_examples(
+      [shapes.example(seed, "test", i, image_size) for i in range(num)]
+  )
   rng = np.random.default_rng(seed)
   x = images.astype(np.float32) / 255.0
   cases = {

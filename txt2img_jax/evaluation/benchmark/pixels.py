@@ -26,24 +26,29 @@ BACKGROUND_CLASS = -1
 AMBIGUOUS_CLASS = -2
 
 _PALETTE = shapes.COLOR_RGB.astype(np.float64) / 255.0  # (K, 3)
-_PALETTE_SQ = (_PALETTE ** 2).sum(-1)  # (K,)
+_PALETTE_SQ = (_PALETTE**2).sum(-1)  # (K,)
 NUM_COLORS = len(shapes.COLOR_NAMES)
 
 # Shape geometry in units of the radius r (see shapes.shape_mask):
 # area factor (area = f * r^2) and the offset of the area centroid below the
 # shape's nominal centre (the triangle's apex is at -r, its base at +0.9 r).
-AREA_FACTOR = np.array([np.pi, 1.8 ** 2, 0.5 * 2.0 * 1.9])
+AREA_FACTOR = np.array([np.pi, 1.8**2, 0.5 * 2.0 * 1.9])
 CENTROID_OFFSET = np.array([0.0, 0.0, -1.0 + 2.0 / 3.0 * 1.9])
 
 
 # ---------------------------------------------------------------------------
 # Pixel classification.
 
+
 def to_float(images) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[None]
-  if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+  if (
+      images.ndim != 4
+      or images.shape[-1] != 3
+      or images.shape[1] != images.shape[2]
+  ):
     raise ValueError(f"expected images (N, S, S, 3), got {images.shape}")
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 255.0
@@ -73,7 +78,7 @@ def classify_pixels(images) -> tuple[np.ndarray, np.ndarray]:
   best_a = alpha[rows, best]
   classes = best.astype(np.int8)
   classes[best_a < MIN_COVERAGE] = BACKGROUND_CLASS
-  classes[best_d2 > COLOR_DIST ** 2] = AMBIGUOUS_CLASS
+  classes[best_d2 > COLOR_DIST**2] = AMBIGUOUS_CLASS
   classes = classes.reshape(x.shape[:3])
   alpha = alpha.reshape(x.shape[:3] + (len(pal),))
   return classes, alpha
@@ -85,8 +90,9 @@ def quantize(images, classified=None) -> np.ndarray:
   background noise before measuring high-frequency energy. `classified`:
   optional precomputed classify_pixels(images)."""
   x = to_float(images)
-  classes, alpha = classified if classified is not None else (
-      classify_pixels(x))
+  classes, alpha = (
+      classified if classified is not None else (classify_pixels(x))
+  )
   k = np.clip(classes, 0, None).astype(np.int64)
   a = np.take_along_axis(alpha, k[..., None], -1)
   q = a * _PALETTE[k].astype(np.float32)
@@ -102,7 +108,8 @@ def class_colors(images, classified=None) -> np.ndarray:
   when ambiguous. The drawing's class map: an anti-aliased and a hard-edged
   drawing of the same shape give the same map, so high-frequency energy
   measured on it counts boundaries between regions (fragments), not how soft
-  each boundary is. `classified`: optional precomputed classify_pixels(images)."""
+  each boundary is. `classified`: optional precomputed classify_pixels(images).
+  """
   x = to_float(images)
   classes, _ = classified if classified is not None else classify_pixels(x)
   k = np.clip(classes, 0, None).astype(np.int64)
@@ -119,15 +126,21 @@ def laplacian_energy(images) -> np.ndarray:
   lap = np.zeros_like(q)
   for axis in (1, 2):
     lap += ndimage.correlate1d(q, [1.0, -2.0, 1.0], axis=axis, mode="nearest")
-  return (lap ** 2).sum(axis=(1, 2, 3))
+  return (lap**2).sum(axis=(1, 2, 3))
 
 
 # ---------------------------------------------------------------------------
 # Geometry helpers.
 
-def templates(shape: int, centers: np.ndarray, radii: np.ndarray,
-               image_size: int, supersample: int = 4,
-               chunk: int = 128) -> np.ndarray:
+
+def templates(
+    shape: int,
+    centers: np.ndarray,
+    radii: np.ndarray,
+    image_size: int,
+    supersample: int = 4,
+    chunk: int = 128,
+) -> np.ndarray:
   """Anti-aliased coverage (M, S, S) of one shape at M centres/radii, batched
   (same geometry as shapes.shape_mask)."""
   m = len(radii)
@@ -135,8 +148,8 @@ def templates(shape: int, centers: np.ndarray, radii: np.ndarray,
   n = image_size * supersample
   coords = ((np.arange(n) + 0.5) / supersample).astype(np.float32)
   for s in range(0, m, chunk):
-    c = centers[s:s + chunk].astype(np.float32)
-    r = radii[s:s + chunk].astype(np.float32)[:, None, None]
+    c = centers[s : s + chunk].astype(np.float32)
+    r = radii[s : s + chunk].astype(np.float32)[:, None, None]
     dy = coords[None, :, None] - c[:, 0, None, None]
     dx = coords[None, None, :] - c[:, 1, None, None]
     name = shapes.SHAPES[shape]
@@ -148,9 +161,10 @@ def templates(shape: int, centers: np.ndarray, radii: np.ndarray,
     else:
       frac = (dy + r) / (1.9 * r)
       inside = (frac >= 0) & (frac <= 1) & (np.abs(dx) <= frac * r)
-    cover = inside.reshape(len(c), image_size, supersample, image_size,
-                           supersample)
-    out[s:s + chunk] = cover.mean(axis=(2, 4))
+    cover = inside.reshape(
+        len(c), image_size, supersample, image_size, supersample
+    )
+    out[s : s + chunk] = cover.mean(axis=(2, 4))
   return out
 
 

@@ -11,9 +11,18 @@ import numpy as np
 from scipy import ndimage
 
 from txt2img_jax.evaluation.benchmark.pixels import (
-    AREA_FACTOR, BACKGROUND_CLASS, CENTROID_OFFSET, NUM_COLORS, class_colors,
-    classify_pixels, expected_areas, laplacian_energy, reference_energy, templates,
-    to_float)
+    AREA_FACTOR,
+    BACKGROUND_CLASS,
+    CENTROID_OFFSET,
+    NUM_COLORS,
+    class_colors,
+    classify_pixels,
+    expected_areas,
+    laplacian_energy,
+    reference_energy,
+    templates,
+    to_float,
+)
 from txt2img_jax.data import shapes
 
 # ---------------------------------------------------------------------------
@@ -37,24 +46,57 @@ HF_SCALE = 4.0
 TEMPLATE_SIGMAS = (0.0, 0.5, 0.8, 1.1)
 
 PER_OBJECT_KEYS = (
-    "valid", "color_ok", "shape_ok", "position_ok", "size_ok", "object_ok",
-    "pixel_count", "pred_shape", "shape_iou", "pred_cell", "pred_size",
-    "radius", "centroid", "num_components", "outside_frac")
+    "valid",
+    "color_ok",
+    "shape_ok",
+    "position_ok",
+    "size_ok",
+    "object_ok",
+    "pixel_count",
+    "pred_shape",
+    "shape_iou",
+    "pred_cell",
+    "pred_size",
+    "radius",
+    "centroid",
+    "num_components",
+    "outside_frac",
+)
 PER_IMAGE_KEYS = (
-    "image_ok", "num_objects", "mosaic", "fragmentation", "stray", "hf_ratio",
-    "hf")
+    "image_ok",
+    "num_objects",
+    "mosaic",
+    "fragmentation",
+    "stray",
+    "hf_ratio",
+    "hf",
+)
 # Per number of objects in the caption: composing two objects (binding each
 # colour, shape and size to its place) fails long after one object is drawn.
-BY_COUNT_KEYS = tuple(f"{m}_{k}obj" for k in range(1, shapes.MAX_OBJECTS + 1)
-                      for m in ("color_acc", "object_acc"))
+BY_COUNT_KEYS = tuple(
+    f"{m}_{k}obj"
+    for k in range(1, shapes.MAX_OBJECTS + 1)
+    for m in ("color_acc", "object_acc")
+)
 SUMMARY_KEYS = (
-    "color_acc", "shape_acc", "position_acc", "size_acc", "object_acc",
-    "image_acc", "mosaic", "fragmentation", "stray", "hf", "num_images",
-    "num_objects") + BY_COUNT_KEYS
+    "color_acc",
+    "shape_acc",
+    "position_acc",
+    "size_acc",
+    "object_acc",
+    "image_acc",
+    "mosaic",
+    "fragmentation",
+    "stray",
+    "hf",
+    "num_images",
+    "num_objects",
+) + BY_COUNT_KEYS
 
 
 # ---------------------------------------------------------------------------
 # Scoring.
+
 
 def score(images, descriptions) -> dict[str, np.ndarray]:
   """Scores images against their descriptions.
@@ -74,8 +116,10 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
   """
   x = to_float(images)
   n, size = x.shape[0], x.shape[1]
-  desc = {k: np.asarray(descriptions[k]) for k in
-          ("shapes", "colors", "sizes", "cells", "num_objects")}
+  desc = {
+      k: np.asarray(descriptions[k])
+      for k in ("shapes", "colors", "sizes", "cells", "num_objects")
+  }
   if len(desc["num_objects"]) != n:
     raise ValueError("images and descriptions disagree on N")
   max_obj = desc["colors"].shape[1]
@@ -104,8 +148,9 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
   largest = np.zeros(m, np.int64)
   largest[comp_mask[1:][order]] = comp_ids[order]
   largest_size = np.where(num_components > 0, comp_size[largest], 0)
-  outside = np.where(pixel_count > 0,
-                     1.0 - largest_size / np.maximum(pixel_count, 1), 0.0)
+  outside = np.where(
+      pixel_count > 0, 1.0 - largest_size / np.maximum(pixel_count, 1), 0.0
+  )
 
   # Colour presence.
   min_area = expected_areas(size).min(axis=0)  # per size
@@ -134,8 +179,13 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
     ctr = centroid - np.stack([CENTROID_OFFSET[s] * r, np.zeros_like(r)], -1)
     sharp = templates(s, ctr, r, size)
     for sigma in TEMPLATE_SIGMAS:
-      t = sharp if sigma == 0 else ndimage.gaussian_filter(
-          sharp, sigma=(0, sigma, sigma), mode="constant")
+      t = (
+          sharp
+          if sigma == 0
+          else ndimage.gaussian_filter(
+              sharp, sigma=(0, sigma, sigma), mode="constant"
+          )
+      )
       inter = np.minimum(a, t).sum(axis=(1, 2))
       union = np.maximum(a, t).sum(axis=(1, 2))
       ious[:, s] = np.maximum(ious[:, s], inter / np.maximum(union, 1e-6))
@@ -151,9 +201,12 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
   pred_cell = row * 3 + col
 
   color_ok = present
-  shape_ok = present & (pred_shape == desc["shapes"][obj_img, obj_slot]) & (
-      best_iou >= MIN_SHAPE_IOU) & (
-          largest_size >= MIN_BLOB_FRAC * expected_areas(size).min())
+  shape_ok = (
+      present
+      & (pred_shape == desc["shapes"][obj_img, obj_slot])
+      & (best_iou >= MIN_SHAPE_IOU)
+      & (largest_size >= MIN_BLOB_FRAC * expected_areas(size).min())
+  )
   position_ok = present & (pred_cell == desc["cells"][obj_img, obj_slot])
   size_ok = present & (pred_size == obj_size)
   object_ok = color_ok & shape_ok & position_ok & size_ok
@@ -176,13 +229,15 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
       "pred_cell": scatter(np.where(present, pred_cell, -1), -1, np.int64),
       "pred_size": scatter(np.where(present, pred_size, -1), -1, np.int64),
       "radius": scatter(np.where(present, radius, 0.0), 0.0, np.float32),
-      "centroid": scatter(np.where(present[:, None], centroid, np.nan),
-                          np.nan, np.float32),
+      "centroid": scatter(
+          np.where(present[:, None], centroid, np.nan), np.nan, np.float32
+      ),
       "num_components": scatter(num_components, 0, np.int64),
       "outside_frac": scatter(outside, 0.0, np.float32),
   }
   out["image_ok"] = (out["object_ok"] | ~valid).all(1) & (
-      desc["num_objects"] > 0)
+      desc["num_objects"] > 0
+  )
   out["num_objects"] = desc["num_objects"].astype(np.int64)
 
   # Mosaic index.
@@ -190,19 +245,18 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
   #     0.5 * (1 - 1/num_components) + 0.5 * outside_frac; mean over them.
   has_px = out["pixel_count"] > 0
   frag_obj = 0.5 * (1.0 - 1.0 / np.maximum(out["num_components"], 1)) + (
-      0.5 * out["outside_frac"])
-  frag = np.where(has_px, frag_obj, 0.0).sum(1) / np.maximum(
-      has_px.sum(1), 1)
+      0.5 * out["outside_frac"]
+  )
+  frag = np.where(has_px, frag_obj, 0.0).sum(1) / np.maximum(has_px.sum(1), 1)
   # (b) stray: fraction of non-background pixels of no described colour
   #     (ambiguous pixels included).
   expected = np.zeros((n, NUM_COLORS), bool)
   expected[obj_img, obj_color] = True
   nonbg = classes != BACKGROUND_CLASS
   is_expected = np.take_along_axis(
-      expected, np.clip(classes, 0, None).reshape(n, -1).astype(np.int64),
-      1).reshape(classes.shape) & (classes >= 0)
-  stray = (nonbg & ~is_expected).sum((1, 2)) / np.maximum(
-      nonbg.sum((1, 2)), 1)
+      expected, np.clip(classes, 0, None).reshape(n, -1).astype(np.int64), 1
+  ).reshape(classes.shape) & (classes >= 0)
+  stray = (nonbg & ~is_expected).sum((1, 2)) / np.maximum(nonbg.sum((1, 2)), 1)
   # (c) high frequency: Laplacian energy of the image's class map relative to
   #     the reference render's (cell centres, no jitter). On the class map
   #     every edge is hard, so the term counts region boundaries (how broken
@@ -223,6 +277,7 @@ def score(images, descriptions) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 # Aggregation and reporting.
 
+
 def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
   """Aggregates of one `score` result. Accuracies are over described objects
   (an object whose colour is absent fails shape/position/size too);
@@ -239,7 +294,8 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
     sel = valid & (np.asarray(scores["num_objects"]) == k)[:, None]
     for m, key in (("color_acc", "color_ok"), ("object_acc", "object_ok")):
       by_count[f"{m}_{k}obj"] = float(
-          (scores[key] & sel).sum() / max(int(sel.sum()), 1))
+          (scores[key] & sel).sum() / max(int(sel.sum()), 1)
+      )
 
   return {
       "color_acc": acc("color_ok"),
@@ -249,7 +305,9 @@ def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
       "object_acc": acc("object_ok"),
       "image_acc": float(np.mean(scores["image_ok"])) if len(valid) else 0.0,
       "mosaic": float(np.mean(scores["mosaic"])) if len(valid) else 0.0,
-      "fragmentation": float(np.mean(scores["fragmentation"])) if len(valid) else 0.0,
+      "fragmentation": float(np.mean(scores["fragmentation"]))
+      if len(valid)
+      else 0.0,
       "stray": float(np.mean(scores["stray"])) if len(valid) else 0.0,
       "hf": float(np.mean(scores["hf"])) if len(valid) else 0.0,
       "num_images": float(len(valid)),
@@ -278,15 +336,20 @@ def shape_confusion(scores, descriptions) -> dict[str, dict[str, float]]:
   shape but the blob is too small or too far from every template."""
   found = np.asarray(scores["color_ok"], bool)
   described = np.asarray(descriptions["shapes"])
-  drawn = np.where(np.asarray(scores["shape_ok"], bool), described,
-                   np.asarray(scores["pred_shape"]))
+  drawn = np.where(
+      np.asarray(scores["shape_ok"], bool),
+      described,
+      np.asarray(scores["pred_shape"]),
+  )
   unclear = ~np.asarray(scores["shape_ok"], bool) & (drawn == described)
   out = {}
   for i, name in enumerate(shapes.SHAPES):
     mine = found & (described == i)
     n = int(mine.sum())
-    row = {other: float((mine & (drawn == j) & ~unclear).sum()) / max(n, 1)
-           for j, other in enumerate(shapes.SHAPES)}
+    row = {
+        other: float((mine & (drawn == j) & ~unclear).sum()) / max(n, 1)
+        for j, other in enumerate(shapes.SHAPES)
+    }
     row["unclear"] = float((mine & unclear).sum()) / max(n, 1)
     row["objects"] = n
     out[name] = row
@@ -298,10 +361,12 @@ def format_confusion(by_split: dict[str, dict]) -> str:
   lines = []
   for split, confusion in by_split.items():
     for name, row in confusion.items():
-      drawn = ", ".join(f"{k} {v:.2f}" for k, v in row.items()
-                        if k != "objects")
-      lines.append(f"{split:>8} {name:>8} ({row['objects']:4d}) drawn as: "
-                   f"{drawn}")
+      drawn = ", ".join(
+          f"{k} {v:.2f}" for k, v in row.items() if k != "objects"
+      )
+      lines.append(
+          f"{split:>8} {name:>8} ({row['objects']:4d}) drawn as: " f"{drawn}"
+      )
   return "\n".join(lines)
 
 
