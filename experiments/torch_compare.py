@@ -39,7 +39,7 @@ import optax
 from txt2img_jax.train import validate
 from txt2img_jax.train import flops as flops_lib
 from txt2img_jax.models import latents
-from txt2img_jax import perf
+from txt2img_jax.train import throughput
 from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.models import layers
 
@@ -324,7 +324,9 @@ def compare(
     for v in others.values():
       v_dt, v[1] = time_jax(v[0], v[1], batch, steps)
       v[2].append(v_dt)
-    matmul.append(perf.matmul_flops_per_s(jnp.float32, 2048, min_seconds=0.5))
+    matmul.append(
+        throughput.matmul_flops_per_s(jnp.float32, 2048, min_seconds=0.5)
+    )
     if with_torch:
       torch_s.append(time_torch(t_step, steps))
   model_flops = flow_step_flops(config, latent_shape)

@@ -35,7 +35,7 @@ from txt2img_jax.models import latents
 from txt2img_jax.utils import runfiles
 from txt2img_jax.train import sharding
 from txt2img_jax.train import step as step_lib
-from txt2img_jax.data import imagefolder
+from txt2img_jax.data import inputs
 from txt2img_jax.data import records
 from txt2img_jax.data import shapes
 
@@ -74,7 +74,7 @@ def flat(d, prefix=""):
 def val_name(j: int, below: float) -> str:
   """A file name for val image j whose key hash is below every train key's."""
   t = 0
-  while imagefolder.key_unit(f"val_{j}_{t}.png") >= below:
+  while inputs.key_unit(f"val_{j}_{t}.png") >= below:
     t += 1
   return f"val_{j}_{t}.png"
 
@@ -84,7 +84,7 @@ def write_shapes_folder(root: str) -> list[str]:
   returns the val file names."""
   os.makedirs(root)
   train = [f"{i:03d}.png" for i in range(NUM_TRAIN)]
-  lowest = min(imagefolder.key_unit(n) for n in train)
+  lowest = min(inputs.key_unit(n) for n in train)
   val = [val_name(j, lowest) for j in range(NUM_VAL)]
   rows = [(n, shapes.example(0, "train", i, SIZE)) for i, n in enumerate(train)]
   rows += [(n, shapes.example(0, "test", j, SIZE)) for j, n in enumerate(val)]
@@ -145,7 +145,7 @@ def test_folder_decodes_the_shapes_examples_bit_identically(configs):
   assert keys == sorted(val)
 
 
-def inputs(config, workdir):
+def run_inputs(config, workdir):
   """What train.train_and_evaluate builds before the model: data, parts
   (vocabulary, tokenizer, model) and the latent statistics."""
   os.makedirs(workdir, exist_ok=True)
@@ -174,8 +174,8 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
   assert f_data.vocabulary() != shapes.vocabulary()
   assert set(f_data.vocabulary()) <= set(shapes.vocabulary())
   runfiles.write_json(f_dir, assets.VOCAB_FILE, shapes.vocabulary())
-  s_data, s_parts, s_stats = inputs(s_cfg, s_dir)
-  f_data, f_parts, f_stats = inputs(f_cfg, f_dir)
+  s_data, s_parts, s_stats = run_inputs(s_cfg, s_dir)
+  f_data, f_parts, f_stats = run_inputs(f_cfg, f_dir)
   assert f_parts.text.vocab_size == s_parts.text.vocab_size
   assert f_parts.latent_shape == s_parts.latent_shape
   assert f_parts.model == s_parts.model

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from txt2img_jax.data import inputs
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
 from txt2img_jax.data import records_prepare
@@ -41,7 +42,7 @@ def png_bytes(width, height, bit_depth, color_type, raw_rows):
 def prep(im, size=16, **kw):
   b = io.BytesIO()
   im.save(b, format="PNG", **({"exif": kw.pop("exif")} if "exif" in kw else {}))
-  return ifo.prepare_image(ifo.open_image(b.getvalue()), size, **kw)
+  return inputs.prepare_image(inputs.open_image(b.getvalue()), size, **kw)
 
 
 def test_exif_rotation_is_applied():
@@ -92,13 +93,13 @@ def test_palette_greyscale_16bit_cmyk_to_rgb():
   # 16-bit RGB: (0xC8FF, 0x6400, 0x0000) -> (200, 100, 0).
   row = struct.pack(">HHH", 0xC8FF, 0x6400, 0) * 16
   data = png_bytes(16, 16, 16, 2, [row] * 16)
-  out = ifo.prepare_image(ifo.open_image(data), 16)
+  out = inputs.prepare_image(inputs.open_image(data), 16)
   np.testing.assert_allclose(out[5, 5], (200, 100, 0), atol=1)
 
   cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # Pure red.
   b = io.BytesIO()
   cmyk.save(b, format="TIFF")
-  out = ifo.prepare_image(ifo.open_image(b.getvalue()), 16)
+  out = inputs.prepare_image(inputs.open_image(b.getvalue()), 16)
   np.testing.assert_array_equal(out[5, 5], (255, 0, 0))
 
 
@@ -115,47 +116,51 @@ def test_resize_shorter_side_then_centre_crop():
 
 
 def test_bad_images_raise_their_reason():
-  with pytest.raises(ifo.BadInput) as e:
-    ifo.open_image(b"this is a caption file, not a picture")
-  assert e.value.reason == ifo.NOT_AN_IMAGE
+  with pytest.raises(inputs.BadInput) as e:
+    inputs.open_image(b"this is a caption file, not a picture")
+  assert e.value.reason == inputs.NOT_AN_IMAGE
   good = io.BytesIO()
   Image.fromarray(
       np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
   ).save(good, format="PNG")
-  with pytest.raises(ifo.BadInput) as e:
-    ifo.prepare_image(ifo.open_image(good.getvalue()[:600]), 16)
-  assert e.value.reason == ifo.CORRUPT_IMAGE
+  with pytest.raises(inputs.BadInput) as e:
+    inputs.prepare_image(inputs.open_image(good.getvalue()[:600]), 16)
+  assert e.value.reason == inputs.CORRUPT_IMAGE
   tiny = Image.new("RGB", (4, 4))
-  with pytest.raises(ifo.BadInput) as e:
-    ifo.prepare_image(tiny, 16, min_side=8)
-  assert e.value.reason == ifo.TOO_SMALL
+  with pytest.raises(inputs.BadInput) as e:
+    inputs.prepare_image(tiny, 16, min_side=8)
+  assert e.value.reason == inputs.TOO_SMALL
   # A header claiming 60000 x 60000 pixels: refused before any decoding.
   bomb = png_bytes(60000, 60000, 8, 2, [])
-  with pytest.raises(ifo.BadInput) as e:
-    ifo.prepare_image(ifo.open_image(bomb), 16)
-  assert e.value.reason == ifo.TOO_MANY_PIXELS
-  with pytest.raises(ifo.BadInput) as e:
-    ifo.prepare_image(Image.new("RGB", (100, 100)), 16, max_pixels=9999)
-  assert e.value.reason == ifo.TOO_MANY_PIXELS
+  with pytest.raises(inputs.BadInput) as e:
+    inputs.prepare_image(inputs.open_image(bomb), 16)
+  assert e.value.reason == inputs.TOO_MANY_PIXELS
+  with pytest.raises(inputs.BadInput) as e:
+    inputs.prepare_image(Image.new("RGB", (100, 100)), 16, max_pixels=9999)
+  assert e.value.reason == inputs.TOO_MANY_PIXELS
 
 
 def test_choose_caption_is_deterministic_and_uses_all():
   caps = ["a", "b", "c", "d", "e"]
-  picks = [ifo.choose_caption(caps, 0, step, 7) for step in range(200)]
-  assert picks == [ifo.choose_caption(caps, 0, step, 7) for step in range(200)]
+  picks = [inputs.choose_caption(caps, 0, step, 7) for step in range(200)]
+  assert picks == [
+      inputs.choose_caption(caps, 0, step, 7) for step in range(200)
+  ]
   assert set(picks) == set(caps)
-  assert picks != [ifo.choose_caption(caps, 1, step, 7) for step in range(200)]
-  assert ifo.choose_caption(["only"], 3, 4, 5) == "only"
+  assert picks != [
+      inputs.choose_caption(caps, 1, step, 7) for step in range(200)
+  ]
+  assert inputs.choose_caption(["only"], 3, 4, 5) == "only"
   with pytest.raises(ValueError):
-    ifo.choose_caption([], 0, 0, 0)
+    inputs.choose_caption([], 0, 0, 0)
 
 
 def test_normalize_captions():
-  assert ifo.normalize_captions(" a cat ") == ["a cat"]
-  assert ifo.normalize_captions(["x", "", "  ", "y"]) == ["x", "y"]
-  assert ifo.normalize_captions(np.array([b"p", b"q"], object)) == ["p", "q"]
-  assert ifo.normalize_captions(None) == []
-  assert ifo.normalize_captions("") == []
+  assert inputs.normalize_captions(" a cat ") == ["a cat"]
+  assert inputs.normalize_captions(["x", "", "  ", "y"]) == ["x", "y"]
+  assert inputs.normalize_captions(np.array([b"p", b"q"], object)) == ["p", "q"]
+  assert inputs.normalize_captions(None) == []
+  assert inputs.normalize_captions("") == []
 
 
 def _save(root, rel, image):
@@ -183,11 +188,11 @@ def test_csv_listing_lists_of_captions_and_problems(tmp_path):
   ]
   got = sorted((i.reason, i.path, i.line) for i in src.issues)
   assert got == [
-      (ifo.BAD_METADATA_LINE, "metadata.csv", 6),
-      (ifo.DUPLICATE_ROW, "a.png", 5),
-      (ifo.MISSING_FILE, "gone.png", 4),
-      (ifo.UNLISTED_IMAGE, "c.png", None),
-      (ifo.UNLISTED_IMAGE, "unlisted.png", None),
+      (inputs.BAD_METADATA_LINE, "metadata.csv", 6),
+      (inputs.DUPLICATE_ROW, "a.png", 5),
+      (inputs.MISSING_FILE, "gone.png", 4),
+      (inputs.UNLISTED_IMAGE, "c.png", None),
+      (inputs.UNLISTED_IMAGE, "unlisted.png", None),
   ]
 
 

@@ -17,7 +17,8 @@ from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
 from txt2img_jax.train import flops
 from txt2img_jax.utils import hostmem
-from txt2img_jax import perf
+from txt2img_jax.train import op_profile
+from txt2img_jax.train import throughput
 from txt2img_jax.train import sharding
 from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.models import image_encoder
@@ -37,7 +38,7 @@ def _config(name="base", variant=""):
 def _xla_forward_flops(module, *args):
   variables = jax.eval_shape(module.init, jax.random.key(0, impl="rbg"), *args)
   compiled = jax.jit(module.apply).lower(variables, *args).compile()
-  return perf.xla_flops(compiled)
+  return throughput.xla_flops(compiled)
 
 
 def _forward(rows):
@@ -162,7 +163,7 @@ def test_perf_b2_hand_count():
 
 def test_measure_compiles_once_and_reports():
   c = _config("restart", "tiny")
-  r = perf.measure(c, steps=1, warmup=1, matmul_n=128)
+  r = throughput.measure(c, steps=1, warmup=1, matmul_n=128)
   for key in (
       "step_time_s",
       "compile_s",
@@ -176,17 +177,19 @@ def test_measure_compiles_once_and_reports():
   assert r["achieved_flops_per_s"] == pytest.approx(
       r["model_flops"] / r["step_time_s"]
   )
-  assert "model" in perf.report(r)
+  assert "model" in throughput.report(r)
   # The step is timed as training compiles it: with the config's XLA options.
   assert r["xla_options"] == {
       "xla_disable_hlo_passes": "tree_reduction_rewriter"
   }
-  assert "xla_disable_hlo_passes=tree_reduction_rewriter" in perf.report(r)
+  assert "xla_disable_hlo_passes=tree_reduction_rewriter" in throughput.report(
+      r
+  )
   # The host's share of a step, and the allocator setting it ran under.
   assert r["page_faults_per_step"] >= 0 and r["system_cpu_per_step_s"] >= 0
   assert r["host_malloc"] == hostmem.applied
-  assert f"(allocator: {hostmem.applied})" in perf.report(r)
-  only_compile = perf.measure(c, steps=0)
+  assert f"(allocator: {hostmem.applied})" in throughput.report(r)
+  only_compile = throughput.measure(c, steps=0)
   assert only_compile["step_time_s"] is None and only_compile["compile_s"] > 0
 
 
@@ -194,9 +197,9 @@ def test_op_profile_finds_the_matmul():
   f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(axis=0))
   a = jnp.ones((256, 256))
   compiled = f.lower(a, a).compile()
-  classes = perf.hlo_op_classes(compiled.as_text())
+  classes = op_profile.hlo_op_classes(compiled.as_text())
   assert "matmul" in {v[0] for v in classes.values()}, classes
-  p = perf.op_profile(compiled, lambda: compiled(a, a), steps=2)
+  p = op_profile.op_profile(compiled, lambda: compiled(a, a), steps=2)
   kinds = {k.split(" / ")[0] for k in p["by_class"]}
   assert "matmul" in kinds and p["op_s"] > 0 and p["wall_s"] > 0, p
 

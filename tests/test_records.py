@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from txt2img_jax.data import inputs
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
 from txt2img_jax.data import records_prepare
@@ -113,16 +114,16 @@ def bad_folder(tmp_path_factory):
 
 
 EXPECTED = {
-    ifo.CORRUPT_IMAGE: 1,
-    ifo.NOT_AN_IMAGE: 1,
-    ifo.MISSING_FILE: 1,
-    ifo.DUPLICATE_ROW: 1,
-    ifo.EMPTY_CAPTION: 2,
-    ifo.BAD_METADATA_LINE: 2,
-    ifo.TOO_SMALL: 1,
-    ifo.TOO_MANY_PIXELS: 2,
-    ifo.LONG_CAPTION: 1,
-    ifo.UNLISTED_IMAGE: 1,
+    inputs.CORRUPT_IMAGE: 1,
+    inputs.NOT_AN_IMAGE: 1,
+    inputs.MISSING_FILE: 1,
+    inputs.DUPLICATE_ROW: 1,
+    inputs.EMPTY_CAPTION: 2,
+    inputs.BAD_METADATA_LINE: 2,
+    inputs.TOO_SMALL: 1,
+    inputs.TOO_MANY_PIXELS: 2,
+    inputs.LONG_CAPTION: 1,
+    inputs.UNLISTED_IMAGE: 1,
 }
 
 
@@ -147,21 +148,21 @@ def test_bad_inputs_are_counted_and_good_ones_kept(bad_folder, tmp_path):
   assert report["written"] == {"train": 6, "val": 2}
   assert report["skipped"] == 11
   first = report["reasons"]
-  assert first[ifo.MISSING_FILE]["first"] == [
+  assert first[inputs.MISSING_FILE]["first"] == [
       {"path": "bad/missing.png", "line": 12}
   ]
-  assert first[ifo.BAD_METADATA_LINE]["first"] == [
+  assert first[inputs.BAD_METADATA_LINE]["first"] == [
       {"path": "metadata.jsonl", "line": 16},
       {"path": "metadata.jsonl", "line": 17},
   ]
-  assert first[ifo.DUPLICATE_ROW]["first"][0]["path"] == "good/red.png"
-  corrupt = first[ifo.CORRUPT_IMAGE]["first"][0]
+  assert first[inputs.DUPLICATE_ROW]["first"][0]["path"] == "good/red.png"
+  corrupt = first[inputs.CORRUPT_IMAGE]["first"][0]
   assert corrupt["path"] == "bad/truncated.png"
   assert corrupt["detail"].startswith("cannot decode"), corrupt
-  assert first[ifo.TOO_SMALL]["first"][0]["detail"] == (
+  assert first[inputs.TOO_SMALL]["first"][0]["detail"] == (
       "4x4 is below the minimum side 8"
   )
-  assert first[ifo.LONG_CAPTION]["action"] == "kept"
+  assert first[inputs.LONG_CAPTION]["action"] == "kept"
   assert report["bytes_per_example"] > SIZE * SIZE * 3
   with open(os.path.join(out, records.REPORT)) as f:
     assert json.load(f)["reasons"] == first
@@ -391,9 +392,11 @@ def test_tfds_source(tmp_path):
   report = records_prepare.prepare(src, out, **OPTS)
   assert report["written"] == {"train": 9, "val": 3}
   assert {r: v["count"] for r, v in report["reasons"].items()} == {
-      ifo.EMPTY_CAPTION: 1
+      inputs.EMPTY_CAPTION: 1
   }
-  assert report["reasons"][ifo.EMPTY_CAPTION]["first"] == [{"path": "train/4"}]
+  assert report["reasons"][inputs.EMPTY_CAPTION]["first"] == [
+      {"path": "train/4"}
+  ]
   for split, offset in (("train", 0), ("val", 50)):
     ps = records.PreparedSource(out, split)
     for i in range(len(ps)):

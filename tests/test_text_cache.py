@@ -118,7 +118,7 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(
   calls = []
 
   def spy_apply(params, ids, mask):
-    calls.append([f.filename for f in traceback.extract_stack()])
+    calls.append([(f.filename, f.name) for f in traceback.extract_stack()])
     return real.apply(params, ids, mask)
 
   spied = dataclasses.replace(real, apply=spy_apply)
@@ -141,12 +141,15 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(
       b["text_tokens"].shape == (c.batch_size, MAX_LEN, 32) for b in seen
   )
   # The sample grid encodes its prompts (they are not in the cache), so the spy is live; the
-  # losses (train and validation) never call it.
+  # losses (train and validation: the objective's `loss`) never call it.
   assert calls
   in_loss = [
       s
       for s in calls
-      if any(p.endswith(os.path.join("objectives", "crossflow.py")) for p in s)
+      if any(
+          p.endswith(os.path.join("objectives", "crossflow.py")) and n == "loss"
+          for p, n in s
+      )
   ]
   assert not in_loss, "the text encoder ran inside the loss"
 

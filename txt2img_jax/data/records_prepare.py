@@ -10,8 +10,8 @@
     out_dir/prepare_report.json  every bad input, counted by reason
     out_dir/manifest.json        written last: its presence means complete
 
-The record format and the reader are in `records.py`, the report and the
-progress line in `records_report.py`. Shards are written uncompressed with
+The record format and the reader are in `records.py`, one chunk's writing in
+`records_write.py`, the report and the progress line in `records_report.py`. Shards are written uncompressed with
 group_size 1 (fastest random reads; compression gains nothing on pixels).
 
 Resumability: each split is cut into fixed chunks of `chunk_size` listed
@@ -23,7 +23,6 @@ twice and an interrupted run ends with the same records as a clean one.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import glob
@@ -33,70 +32,13 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from array_record.python import array_record_module
-import numpy as np
 
-from txt2img_jax.data import imagefolder as ifo
+from txt2img_jax.data import inputs
 from txt2img_jax.data import records
 from txt2img_jax.data import records_report
-
-_WRITER_OPTIONS = "group_size:1,uncompressed"
-
-Featurize = Callable[[np.ndarray, list], Mapping[str, np.ndarray]]
-
-
-# ----------------------------------------------------------------- prepare
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-  image_size: int
-  background: tuple[int, int, int]
-  min_side: int
-  max_pixels: int
-  max_caption_chars: int | None
-  max_caption_words: int | None
-
-
-def _load_one(source, cand: ifo.Candidate, opts: _Options):
-  """(uint8 image or None, captions, issues) for one candidate; never raises
-  for a bad input."""
-  issues = []
-  im = None
-  try:
-    im, captions = source.read(cand)
-    captions = ifo.normalize_captions(captions)
-    if not captions:
-      raise ifo.BadInput(ifo.EMPTY_CAPTION, "")  # The reason says it all.
-    image = ifo.prepare_image(
-        im,
-        opts.image_size,
-        background=opts.background,
-        min_side=opts.min_side,
-        max_pixels=opts.max_pixels,
-    )
-  except ifo.BadInput as e:
-    return None, [], [ifo.Issue(e.reason, cand.key, cand.line, str(e))]
-  finally:
-    if im is not None:
-      im.close()
-  if any(
-      ifo.is_long_caption(c, opts.max_caption_chars, opts.max_caption_words)
-      for c in captions
-  ):
-    issues.append(ifo.Issue(ifo.LONG_CAPTION, cand.key, cand.line))
-  return image, captions, issues
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+from txt2img_jax.data import records_write
 
 
 def _normal(obj: Any) -> Any:
@@ -140,14 +82,14 @@ def _check_writable(out_dir: str) -> None:
 
 
 def _assign_splits(
-    cands: list[ifo.Candidate], val_fraction: float, val_count: int | None
-) -> dict[str, list[ifo.Candidate]]:
+    cands: list[inputs.Candidate], val_fraction: float, val_count: int | None
+) -> dict[str, list[inputs.Candidate]]:
   free = [c for c in cands if c.split is None]
   if val_count is not None:
-    by_hash = sorted(free, key=lambda c: (ifo.key_unit(c.key), c.key))
+    by_hash = sorted(free, key=lambda c: (inputs.key_unit(c.key), c.key))
     val_keys = {c.key for c in by_hash[:val_count]}
   else:
-    val_keys = {c.key for c in free if ifo.key_unit(c.key) < val_fraction}
+    val_keys = {c.key for c in free if inputs.key_unit(c.key) < val_fraction}
   out = {s: [] for s in records.SPLITS}
   for c in cands:  # Source order within each split.
     split = (
@@ -164,44 +106,19 @@ def _assign_splits(
   return out
 
 
-def _run_featurize(
-    featurize: Featurize, images: np.ndarray, captions: list[list[str]]
-) -> dict[str, np.ndarray]:
-  out = featurize(images, captions)
-  if not isinstance(out, Mapping):
-    raise TypeError(
-        f"featurize must return a dict of arrays, got " f"{type(out).__name__}."
-    )
-  result = {}
-  for name, arr in out.items():
-    arr = np.asarray(arr)
-    if name in records.RESERVED_KEYS:
-      raise ValueError(
-          f"featurize output {name!r} clashes with a record "
-          f"field ({sorted(records.RESERVED_KEYS)}); rename it."
-      )
-    if arr.ndim == 0 or arr.shape[0] != len(images):
-      raise ValueError(
-          f"featurize output {name!r} has shape {arr.shape}; "
-          f"it needs a leading batch dim of {len(images)}."
-      )
-    result[name] = arr
-  return result
-
-
 def prepare(
     source,
     out_dir: str,
     *,
     image_size: int,
     fingerprint: Mapping[str, Any] | None = None,
-    featurize: Featurize | None = None,
+    featurize: records_write.Featurize | None = None,
     rebuild: bool = False,
     val_fraction: float = 0.01,
     val_count: int | None = None,
     background: Sequence[int] = (255, 255, 255),
     min_side: int | None = None,
-    max_pixels: int = ifo.DEFAULT_MAX_PIXELS,
+    max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
     max_caption_chars: int | None = None,
     max_caption_words: int | None = None,
     chunk_size: int = 1024,
@@ -253,7 +170,7 @@ def prepare(
     raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-  opts = _Options(
+  opts = records_write.Options(
       image_size=int(image_size),
       background=tuple(int(c) for c in background),
       min_side=int(image_size) // 2 if min_side is None else int(min_side),
@@ -319,7 +236,7 @@ def prepare(
   os.makedirs(os.path.join(out_dir, records.CHUNKS_DIR), exist_ok=True)
 
   if not os.path.exists(fp_path):
-    _atomic_write_json(fp_path, full_fp)
+    records_write.atomic_write_json(fp_path, full_fp)
 
   plan = []  # (split, chunk number, shard count, candidates)
   for split, members in _assign_splits(cands, val_fraction, val_count).items():
@@ -337,14 +254,16 @@ def prepare(
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
 
     def submit(chunk):
-      return [pool.submit(_load_one, source, c, opts) for c in chunk[3]]
+      return [
+          pool.submit(records_write.load_one, source, c, opts) for c in chunk[3]
+      ]
 
     try:
       futures = submit(todo[0]) if todo else []
       for i, chunk in enumerate(todo):
         # Decode the next chunk while this one is featurized and written.
         nxt = submit(todo[i + 1]) if i + 1 < len(todo) else []
-        _write_chunk(
+        records_write.write_chunk(
             chunk,
             futures,
             out_dir,
@@ -372,76 +291,6 @@ def prepare(
   )
 
 
-def _write_chunk(
-    chunk, futures, out_dir, json_path, featurize, featurize_batch_size, bar
-) -> None:
-  split, k, n, members = chunk
-  images, captions, issues, kept = [], [], [], []
-  for cand, fut in zip(members, futures):
-    image, caps, its = fut.result()
-    issues += its
-    if image is not None:
-      images.append(image)
-      captions.append(caps)
-      kept.append(cand)
-    bar.update(1)
-  # A featurizer with per-caption outputs has room for `max_captions`: the
-  # record keeps those captions only, so the one drawn always has features.
-  limit = getattr(featurize, "max_captions", None)
-  dropped = 0
-  if limit is not None:
-    dropped = sum(max(0, len(c) - limit) for c in captions)
-    captions = [c[:limit] for c in captions]
-  extras: dict[str, np.ndarray] = {}
-  if featurize is not None and images:
-    parts = collections.defaultdict(list)
-    for s in range(0, len(images), featurize_batch_size):
-      out = _run_featurize(
-          featurize,
-          np.stack(images[s : s + featurize_batch_size]),
-          captions[s : s + featurize_batch_size],
-      )
-      for name, arr in out.items():
-        parts[name].append(arr)
-    extras = {name: np.concatenate(p) for name, p in parts.items()}
-  shard = f"{split}-{k:05d}-of-{n:05d}.array_record"
-  path = os.path.join(out_dir, shard)
-  nbytes = 0
-  if kept:
-    tmp = path + ".tmp"
-    writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
-    for j, cand in enumerate(kept):
-      writer.write(
-          records.encode_record(
-              images[j],
-              captions[j],
-              cand.index,
-              cand.key,
-              {name: arr[j] for name, arr in extras.items()},
-          )
-      )
-    writer.close()
-    os.replace(tmp, path)
-    nbytes = os.path.getsize(path)
-  spec = {
-      name: {"dtype": arr.dtype.str, "shape": list(arr.shape[1:])}
-      for name, arr in extras.items()
-  }
-  _atomic_write_json(
-      json_path,
-      {
-          "split": split,
-          "chunk": k,
-          "shard": shard if kept else None,
-          "num_records": len(kept),
-          "bytes": nbytes,
-          "extras": spec,
-          "captions_dropped": dropped,
-          "issues": [[i.reason, i.path, i.line, i.detail] for i in issues],
-      },
-  )
-
-
 def _finish(
     out_dir,
     plan,
@@ -463,7 +312,7 @@ def _finish(
       info = json.load(f)
     dropped += info.get("captions_dropped", 0)
     for issue in info["issues"]:
-      report.add(ifo.Issue(*issue))
+      report.add(inputs.Issue(*issue))
     s = splits[split]
     s["num_records"] += info["num_records"]
     s["bytes"] += info["bytes"]
@@ -494,7 +343,7 @@ def _finish(
       "processed": processed,
       "images_per_s": processed / max(seconds, 1e-9),
   }
-  _atomic_write_json(os.path.join(out_dir, records.REPORT), result)
+  records_write.atomic_write_json(os.path.join(out_dir, records.REPORT), result)
   if total == 0:
     raise ValueError(
         f"No usable examples: all {listed} listed inputs were skipped "
@@ -505,7 +354,7 @@ def _finish(
     for line in records_report.summary_lines(result):
       print(line, file=sys.stderr)
   # Last: the manifest is what makes the directory count as prepared.
-  _atomic_write_json(
+  records_write.atomic_write_json(
       os.path.join(out_dir, records.MANIFEST),
       {
           "format_version": records.FORMAT_VERSION,

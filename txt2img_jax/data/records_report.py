@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from txt2img_jax.data import imagefolder as ifo
+from txt2img_jax.data import inputs
 from txt2img_jax.data import records
 
 # ------------------------------------------------------------------- report
@@ -29,7 +29,7 @@ class Report:
     self.counts: collections.Counter = collections.Counter()
     self.first: dict[str, list[dict]] = collections.defaultdict(list)
 
-  def add(self, issue: ifo.Issue) -> None:
+  def add(self, issue: inputs.Issue) -> None:
     self.counts[issue.reason] += 1
     if len(self.first[issue.reason]) < self.keep:
       entry = {"path": issue.path}
@@ -44,9 +44,9 @@ class Report:
     for reason in sorted(self.counts):
       action = (
           "kept"
-          if reason in ifo.KEPT_REASONS
+          if reason in inputs.KEPT_REASONS
           else "not used (no metadata row)"
-          if reason in ifo.UNUSED_REASONS
+          if reason in inputs.UNUSED_REASONS
           else "skipped"
       )
       out[reason] = {
@@ -60,7 +60,7 @@ class Report:
     return sum(
         c
         for r, c in self.counts.items()
-        if r not in ifo.KEPT_REASONS and r not in ifo.UNUSED_REASONS
+        if r not in inputs.KEPT_REASONS and r not in inputs.UNUSED_REASONS
     )
 
 

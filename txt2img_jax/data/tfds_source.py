@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from txt2img_jax.data import imagefolder as ifo
+from txt2img_jax.data import inputs
 
 
 def _get(element: dict[str, Any], key: str) -> Any:
@@ -35,12 +35,12 @@ def _to_pil(array: np.ndarray) -> Image.Image:
   if a.dtype == np.uint16:
     return Image.fromarray(a.astype(np.uint16), mode=None)
   if a.dtype != np.uint8:
-    raise ifo.BadInput(
-        ifo.CORRUPT_IMAGE, f"image dtype {a.dtype} is not " "uint8 or uint16"
+    raise inputs.BadInput(
+        inputs.CORRUPT_IMAGE, f"image dtype {a.dtype} is not " "uint8 or uint16"
     )
   if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-    raise ifo.BadInput(
-        ifo.CORRUPT_IMAGE,
+    raise inputs.BadInput(
+        inputs.CORRUPT_IMAGE,
         f"image shape {a.shape} is not "
         "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)",
     )
@@ -91,7 +91,7 @@ class TfdsSource:
             f"and a split among {sorted(builder.info.splits)}."
         ) from e
     self._check_keys()
-    self.issues: list[ifo.Issue] = []
+    self.issues: list[inputs.Issue] = []
     self.candidates = []
     for split, ds in self._sources.items():
       role = (
@@ -100,7 +100,7 @@ class TfdsSource:
           else ("train" if split == train_split else "val")
       )
       self.candidates += [
-          ifo.Candidate(key=f"{split}/{i}", index=i, split=role)
+          inputs.Candidate(key=f"{split}/{i}", index=i, split=role)
           for i in range(len(ds))
       ]
 
@@ -144,14 +144,14 @@ class TfdsSource:
   def describe(self) -> str:
     return f"TFDS {self.name} ({', '.join(self._sources)})"
 
-  def read(self, cand: ifo.Candidate) -> tuple[Image.Image, Any]:
+  def read(self, cand: inputs.Candidate) -> tuple[Image.Image, Any]:
     split, i = cand.key.rsplit("/", 1)
     try:
       element = self._sources[split][int(i)]
       image = _get(element, self.image_key)
       captions = _get(element, self.caption_key)
     except Exception as e:  # A record TFDS cannot decode.
-      raise ifo.BadInput(
-          ifo.CORRUPT_IMAGE, f"cannot read record: {type(e).__name__}: {e}"
+      raise inputs.BadInput(
+          inputs.CORRUPT_IMAGE, f"cannot read record: {type(e).__name__}: {e}"
       ) from e
     return _to_pil(image), captions

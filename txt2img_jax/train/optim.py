@@ -27,7 +27,6 @@ at `step`, whatever the optimiser's own counters say.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Mapping
 
 import jax
@@ -35,27 +34,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Fields each schedule kind reads; `max_lr` and `step_offset` are common to all.
-_COMMON_FIELDS = ("kind", "max_lr", "step_offset", "warmup_steps")
-_KIND_FIELDS = {
-    "constant": (),
-    "warmup_cosine": ("decay_steps", "end_lr"),
-    "sgdr": ("t0", "t_mult", "eta_min"),
-}
-_ALL_FIELDS = frozenset(_COMMON_FIELDS).union(*_KIND_FIELDS.values())
-# The field holding the floor a restarted cycle decays to.
-_FLOOR_FIELD = {"warmup_cosine": "end_lr", "sgdr": "eta_min"}
+from txt2img_jax.train.schedules import FLOOR_FIELD
+from txt2img_jax.train.schedules import to_dict
+from txt2img_jax.train.schedules import make_schedule
+from txt2img_jax.train.schedules import validated_fields
+
 _GROUP_FIELDS = frozenset(
     {"lr", "max_lr", "schedule", "trainable", "weight_decay"}
 )
-
-
-def _to_dict(cfg: Any) -> dict[str, Any]:
-  if cfg is None:
-    return {}
-  if isinstance(cfg, ml_collections.ConfigDict):
-    return cfg.to_dict()
-  return dict(cfg)
 
 
 def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
@@ -63,131 +49,6 @@ def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
   if "optim" in config:
     return config.optim
   return config
-
-
-# ------------------------------------------------------------------ schedules
-
-
-def _validated_fields(cfg: Any, peak_lr: float) -> dict[str, Any]:
-  """Returns the schedule's fields with defaults filled in; raises ValueError."""
-  fields = _to_dict(cfg)
-  kind = fields.get("kind")
-  if kind not in _KIND_FIELDS:
-    raise ValueError(
-        f"Unknown schedule kind {kind!r}; expected one of {sorted(_KIND_FIELDS)}."
-    )
-  unknown = set(fields) - _ALL_FIELDS
-  if unknown:
-    raise ValueError(
-        f"Unknown schedule field(s) {sorted(unknown)} for kind {kind!r}."
-    )
-  f = dict(warmup_steps=0, max_lr=None, step_offset=0)
-  f.update(fields)
-  if peak_lr is None or peak_lr < 0:
-    raise ValueError(f"peak_lr must be >= 0, got {peak_lr}.")
-  for name in ("warmup_steps", "step_offset"):
-    if f[name] is None or int(f[name]) != f[name] or f[name] < 0:
-      raise ValueError(f"{name} must be an integer >= 0, got {f[name]!r}.")
-  if f["max_lr"] is not None and f["max_lr"] <= 0:
-    raise ValueError(f'max_lr must be > 0 or None, got {f["max_lr"]}.')
-  # The highest lr the curve reaches; a floor above it makes no sense.
-  top = peak_lr if f["max_lr"] is None else min(peak_lr, f["max_lr"])
-
-  if kind == "warmup_cosine":
-    if "decay_steps" not in f:
-      raise ValueError(
-          "warmup_cosine needs decay_steps (total, warmup included)."
-      )
-    if (
-        int(f["decay_steps"]) != f["decay_steps"]
-        or f["decay_steps"] <= f["warmup_steps"]
-    ):
-      raise ValueError(
-          f'decay_steps ({f["decay_steps"]}) must be an integer > warmup_steps '
-          f'({f["warmup_steps"]}).'
-      )
-    f.setdefault("end_lr", 0.0)
-    if not 0 <= f["end_lr"] <= top:
-      raise ValueError(f'end_lr ({f["end_lr"]}) must lie in [0, peak={top}].')
-  elif kind == "sgdr":
-    for name in ("t0", "t_mult"):
-      if name not in f:
-        raise ValueError(f"sgdr needs {name}.")
-    if int(f["t0"]) != f["t0"] or f["t0"] < 1:
-      raise ValueError(f't0 must be an integer >= 1, got {f["t0"]!r}.')
-    if int(f["t_mult"]) != f["t_mult"] or f["t_mult"] < 1:
-      raise ValueError(f't_mult must be an integer >= 1, got {f["t_mult"]!r}.')
-    f.setdefault("eta_min", 0.0)
-    if not 0 <= f["eta_min"] <= top:
-      raise ValueError(f'eta_min ({f["eta_min"]}) must lie in [0, peak={top}].')
-  return f
-
-
-def _sgdr_cycle(
-    u: jax.Array, t0: int, t_mult: int
-) -> tuple[jax.Array, jax.Array]:
-  """(T_cur, T_i) of CosineAnnealingWarmRestarts at epoch `u` (int32, >= 0)."""
-  if t_mult == 1:
-    return u % t0, jnp.full_like(u, t0)
-
-  def start(n):  # first epoch of cycle n: t0 * (t_mult^n - 1) / (t_mult - 1)
-    return t0 * (t_mult**n - 1) // (t_mult - 1)
-
-  uf = u.astype(jnp.float32)
-  n = jnp.floor(jnp.log(uf / t0 * (t_mult - 1) + 1) / math.log(t_mult)).astype(
-      jnp.int32
-  )
-  n = jnp.maximum(n, 0)
-  # The float log can land one cycle off at a boundary; fix it in integers.
-  n = jnp.where(u >= start(n + 1), n + 1, n)
-  n = jnp.where(u < start(n), n - 1, n)
-  return u - start(n), t0 * t_mult**n
-
-
-def make_schedule(cfg: Any, peak_lr: float) -> optax.Schedule:
-  """Builds a learning-rate schedule (step -> lr) from a schedule ConfigDict.
-
-  Fields: `kind` in {'constant', 'warmup_cosine', 'sgdr'}; for all kinds
-  `warmup_steps` (linear 0 -> peak, default 0), `max_lr` (cap, None = none) and
-  `step_offset` (the curve is evaluated at step - step_offset, and at 0 before
-  it); 'warmup_cosine': `decay_steps` (total, warmup included), `end_lr`
-  (absolute floor, held after decay_steps); 'sgdr': `t0`, `t_mult` (int >= 1),
-  `eta_min` (absolute) -- after warmup the curve equals PyTorch's
-  CosineAnnealingWarmRestarts(T_0=t0, T_mult=t_mult, eta_min=eta_min) with base
-  lr = peak_lr.
-  """
-  f = _validated_fields(cfg, peak_lr)
-  kind, warmup, offset, max_lr = (
-      f["kind"],
-      int(f["warmup_steps"]),
-      int(f["step_offset"]),
-      f["max_lr"],
-  )
-  peak = float(peak_lr)
-
-  def schedule(step):
-    s = jnp.maximum(jnp.asarray(step, jnp.int32) - offset, 0)
-    if kind == "constant":
-      lr = jnp.full(s.shape, peak, jnp.float32)
-    elif kind == "warmup_cosine":
-      frac = jnp.clip((s - warmup) / (int(f["decay_steps"]) - warmup), 0.0, 1.0)
-      end = float(f["end_lr"])
-      lr = end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-    else:  # sgdr
-      t_cur, t_i = _sgdr_cycle(
-          jnp.maximum(s - warmup, 0), int(f["t0"]), int(f["t_mult"])
-      )
-      eta_min = float(f["eta_min"])
-      lr = eta_min + (peak - eta_min) * 0.5 * (
-          1 + jnp.cos(jnp.pi * t_cur / t_i)
-      )
-    if warmup > 0:
-      lr = jnp.where(s < warmup, peak * s / warmup, lr)
-    if max_lr is not None:
-      lr = jnp.minimum(lr, max_lr)
-    return lr.astype(jnp.float32)
-
-  return schedule
 
 
 # ------------------------------------------------------------ groups and masks
@@ -242,7 +103,7 @@ def group_global_norms(tree: Any, labels: Any) -> dict[str, jax.Array]:
 
 
 def _group_cfgs(optim: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-  groups = _to_dict(optim.get("groups"))
+  groups = to_dict(optim.get("groups"))
   for name, g in groups.items():
     unknown = set(g) - _GROUP_FIELDS
     if unknown:
@@ -258,8 +119,8 @@ def _group_schedule_cfg(
     optim: ml_collections.ConfigDict, group: Mapping[str, Any]
 ) -> dict[str, Any]:
   """The shared schedule with the group's overrides and its max_lr cap applied."""
-  cfg = _to_dict(optim.get("schedule"))
-  cfg.update(_to_dict(group.get("schedule")))
+  cfg = to_dict(optim.get("schedule"))
+  cfg.update(to_dict(group.get("schedule")))
   caps = [c for c in (cfg.get("max_lr"), group.get("max_lr")) if c is not None]
   cfg["max_lr"] = min(caps) if caps else None
   return cfg
@@ -278,7 +139,7 @@ def unfinished_schedule(config: Any, threshold: float = 0.1) -> str | None:
   """
   optim = _optim_cfg(config)
   last = config.total_steps - 1
-  warmup = int(_to_dict(optim.get("schedule")).get("warmup_steps", 0) or 0)
+  warmup = int(to_dict(optim.get("schedule")).get("warmup_steps", 0) or 0)
   if warmup >= config.total_steps > 1:
     return (
         f"the run ends inside the LR warmup (warmup_steps={warmup}, "
@@ -295,7 +156,7 @@ def unfinished_schedule(config: Any, threshold: float = 0.1) -> str | None:
     if cfg.get("kind", "constant") == "constant":
       continue
     peak = float(group["lr"])
-    floor = min(float(cfg.get(_FLOOR_FIELD[cfg["kind"]], 0.0) or 0.0), peak)
+    floor = min(float(cfg.get(FLOOR_FIELD[cfg["kind"]], 0.0) or 0.0), peak)
     if peak > floor:
       lr = float(make_schedule(cfg, peak)(last))
       worst = max(worst, (lr - floor) / (peak - floor))
@@ -425,7 +286,7 @@ def restart_schedules(
   stays shared; `make_optimizer(new_optim, params)` builds the restarted
   optimiser, whose state has the same structure as the old one.
   """
-  optim = _to_dict(_optim_cfg(config))
+  optim = to_dict(_optim_cfg(config))
   groups = _group_cfgs(ml_collections.ConfigDict(optim))
   trainable = [n for n, g in groups.items() if g.get("trainable", True)]
   unknown = set(old_lrs) - set(groups)
@@ -444,16 +305,16 @@ def restart_schedules(
     raise ValueError(f"peak_factor must be > 0, got {peak_factor}.")
 
   new = copy.deepcopy(optim)
-  new["schedule"] = {**_to_dict(new.get("schedule")), **_to_dict(schedule)}
+  new["schedule"] = {**to_dict(new.get("schedule")), **to_dict(schedule)}
   for name in trainable:
     g = new["groups"][name]
     g["lr"] = float(peak_factor * g["lr"])
-    overrides = _to_dict(g.get("schedule"))
+    overrides = to_dict(g.get("schedule"))
     overrides.update(
         step_offset=int(restart_step), warmup_steps=int(warmup_steps)
     )
     sched = _group_schedule_cfg(new, {**g, "schedule": overrides})
-    floor_field = _FLOOR_FIELD.get(sched.get("kind"))
+    floor_field = FLOOR_FIELD.get(sched.get("kind"))
     if floor_field is not None:
       top = (
           g["lr"] if sched["max_lr"] is None else min(g["lr"], sched["max_lr"])
@@ -461,5 +322,5 @@ def restart_schedules(
       overrides[floor_field] = float(min(float(old_lrs[name]), top))
     g["schedule"] = overrides
     # Validate now so a bad restart fails before any training step.
-    _validated_fields(_group_schedule_cfg(new, g), g["lr"])
+    validated_fields(_group_schedule_cfg(new, g), g["lr"])
   return ml_collections.ConfigDict(new)

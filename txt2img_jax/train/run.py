@@ -15,7 +15,6 @@ import jax
 
 from txt2img_jax import objectives
 from txt2img_jax.models import autoencoder as ae_lib
-from txt2img_jax.models import generator as generator_lib
 from txt2img_jax.models import latents
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpointing
