@@ -1,12 +1,5 @@
-"""Health checks of the diagnosis note, each with a verdict.
-
-  python -m txt2img_jax.health overfit --config=configs/restart.py \
-      [--workdir=W] [--steps=450] [--subset=512] [--break_targets]
-  python -m txt2img_jax.health latents --config=configs/restart.py \
-      [--workdir=W] [--num=1024] [--stats_scale=3]
-  python -m txt2img_jax.health mosaic --workdir=W [--num=64]
-
-Exit code 0 = PASS, 1 = FAIL, 2 = usage error. See docs/health.md for what each check does,
+"""Health checks of the diagnosis note, each with a verdict; their command is
+`python -m txt2img_jax.health` and docs/health.md says what each check does,
 its thresholds and why.
 
 overfit ("小批过拟合"): train a copy of the config on the first `subset`
