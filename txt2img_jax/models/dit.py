@@ -78,6 +78,7 @@ class DiTBlock(nn.Module):
       context_mask: Optional[jax.Array] = None,
   ):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.constrain(x)
     width = x.shape[-1]
     mod = _zero_dense(6 * width, ("embed", "mlp"), "modulation", kw)(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(
@@ -98,7 +99,7 @@ class DiTBlock(nn.Module):
       )
     h = modulate(norm("ln_mlp")(x), shift_m, scale_m)
     mlp = layers.MLP(int(width * self.mlp_ratio), name="mlp", **kw)
-    x = x + gate_m[:, None] * mlp(h)
+    x = layers.constrain(x + gate_m[:, None] * mlp(h))
     return (x, None) if self.scanned else x
 
 

@@ -114,6 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state_shardings,
       mesh,
       validate.train_compiler_options(config),
+      rules,
   )
 
   # --- Evaluators: sample grid and structure benchmark (EMA params).

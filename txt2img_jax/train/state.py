@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from txt2img_jax.models import layers
 from txt2img_jax.train import optim
 from txt2img_jax.train import sharding
 
@@ -45,8 +46,10 @@ def init_keys(config) -> tuple[jax.Array, jax.Array]:
   return init_rng, state_rng
 
 
-def create_train_state(config, model, latent_shape, text_width, mesh, rules):
-  """(tx, schedules, state, state_shardings), the state created sharded."""
+def train_state_spec(config, model, latent_shape, text_width, mesh, rules):
+  """(tx, schedules, init_state, init_rng, abstract_state, state_shardings):
+  everything about the state but its arrays. `init_state(init_rng)` makes
+  them; ahead-of-time compilation (train/aot.py) uses the shapes alone."""
   init_rng, state_rng = init_keys(config)
   boxed = jax.eval_shape(
       functools.partial(
@@ -72,17 +75,40 @@ def create_train_state(config, model, latent_shape, text_width, mesh, rules):
   abstract_state = jax.eval_shape(init_state, init_rng)
   param_shardings = sharding.state_shardings(boxed, mesh, rules)
   state_shardings = train_state_shardings(abstract_state, param_shardings, mesh)
+  return tx, schedules, init_state, init_rng, abstract_state, state_shardings
+
+
+def create_train_state(config, model, latent_shape, text_width, mesh, rules):
+  """(tx, schedules, state, state_shardings), the state created sharded."""
+  tx, schedules, init_state, init_rng, _, state_shardings = train_state_spec(
+      config, model, latent_shape, text_width, mesh, rules
+  )
   with mesh:
     state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
   return tx, schedules, state, state_shardings
 
 
 def jit_train_step(
-    train_step, state_shardings, mesh, compiler_options: dict | None = None
+    train_step,
+    state_shardings,
+    mesh,
+    compiler_options: dict | None = None,
+    rules=None,
 ):
   """Explicit in/out shardings; the state is donated (updated in place).
-  compiler_options: XLA options for this step (`train_compiler_options`)."""
+  compiler_options: XLA options for this step (`train_compiler_options`).
+  rules: the logical-axis rules (`sharding.logical_rules`), in force while
+  the step is traced: the model's activation constraints (`layers.constrain`)
+  then keep the batch split over 'data' between blocks."""
   repl = sharding.replicated(mesh)
+  if rules is not None:
+    inner = train_step
+
+    @functools.wraps(inner)
+    def train_step(*args):
+      with layers.activation_sharding(mesh, rules):
+        return inner(*args)
+
   return jax.jit(
       train_step,
       donate_argnums=(0,),

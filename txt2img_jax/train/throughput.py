@@ -124,6 +124,7 @@ def measure(
       state_shardings,
       mesh,
       options,
+      rules,
   )
   batch, stats = synthetic_inputs(config, latent_shape, tok, mesh)
   frozen = jax.device_put(parts.frozen)
