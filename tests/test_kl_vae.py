@@ -316,3 +316,14 @@ def test_legacy_attention_names_and_fingerprint(vaes, tmp_path):
   with open(cfg_path, "w") as f:
     json.dump(cfg, f)
   assert kl_vae.load(rescaled).fingerprint() != vae.fingerprint()
+
+
+def test_described_vae_has_the_loaded_ones_shapes(vaes):
+  """What ahead-of-time compilation builds from config.json alone."""
+  for path, _ in vaes.values():
+    loaded, _ = _load(path)
+    described = kl_vae.describe(path)
+    shape = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
+    assert shape(described.params) == shape(loaded.params)
+    assert described.latent_shape(64) == loaded.latent_shape(64)
+    assert described.scaling_factor == loaded.scaling_factor

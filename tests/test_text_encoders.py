@@ -347,3 +347,19 @@ def test_clip_score_matches_torch(encoders, tmp_path):
   )
   assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
   assert 0.0 <= ours <= 100.0
+
+
+@pytest.mark.parametrize("kind", ["clip", "clip_full", "t5"])
+def test_described_encoder_has_the_loaded_ones_shapes(kind, encoders):
+  """What ahead-of-time compilation builds from config.json alone."""
+  loaded = text_encoder.load_pretrained_text_encoder(encoders[kind])
+  described = text_encoder.describe_pretrained_text_encoder(
+      encoders[kind]
+  )
+  shape = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
+  assert shape(described.params) == shape(loaded.params)
+  assert described.width == loaded.width
+  assert described.model_type == loaded.model_type
+  ids = np.zeros((2, 5), np.int32)
+  out = jax.eval_shape(described.apply, described.params, ids, ids)
+  assert out.shape == (2, 5, loaded.width)

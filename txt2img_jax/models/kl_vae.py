@@ -269,6 +269,30 @@ def _list(title: str, items: Sequence[str], limit: int = 12) -> str:
   return f"{len(items)} {title}: {shown}"
 
 
+def describe(path: str, dtype: str = "float32") -> KLVAE:
+  """The VAE of a folder from its config.json alone: `params` are
+  `jax.ShapeDtypeStruct`s (float32, as `load` gives them), no weights read.
+  For compiling a step ahead of time (train/aot.py)."""
+  config, scaling_factor, shift_factor = _read_config(path)
+  module = AutoencoderKLModule(config, jnp.dtype(dtype))
+  params = {}
+  for names, shape in _expected_shapes(module, config).items():
+    node = params
+    *parents, leaf = names
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return KLVAE(
+      params=params,
+      scaling_factor=scaling_factor,
+      shift_factor=shift_factor,
+      config=config,
+      dtype=dtype,
+      module=module,
+      weights_hash="",
+  )
+
+
 def load(path: str, dtype: str = "float32") -> KLVAE:
   """Load a diffusers AutoencoderKL folder; compute in `dtype` ('float32' or 'bfloat16')."""
   if dtype not in ("float32", "bfloat16"):

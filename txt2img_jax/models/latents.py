@@ -39,6 +39,12 @@ def _kl_vae(config):
   return kl_vae.load(_vae_path(config), dtype=config.dtype)
 
 
+def _kl_vae_described(config):
+  from txt2img_jax.models import kl_vae
+
+  return kl_vae.describe(_vae_path(config), dtype=config.dtype)
+
+
 def _kl_vae_shape(config):
   """From the VAE's config.json alone (no weights read)."""
   path = os.path.join(_vae_path(config), "config.json")
@@ -70,10 +76,11 @@ def _vae_path(config) -> str:
   return os.path.expanduser(path)
 
 
-# kind -> (build(config) -> latent space, latent_shape(config) -> (H, W, C))
+# kind -> (build(config) -> latent space, latent_shape(config) -> (H, W, C),
+#          describe(config) -> the latent space with its params as shapes only)
 REGISTRY = {
-    "pixel": (_pixel, _pixel_shape),
-    "kl_vae": (_kl_vae, _kl_vae_shape),
+    "pixel": (_pixel, _pixel_shape, _pixel),
+    "kl_vae": (_kl_vae, _kl_vae_shape, _kl_vae_described),
 }
 
 
@@ -88,6 +95,12 @@ def _entry(config):
 
 def build(config):
   return _entry(config)[0](config)
+
+
+def describe(config):
+  """The latent space without its weights (`params` are shapes): for
+  compiling ahead of time (train/aot.py)."""
+  return _entry(config)[2](config)
 
 
 def latent_shape(config) -> tuple[int, int, int]:

@@ -152,6 +152,70 @@ def _architecture(config) -> dict:
   return d
 
 
+def _model_class(name_or_path: str):
+  """(text config, Flax class, width, default max_len or None, model_type
+  of the folder) from its config.json alone."""
+  import transformers
+
+  config = _config(name_or_path)
+  model_type = config.model_type
+  if model_type in _CLIP_TYPES:
+    if model_type == "clip":  # A full CLIPModel folder: its text tower.
+      config = config.text_config
+    return (
+        config,
+        transformers.FlaxCLIPTextModel,
+        config.hidden_size,
+        config.max_position_embeddings,
+        model_type,
+    )
+  if model_type in _T5_TYPES:
+    return (
+        config,
+        transformers.FlaxT5EncoderModel,
+        config.d_model,
+        None,
+        model_type,
+    )
+  raise ValueError(
+      f"unsupported text encoder model_type {model_type!r} for {name_or_path!r}; "
+      f"expected one of {_CLIP_TYPES + _T5_TYPES}"
+  )
+
+
+def _hidden_states(model):
+  """apply(params, ids, mask) -> the last hidden states, (B, L, width)."""
+
+  def apply(params, ids, mask):
+    return model(
+        input_ids=ids,
+        attention_mask=mask.astype(jnp.int32),
+        params=params,
+        train=False,
+    ).last_hidden_state
+
+  return apply
+
+
+def describe_pretrained_text_encoder(
+    name_or_path: str, dtype: Dtype = jnp.float32, max_len: Optional[int] = None
+) -> PretrainedTextEncoder:
+  """The encoder of a folder from its config.json alone: `params` are
+  `jax.ShapeDtypeStruct`s and there is no tokenizer. For compiling a step
+  ahead of time (train/aot.py) without the weights."""
+  config, cls, width, default_len, model_type = _model_class(name_or_path)
+  model = cls(config, dtype=jnp.dtype(dtype), _do_init=False)
+  return PretrainedTextEncoder(
+      params=model.params_shape_tree,
+      apply=_hidden_states(model),
+      width=width,
+      tokenizer=None,
+      max_len=max_len or default_len or _FALLBACK_MAX_LEN,
+      model_type=model_type,
+      identity={"architecture": _architecture(config), "weights": None},
+  )
+
+
 def load_pretrained_text_encoder(
     name_or_path: str, dtype: Dtype = jnp.float32, max_len: Optional[int] = None
 ) -> PretrainedTextEncoder:
@@ -192,23 +256,7 @@ def _load(
   """
   import transformers
 
-  config = _config(name_or_path)
-  model_type = config.model_type
-  if model_type in _CLIP_TYPES:
-    if model_type == "clip":  # A full CLIPModel folder: its text tower.
-      config = config.text_config
-    cls = transformers.FlaxCLIPTextModel
-    width = config.hidden_size
-    default_len = config.max_position_embeddings
-  elif model_type in _T5_TYPES:
-    cls = transformers.FlaxT5EncoderModel
-    width = config.d_model
-    default_len = None
-  else:
-    raise ValueError(
-        f"unsupported text encoder model_type {model_type!r} for {name_or_path!r}; "
-        f"expected one of {_CLIP_TYPES + _T5_TYPES}"
-    )
+  config, cls, width, default_len, model_type = _model_class(name_or_path)
   # _do_init=False: the weights come from disk, so no full-size random init runs on the host.
   if weights_lib.has_flax(name_or_path) or not os.path.isdir(name_or_path):
     model, params = cls.from_pretrained(
@@ -230,15 +278,6 @@ def _load(
     limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LEN
     default_len = min(int(limit), _FALLBACK_MAX_LEN)
 
-  def apply(params, ids, mask):
-    out = model(
-        input_ids=ids,
-        attention_mask=mask.astype(jnp.int32),
-        params=params,
-        train=False,
-    )
-    return out.last_hidden_state
-
   identity = {
       "model_type": model_type,
       "architecture": _architecture(model.config),
@@ -248,7 +287,7 @@ def _load(
   }
   return PretrainedTextEncoder(
       params=params,
-      apply=apply,
+      apply=_hidden_states(model),
       width=width,
       tokenizer=tokenizer,
       max_len=max_len or default_len,

@@ -25,9 +25,13 @@ from txt2img_jax.objectives import timesteps
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+def validate_config(
+    config: ml_collections.ConfigDict, devices: int | None = None
+) -> tuple[int, int, int]:
   """Every check that needs no compilation; returns the latent shape. It
-  sets nothing: `use_prng_impl` is the config's one process-wide setting."""
+  sets nothing: `use_prng_impl` is the config's one process-wide setting.
+  `devices`: how many the mesh spans (default: this process's jax devices;
+  ahead-of-time compilation gives its target's)."""
   from txt2img_jax.models import text_head as text_head_lib
 
   if config.prng_impl not in PRNG_IMPLS:
@@ -60,17 +64,11 @@ def validate_config(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
         f"batch_size={config.batch_size} must divide over "
         f"{jax.process_count()} hosts"
     )
+  n = jax.device_count() if devices is None else devices
   model_axis = config.mesh.model
-  if model_axis < 1 or jax.device_count() % model_axis:
-    raise ValueError(
-        f"mesh.model={model_axis} must divide the "
-        f"{jax.device_count()} devices"
-    )
-  data_axis = (
-      config.mesh.data
-      if config.mesh.data > 0
-      else jax.device_count() // model_axis
-  )
+  if model_axis < 1 or n % model_axis:
+    raise ValueError(f"mesh.model={model_axis} must divide the {n} devices")
+  data_axis = config.mesh.data if config.mesh.data > 0 else n // model_axis
   if config.batch_size % data_axis:
     raise ValueError(
         f"batch_size={config.batch_size} must divide over the "
