@@ -269,19 +269,30 @@ def _list(title: str, items: Sequence[str], limit: int = 12) -> str:
   return f"{len(items)} {title}: {shown}"
 
 
+def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict[str, Any]:
+  """{('encoder', 'conv_in', 'kernel'): leaf} -> the nested params tree."""
+  tree = {}
+  for names, leaf in flat.items():
+    node = tree
+    *parents, last = names
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return tree
+
+
 def describe(path: str, dtype: str = "float32") -> KLVAE:
   """The VAE of a folder from its config.json alone: `params` are
   `jax.ShapeDtypeStruct`s (float32, as `load` gives them), no weights read.
   For compiling a step ahead of time (train/aot.py)."""
   config, scaling_factor, shift_factor = _read_config(path)
   module = AutoencoderKLModule(config, jnp.dtype(dtype))
-  params = {}
-  for names, shape in _expected_shapes(module, config).items():
-    node = params
-    *parents, leaf = names
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
+  params = _nest(
+      {
+          names: jax.ShapeDtypeStruct(shape, jnp.float32)
+          for names, shape in _expected_shapes(module, config).items()
+      }
+  )
   return KLVAE(
       params=params,
       scaling_factor=scaling_factor,
@@ -332,20 +343,16 @@ def load(path: str, dtype: str = "float32") -> KLVAE:
         + "; ".join(problems)
     )
 
-  params, digest = {}, hashlib.sha256()
+  flat, digest = {}, hashlib.sha256()
   for name in sorted(by_name):
     array = np.ascontiguousarray(
         _from_torch_layout(np.asarray(tensors[name], np.float32))
     )
     digest.update(name.encode())
     digest.update(array.tobytes())
-    node = params
-    *parents, leaf = by_name[name]
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = array
+    flat[by_name[name]] = array
   return KLVAE(
-      params=params,
+      params=_nest(flat),
       scaling_factor=scaling_factor,
       shift_factor=shift_factor,
       config=config,
