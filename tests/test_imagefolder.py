@@ -264,3 +264,34 @@ def test_shapes_written_as_folder_read_back_bit_identical(tmp_path):
       assert rec["captions"] == [ex["caption"]]
       seen.append(i)
   assert sorted(seen) == list(range(n))
+
+
+def _jsonl(root, rows):
+  with open(os.path.join(root, "metadata.jsonl"), "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+
+
+def test_links_that_leave_the_folder_are_counted_not_followed(tmp_path):
+  root, elsewhere = tmp_path / "set", tmp_path / "elsewhere"
+  os.makedirs(elsewhere)
+  _save(str(root), "a.png", np.zeros((8, 8, 3), np.uint8))
+  _save(str(elsewhere), "out.png", np.zeros((8, 8, 3), np.uint8))
+  _save(str(elsewhere), "deep/x.png", np.zeros((8, 8, 3), np.uint8))
+  os.symlink(elsewhere / "out.png", root / "out.png")
+  os.symlink("/etc/hostname", root / "host.png")
+  os.symlink(elsewhere / "deep", root / "deep")  # A linked folder.
+  os.symlink(root / "a.png", root / "same.png")  # Stays inside: fine.
+  names = ["a.png", "out.png", "host.png", "deep/x.png", "same.png"]
+  _jsonl(str(root), [{"file_name": n, "text": "x"} for n in names])
+
+  src = ifo.ImageFolderSource(str(root))
+  assert [c.key for c in src.candidates] == ["a.png", "same.png"]
+  outside = sorted(i.path for i in src.issues if i.reason == "outside_folder")
+  assert outside == ["deep/x.png", "host.png", "out.png"]
+  detail = {i.path: i.detail for i in src.issues}
+  assert "/etc/hostname" in detail["host.png"]
+  assert "follow_symlinks" in detail["out.png"]
+
+  src = ifo.ImageFolderSource(str(root), follow_symlinks=True)
+  assert [c.key for c in src.candidates] == names

@@ -431,3 +431,28 @@ def test_progress_line_and_summary():
       }
   )
   assert lines[1] == "prepare: too_small 3 (skipped)"
+
+
+def test_a_huge_caption_is_cut_and_counted(tmp_path):
+  root = str(tmp_path / "set")
+  os.makedirs(root)
+  rows = []
+  for i, text in enumerate(["short", "x" * 1_000_000, "fine " * 10]):
+    _put(root, f"{i}.png", Image.new("RGB", (16, 16), (i, i, i)))
+    rows.append({"file_name": f"{i}.png", "text": text})
+  with open(os.path.join(root, "metadata.jsonl"), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  out = str(tmp_path / "out")
+  report = records_prepare.prepare(
+      ifo.ImageFolderSource(root),
+      out,
+      **dict(OPTS, val_count=0),
+      max_caption_chars=2000,
+  )
+  cut = report["reasons"][inputs.CAPTION_CUT]
+  assert cut["count"] == 1 and cut["action"] == "kept"
+  assert "1000000 characters, cut to 2000" in cut["first"][0]["detail"]
+  assert report["written"] == {"train": 3, "val": 0}
+  recs = {k: records.read_record(raw) for k, (_, raw) in _by_key(out).items()}
+  assert recs["1.png"]["captions"] == ["x" * 2000]
+  assert recs["0.png"]["captions"] == ["short"]

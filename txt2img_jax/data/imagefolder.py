@@ -126,18 +126,48 @@ def _csv_rows(meta: str, caption_column: str, issues: list[inputs.Issue]):
     yield start, row
 
 
-def _walk(root: str) -> dict[str, os.stat_result]:
-  """Every file under root by normalised relative path."""
-  files = {}
-  for dirpath, dirnames, filenames in os.walk(root):
+def _walk(
+    root: str, follow_symlinks: bool = False
+) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+  """(every file under root by normalised relative path, the links among
+  them that lead outside root -> their target).
+
+  A link (to a file, or a linked folder) whose target lies outside the
+  folder is not taken unless `follow_symlinks`: a folder of images is what
+  the user handed over, not what its links reach (`/etc/...`). Links that
+  stay inside the folder are ordinary files.
+  """
+  real_root = os.path.realpath(root)
+  files, outside = {}, {}
+  seen_dirs = set()
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    real_dir = os.path.realpath(dirpath)
+    if real_dir in seen_dirs:  # A link loop, or a folder linked twice.
+      dirnames[:] = []
+      continue
+    seen_dirs.add(real_dir)
     dirnames.sort()
+    for name in list(dirnames):
+      path = os.path.join(dirpath, name)
+      if not follow_symlinks and not _inside(path, real_root):
+        dirnames.remove(name)
+        outside[os.path.relpath(path, root)] = os.path.realpath(path)
     for fn in filenames:
       path = os.path.join(dirpath, fn)
-      try:
-        files[os.path.relpath(path, root)] = os.stat(path)
-      except OSError:
+      rel = os.path.relpath(path, root)
+      if not follow_symlinks and not _inside(path, real_root):
+        outside[rel] = os.path.realpath(path)
         continue
-  return files
+      try:
+        files[rel] = os.stat(path)
+      except OSError:  # A dangling link: listed as missing if named.
+        continue
+  return files, outside
+
+
+def _inside(path: str, real_root: str) -> bool:
+  real = os.path.realpath(path)
+  return real == real_root or real.startswith(real_root + os.sep)
 
 
 class ImageFolderSource:
@@ -150,12 +180,17 @@ class ImageFolderSource:
 
   kind = "imagefolder"
 
-  def __init__(self, root: str, caption_column: str = "text"):
+  def __init__(
+      self,
+      root: str,
+      caption_column: str = "text",
+      follow_symlinks: bool = False,
+  ):
     self.root = os.path.abspath(os.fspath(root))
     self.caption_column = caption_column
     self.metadata_path = _find_metadata(self.root)
     self.issues: list[inputs.Issue] = []
-    files = _walk(self.root)
+    files, outside = _walk(self.root, follow_symlinks)
     rows = (
         _jsonl_rows if self.metadata_path.endswith(".jsonl") else _csv_rows
     )(self.metadata_path, caption_column, self.issues)
@@ -180,6 +215,20 @@ class ImageFolderSource:
         self.issues.append(inputs.Issue(inputs.DUPLICATE_ROW, rel, line))
         continue
       seen.add(rel)
+      under = next(
+          (o for o in outside if rel == o or rel.startswith(o + os.sep)), None
+      )
+      if under is not None:  # A link out of the folder (or through one).
+        self.issues.append(
+            inputs.Issue(
+                inputs.OUTSIDE_FOLDER,
+                rel,
+                line,
+                f"a link to {outside[under]} (data.follow_symlinks=True "
+                "takes it)",
+            )
+        )
+        continue
       if rel not in files:  # Also catches absolute and '../' names.
         self.issues.append(inputs.Issue(inputs.MISSING_FILE, rel, line))
         continue

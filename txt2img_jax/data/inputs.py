@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Why an input was skipped (or, for LONG_CAPTION, kept but worth knowing).
+# Why an input was skipped (or, for the KEPT_REASONS, kept but worth knowing).
 BAD_METADATA_LINE = "bad_metadata_line"
 
 
@@ -23,6 +23,9 @@ DUPLICATE_ROW = "duplicate_row"
 
 
 MISSING_FILE = "missing_file"
+
+
+OUTSIDE_FOLDER = "outside_folder"  # A symlink whose target is elsewhere.
 
 
 EMPTY_CAPTION = "empty_caption"
@@ -43,11 +46,14 @@ TOO_MANY_PIXELS = "too_many_pixels"
 LONG_CAPTION = "long_caption"
 
 
+CAPTION_CUT = "caption_cut"  # Over data.max_caption_chars: cut, then kept.
+
+
 UNLISTED_IMAGE = "unlisted_image"
 # What happened to the input for each reason.
 
 
-KEPT_REASONS = frozenset({LONG_CAPTION})
+KEPT_REASONS = frozenset({LONG_CAPTION, CAPTION_CUT})
 
 
 UNUSED_REASONS = frozenset({UNLISTED_IMAGE})

@@ -152,7 +152,9 @@ def prepare(
     background: RGB that transparent pixels are composited on.
     min_side: smaller images are skipped; default image_size // 2.
     max_pixels: images with more pixels are skipped without decoding.
-    max_caption_chars, max_caption_words: longer captions are counted (kept).
+    max_caption_chars: longer captions are cut to this many characters and
+      counted (`caption_cut`).
+    max_caption_words: captions with more words are counted (kept whole).
     chunk_size: listed examples per shard; the unit of resumption.
     num_workers: decoding threads (default: the CPU count).
     featurize_batch_size: examples per featurize call.
@@ -175,8 +177,8 @@ def prepare(
       background=tuple(int(c) for c in background),
       min_side=int(image_size) // 2 if min_side is None else int(min_side),
       max_pixels=int(max_pixels),
-      max_caption_chars=max_caption_chars,
       max_caption_words=max_caption_words,
+      cut_caption_chars=max_caption_chars,
   )
   full_fp = _normal(
       {

@@ -28,8 +28,10 @@ class Options:
   background: tuple[int, int, int]
   min_side: int
   max_pixels: int
-  max_caption_chars: int | None
   max_caption_words: int | None
+  # Longer captions are cut to this many characters (counted): a 1 MB
+  # "caption" is a broken metadata cell, not text for the model.
+  cut_caption_chars: int | None = None
 
 
 def load_one(source, cand: inputs.Candidate, opts: Options):
@@ -54,9 +56,20 @@ def load_one(source, cand: inputs.Candidate, opts: Options):
   finally:
     if im is not None:
       im.close()
+  cut = opts.cut_caption_chars
+  if cut and any(len(c) > cut for c in captions):
+    longest = max(len(c) for c in captions)
+    captions = [c[:cut] for c in captions]
+    issues.append(
+        inputs.Issue(
+            inputs.CAPTION_CUT,
+            cand.key,
+            cand.line,
+            f"{longest} characters, cut to {cut} (data.max_caption_chars)",
+        )
+    )
   if any(
-      inputs.is_long_caption(c, opts.max_caption_chars, opts.max_caption_words)
-      for c in captions
+      inputs.is_long_caption(c, None, opts.max_caption_words) for c in captions
   ):
     issues.append(inputs.Issue(inputs.LONG_CAPTION, cand.key, cand.line))
   return image, captions, issues

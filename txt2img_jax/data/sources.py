@@ -58,7 +58,9 @@ def _folder_source(config):
         "with metadata.jsonl or metadata.csv"
     )
   return imagefolder.ImageFolderSource(
-      os.path.expanduser(config.data.path), config.data.caption_column
+      os.path.expanduser(config.data.path),
+      config.data.caption_column,
+      follow_symlinks=config.data.follow_symlinks,
   )
 
 
@@ -88,6 +90,7 @@ def prepared_dir(config, featurizer=None) -> str:
       if d.name == "folder"
       else d.tfds_name,
       "image_size": d.image_size,
+      "max_caption_chars": d.max_caption_chars,
       "features": featurizer.fingerprint if featurizer else None,
   }
   digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -128,6 +131,7 @@ def _prepare_records(make_source):
         min_side=d.min_side or None,
         max_pixels=d.max_pixels,
         max_caption_words=d.max_len,
+        max_caption_chars=d.max_caption_chars or None,
         num_workers=d.prepare_workers or None,
     )
     return prepared.PreparedData(out_dir, report)
