@@ -84,6 +84,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # folder / tfds only: prepared once into ArrayRecord shards under
   # <data_dir>/prepared/ with a report of every bad input (prepare_report.json).
   c.data.path = ""  # folder: images + metadata.jsonl or metadata.csv.
+  c.data.max_caption_chars = 2000  # folder / tfds: longer captions are cut
+  # to this many characters and counted (caption_cut); 0: never cut.
+  c.data.follow_symlinks = False  # folder: take links whose target lies
+  # outside data.path (else counted as outside_folder in the report).
   c.data.caption_column = (
       "text"  # folder: the metadata column with the caption(s).
   )
@@ -332,6 +336,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.ema_warmup = True  # decay_t = min(decay, (1 + t) / (10 + t)).
 
   # --- Restart from another run (init_from). See docs/recipes.md.
+  c.allow_changed = ""  # On resume: fields of what the run is (batch_size,
+  # data, flow, head, text_encoder, ...; comma-separated, a block name
+  # covers its fields) this resume may change. Others stop it in one line.
   c.init_from = ""  # A workdir or checkpoint to take weights from.
   c.restart = ml_collections.ConfigDict()
   c.restart.peak_factor = 2.0  # New cycle peak = factor x base lr (note: 2x).

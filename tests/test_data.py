@@ -215,6 +215,33 @@ def test_batch_for_a_step_is_a_function_of_seed_and_step(builder, tok):
   assert not np.array_equal(other_seed["image"], full[0]["image"])
 
 
+def test_a_changed_batch_size_goes_on_where_the_stream_stopped(builder, tok):
+  # 3 steps of 16, then batches of 8 from example 48: the same examples in
+  # the same order as the stream of one run, none skipped or seen twice.
+  from txt2img_jax.train import changes
+
+  segments = [
+      {"step": 0, "examples": 0, "batch_size": 16},
+      {"step": 3, "examples": 48, "batch_size": 8},
+  ]
+  assert changes.examples_seen(segments, 3) == 48
+  assert changes.examples_seen(segments, 5) == 64
+  before = _take(_train_iter(builder, tok), 3)
+  after = _take(
+      _train_iter(
+          builder,
+          tok,
+          global_batch_size=8,
+          start_step=3,
+          start_example=changes.examples_seen(segments, 3),
+      ),
+      4,
+  )
+  stream = _take(_train_iter(builder, tok), 5)  # 80 examples.
+  flat = lambda bs: _digests(np.concatenate([b["image"] for b in bs]))
+  assert flat(before) + flat(after) == flat(stream)
+
+
 def test_each_epoch_is_a_fresh_permutation(builder, tok):
   batches = _take(_train_iter(builder, tok), 8)
   epochs = [

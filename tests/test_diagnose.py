@@ -384,3 +384,17 @@ def test_a_run_without_sample_measures_says_so(tmp_path):
   report = _run(_healthy_run(tmp_path / "w"))
   skipped = next(f for f in report.flags if f.name == "not_checked")
   assert "mosaic (no val/blockiness" in skipped.message
+
+
+def test_steps_that_go_back_in_the_metrics_file_are_flagged(tmp_path):
+  # What two processes on one workdir leave: two interleaved series.
+  workdir = _healthy_run(tmp_path / "w")
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 10, "train/loss": 3.0}\n')
+    f.write('{"step": 10, "val/flow": 0.5}\n')  # Another metric: fine.
+  report = diagnosis.run(workdir)
+  flag = [f for f in report.flags if f.name == "metrics_order"]
+  assert flag and flag[0].severity == "warning"
+  assert "train/loss at step 10 after step" in flag[0].message
+  clean = diagnosis.run(_healthy_run(tmp_path / "clean"))
+  assert "metrics_order" not in _names(clean)

@@ -2,6 +2,7 @@
 broken checkpoints, a torn metrics line, skipped and runaway steps, corrupt
 prepared data. docs/reliability.md lists them."""
 
+import json
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from txt2img_jax.train import assets
 from txt2img_jax.train import checkpointing
 from txt2img_jax.utils import reporting
 from txt2img_jax.utils import runfiles
+from txt2img_jax.utils import runlock
 from txt2img_jax.train import loop as train
 from txt2img_jax.data import tfds_shapes
 
@@ -255,6 +257,29 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
       stdout=whole_log,
       stderr=subprocess.STDOUT,
   )
+  # A second process on the same run (another model, typed 8 s later in the
+  # issue) stops before writing; the first ends as if alone (checked below:
+  # its final checkpoint equals the stopped-and-resumed run's).
+  lock = os.path.join(whole, runlock.LOCK_FILE)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      os.path.exists(lock) and os.path.getsize(lock)
+  ):
+    time.sleep(0.1)
+  second = subprocess.Popen(
+      _main(whole, *flags, "--config.flow.width=64"),
+      cwd=REPO,
+      env=ENV,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  _, second_err = second.communicate(timeout=600)
+  assert second.returncode == 1, second_err[-3000:]
+  last = second_err.strip().splitlines()[-1]
+  assert f"is in use by PID {whole_proc.pid} on host" in last, last
+  assert "Traceback" not in second_err
+
   stopped = str(tmp_path / "stopped")
   # The log goes to a file: an undrained pipe fills up and blocks the run.
   log = tmp_path / "stopped.log"
@@ -294,6 +319,12 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   assert whole_proc.returncode == 0, (tmp_path / "whole.log").read_text()[
       -3000:
   ]
+  # Nothing of the second process's: no events file of its PID, its config
+  # never written.
+  assert not [f for f in os.listdir(whole) if f".{second.pid}." in f]
+  assert (
+      json.load(open(os.path.join(whole, "config.json")))["flow"]["width"] != 64
+  )
   a, step_a = checkpointing.load_raw(whole)
   b, step_b = checkpointing.load_raw(stopped)
   assert step_a == step_b == 40
@@ -324,6 +355,7 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from" in r.stderr
+  assert "taking over the lock" in r.stderr  # kill -9 released nothing.
   c, step_c = checkpointing.load_raw(killed)
   assert step_c == 40
   jax.tree.map(np.testing.assert_array_equal, a, c)
@@ -343,3 +375,306 @@ def test_cut_train_records_are_a_clear_data_error(tmp_path):
   os.truncate(path, os.path.getsize(path) // 2)
   with pytest.raises(ValueError, match="corrupt.*Delete that directory"):
     tfds_shapes.prepare(str(tmp_path), **sizes)
+
+
+# --- One writer per run -------------------------------------------------------
+
+
+def _hold_lock(workdir):
+  """Another process holding the run's lock until killed."""
+  code = (
+      "import sys, time\n"
+      "from txt2img_jax.utils import runlock\n"
+      "runlock.RunLock(sys.argv[1]).acquire()\n"
+      "print('held', flush=True)\n"
+      "time.sleep(600)\n"
+  )
+  proc = subprocess.Popen(
+      [sys.executable, "-c", code, workdir],
+      cwd=REPO,
+      env=ENV,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_a_live_holder_stops_a_second_writer_and_a_dead_one_is_taken_over(
+    tmp_path, caplog
+):
+  workdir = str(tmp_path)
+  proc = _hold_lock(workdir)
+  try:
+    with pytest.raises(runlock.RunLockedError, match=f"PID {proc.pid} on host"):
+      runlock.RunLock(workdir).acquire()
+  finally:
+    proc.kill()  # As kill -9: nothing released, the file still names it.
+    proc.wait()
+  with caplog.at_level("WARNING"):
+    with runlock.RunLock(workdir):
+      assert f'"pid": {os.getpid()}' in open(tmp_path / ".run.lock").read()
+  assert f"PID {proc.pid}" in caplog.text and "taking over" in caplog.text
+  assert open(tmp_path / ".run.lock").read() == ""  # Released: empty.
+
+
+def test_another_hosts_lock_holds_for_its_lease(tmp_path):
+  # Where flock is a no-op (some network mounts) the file's content and
+  # mtime (the holder's heartbeat) say whether the run is held.
+  path = tmp_path / ".run.lock"
+  path.write_text('{"pid": 1, "host": "tpu-vm-7", "started": "then"}')
+  with pytest.raises(runlock.RunLockedError, match="host tpu-vm-7.*lease"):
+    runlock.RunLock(str(tmp_path)).acquire()
+  old = time.time() - runlock.LEASE_S - 5
+  os.utime(path, (old, old))
+  runlock.RunLock(str(tmp_path)).acquire().release()
+
+
+# --- Checks before the first step, and a failing evaluation -------------------
+
+
+def test_a_bad_sample_setting_fails_before_anything_is_written(tmp_path):
+  workdir = tmp_path / "w"
+  r = subprocess.run(
+      _main(
+          str(workdir),
+          "--config=configs/base.py:tiny",
+          "--config.sample.num_steps=0",
+      ),
+      cwd=REPO,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1] == (
+      "main: error: sample.num_steps=0 must be an integer >= 1"
+  )
+  assert "Traceback" not in r.stderr and not workdir.exists()
+
+
+def test_a_failing_final_evaluation_keeps_the_final_checkpoint(
+    data_dir, tmp_path, monkeypatch
+):
+  from txt2img_jax.evaluation import registry
+
+  class Broken:
+
+    def sample_grid(self, params, step):
+      raise RuntimeError("the grid's writer broke")
+
+    def evaluate(self, params, step):
+      return {}
+
+  monkeypatch.setattr(registry, "make_evaluator", lambda *a, **k: Broken())
+  config = tiny_config(total_steps=5)
+  with config.unlocked():
+    config.checkpoint_every = 2
+    config.sample_every = 0  # Only at the end: after the last step's save.
+  workdir = str(tmp_path / "w")
+  with pytest.raises(train.EvaluationError) as e:
+    train.train_and_evaluate(config, workdir)
+  assert "at step 5 failed (RuntimeError: the grid's writer broke)" in str(
+      e.value
+  )
+  assert "Last good checkpoint: step 5" in str(e.value)
+  assert checkpointing.resolve_checkpoint(workdir) == (
+      os.path.join(workdir, "checkpoints"),
+      5,
+  )
+  assert not [
+      d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d
+  ]
+
+
+# --- A full disk ----------------------------------------------------------------
+
+
+def _can_mount_tmpfs() -> bool:
+  probe = (
+      subprocess.run(
+          [
+              "unshare",
+              "--user",
+              "--map-root-user",
+              "--mount",
+              "sh",
+              "-c",
+              "d=$(mktemp -d) && mount -t tmpfs -o size=1M tmpfs $d",
+          ],
+          capture_output=True,
+      )
+      if shutil.which("unshare")
+      else None
+  )
+  return probe is not None and probe.returncode == 0
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_the_run_resumes(
+    data_dir, tmp_path
+):
+  if not _can_mount_tmpfs():
+    pytest.skip("cannot mount a small tmpfs here (unshare -r -m)")
+  # An 8 MB file system holds one checkpoint of the tiny model (4.3 MB) and
+  # not two: the save of step 4 finds the disk full.
+  mnt, kept = tmp_path / "mnt", tmp_path / "kept"
+  mnt.mkdir()
+  flags = (
+      "--config=configs/base.py:tiny",
+      "--config.total_steps=8",
+      "--config.checkpoint_every=2",
+      "--config.keep_checkpoints=5",
+      "--config.sample_every=0",
+      "--config.eval_every=0",
+  )
+  train_cmd = " ".join(_main(f"{mnt}/run", *flags))
+  script = (
+      f"mount -t tmpfs -o size=8M tmpfs {mnt} && {train_cmd}; rc=$?; "
+      f"cp -r {mnt}/run {kept}; exit $rc"
+  )
+  r = subprocess.run(
+      ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+      cwd=REPO,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert r.returncode == 1, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert (
+      last.startswith("main: error: no space left on device")
+      and "while saving checkpoint 4 to" in last
+  ), last
+  assert "the previous checkpoint, step 2, is intact" in last
+  assert "Traceback" not in r.stderr
+  assert r.stderr.count("\nE") == 0  # No error records from orbax's threads.
+  assert sorted(os.listdir(kept / "checkpoints")) == ["2"]
+  # Space again: the same command resumes from step 2 and finishes.
+  r = subprocess.run(
+      _main(str(kept), *flags),
+      cwd=REPO,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "at step 2" in r.stderr
+  assert checkpointing.resolve_checkpoint(str(kept))[1] == 8
+
+
+def test_a_write_error_in_orbaxs_words_is_named():
+  # What tensorstore raises from a save thread when the disk fills.
+  e = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/4.orbax-'
+      'checkpoint-tmp/x": Failed to write 86323 bytes to file 17: No space '
+      "left on device [os_error_code='28']"
+  )
+  assert checkpointing._write_failure(e) == "no space left on device"
+  assert checkpointing._write_failure(ValueError("a shape mismatch")) is None
+
+
+# --- A resume that changes the run; a run's files that do not fit ---------------
+
+
+def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  base = (
+      "--config=configs/base.py:tiny",
+      "--config.sample_every=0",
+      "--config.eval_every=0",
+      "--config.checkpoint_every=2",
+  )
+
+  def main(*flags):
+    return subprocess.run(
+        _main(workdir, *base, *flags),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+  assert main("--config.total_steps=4").returncode == 0
+  config_before = open(os.path.join(workdir, "config.json")).read()
+  r = main(
+      "--config.total_steps=8",
+      "--config.batch_size=4",
+      "--config.flow.width=64",
+  )
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1] == (
+      "main: error: this resume changes what the run is (batch_size 8 -> 4, "
+      "flow.width 32 -> 64): resume with the run's own config (its "
+      "config.json), start a new --workdir, or say so with "
+      "--config.allow_changed=batch_size,flow.width"
+  )
+  assert open(os.path.join(workdir, "config.json")).read() == config_before
+  assert checkpointing.resolve_checkpoint(workdir)[1] == 4
+
+  r = main(
+      "--config.total_steps=8",
+      "--config.batch_size=4",
+      "--config.allow_changed=batch_size",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "the input goes on at example 32" in r.stderr
+  history = [
+      json.loads(l) for l in open(os.path.join(workdir, "config_history.jsonl"))
+  ]
+  assert len(history) == 1 and history[0]["step"] == 4
+  assert history[0]["changed"]["batch_size"] == [8, 4]
+  assert history[0]["previous"]["batch_size"] == 8
+  assert (
+      json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == 4
+  )
+  assert checkpointing.resolve_checkpoint(workdir)[1] == 8
+
+  # A changed total_steps alone stays allowed, in one info line.
+  r = main("--config.total_steps=10", "--config.batch_size=4")
+  assert (
+      r.returncode == 0
+      and "resuming with changes: total_steps 8 -> 10" in r.stderr
+  )
+
+  # sample on the run: its vocab.json edited, or its config naming a hub
+  # model that is not in the cache, is one line.
+  def sample():
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "txt2img_jax.sample",
+            f"--workdir={workdir}",
+            "--prompt=a red circle",
+            f"--out={tmp_path}/s.png",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+  vocab = os.path.join(workdir, "vocab.json")
+  words = json.load(open(vocab))
+  json.dump(words + ["zebra"], open(vocab, "w"))
+  r = sample()
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  assert "holds another model than the run's config.json and vocab.json" in last
+  assert "text_encoder/token_embed/embedding" in last
+  json.dump(words, open(vocab, "w"))
+  assert sample().returncode == 0
+
+  cfg = json.load(open(os.path.join(workdir, "config.json")))
+  cfg["text_encoder"]["name"] = "txt2img-tests/not-cached"
+  json.dump(cfg, open(os.path.join(workdir, "config.json"), "w"))
+  r = sample()
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert (
+      "not in the local Hugging Face cache" in r.stderr.strip().splitlines()[-1]
+  )

@@ -363,3 +363,13 @@ def test_described_encoder_has_the_loaded_ones_shapes(kind, encoders):
   ids = np.zeros((2, 5), np.int32)
   out = jax.eval_shape(described.apply, described.params, ids, ids)
   assert out.shape == (2, 5, loaded.width)
+
+
+def test_a_hub_name_from_a_run_resolves_from_the_cache_only():
+  # Under local_files_only (what sample/evaluate use for a run's own
+  # config.json) a name not in the cache fails at once, naming the way out,
+  # instead of trying the network.
+  with text_encoder.local_files_only():
+    with pytest.raises(FileNotFoundError, match="--allow_download"):
+      text_encoder.load_pretrained_text_encoder("txt2img-tests/not-cached")
+  assert text_encoder._LOCAL_ONLY == [False]  # Restored on the way out.

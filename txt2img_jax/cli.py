@@ -15,6 +15,7 @@ stderr and exit code 1. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, Sequence
@@ -22,13 +23,11 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 
+from txt2img_jax.utils.errors import UserError
+
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the full traceback of an error instead of one line."
 )
-
-
-class UserError(Exception):
-  """An error whose message tells the user what to change."""
 
 
 # Raised with a message meant for the user by validation and file handling.
@@ -140,6 +139,22 @@ def run(
         raise
       # A command may give its usage errors their own exit code (health: 2).
       code = e.exitcode if isinstance(e, app.UsageError) else 1
+      if getattr(e, "exit_at_once", False):
+        # Background writers (a failed checkpoint save's threads) would
+        # print their own tracebacks while the interpreter shuts down.
+        sys.stderr.write(f"{_prog(sys.argv)}: error: {_one_line(e)}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code or 1)
       _fail(_prog(sys.argv), _one_line(e), code or 1)
+    except OSError as e:  # A full disk anywhere else (metrics, grids, logs).
+      if _DEBUG.value or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
+      _fail(
+          _prog(sys.argv),
+          f"{e.strerror.lower()}: {e.filename or 'while writing'}; "
+          "free space and run the same command again (a training run "
+          "resumes from its last checkpoint)",
+      )
 
   app.run(guarded, flags_parser=parse_flags)

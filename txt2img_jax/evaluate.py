@@ -27,6 +27,12 @@ def define_flags():
   flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
   flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
   flags.DEFINE_enum("method", None, list(flow.SAMPLERS), "Sampler.")
+  flags.DEFINE_bool(
+      "allow_download",
+      False,
+      "Let the hub models named in the run's config.json be fetched "
+      "(default: the local Hugging Face cache only).",
+  )
 
 
 def main(argv):
@@ -39,7 +45,7 @@ def main(argv):
   from txt2img_jax.utils import reporting
 
   reporting.quiet_orbax()
-  run = run_lib.load_run(f.workdir)
+  run = run_lib.load_run(f.workdir, allow_download=f.allow_download)
   c = run.config
   if f.steps:
     c.sample.num_steps = f.steps

@@ -39,6 +39,12 @@ _USE_MEAN = flags.DEFINE_bool(
     "Start from the head's mean " "instead of a draw (default: the run's).",
 )
 _SCALE = flags.DEFINE_integer("scale", 4, "Pixel upscaling in the PNG.")
+_ALLOW_DOWNLOAD = flags.DEFINE_bool(
+    "allow_download",
+    False,
+    "Let the hub models named in the run's config.json be fetched (default: "
+    "the local Hugging Face cache only).",
+)
 
 
 def generate_images(
@@ -125,7 +131,9 @@ def main(argv):
   empty = [i for i, p in enumerate(_PROMPTS.value) if not p.strip()]
   if empty:
     raise cli.UserError(f"--prompt number {empty[0] + 1} is empty")
-  run = run_lib.load_run(_WORKDIR.value, with_data=False)
+  run = run_lib.load_run(
+      _WORKDIR.value, with_data=False, allow_download=_ALLOW_DOWNLOAD.value
+  )
   for line in prompt_changes(
       run.text.tokenizer, _PROMPTS.value, run.config.data.max_len
   ):

@@ -154,8 +154,13 @@ def train_dataset(
     process_count: int | None = None,
     word_classes: Sequence[Sequence[str]] | None = None,
     forbidden: Sequence[str] = (),
+    example_offset: int = 0,
 ) -> grain.MapDataset:
   """Random-access batches: element s is this host's batch for step s.
+
+  With `example_offset`, element 0 is the batch that starts at that example
+  of the shuffled stream (a run whose batch size changed goes on where its
+  stream stopped; `train/changes.py`).
 
   `process_index`/`process_count` default to JAX's; tests pass them to act as
   several hosts. `subset_size` keeps the first N records of the split (the
@@ -188,6 +193,8 @@ def train_dataset(
     ds = ds.random_map(
         NegativeCaption(word_classes, forbidden), seed=_shuffle_seed(seed + 2)
     )
+  if example_offset:
+    ds = ds[example_offset:]
   # Lazy: a host's chunk is read and decoded only when that host asks.
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds[process_index::process_count]
@@ -211,8 +218,12 @@ def make_train_iterator(
     worker_count: int = 0,
     word_classes: Sequence[Sequence[str]] | None = None,
     forbidden: Sequence[str] = (),
+    start_example: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator over this host's batches for steps start_step, +1, ...
+
+  `start_example`: the stream's example where `start_step`'s batch begins,
+  when it is not `start_step * global_batch_size` (a changed batch size).
 
   Loading overlaps compute: `read_threads` threads build up to
   `prefetch_batches` batches ahead. `worker_count > 0` moves that work to
@@ -230,7 +241,10 @@ def make_train_iterator(
       process_count=process_count,
       word_classes=word_classes,
       forbidden=forbidden,
+      example_offset=start_example or 0,
   )
+  if start_example is not None:
+    start_step = 0  # The offset already stands at start_step's batch.
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   logging.info(

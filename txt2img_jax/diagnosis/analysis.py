@@ -17,6 +17,7 @@ from txt2img_jax.diagnosis.checks import (
     check_buckets,
     check_loss_trend,
     check_lr,
+    check_metrics_order,
     check_mosaic,
     check_nonfinite,
     check_norms,
@@ -316,6 +317,12 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   return out
 
 
+def _order_problems(workdir: str) -> list[tuple[int, str, int, int]]:
+  if not workdir or not os.path.exists(runfiles.metrics_path(workdir)):
+    return []
+  return runfiles.out_of_order(runfiles.read_metrics(workdir))
+
+
 def analyze(
     metrics: Metrics,
     config: Optional[Mapping[str, Any]] = None,
@@ -394,6 +401,7 @@ def analyze(
           check_buckets(report.buckets, flags),
           check_nonfinite(report.nonfinite, flags),
           check_mosaic(report.mosaic, flags),
+          check_metrics_order(_order_problems(workdir), flags),
       )
       if r
   ]

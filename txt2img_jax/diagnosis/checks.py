@@ -303,3 +303,25 @@ def check_mosaic(
         Flag("mosaic_rising", "warning", f"{what}{signature}.", LEVER_MOSAIC)
     )
   return None
+
+
+def check_metrics_order(
+    problems: list[tuple[int, str, int, int]], flags: list[Flag]
+) -> Optional[str]:
+  """Steps that go back inside metrics.jsonl: two writers, or an edit."""
+  if not problems:
+    return None
+  row, name, step, before = problems[0]
+  flags.append(
+      Flag(
+          "metrics_order",
+          "warning",
+          f"metrics.jsonl logs {len(problems)} value(s) at a step not after "
+          f"the one before (first: row {row}, {name} at step {step} after "
+          f"step {before}): two processes wrote this run, or the file was "
+          "edited. Curves keep the last value per step.",
+          "Keep one process per workdir (a second one now stops at start); "
+          "check which run the checkpoints are from.",
+      )
+  )
+  return None

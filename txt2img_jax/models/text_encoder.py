@@ -1,6 +1,7 @@
 """Text encoders: a small transformer trained from scratch, or a frozen pretrained CLIP / T5."""
 
 import dataclasses
+import contextlib
 import functools
 import hashlib
 import json
@@ -106,12 +107,35 @@ class PretrainedTextEncoder:
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 
+# Set by `local_files_only()`: hub names resolve from the local cache alone.
+_LOCAL_ONLY = [False]
+
+
+@contextlib.contextmanager
+def local_files_only():
+  """Within: a hub name is read from the local Hugging Face cache, never
+  fetched (a received run's config.json must not reach the network)."""
+  before = _LOCAL_ONLY[0]
+  _LOCAL_ONLY[0] = True
+  try:
+    yield
+  finally:
+    _LOCAL_ONLY[0] = before
+
+
 def _config(path: str):
   from transformers import AutoConfig  # Imported lazily: transformers is slow to import.
 
   try:
-    return AutoConfig.from_pretrained(path)
+    return AutoConfig.from_pretrained(path, local_files_only=_LOCAL_ONLY[0])
   except (OSError, ValueError) as e:
+    if _LOCAL_ONLY[0] and not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"text_encoder.name={path!r} (from the run's config.json) is not in "
+          "the local Hugging Face cache, and a run's files never reach the "
+          "network: pass --allow_download to fetch it, or copy the model "
+          "folder and give its path"
+      ) from None
     raise FileNotFoundError(
         f"text_encoder.name={path!r}: cannot read its config.json ({e}); give a local CLIP "
         "text model or T5 encoder folder"
@@ -260,7 +284,10 @@ def _load(
   # _do_init=False: the weights come from disk, so no full-size random init runs on the host.
   if weights_lib.has_flax(name_or_path) or not os.path.isdir(name_or_path):
     model, params = cls.from_pretrained(
-        name_or_path, dtype=dtype, _do_init=False
+        name_or_path,
+        dtype=dtype,
+        _do_init=False,
+        local_files_only=_LOCAL_ONLY[0],
     )
     weights_hash = weights_lib.hash_params(params)
   elif weights_lib.has_safetensors(name_or_path):
@@ -273,7 +300,9 @@ def _load(
         f"text_encoder.name={name_or_path!r} has neither {weights_lib.FLAX_FILE} nor "
         f"{weights_lib.WEIGHTS_FILE}; save the model with save_pretrained(safe_serialization=True)"
     )
-  tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(
+      name_or_path, local_files_only=_LOCAL_ONLY[0]
+  )
   if default_len is None:
     limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LEN
     default_len = min(int(limit), _FALLBACK_MAX_LEN)

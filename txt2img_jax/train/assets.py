@@ -106,7 +106,11 @@ def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
 
 
 def train_batches(
-    config, builder, text: "TextSide", start_step: int
+    config,
+    builder,
+    text: "TextSide",
+    start_step: int,
+    start_example: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   from txt2img_jax.data import pipeline
 
@@ -136,6 +140,7 @@ def train_batches(
       worker_count=d.worker_count,
       word_classes=word_classes,
       forbidden=forbidden,
+      start_example=start_example,
   )
   # What the train step reads: cached latent moments replace the image,
   # cached text features (`text_tokens`) the frozen text encoder; hard

@@ -7,13 +7,19 @@ the step alone restores the input position.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import shutil
 from typing import Any
 
 from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from txt2img_jax.utils.errors import UserError
 
 # What orbax writes last when it commits a step (after every array and the
 # tree's _METADATA): a step dir without these is an interrupted save.
@@ -39,6 +45,47 @@ def local_workdir(workdir: str) -> str:
 
 class NoCheckpointError(FileNotFoundError):
   """No readable checkpoint where one was expected."""
+
+
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, quota, read-only)."""
+
+  exit_at_once = True  # cli: no teardown of orbax's failed save threads.
+
+
+# errno -> what the user reads; tensorstore reports them in its message
+# (`... [os_error_code='28']`), Python as OSError.errno.
+SPACE_MARGIN = 1.1  # A checkpoint on disk: its arrays' bytes and ~10%.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EIO: "input/output error",
+}
+
+
+def _mib(n: int) -> str:
+  return f"{n / 2**20:.1f} MiB"
+
+
+def _write_failure(e: BaseException) -> str | None:
+  """What went wrong when `e` (or an error it wraps) is an OS write error."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+      what = _WRITE_ERRNOS[e.errno]
+      return (
+          f"{what} ({e.strerror})"
+          if e.filename is None and (e.strerror and e.strerror.lower() != what)
+          else what
+      )
+    match = re.search(r"os_error_code='(\d+)'", str(e))
+    if match and int(match.group(1)) in _WRITE_ERRNOS:
+      return _WRITE_ERRNOS[int(match.group(1))]
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def is_complete(step_dir: str) -> bool:
@@ -129,8 +176,61 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> None:
     if step == self._saved:  # E.g. a preemption on a checkpoint step.
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._check_space(step, state)
+    with self._write_errors(step):
+      self._manager.save(step, args=ocp.args.StandardSave(state))
     self._saved = step
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save the disk cannot hold, before a byte of it is written:
+    a save that fills the disk half way fails inside orbax's threads. The
+    old checkpoints are deleted only after the new one is committed, so the
+    new one needs its whole size free."""
+    need = sum(
+        int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state)
+    ) // max(1, jax.process_count())
+    need = int(need * SPACE_MARGIN) + (1 << 20)  # + metadata.
+    # The previous save must be on disk first (orbax's save waits for it
+    # anyway): its bytes are then counted, and its own failure named.
+    with self._write_errors(step):
+      self._manager.wait_until_finished()
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:  # Unknown (some mounts): let the save find out.
+      return
+    if free < need:
+      with self._write_errors(step):
+        raise OSError(
+            errno.ENOSPC,
+            f"{_mib(free)} free, a checkpoint needs {_mib(need)}",
+        )
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    """A failed write (a full disk, a quota, a read-only mount) as one line.
+
+    Saves are asynchronous: a save's error surfaces at the next save or
+    wait, so the step named is the newest one not committed on disk.
+    """
+    try:
+      yield
+    except Exception as e:  # Orbax and tensorstore raise many kinds.
+      reason = _write_failure(e)
+      if reason is None:
+        raise
+      good, _ = step_dirs(self.directory)
+      pending = [s for s in (self._saved, step) if s is not None]
+      failed = next((s for s in pending if s not in good), step)
+      intact = (
+          f"the previous checkpoint, step {good[-1]}, is intact"
+          if good
+          else "no checkpoint was saved before it"
+      )
+      raise CheckpointWriteError(
+          f"{reason} while saving checkpoint {failed} to {self.directory}; "
+          f"{intact}. Free space (or fix the mount) and run the same command "
+          "again to resume"
+      ) from e
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
     """Restores into the structure, dtypes and shardings of abstract_state.
@@ -176,24 +276,11 @@ class Checkpointer:
       saved = _shapes_by_path(getattr(meta, "item_metadata", meta))
     except Exception:  # Unreadable metadata: restore fails and falls back.
       return
-    want = _shapes_by_path(abstract_state)
-    if not saved or saved == want:
+    if not saved:
       return
-    missing = sorted(set(want) - set(saved))
-    extra = sorted(set(saved) - set(want))
-    reshaped = sorted(k for k in set(want) & set(saved) if want[k] != saved[k])
-    detail = "; ".join(
-        f"{name}: {', '.join(keys[:3])}"
-        + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
-        for name, keys in (
-            ("not in the checkpoint", missing),
-            ("only in the checkpoint", extra),
-            ("other shape", reshaped),
-        )
-        if keys
-    )
-    if any(k.endswith("rng") for k in reshaped):
-      detail += " - the random key's shape: another prng_impl"
+    detail = structure_difference(abstract_state, saved)
+    if detail is None:
+      return
     raise ValueError(
         f"checkpoint step {step} in {self.directory} holds another model than "
         f"this config ({detail}): resume with the run's own config "
@@ -207,11 +294,45 @@ class Checkpointer:
     )
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
     self._manager.close()
+
+
+def structure_difference(want: Any, saved: Any) -> str | None:
+  """None when two trees (arrays, abstract arrays, orbax metadata or
+  `_shapes_by_path` dicts) hold the same paths and shapes, else what
+  differs, in a few words."""
+  want = want if _is_shape_dict(want) else _shapes_by_path(want)
+  saved = saved if _is_shape_dict(saved) else _shapes_by_path(saved)
+  if saved == want:
+    return None
+  missing = sorted(set(want) - set(saved))
+  extra = sorted(set(saved) - set(want))
+  reshaped = sorted(k for k in set(want) & set(saved) if want[k] != saved[k])
+  detail = "; ".join(
+      f"{name}: {', '.join(keys[:3])}"
+      + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
+      for name, keys in (
+          ("not in the checkpoint", missing),
+          ("only in the checkpoint", extra),
+          ("other shape", reshaped),
+      )
+      if keys
+  )
+  if any(k.endswith("rng") for k in reshaped):
+    detail += " - the random key's shape: another prng_impl"
+  return detail
+
+
+def _is_shape_dict(tree: Any) -> bool:
+  return isinstance(tree, dict) and all(
+      isinstance(v, tuple) for v in tree.values()
+  )
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple]:

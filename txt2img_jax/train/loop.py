@@ -8,6 +8,7 @@ perf); the loss is the configured objective's (`objectives/`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from absl import logging
@@ -20,6 +21,7 @@ from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
 from txt2img_jax.train import assets
+from txt2img_jax.train import changes
 from txt2img_jax.train import checkpointing
 from txt2img_jax.evaluation import registry as evaluators
 from txt2img_jax.utils import hostmem
@@ -29,6 +31,8 @@ from txt2img_jax.train import optim
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.train import preemption
 from txt2img_jax.utils import reporting
+from txt2img_jax.utils import runlock
+from txt2img_jax.utils.errors import UserError
 from txt2img_jax.train import sharding
 from txt2img_jax.train import step as step_lib
 
@@ -48,6 +52,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = checkpointing.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  # One writer per run: a second process on this workdir stops here, before
+  # writing anything (process 0 holds the lock for every host).
+  with runlock.RunLock(workdir) if is_main else contextlib.nullcontext():
+    return _train(config, workdir, latent_shape)
+
+
+def _train(config, workdir: str, latent_shape) -> dict:
+  is_main = jax.process_index() == 0
+  # A resume that changes what the run is stops here, before any write.
+  previous = (
+      assets.load_config(workdir)
+      if checkpointing.step_dirs(os.path.join(workdir, "checkpoints"))[0]
+      and os.path.exists(os.path.join(workdir, assets.CONFIG_FILE))
+      else None
+  )
+  changed = changes.check_resume(config, previous) if previous else {}
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True
   )
@@ -95,7 +115,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   start_step = int(state.step)
   # Written once the checkpoint is known to fit: a resume with a config of
-  # another model fails above and leaves the run's own config.json.
+  # another model fails above and leaves the run's own config.json (and a
+  # changed one is kept in config_history.jsonl first).
+  previous = previous if resumed else None
+  start_example = changes.input_start(workdir, config, previous, start_step)
+  changes.record(workdir, previous, changed if resumed else {}, start_step)
   assets.save_config(config, workdir, latent_shape)
 
   # --- The jitted train step: donated state, explicit shardings.
@@ -125,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Loop.
   total = config.total_steps
-  batches = assets.train_batches(config, data, text, start_step)
+  batches = assets.train_batches(config, data, text, start_step, start_example)
   reporter = reporting.Reporter(config, workdir, writer, start_step, total)
   hooks = reporting.Periodic(config, total)
   pending = None  # Metrics are fetched one step late: logging never stalls.
@@ -154,10 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reporter.flush(done)
       if hooks.checkpoint(done) or stopping:
         ckpt.save(done, state)
-      if hooks.sample(done):
-        evaluator.sample_grid(state.ema_params, done)
-      if hooks.eval(done):
-        last_eval = evaluator.evaluate(state.ema_params, done)
+      if hooks.sample(done) or hooks.eval(done):
+        with _evaluation(done, ckpt, state):
+          if hooks.sample(done):
+            evaluator.sample_grid(state.ema_params, done)
+          if hooks.eval(done):
+            last_eval = evaluator.evaluate(state.ema_params, done)
       if stopping:
         reporter.save_partial(done)
         ckpt.wait()
@@ -179,3 +205,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "start_step": start_step,
       "stopped_by": stop.signal_name,
   }  # A signal ended it early, else None.
+
+
+class EvaluationError(UserError):
+  """A sample grid or evaluation failed; the run's state is saved."""
+
+
+@contextlib.contextmanager
+def _evaluation(step: int, ckpt, state):
+  """A failing grid or evaluation never costs training: the step's state is
+  saved (and committed) first, then the error ends the run in one line
+  (`--debug` shows its traceback)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    ckpt.save(step, state)
+    ckpt.close()
+    text = " ".join(str(e).split())[:300] or type(e).__name__
+    raise EvaluationError(
+        f"the sample grid / evaluation at step {step} failed "
+        f"({type(e).__name__}: {text}); training is saved - "
+        f"{ckpt.describe_latest()}. Fix the sample/eval settings and run the "
+        "same command again to resume"
+    ) from e

@@ -6,6 +6,7 @@ the training loop or the evaluators."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -16,6 +17,7 @@ import jax
 from txt2img_jax import objectives
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
+from txt2img_jax.models import text_encoder as text_encoder_lib
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpointing
 from txt2img_jax.train import restore
@@ -141,12 +143,42 @@ class Run:
     return self.parts.frozen
 
 
-def load_run(workdir: str, with_data: bool = True) -> Run:
+def load_run(
+    workdir: str, with_data: bool = True, allow_download: bool = False
+) -> Run:
+  """The run in `workdir`, checked as a resume checks it: a checkpoint
+  that does not fit the run's config.json / vocab.json is one line.
+  Hub names in its config resolve from the local cache only, unless
+  `allow_download` (a received run dir must not reach the network)."""
   workdir = os.path.abspath(workdir)
   config = assets.load_config(workdir)
-  parts = build_parts(config, workdir)
+  with (
+      contextlib.nullcontext()
+      if allow_download
+      else text_encoder_lib.local_files_only()
+  ):
+    parts = build_parts(config, workdir)
   raw, step = checkpointing.load_raw(workdir)
   raw = restore.dit_layout(config)(raw)
+  want = jax.eval_shape(
+      lambda: nn.unbox(
+          state_lib.init_variables(
+              parts.model,
+              config,
+              parts.latent_shape,
+              parts.text.width,
+              jax.random.PRNGKey(0),
+          )
+      )
+  )
+  detail = checkpointing.structure_difference(want, raw["ema_params"])
+  if detail is not None:
+    raise ValueError(
+        f"{workdir}: checkpoint step {step} holds another model than the "
+        f"run's {assets.CONFIG_FILE} and {assets.VOCAB_FILE} describe "
+        f"({detail}); the run's files do not belong together - copy the "
+        "workdir whole"
+    )
   generate = make_generate_fn(
       config, parts.model, parts.autoencoder, parts.text.frozen
   )

@@ -8,6 +8,7 @@ whoever makes keys (the loop first thing, `run.build_parts`).
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -151,6 +152,7 @@ def validate_config(
         f"of {flow.SAMPLERS}"
     )
   objectives.get(config.objective)
+  _validate_outputs(config)
   options = train_compiler_options(config)
   if options:
     try:  # XLA knows its options: a trivial compile names a bad one now.
@@ -161,6 +163,46 @@ def validate_config(
           f"{str(e).splitlines()[0]}"
       ) from None
   return shape
+
+
+def _validate_outputs(config) -> None:
+  """Sampling, evaluation and checkpoint settings: used at the end of a run
+  and at its evaluations, so checked before its first step."""
+  from txt2img_jax.evaluation import registry
+
+  s, e = config.sample, config.eval
+  at_least = {
+      "sample.num_steps": (s.num_steps, 1),
+      "sample.grid_size": (s.grid_size, 1),
+      "eval.num": (e.num, 1),
+      "eval.batch_size": (e.batch_size, 1),
+      "eval.image_num": (e.image_num, 0),
+      "eval.reference_num": (e.reference_num, 1),
+      "keep_checkpoints": (config.keep_checkpoints, 1),
+      "max_compiles": (config.max_compiles, 1),
+      "checkpoint_every": (config.checkpoint_every, 0),
+      "sample_every": (config.sample_every, 0),
+      "eval_every": (config.eval_every, 0),
+  }
+  for name, (value, low) in at_least.items():
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+  if not math.isfinite(s.cfg_scale):
+    raise ValueError(f"sample.cfg_scale={s.cfg_scale} must be finite")
+  if e.kind and e.kind not in registry.REGISTRY:
+    raise ValueError(
+        f"eval.kind={e.kind!r}: expected one of {sorted(registry.REGISTRY)}"
+        " ('' for the data's own)"
+    )
+  for name, path, isdir in (
+      ("eval.prompts", e.prompts, False),
+      ("eval.clip_model", e.clip_model, True),
+  ):
+    path = os.path.expanduser(path) if path else ""
+    if path and not (os.path.isdir(path) if isdir else os.path.isfile(path)):
+      raise FileNotFoundError(
+          f"{name}={path!r} is not a {'folder' if isdir else 'file'}"
+      )
 
 
 def parse_xla_options(text: str) -> dict[str, bool | int | float | str]:

@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+from absl import flags
 from absl import logging
 import jax
 import numpy as np
@@ -28,7 +29,13 @@ EMA_KEYS = metric_names.EMA_KEYS
 
 
 class _QuietOrbax(logging_lib.Filter):
-  """absl routes orbax's records through its own logger; keep warnings."""
+  """absl routes orbax's records through its own logger; keep warnings.
+
+  Orbax also logs, with its traceback, every error of its background save
+  threads; the same error is raised again in the main thread, where the
+  command reports it in one line. Those records are dropped unless
+  `--debug` asks for tracebacks.
+  """
 
   def filter(self, record):
     quiet = (
@@ -36,7 +43,16 @@ class _QuietOrbax(logging_lib.Filter):
         or "checkpoint" in record.pathname
         or "tensorstore" in record.pathname
     )
+    if "orbax" in record.pathname and record.exc_info and not _debug():
+      return False
     return not quiet or record.levelno >= logging_lib.WARNING
+
+
+def _debug() -> bool:
+  try:
+    return bool(flags.FLAGS["debug"].value)
+  except (KeyError, AttributeError):  # No cli: no --debug flag.
+    return False
 
 
 def quiet_orbax() -> None:

@@ -61,6 +61,27 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return rows
 
 
+def out_of_order(rows: list[dict[str, Any]]) -> list[tuple[int, str, int, int]]:
+  """(row number, metric, step, the step logged before it) for each value
+  whose step is not after the metric's previous one in the file: what two
+  runs writing one workdir leave (a resumed run never does, it truncates
+  the rows past its checkpoint). Rows of other metrics (an evaluation's
+  row at a train step) may share a step."""
+  last: dict[str, int] = {}
+  problems = []
+  for i, row in enumerate(rows, start=1):
+    step = row.get("step")
+    if not isinstance(step, (int, float)):
+      continue
+    for name in row:
+      if name == "step":
+        continue
+      if name in last and step <= last[name]:
+        problems.append((i, name, int(step), last[name]))
+      last[name] = int(step)
+  return problems
+
+
 def _preview(line: bytes, n: int = 60) -> str:
   text = line.decode("utf-8", errors="replace")
   return text if len(text) <= n else text[:n] + "..."
@@ -137,3 +158,9 @@ def write_json(workdir: str, name: str, obj: Any, **kwargs) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, **kwargs)
   os.replace(tmp, path)
+
+
+def append_json_line(workdir: str, name: str, obj: Any) -> None:
+  """Adds one JSON line to a run file (a history that is never rewritten)."""
+  with open(os.path.join(workdir, name), "a") as f:
+    f.write(json.dumps(obj, default=str) + "\n")
