@@ -161,8 +161,9 @@ def test_skipped_steps_leave_the_ema_and_k_in_a_row_stop_the_run(
   # Every batch from step 3 on has a NaN image: steps 4.. are skipped.
   original = assets.train_batches
 
-  def poisoned(config, data, text, start_step):
-    for i, b in enumerate(original(config, data, text, start_step), start_step):
+  def poisoned(config, data, text, start_step, **kwargs):
+    batches = original(config, data, text, start_step, **kwargs)
+    for i, b in enumerate(batches, start_step):
       yield dict(b, image=np.full_like(b["image"], np.nan)) if i >= 3 else b
 
   monkeypatch.setattr(assets, "train_batches", poisoned)

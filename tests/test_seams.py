@@ -188,6 +188,11 @@ def test_resume_with_another_model_is_an_error_that_keeps_the_run(
   config_before = (tmp_path / "config.json").read_text()
   changed = test_train.tiny_config(total_steps=4)
   changed.head.kind = "mlp_conv"
+  with pytest.raises(ValueError, match="changes what the run is \\(head.kind"):
+    train.train_and_evaluate(changed, workdir)
+  assert (tmp_path / "config.json").read_text() == config_before
+  # Allowed by name, the checkpoint's arrays still do not fit this model.
+  changed.allow_changed = "head"
   with pytest.raises(ValueError, match="holds another model"):
     train.train_and_evaluate(changed, workdir)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before

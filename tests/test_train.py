@@ -161,8 +161,15 @@ def test_rbg_generator_trains_and_refuses_a_switch_on_resume(
     assert step == 2 and np.asarray(raw["rng"]).shape == (4,)
     assert np.isfinite(out["train"]["train/loss"])
     assert assets.load_config(workdir).prng_impl == "rbg"
-    with pytest.raises(ValueError, match="another prng_impl"):
+    with pytest.raises(
+        ValueError, match="changes what the run is \\(prng_impl"
+    ):
       train.train_and_evaluate(tiny_config(total_steps=4), workdir)
+    # Allowed by name, the checkpoint's key still does not fit.
+    with pytest.raises(ValueError, match="another prng_impl"):
+      train.train_and_evaluate(
+          tiny_config(total_steps=4, allow_changed="prng_impl"), workdir
+      )
   finally:
     validate.use_prng_impl(tiny_config())  # The process-wide default again.
   assert jax.random.PRNGKey(0).shape == (2,)

@@ -7,19 +7,27 @@ set (`evaluate.py`), prompts + validation loss for a user's data
 (`evaluate_prompts.py`).
 """
 
-from txt2img_jax.evaluation import structure
-from txt2img_jax.evaluation import prompts as evaluate_prompts
+# The evaluators import the input pipeline: loaded when one is made, so
+# that checking a config (`validate`) stays light (sample, perf).
 
 
 def _structure(config, workdir, data, parts, generate, frozen, stats, writer):
+  from txt2img_jax.evaluation import structure
+
   return structure.Evaluator(
       config, workdir, data, parts.text, generate, frozen, stats, writer
   )
 
 
+def _prompts(*args):
+  from txt2img_jax.evaluation import prompts
+
+  return prompts.PromptEvaluator(*args)
+
+
 REGISTRY = {
     "structure": _structure,
-    "prompts": evaluate_prompts.PromptEvaluator,
+    "prompts": _prompts,
 }
 
 

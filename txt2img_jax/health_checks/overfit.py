@@ -110,9 +110,9 @@ def broken_targets(seed: int = 0):
   (which the trainer looks up at run time); restored on exit."""
   original = assets.train_batches
 
-  def patched(config, builder, text, start_step):
+  def patched(config, builder, text, start_step, **kwargs):
     rng = np.random.default_rng([seed, start_step, 0xBAD])
-    for batch in original(config, builder, text, start_step):
+    for batch in original(config, builder, text, start_step, **kwargs):
       batch = dict(batch)
       batch["image"] = _deranged(np.asarray(batch["image"]), rng)
       yield batch

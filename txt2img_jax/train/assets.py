@@ -110,6 +110,7 @@ def train_batches(
     builder,
     text: "TextSide",
     start_step: int,
+    *,
     start_example: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   from txt2img_jax.data import pipeline

@@ -197,12 +197,20 @@ class Checkpointer:
     try:
       free = shutil.disk_usage(self.directory).free
     except OSError:  # Unknown (some mounts): let the save find out.
-      return
-    if free < need:
+      free = need
+    short = free < need
+    if jax.process_count() > 1:  # Every host stops, or none: a save is a
+      from jax.experimental import multihost_utils  # collective.
+
+      votes = multihost_utils.process_allgather(np.int32(short))
+      short = bool(np.max(votes))
+    if short:
       with self._write_errors(step):
         raise OSError(
             errno.ENOSPC,
-            f"{_mib(free)} free, a checkpoint needs {_mib(need)}",
+            f"{_mib(free)} free, a checkpoint needs {_mib(need)}"
+            if free < need
+            else "on another host's disk",
         )
 
   @contextlib.contextmanager

@@ -149,7 +149,9 @@ def _train(config, workdir: str, latent_shape) -> dict:
 
   # --- Loop.
   total = config.total_steps
-  batches = assets.train_batches(config, data, text, start_step, start_example)
+  batches = assets.train_batches(
+      config, data, text, start_step, start_example=start_example
+  )
   reporter = reporting.Reporter(config, workdir, writer, start_step, total)
   hooks = reporting.Periodic(config, total)
   pending = None  # Metrics are fetched one step late: logging never stalls.
