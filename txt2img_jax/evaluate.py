@@ -1,10 +1,14 @@
-"""The structure benchmark of a trained run, from the command line.
+"""A trained run's scores, from the command line.
 
   python -m txt2img_jax.evaluate --workdir=W [--num=N] [--json=out.json]
 
-samples N captions of the test split and N of the held-out colour-shape
-pairings from the EMA parameters of W's latest checkpoint, scores them
-(`evaluation/benchmark/`), prints a table and writes JSON.
+On the shapes set: samples N captions of the test split and N of the
+held-out colour-shape pairings from the EMA parameters of W's latest
+checkpoint, scores them (`evaluation/benchmark/`) and prints a table. On a
+user's data (a folder, TFDS): the Fréchet distance and KID of N images
+drawn for the captions of the first N records of `--fid_split` against those
+records' images, on `--fid_features` (`evaluation/fd_measure.py`), printed
+and added to the run's metrics.jsonl. Either writes JSON with --json.
 """
 
 from __future__ import annotations
@@ -21,12 +25,24 @@ def define_flags():
   """Defined by the command only (its library is imported by the loop)."""
   flags.DEFINE_string("workdir", None, "Workdir of a training run.")
   flags.DEFINE_integer(
-      "num", None, "Captions per split (default: the run's " "eval.num)."
+      "num",
+      None,
+      "Shapes: captions per split (default: the run's eval.num). User "
+      "data: images for FD/KID (default: the run's eval.fid_num).",
   )
   flags.DEFINE_string("json", None, "Write the summary here as JSON.")
   flags.DEFINE_integer("steps", None, "Sampler steps (default: the run's).")
   flags.DEFINE_float("cfg_scale", None, "CFG scale (default: the run's).")
   flags.DEFINE_enum("method", None, list(flow.SAMPLERS), "Sampler.")
+  flags.DEFINE_string(
+      "fid_features",
+      None,
+      "User data: alexnet | vgg16, the network of FD/KID (default: the "
+      "run's eval.fid_features, else alexnet).",
+  )
+  flags.DEFINE_enum(
+      "fid_split", None, ["train", "val"], "User data: the reference split."
+  )
   flags.DEFINE_bool(
       "allow_download",
       False,
@@ -55,6 +71,8 @@ def main(argv):
     c.sample.method = f.method
   if f.num:
     c.eval.num = f.num
+  if getattr(run.builder, "DEFAULT_EVALUATOR", "structure") == "prompts":
+    return _fd_kid(run, f)
   evaluator = structure.Evaluator(
       c, run.workdir, run.builder, run.text, run.generate, run.frozen, run.stats
   )
@@ -74,6 +92,64 @@ def main(argv):
   if f.json:
     with open(f.json, "w") as out:
       json.dump(summary, out, indent=2)
+    print(f"wrote {f.json}")
+
+
+def _fd_kid(run, f) -> None:
+  """FD and KID of a run on a user's data; added to its metrics.jsonl unless
+  a training process holds the run."""
+  from absl import logging
+
+  from txt2img_jax.evaluation import fd_measure
+  from txt2img_jax.evaluation import structure
+  from txt2img_jax.utils import runfiles
+  from txt2img_jax.utils import runlock
+
+  c = run.config
+  with c.unlocked():
+    c.eval.fid_features = f.fid_features or c.eval.fid_features or "alexnet"
+    c.eval.fid_num = f.num or c.eval.fid_num
+    c.eval.fid_split = f.fid_split or c.eval.fid_split
+  measure = fd_measure.FdMeasure(c, run.builder, run.text.tokenizer)
+  if not measure.enabled:
+    raise cli.UserError(
+        f"split {c.eval.fid_split!r} of the run's data has too few records "
+        "for FD/KID"
+    )
+
+  def images_for(ids, mask):
+    return structure.generate_images(
+        run.generate,
+        run.ema_params,
+        run.frozen,
+        run.stats,
+        c.sample,
+        ids,
+        mask,
+        c.eval.batch_size,
+    )
+
+  out = measure(images_for)
+  net = measure.features.net
+  print(
+      f"FD/KID of {run.workdir} at step {run.step}: {measure.num} images "
+      f"drawn for the captions of split {c.eval.fid_split!r} against its "
+      f"images, features {measure.features.name} ({c.sample.method} "
+      f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):\n"
+      f"  FD  {out[f'val/fd_{net}']:.4f}\n"
+      f"  KID {out[f'val/kid_{net}']:.5f} +- {out[f'val/kid_{net}_std']:.5f}"
+  )
+  try:
+    with runlock.RunLock(run.workdir, what="evaluating"):
+      runfiles.append_metrics(
+          run.workdir, {"step": run.step, runfiles.RESCORED: True, **out}
+      )
+    print(f"added to {runfiles.metrics_path(run.workdir)}")
+  except runlock.RunLockedError as e:
+    logging.warning("not written to the run's metrics: %s", e)
+  if f.json:
+    with open(f.json, "w") as fh:
+      json.dump({"step": run.step, **out}, fh, indent=2)
     print(f"wrote {f.json}")
 
 

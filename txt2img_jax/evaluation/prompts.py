@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from txt2img_jax.evaluation import blockiness
+from txt2img_jax.evaluation import fd_measure
 from txt2img_jax.evaluation import structure
 from txt2img_jax import objectives
 from txt2img_jax.utils import runfiles
@@ -79,6 +80,7 @@ class PromptEvaluator:
         else None
     )
     self.mosaic = _MosaicMeasure(config, data, parts, tok, self.val)
+    self.fd = fd_measure.FdMeasure(config, data, tok)
     self._val_loss = jax.jit(_val_loss_fn(config, parts))
     self._posterior_mean = jax.jit(_posterior_mean_fn(parts))
     self._latent_side = types.SimpleNamespace(
@@ -139,6 +141,8 @@ class PromptEvaluator:
               self.images_for(params, self.mosaic.ids, self.mosaic.mask)
           )
       )
+    if self.fd.enabled:
+      out.update(self.fd(lambda ids, mask: self.images_for(params, ids, mask)))
     if self.clip is not None:
       out["val/clip_score"] = self.clip(self.images(params), self.prompts)
     logging.info(

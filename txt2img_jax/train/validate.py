@@ -189,6 +189,21 @@ def _validate_outputs(config) -> None:
       raise ValueError(f"{name}={value!r} must be an integer >= {low}")
   if not math.isfinite(s.cfg_scale):
     raise ValueError(f"sample.cfg_scale={s.cfg_scale} must be finite")
+  if e.fid_features:
+    from txt2img_jax.evaluation import features
+
+    if e.fid_features not in features.NETS:
+      raise ValueError(
+          f"eval.fid_features={e.fid_features!r}: expected one of "
+          f"{sorted(features.NETS)} ('' for none)"
+      )
+    if e.fid_num < 2 or e.fid_image_size < 32:
+      raise ValueError(
+          f"eval.fid_num={e.fid_num} must be >= 2 and eval.fid_image_size="
+          f"{e.fid_image_size} >= 32"
+      )
+    if e.fid_split not in ("train", "val"):
+      raise ValueError(f"eval.fid_split={e.fid_split!r}: expected train | val")
   if e.kind and e.kind not in registry.REGISTRY:
     raise ValueError(
         f"eval.kind={e.kind!r}: expected one of {sorted(registry.REGISTRY)}"

@@ -17,6 +17,9 @@ from typing import Any, Iterable
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
+# Marks a row the `evaluate` command added: a checkpoint scored again, not a
+# step of the training's own series (so not out of order).
+RESCORED = "rescored"
 
 
 class CorruptMetricsError(ValueError):
@@ -71,7 +74,7 @@ def out_of_order(rows: list[dict[str, Any]]) -> list[tuple[int, str, int, int]]:
   problems = []
   for i, row in enumerate(rows, start=1):
     step = row.get("step")
-    if not isinstance(step, (int, float)):
+    if not isinstance(step, (int, float)) or row.get(RESCORED):
       continue
     for name in row:
       if name == "step":

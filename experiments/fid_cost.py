@@ -1,0 +1,58 @@
+"""What FD/KID cost per evaluation: seconds per 1,000 images of each
+feature network, beside this machine's matmul rate.
+
+  python -m experiments.fid_cost [--images=256] [--image_size=64] \
+      [--sizes=224,112] [--nets=alexnet,vgg16]
+
+Times the feature network alone (`evaluation/features.py`, after a warm-up
+call that compiles it) on random images of `image_size` px, and the FD/KID
+arithmetic on as many 512-wide feature rows; the sampler's cost is the
+run's own and not included. Prints one row per network and input size.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import flags
+import jax.numpy as jnp
+import numpy as np
+
+from txt2img_jax import cli
+from txt2img_jax.evaluation import features
+from txt2img_jax.evaluation import fid
+from txt2img_jax.train import throughput
+
+_IMAGES = flags.DEFINE_integer("images", 256, "Images timed per row.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Side of the images.")
+_SIZES = flags.DEFINE_list("sizes", ["224", "112"], "Network input sides.")
+_NETS = flags.DEFINE_list("nets", ["alexnet", "vgg16"], "Feature networks.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per call.")
+
+
+def main(argv):
+  del argv
+  rate = throughput.matmul_flops_per_s(jnp.float32, 2048)
+  print(f"2048^3 float32 XLA matmul: {rate / 1e9:.0f} GFLOP/s")
+  rng = np.random.default_rng(0)
+  n = _IMAGES.value
+  images = rng.random((n, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 3), np.float32)
+  print(f"{'network':<14} {'s / 1000 images':>16}")
+  for net in _NETS.value:
+    for size in map(int, _SIZES.value):
+      f = features.load(net, size)
+      f(images[: _BATCH.value], _BATCH.value)  # Compile.
+      t = time.perf_counter()
+      f(images, _BATCH.value)
+      dt = time.perf_counter() - t
+      print(f"{f.name:<14} {1000 * dt / n:>16.1f}")
+  rows = rng.normal(size=(n, 512))
+  t = time.perf_counter()
+  m = fid.Moments().add(rows)
+  fid.frechet_distance(m.mean, m.cov, m.mean, m.cov)
+  fid.kid(rows, rows, num_subsets=50, subset_size=max(2, n // 2))
+  print(f"FD + KID on {n} x 512 rows: {time.perf_counter() - t:.2f} s")
+
+
+if __name__ == "__main__":
+  cli.run(main)
