@@ -137,7 +137,6 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
   """Scores a trained run (cached as digits_score.json for its step)."""
   from txt2img_jax.train import run as run_lib
   from txt2img_jax.train import checkpointing
-  from txt2img_jax.evaluation import structure
   from txt2img_jax.evaluation import prompts as evaluate_prompts
   from txt2img_jax.data import tokenizer as tokenizer_lib
 
@@ -171,18 +170,7 @@ def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
     ids, mask = tokenizer_lib.tokenize(
         run.text.tokenizer, prompts, c.data.max_len
     )
-    images = structure.generate_images(
-        run.generate,
-        run.ema_params,
-        run.frozen,
-        run.stats,
-        c.sample,
-        ids,
-        mask,
-        c.eval.batch_size,
-        seed=seed,
-        use_mean=use_mean,
-    )
+    images = run.images(ids, mask, seed=seed, use_mean=use_mean)
     images = np.clip(images, 0.0, 1.0)
     out[f"{name}/digit_acc"] = float((clf.predict(images) == labels).mean())
     out.update({f"{name}/{k}": v for k, v in ref.score(images).items()})

@@ -48,6 +48,13 @@ def _main(workdir, *flags):
   ]
 
 
+def _completed(argv, timeout=600):
+  """A command run to its end here, its output captured."""
+  return subprocess.run(
+      argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+  )
+
+
 def _train_rows(workdir):
   """Metrics rows without the wall-clock ones (never equal twice)."""
   return [
@@ -196,7 +203,7 @@ def test_absurd_lr_stops_the_run_and_keeps_the_last_good_checkpoint(
     data_dir, tmp_path
 ):
   workdir = str(tmp_path / "lr")
-  r = subprocess.run(
+  r = _completed(
       _main(
           workdir,
           "--config=configs/base.py:tiny",
@@ -204,11 +211,6 @@ def test_absurd_lr_stops_the_run_and_keeps_the_last_good_checkpoint(
           "--config.checkpoint_every=1",
           "--config.keep_checkpoints=5",
       ),
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      timeout=600,
   )
   assert r.returncode == 1, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]
@@ -304,13 +306,8 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   with open(runfiles.metrics_path(stopped), "a") as f:
     f.write('{"step": 41, "train/lo')
 
-  r = subprocess.run(
+  r = _completed(
       _main(stopped, *flags),
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      timeout=600,
   )
   assert r.returncode == 0, where + r.stderr[-3000:]
   assert f"at step {saved}" in r.stderr and "cut off in mid-write" in r.stderr
@@ -346,13 +343,8 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   _wait_for_step(proc, killed, 25)
   proc.kill()
   proc.wait(timeout=60)
-  r = subprocess.run(
+  r = _completed(
       _main(killed, *kill_flags),
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      timeout=600,
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from" in r.stderr
@@ -436,16 +428,12 @@ def test_another_hosts_lock_holds_for_its_lease(tmp_path):
 
 def test_a_bad_sample_setting_fails_before_anything_is_written(tmp_path):
   workdir = tmp_path / "w"
-  r = subprocess.run(
+  r = _completed(
       _main(
           str(workdir),
           "--config=configs/base.py:tiny",
           "--config.sample.num_steps=0",
       ),
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
       timeout=300,
   )
   assert r.returncode == 1
@@ -534,13 +522,8 @@ def test_a_full_disk_at_a_save_is_one_line_and_the_run_resumes(
       f"mount -t tmpfs -o size=8M tmpfs {mnt} && {train_cmd}; rc=$?; "
       f"cp -r {mnt}/run {kept}; exit $rc"
   )
-  r = subprocess.run(
-      ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      timeout=600,
+  r = _completed(
+      ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
   )
   assert r.returncode == 1, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]
@@ -553,13 +536,8 @@ def test_a_full_disk_at_a_save_is_one_line_and_the_run_resumes(
   assert r.stderr.count("\nE") == 0  # No error records from orbax's threads.
   assert sorted(os.listdir(kept / "checkpoints")) == ["2"]
   # Space again: the same command resumes from step 2 and finishes.
-  r = subprocess.run(
+  r = _completed(
       _main(str(kept), *flags),
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      timeout=600,
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "at step 2" in r.stderr
@@ -590,13 +568,8 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
   )
 
   def main(*flags):
-    return subprocess.run(
+    return _completed(
         _main(workdir, *base, *flags),
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
 
   assert main("--config.total_steps=4").returncode == 0
@@ -644,7 +617,7 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
   # sample on the run: its vocab.json edited, or its config naming a hub
   # model that is not in the cache, is one line.
   def sample():
-    return subprocess.run(
+    return _completed(
         [
             sys.executable,
             "-m",
@@ -653,10 +626,6 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
             "--prompt=a red circle",
             f"--out={tmp_path}/s.png",
         ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
 

@@ -101,7 +101,6 @@ def _fd_kid(run, f) -> None:
   from absl import logging
 
   from txt2img_jax.evaluation import fd_measure
-  from txt2img_jax.evaluation import structure
   from txt2img_jax.utils import runfiles
   from txt2img_jax.utils import runlock
 
@@ -117,19 +116,7 @@ def _fd_kid(run, f) -> None:
         "for FD/KID"
     )
 
-  def images_for(ids, mask):
-    return structure.generate_images(
-        run.generate,
-        run.ema_params,
-        run.frozen,
-        run.stats,
-        c.sample,
-        ids,
-        mask,
-        c.eval.batch_size,
-    )
-
-  out = measure(images_for)
+  out = measure(run.images)
   net = measure.features.net
   print(
       f"FD/KID of {run.workdir} at step {run.step}: {measure.num} images "

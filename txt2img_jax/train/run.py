@@ -142,6 +142,24 @@ class Run:
   def frozen(self) -> dict:
     return self.parts.frozen
 
+  def images(self, ids, mask, **overrides):
+    """Images (EMA params) for tokenised captions, in eval.batch_size
+    batches, with the run's sampler settings unless overridden
+    (`structure.generate_images`'s seed, num_steps, use_mean, ...)."""
+    from txt2img_jax.evaluation import structure
+
+    return structure.generate_images(
+        self.generate,
+        self.ema_params,
+        self.frozen,
+        self.stats,
+        self.config.sample,
+        ids,
+        mask,
+        self.config.eval.batch_size,
+        **overrides,
+    )
+
 
 def load_run(
     workdir: str, with_data: bool = True, allow_download: bool = False
