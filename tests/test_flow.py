@@ -60,6 +60,31 @@ def test_velocity_is_the_paths_time_derivative():
     np.testing.assert_allclose((x_b - x_a) / (t1 - t0), v, rtol=1e-3, atol=1e-4)
 
 
+def test_image_prediction_gives_the_velocity_to_the_predicted_image():
+  z, x1 = _pair()
+  t = jnp.array([0.0, 0.3, 0.8])
+  x_t = flow.interpolate(z, x1, t, SIGMA)
+  # The true image gives the true velocity (t below the clipped end).
+  v = flow.velocity_from_output(x1, x_t, t, SIGMA, "image", min_gap=0.05)
+  np.testing.assert_allclose(
+      v, flow.velocity_target(z, x1, SIGMA), rtol=1e-4, atol=1e-4
+  )
+  # Following it for the remaining time lands on the predicted image.
+  guess = x1 + 0.5
+  v = flow.velocity_from_output(guess, x_t, t, 0.0, "image", min_gap=0.05)
+  np.testing.assert_allclose(
+      flow.one_step_estimate(x_t, v, t), guess, rtol=1e-4, atol=1e-4
+  )
+  # Near t = 1 the gap is clipped: finite, and the velocity output unchanged.
+  t_end = jnp.array([1.0, 1.0, 1.0])
+  v = flow.velocity_from_output(guess, x1, t_end, 0.0, "image", min_gap=0.05)
+  assert np.isfinite(np.asarray(v)).all()
+  np.testing.assert_allclose(v, (guess - x1) / 0.05, rtol=1e-5)
+  assert flow.velocity_from_output(v, x_t, t, SIGMA, "velocity") is v
+  with pytest.raises(ValueError, match="flow.predict='x0'"):
+    flow.velocity_from_output(v, x_t, t, SIGMA, "x0")
+
+
 def test_one_step_estimate_with_the_true_velocity_lands_on_the_end():
   z, x1 = _pair()
   v = flow.velocity_target(z, x1, SIGMA)

@@ -138,6 +138,12 @@ def test_resume_drops_log_lines_past_the_checkpoint(tiny_run, tmp_path):
         ({"optim.groups.flow.lr": float("nan")}, "optim.groups.flow.lr=nan"),
         ({"mesh.model": 3}, "mesh.model=3"),
         ({"data.name": "nonsense"}, "nonsense"),
+        ({"flow.predict": "noise"}, "flow.predict='noise'"),
+        (
+            {"flow.predict": "image", "objective": "noise_flow"},
+            "crossflow objective only",
+        ),
+        ({"data.name": "webdataset"}, "needs data.path"),
         ({"autoencoder.kind": "nonsense"}, "nonsense"),
         ({"autoencoder.kind": "kl_vae"}, "autoencoder.path"),
     ],

@@ -85,11 +85,18 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     t = timesteps.sample_t(k_t, b, c.time.sampler, step, c.time.start_prob)
     x_t = flow.interpolate(z_text, x1_target, t, sigma_min)
     v_target = flow.velocity_target(z_text, x1_target, sigma_min)
-    v_pred = apply(
+    v_pred = flow.velocity_from_output(
+        apply(
+            x_t,
+            timesteps.time_input(t, c.flow.time_input),
+            indicator,
+            method="velocity",
+        ),
         x_t,
-        timesteps.time_input(t, c.flow.time_input),
-        indicator,
-        method="velocity",
+        t,
+        sigma_min,
+        c.flow.predict,
+        c.flow.predict_min_gap,
     )
     flow_per_ex = losses.flow_mse_per_example(v_pred, v_target)
     loss_flow = flow_per_ex.mean()
@@ -238,11 +245,19 @@ def make_generate(config, model, autoencoder, text_frozen):
     )
 
     def velocity(x, t, indicator):
-      return apply(
+      out = apply(
           x,
           timesteps.time_input(t, c.flow.time_input),
           indicator,
           method="velocity",
+      )
+      return flow.velocity_from_output(
+          out,
+          x,
+          t,
+          c.flow.sigma_min,
+          c.flow.predict,
+          c.flow.predict_min_gap,
       ).astype(jnp.float32)
 
     x1 = flow.integrate(

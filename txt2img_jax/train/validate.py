@@ -140,7 +140,7 @@ def validate_config(
     from txt2img_jax.data import negatives
 
     negatives.parse_word_classes(config.loss.hard_negative_words)
-  elif config.loss.hard_negatives and config.data.name in ("folder", "tfds"):
+  elif config.loss.hard_negatives and config.data.name != "shapes":
     from txt2img_jax.data import negatives
 
     raise negatives.words_not_named(config.data.name)
@@ -151,6 +151,18 @@ def validate_config(
         f"sample.method={config.sample.method!r}: expected one "
         f"of {flow.SAMPLERS}"
     )
+  if config.flow.predict not in flow.PREDICTS:
+    raise ValueError(
+        f"flow.predict={config.flow.predict!r}: expected one of "
+        f"{flow.PREDICTS}"
+    )
+  if config.flow.predict != "velocity" and config.objective != "crossflow":
+    raise ValueError(
+        f"flow.predict={config.flow.predict!r} is implemented for the "
+        f"crossflow objective only; objective={config.objective!r}"
+    )
+  if not 0.0 < config.flow.predict_min_gap <= 1.0:
+    raise ValueError("flow.predict_min_gap must be in (0, 1]")
   objectives.get(config.objective)
   _validate_outputs(config)
   options = train_compiler_options(config)
