@@ -65,7 +65,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # set, or a user's images (configs/folder.py).
   c.data = ml_collections.ConfigDict()
   c.data.name = (
-      "shapes"  # shapes | folder (an image folder) | tfds (a TFDS data set).
+      "shapes"  # shapes | folder (an image folder) | tfds (a TFDS data set)
+      # | webdataset (tar shards: data.path='DIR/{00000..00099}.tar').
   )
   c.data.data_dir = ""  # '' -> $TXT2IMG_DATA_DIR or ~/.cache/txt2img_jax/data.
   c.data.seed = 0  # Seed of the procedural generator (not of the run).
@@ -81,10 +82,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.prefetch = 4  # Batches prepared ahead of the device.
   c.data.read_threads = 2  # Threads reading and decoding records.
   c.data.worker_count = 0  # grain worker processes (0: in the main process).
-  # folder / tfds only: prepared once into ArrayRecord shards under
+  # folder / tfds / webdataset: prepared once into ArrayRecord shards under
   # <data_dir>/prepared/ with a report of every bad input (prepare_report.json).
-  c.data.path = ""  # folder: images + metadata.jsonl or metadata.csv.
-  c.data.max_caption_chars = 2000  # folder / tfds: longer captions are cut
+  c.data.path = ""  # folder: images + metadata.jsonl or metadata.csv;
+  # webdataset: the shards ({a..b} ranges, {x,y} lists, globs).
+  c.data.max_caption_chars = 2000  # folder/tfds/wds: longer captions are cut
   # to this many characters and counted (caption_cut); 0: never cut.
   c.data.follow_symlinks = False  # folder: take links whose target lies
   # outside data.path (else counted as outside_folder in the report).
@@ -99,6 +101,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.data.caption_key = (
       "caption"  # tfds: the text feature (nested: 'captions/text').
   )
+  c.data.wds_image_keys = "jpg;jpeg;png;webp"  # webdataset: the image
+  # member's extension, the first of these a sample has.
+  c.data.wds_caption_key = "txt"  # webdataset: the caption member: an
+  # extension (txt) or json:FIELD (a field of KEY.json; a/b nested; a list).
   c.data.train_split = "train"  # tfds: the split to train on.
   c.data.val_split = (
       ""  # tfds: a split for validation ('' -> held out of train).
@@ -224,6 +230,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "linear_logsnr"  # t | logsnr | linear_logsnr (note's run: 4 - 8t).
   )
   c.flow.sigma_min = 1e-5  # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
+  c.flow.predict = "velocity"  # What the DiT outputs: velocity | image (x1,
+  # the velocity derived from it; objectives/flow.py; crossflow only).
+  c.flow.predict_min_gap = 0.05  # predict=image: 1 - t is kept >= this when
+  # the velocity is derived (t -> 1 stays finite).
   c.flow.scan = False  # Blocks under nn.scan: the DiT compiles in a time that
   # does not grow with depth (on at scale: perf_b2.py), but
   # the default step ran ~20% slower on CPU with it. Params

@@ -1,6 +1,6 @@
 """Prepare a data set once: python -m txt2img_jax.prepare --config=C [--config.x=...]
 
-For a user's data (`data.name` folder or tfds) this writes the ArrayRecord
+For a user's data (`data.name` folder, tfds or webdataset) this writes the ArrayRecord
 shards the trainer reads, under <data_dir>/prepared/, with a progress line,
 `prepare_report.json` (every bad input counted by reason, with the first
 offending paths) and, for a KL-VAE latent space, the VAE moments of every

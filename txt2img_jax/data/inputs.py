@@ -3,7 +3,7 @@ turned into what is stored: the reasons an input is skipped, `BadInput`,
 `Issue` (one counted problem), `Candidate` (one listed input), the caption
 rules (normalise, choose one per epoch, too long) and the image rules (open,
 convert to RGB, resize and centre-crop to uint8 (S, S, 3)). Every source
-(`imagefolder`, `tfds_source`) and `records_prepare` use them."""
+(`imagefolder`, `tfds_source`, `webdataset`) and `records_prepare` use them."""
 
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ CAPTION_CUT = "caption_cut"  # Over data.max_caption_chars: cut, then kept.
 
 
 UNLISTED_IMAGE = "unlisted_image"
+
+
+BAD_SHARD = "bad_shard"  # A tar shard that is not one, or is cut short.
 # What happened to the input for each reason.
 
 

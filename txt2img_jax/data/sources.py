@@ -5,8 +5,9 @@
 - `shapes`: the embedded captioned-shapes set (TFDS, generated here);
 - `folder`: a user's image folder (Hugging Face `imagefolder` layout:
   images + metadata.jsonl/.csv with `file_name` and a caption column);
-- `tfds`: a user's TFDS data set with an image and a text feature.
-The last two go through `records_prepare.prepare` once: ArrayRecord shards
+- `tfds`: a user's TFDS data set with an image and a text feature;
+- `webdataset`: tar shards of image + caption members (img2dataset's output).
+The last three go through `records_prepare.prepare` once: ArrayRecord shards
 under the data dir, a report of every bad input, and (for a KL-VAE latent
 space) the VAE moments cached next to each image, so training never runs the
 frozen encoder.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 from absl import logging
 
@@ -80,25 +82,49 @@ def _tfds_source(config):
   )
 
 
+def _webdataset_source(config):
+  from txt2img_jax.data import webdataset
+
+  d = config.data
+  return webdataset.WebDatasetSource(
+      d.path, image_keys=d.wds_image_keys, caption_key=d.wds_caption_key
+  )
+
+
+def _source_path(d) -> str:
+  """What names the user's data in the prepared directory's hash."""
+  if d.name == "folder":
+    return os.path.abspath(os.path.expanduser(d.path))
+  if d.name == "webdataset":
+    return os.path.join(
+        os.path.abspath(os.path.dirname(os.path.expanduser(d.path))),
+        os.path.basename(d.path),
+    )
+  return d.tfds_name
+
+
+def _source_base(d) -> str:
+  if d.name == "folder":
+    return os.path.basename(os.path.normpath(d.path))
+  if d.name == "webdataset":
+    parent = os.path.basename(os.path.dirname(os.path.expanduser(d.path)))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", parent) or "shards"
+  return d.tfds_name.replace("/", "_")
+
+
 def prepared_dir(config, featurizer=None) -> str:
   """Where a user's data is prepared: named by what the records depend on,
   so another image size or encoder never reuses the wrong records."""
   d = config.data
   what = {
       "name": d.name,
-      "path": os.path.abspath(os.path.expanduser(d.path))
-      if d.name == "folder"
-      else d.tfds_name,
+      "path": _source_path(d),
       "image_size": d.image_size,
       "max_caption_chars": d.max_caption_chars,
       "features": featurizer.fingerprint if featurizer else None,
   }
   digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
-  base = (
-      os.path.basename(os.path.normpath(d.path))
-      if d.name == "folder"
-      else d.tfds_name.replace("/", "_")
-  )
+  base = _source_base(d)
   return os.path.join(
       data_dir(config),
       "prepared",
@@ -143,6 +169,7 @@ REGISTRY = {
     "shapes": _shapes,
     "folder": _prepare_records(_folder_source),
     "tfds": _prepare_records(_tfds_source),
+    "webdataset": _prepare_records(_webdataset_source),
 }
 
 
@@ -169,5 +196,9 @@ def validate(config) -> None:
       )
     if not os.path.isdir(os.path.expanduser(d.path)):
       raise FileNotFoundError(f"data.path={d.path!r} is not a folder")
+  if d.name == "webdataset":
+    from txt2img_jax.data import webdataset
+
+    webdataset.shard_paths(d.path)  # One line if it names no shard.
   if d.name == "tfds" and not d.tfds_name:
     raise ValueError("data.name='tfds' needs data.tfds_name")
