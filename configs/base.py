@@ -231,7 +231,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   )
   c.flow.sigma_min = 1e-5  # Path: x_t = (1 - (1 - sigma_min) t) z_text + t x1.
   c.flow.predict = "velocity"  # What the DiT outputs: velocity | image (x1,
-  # the velocity derived from it; objectives/flow.py; crossflow only).
+  # the velocity derived from it; objectives/flow.py).
   c.flow.predict_min_gap = 0.05  # predict=image: 1 - t is kept >= this when
   # the velocity is derived (t -> 1 stays finite).
   c.flow.scan = False  # Blocks under nn.scan: the DiT compiles in a time that

@@ -74,14 +74,21 @@ def make_loss(config, model, autoencoder, text_frozen, perceptual=None):
     t = timesteps.sample_t(k_t, b, c.time.sampler, step, c.time.start_prob)
     x_t = flow.interpolate(x0, x1, t, sigma_min)
     v_target = flow.velocity_target(x0, x1, sigma_min)
-    v_pred = model.apply(
-        {"params": params},
+    v_pred = flow.velocity_from_output(
+        model.apply(
+            {"params": params},
+            x_t,
+            timesteps.time_input(t, c.flow.time_input),
+            indicator,
+            tokens,
+            mask,
+            method="velocity",
+        ),
         x_t,
-        timesteps.time_input(t, c.flow.time_input),
-        indicator,
-        tokens,
-        mask,
-        method="velocity",
+        t,
+        sigma_min,
+        c.flow.predict,
+        c.flow.predict_min_gap,
     )
     flow_per_ex = losses.flow_mse_per_example(v_pred, v_target)
     loss_flow = flow_per_ex.mean()
@@ -145,13 +152,21 @@ def make_generate(config, model, autoencoder, text_frozen):
       reps = x.shape[0] // tokens.shape[0]
       tok = jnp.concatenate([tokens] * reps)
       msk = jnp.concatenate([mask] * reps)
-      return apply(
+      out = apply(
           x,
           timesteps.time_input(t, c.flow.time_input),
           indicator,
           tok,
           msk,
           method="velocity",
+      )
+      return flow.velocity_from_output(
+          out,
+          x,
+          t,
+          c.flow.sigma_min,
+          c.flow.predict,
+          c.flow.predict_min_gap,
       ).astype(jnp.float32)
 
     x1 = flow.integrate(velocity, x0, num_steps, method, cfg_scale)

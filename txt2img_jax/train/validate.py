@@ -156,11 +156,6 @@ def validate_config(
         f"flow.predict={config.flow.predict!r}: expected one of "
         f"{flow.PREDICTS}"
     )
-  if config.flow.predict != "velocity" and config.objective != "crossflow":
-    raise ValueError(
-        f"flow.predict={config.flow.predict!r} is implemented for the "
-        f"crossflow objective only; objective={config.objective!r}"
-    )
   if not 0.0 < config.flow.predict_min_gap <= 1.0:
     raise ValueError("flow.predict_min_gap must be in (0, 1]")
   objectives.get(config.objective)
