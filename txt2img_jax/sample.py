@@ -2,16 +2,28 @@
 
 python -m txt2img_jax.sample --workdir=W --prompt "a large red circle in the
     center" [--prompt ...] --out x.png [--method heun --steps 50 --cfg_scale 3]
+
+For many prompts (FID on your own prompts, any downstream use), one PNG per
+image at the run's resolution and an index, drawn in batches of the run's
+eval.batch_size and written as they come (no image list held in memory):
+
+python -m txt2img_jax.sample --workdir=W --prompts_file=prompts.txt \
+    --num_per_prompt=4 --nouse_mean --out_dir=DIR
+
+DIR/index.jsonl has a row per image: file, prompt, prompt_index, sample (0..N-1),
+seed, method, steps, cfg_scale, use_mean, step (the checkpoint), workdir. The
+same command draws the same images.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -22,7 +34,20 @@ from txt2img_jax.data import tokenizer as tokenizer_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Caption(s) to draw.")
-_OUT = flags.DEFINE_string("out", "samples.png", "Output PNG (a grid).")
+_OUT = flags.DEFINE_string(
+    "out",
+    "samples.png",
+    "Output PNG (a grid; with --out_dir only when given).",
+)
+_PROMPTS_FILE = flags.DEFINE_string(
+    "prompts_file", None, "A text file of prompts, one a line (blank skipped)."
+)
+_NUM_PER_PROMPT = flags.DEFINE_integer(
+    "num_per_prompt", 1, "Images per prompt (each its own z_text draw)."
+)
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", None, "Write one PNG per image and index.jsonl here."
+)
 _METHOD = flags.DEFINE_enum(
     "method", None, list(flow.SAMPLERS), "ODE sampler (default: the run's)."
 )
@@ -45,27 +70,6 @@ _ALLOW_DOWNLOAD = flags.DEFINE_bool(
     "Let the hub models named in the run's config.json be fetched (default: "
     "the local Hugging Face cache only).",
 )
-
-
-def generate_images(
-    run, prompts, *, method, num_steps, cfg_scale, use_mean, seed=0
-) -> np.ndarray:
-  ids, mask = tokenizer_lib.tokenize(
-      run.text.tokenizer, prompts, run.config.data.max_len
-  )
-  images = run.generate(
-      run.ema_params,
-      run.frozen,
-      run.stats,
-      ids,
-      mask,
-      jax.random.PRNGKey(seed),
-      num_steps=num_steps,
-      method=method,
-      cfg_scale=float(cfg_scale),
-      use_mean=bool(use_mean),
-  )
-  return np.asarray(jax.device_get(images))
 
 
 def prompt_changes(tokenizer, prompts, max_len: int) -> list[str]:
@@ -121,35 +125,113 @@ def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
   return canvas
 
 
+def read_prompts(path: str) -> list[str]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return [line.strip() for line in f if line.strip()]
+  except OSError as e:
+    raise cli.UserError(f"--prompts_file={path!r}: {e.strerror}") from e
+  except UnicodeDecodeError as e:
+    raise cli.UserError(f"--prompts_file={path!r} is not UTF-8 text") from e
+
+
+def write_samples(run, prompts, num_per_prompt, out_dir, settings, seed):
+  """PNGs + index.jsonl, batch by batch; returns how many were written."""
+  os.makedirs(out_dir, exist_ok=True)
+  rows = [
+      (p, i, k) for i, p in enumerate(prompts) for k in range(num_per_prompt)
+  ]
+  bs = int(run.config.eval.batch_size)
+  digits = max(5, len(str(len(rows) - 1)))
+  index_path = os.path.join(out_dir, "index.jsonl")
+  done = 0
+  with open(index_path + ".tmp", "w", encoding="utf-8") as index:
+    for start in range(0, len(rows), bs):
+      chunk = rows[start : start + bs]
+      ids, mask = tokenizer_lib.tokenize(
+          run.text.tokenizer, [p for p, _, _ in chunk], run.config.data.max_len
+      )
+      images = run.images(ids, mask, seed=seed, offset=start, **settings)
+      for n, (img, (prompt, i, k)) in enumerate(zip(images, chunk)):
+        name = f"{start + n:0{digits}d}.png"
+        u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(u8).save(os.path.join(out_dir, name))
+        row = dict(
+            file=name,
+            prompt=prompt,
+            prompt_index=i,
+            sample=k,
+            seed=seed,
+            **settings,
+            step=run.step,
+            workdir=run.workdir,
+        )
+        row["steps"] = row.pop("num_steps")
+        index.write(json.dumps(row) + "\n")
+      done += len(chunk)
+      print(f"sample: {done}/{len(rows)} images", file=sys.stderr, flush=True)
+  os.replace(index_path + ".tmp", index_path)  # Complete, or not there.
+  return done
+
+
 def main(argv):
   del argv
   from txt2img_jax.train import run as run_lib
 
   reporting.quiet_orbax()
-  if not _PROMPTS.value:
-    raise app.UsageError("give at least one --prompt")
-  empty = [i for i, p in enumerate(_PROMPTS.value) if not p.strip()]
+  prompts = list(_PROMPTS.value or [])
+  if _PROMPTS_FILE.value:
+    prompts += read_prompts(_PROMPTS_FILE.value)
+    if not prompts:
+      raise cli.UserError(f"--prompts_file={_PROMPTS_FILE.value!r} is empty")
+  if not prompts:
+    raise app.UsageError("give at least one --prompt or a --prompts_file")
+  empty = [i for i, p in enumerate(prompts) if not p.strip()]
   if empty:
     raise cli.UserError(f"--prompt number {empty[0] + 1} is empty")
+  if _NUM_PER_PROMPT.value < 1:
+    raise cli.UserError("--num_per_prompt must be >= 1")
   run = run_lib.load_run(
       _WORKDIR.value, with_data=False, allow_download=_ALLOW_DOWNLOAD.value
   )
   for line in prompt_changes(
-      run.text.tokenizer, _PROMPTS.value, run.config.data.max_len
+      run.text.tokenizer, prompts, run.config.data.max_len
   ):
     logging.warning("%s", line)
     print(f"warning: {line}", file=sys.stderr)
   s = run.config.sample
-  images = generate_images(
-      run,
-      _PROMPTS.value,
+  settings = dict(
       method=_METHOD.value or s.method,
       num_steps=_STEPS.value or s.num_steps,
-      cfg_scale=s.cfg_scale if _CFG.value is None else _CFG.value,
-      use_mean=s.use_mean if _USE_MEAN.value is None else _USE_MEAN.value,
-      seed=_SEED.value,
+      cfg_scale=float(s.cfg_scale if _CFG.value is None else _CFG.value),
+      use_mean=bool(s.use_mean if _USE_MEAN.value is None else _USE_MEAN.value),
   )
-  prompt_grid(images, _PROMPTS.value, _SCALE.value).save(_OUT.value)
+  if _NUM_PER_PROMPT.value > 1 and settings["use_mean"]:
+    print(
+        "warning: with use_mean every image of a prompt is the same (the ODE "
+        "starts from the head's mean); --nouse_mean draws z_text",
+        file=sys.stderr,
+    )
+  if _OUT_DIR.value:
+    n = write_samples(
+        run,
+        prompts,
+        _NUM_PER_PROMPT.value,
+        _OUT_DIR.value,
+        settings,
+        _SEED.value,
+    )
+    print(
+        f"wrote {n} images and index.jsonl to {_OUT_DIR.value} (step {run.step})"
+    )
+    if not flags.FLAGS["out"].present:
+      return
+  grid_prompts = [p for p in prompts for _ in range(_NUM_PER_PROMPT.value)]
+  ids, mask = tokenizer_lib.tokenize(
+      run.text.tokenizer, grid_prompts, run.config.data.max_len
+  )
+  images = run.images(ids, mask, seed=_SEED.value, **settings)
+  prompt_grid(images, grid_prompts, _SCALE.value).save(_OUT.value)
   print(f"wrote {_OUT.value} ({len(images)} images, step {run.step})")
 
 

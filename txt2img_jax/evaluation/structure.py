@@ -146,11 +146,14 @@ def generate_images(
     mask,
     batch_size: int,
     seed: int = 0,
+    offset: int = 0,
     **overrides,
 ) -> np.ndarray:
   """Images for every caption, in fixed-size batches (the last one padded)
   so the sampler compiles once; the run's sampler settings unless
-  overridden."""
+  overridden. The batch starting at caption i draws from
+  fold_in(PRNGKey(seed), offset + i): a long list given in chunks (with
+  their offsets) draws what it draws given whole."""
   kw = dict(
       num_steps=int(sample_config.num_steps),
       method=sample_config.method,
@@ -166,7 +169,7 @@ def generate_images(
     if pad:
       b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
       b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), offset + i)
     imgs = generate(params, frozen, stats, b_ids, b_mask, rng, **kw)
     if not imgs.is_fully_addressable:  # Sharded over hosts (e.g. fsdp).
       imgs = multihost_utils.process_allgather(imgs, tiled=True)
