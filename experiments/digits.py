@@ -201,24 +201,35 @@ _CURRICULUM = {
     "then": {"kind": "logit_normal", "mean": -1.0, "std": 1.5},
 }
 # (name, what it is, config overrides of configs/folder.py). The screen's
-# single levers (conv, overlap) change one field of `before`.
+# single levers (conv, overlap, velocity) each change one field of the row
+# above them.
+_BEFORE = {
+    "flow.out_head": "linear",
+    "time.sampler": _CURRICULUM,
+    "flow.predict": "velocity",
+}
 ROWS = (
     (
         "before",
         "folder.py before: DiT's linear head, restart.py's time curriculum",
-        {"flow.out_head": "linear", "time.sampler": _CURRICULUM},
+        _BEFORE,
     ),
     (
         "conv",
         "before + a 3x3 conv over the output",
-        {"flow.out_head": "conv", "time.sampler": _CURRICULUM},
+        {**_BEFORE, "flow.out_head": "conv"},
     ),
     (
         "overlap",
         "before + each cell decoded from its token and the neighbours'",
-        {"flow.out_head": "overlap", "time.sampler": _CURRICULUM},
+        {**_BEFORE, "flow.out_head": "overlap"},
     ),
-    ("folder", "folder.py: overlap head, t ~ U[0, 1]", {}),
+    (
+        "velocity",
+        "overlap head, t ~ U[0, 1], the DiT predicting the velocity",
+        {"flow.predict": "velocity"},
+    ),
+    ("folder", "folder.py: overlap head, t ~ U[0, 1], predicting the image", {}),
     # The noise-path control (configs/noise_control.py's changes) on folder.py.
     (
         "noise",
@@ -237,6 +248,8 @@ COLUMNS = (
     ("draw/digit_acc", "digit acc (draw)"),
     ("draw/blockiness", "blockiness (draw)"),
     ("val/flow", "val flow (last)"),
+    ("val/kid_alexnet", "KID alexnet (last)"),
+    ("val/fd_alexnet", "FD alexnet (last)"),
     ("val/blockiness@mid", "val blockiness (mid)"),
     ("val/blockiness", "val blockiness (last)"),
     ("minutes", "minutes"),
@@ -273,6 +286,9 @@ def run_numbers(workdir: str) -> dict[str, float]:
     out["val/flow"] = evals[-1]["val/flow"]
     out["val/blockiness"] = evals[-1]["val/blockiness"]
     out["val/blockiness@mid"] = evals[(len(evals) - 1) // 2]["val/blockiness"]
+    for key in ("val/kid_alexnet", "val/fd_alexnet"):
+      if key in evals[-1]:
+        out[key] = evals[-1][key]
   out["steps_per_sec"] = common.median_steps_per_sec(workdir)
   out["minutes"] = out["step"] / out["steps_per_sec"] / 60
   return out
