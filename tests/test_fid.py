@@ -141,6 +141,26 @@ def test_fd_measure_caches_the_reference_and_scores_the_samples(
   assert same["val/fid_num"] == 10
   noise = first(lambda ids, mask: np.zeros((len(ids), 16, 16, 3), np.float32))
   assert noise["val/fd_alexnet"] > 1.0 and noise["val/kid_alexnet"] > 0
+  assert "val/clip_score" not in noise
+
+  # A CLIP scorer sees the same images with their own captions, batch by batch.
+  seen = []
+
+  class Clip:
+
+    def scores(self, imgs, captions):
+      seen.append(list(captions))
+      return imgs.mean(axis=(1, 2, 3)) * 100
+
+  served = iter([images[:4], images[4:8], images[8:10]])
+  scored = first(lambda ids, mask: next(served), Clip())
+  assert [len(c) for c in seen] == [4, 4, 2]
+  assert sum(seen, []) == first.captions
+  assert scored["val/clip_score"] == pytest.approx(
+      images[:10].mean() * 100, rel=1e-5
+  )
+  assert scored["val/clip_num"] == 10
+  assert scored["val/fd_alexnet"] == pytest.approx(0.0, abs=1e-3)
 
   # The second evaluator reads the cached statistics: no reference features.
   calls = []

@@ -646,5 +646,6 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
   r = sample()
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert (
-      "not in the local Hugging Face cache" in r.stderr.strip().splitlines()[-1]
+      "nor in the Hugging Face cache" in r.stderr.strip().splitlines()[-1]
+      and "--allow_download" in r.stderr.strip().splitlines()[-1]
   )

@@ -9,6 +9,7 @@ not import torch.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import transformers
 
 from txt2img_jax.models import text_encoder
 from txt2img_jax.models import text_encoder_weights
+from txt2img_jax.utils import hub
 
 if importlib.util.find_spec("torch") is None:
   pytest.skip("torch (test-only) is not installed", allow_module_level=True)
@@ -347,6 +349,16 @@ def test_clip_score_matches_torch(encoders, tmp_path):
   )
   assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
   assert 0.0 <= ours <= 100.0
+  # In fixed batches (the last one padded), each pair scores as alone.
+  per_pair = scorer.scores(images, CAPTIONS)
+  scorer.BATCH = 2
+  np.testing.assert_allclose(
+      scorer.scores(images, CAPTIONS), per_pair, rtol=1e-5
+  )
+  single = [
+      scorer.scores(images[i : i + 1], CAPTIONS[i : i + 1]) for i in range(3)
+  ]
+  np.testing.assert_allclose(np.concatenate(single), per_pair, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["clip", "clip_full", "t5"])
@@ -372,4 +384,55 @@ def test_a_hub_name_from_a_run_resolves_from_the_cache_only():
   with text_encoder.local_files_only():
     with pytest.raises(FileNotFoundError, match="--allow_download"):
       text_encoder.load_pretrained_text_encoder("txt2img-tests/not-cached")
-  assert text_encoder._LOCAL_ONLY == [False]  # Restored on the way out.
+  assert hub._LOCAL_ONLY == [False]  # Restored on the way out.
+
+
+def _cache_snapshot(hf_home, repo_id, folder, commit="0" * 40):
+  """`folder` laid out as huggingface_hub caches a download of `repo_id`."""
+  repo = os.path.join(hf_home, "hub", "models--" + repo_id.replace("/", "--"))
+  os.makedirs(os.path.join(repo, "refs"))
+  with open(os.path.join(repo, "refs", "main"), "w") as f:
+    f.write(commit)
+  shutil.copytree(folder, os.path.join(repo, "snapshots", commit))
+  return os.path.join(repo, "snapshots", commit)
+
+
+def test_hub_ids_resolve_through_the_cache(encoders, tmp_path, monkeypatch):
+  hf_home = str(tmp_path / "hf")
+  monkeypatch.setenv("HF_HOME", hf_home)
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # The test never reaches out.
+  snap = _cache_snapshot(hf_home, "txt2img-tests/tiny-clip", encoders["clip"])
+  assert hub.model_folder("txt2img-tests/tiny-clip", "f") == snap
+  by_id = text_encoder.load_pretrained_text_encoder("txt2img-tests/tiny-clip")
+  by_folder = text_encoder.load_pretrained_text_encoder(encoders["clip"])
+  assert by_id.identity["weights"] == by_folder.identity["weights"]
+  assert by_id.width == by_folder.width
+  # A third part names a folder inside the repo (a pipeline's vae/ or
+  # text_encoder/).
+  os.makedirs(tmp_path / "pipe")
+  shutil.copytree(encoders["t5"], tmp_path / "pipe" / "text_encoder")
+  _cache_snapshot(hf_home, "txt2img-tests/pipe", tmp_path / "pipe")
+  t5 = text_encoder.load_pretrained_text_encoder(
+      "txt2img-tests/pipe/text_encoder"
+  )
+  assert t5.model_type == "t5"
+  # The KL-VAE's path goes through the same resolution.
+  os.makedirs(tmp_path / "vae_repo")
+  with open(tmp_path / "vae_repo" / "config.json", "w") as f:
+    json.dump({"block_out_channels": [8, 8, 8], "latent_channels": 4}, f)
+  _cache_snapshot(hf_home, "txt2img-tests/vae", tmp_path / "vae_repo")
+  from configs import folder  # pylint: disable=g-import-not-at-top
+  from txt2img_jax.models import latents  # pylint: disable=g-import-not-at-top
+
+  c = folder.get_config()
+  c.autoencoder.kind, c.autoencoder.path = "kl_vae", "txt2img-tests/vae"
+  assert latents.latent_shape(c) == (16, 16, 4)  # 64 px / 4, 4 channels.
+  with pytest.raises(FileNotFoundError, match="has no folder 'vae'"):
+    hub.model_folder("txt2img-tests/pipe/vae", "autoencoder.path")
+  with pytest.raises(
+      FileNotFoundError, match="HF_HUB_OFFLINE is set.*huggingface-cli download"
+  ):
+    hub.model_folder("txt2img-tests/absent", "eval.clip_model")
+  with pytest.raises(FileNotFoundError, match="is not a folder"):
+    hub.model_folder("/no/such/folder", "text_encoder.name")

@@ -43,6 +43,12 @@ def define_flags():
   flags.DEFINE_enum(
       "fid_split", None, ["train", "val"], "User data: the reference split."
   )
+  flags.DEFINE_string(
+      "clip_model",
+      None,
+      "User data: a CLIP folder or hub id; the CLIP score of the FD/KID "
+      "images against their captions (default: the run's eval.clip_model).",
+  )
   flags.DEFINE_bool(
       "allow_download",
       False,
@@ -116,7 +122,13 @@ def _fd_kid(run, f) -> None:
         "for FD/KID"
     )
 
-  out = measure(run.images)
+  clip_model = f.clip_model or c.eval.clip_model
+  clip = None
+  if clip_model:
+    from txt2img_jax.evaluation import prompts
+
+    clip = prompts.ClipScorer(clip_model)
+  out = measure(run.images, clip)
   net = measure.features.net
   print(
       f"FD/KID of {run.workdir} at step {run.step}: {measure.num} images "
@@ -126,6 +138,8 @@ def _fd_kid(run, f) -> None:
       f"  FD  {out[f'val/fd_{net}']:.4f}\n"
       f"  KID {out[f'val/kid_{net}']:.5f} +- {out[f'val/kid_{net}_std']:.5f}"
   )
+  if clip is not None:
+    print(f"  CLIP score {out['val/clip_score']:.3f} ({clip_model})")
   try:
     with runlock.RunLock(run.workdir, what="evaluating"):
       runfiles.append_metrics(

@@ -100,15 +100,21 @@ class FdMeasure:
           self.features.name,
           path,
       )
+    self.captions = captions
     self.ids, self.mask = tokenizer_lib.tokenize(
         tokenizer, captions, config.data.max_len
     )
 
-  def __call__(self, images_for) -> dict[str, float]:
+  def __call__(self, images_for, clip=None) -> dict[str, float]:
+    """FD/KID of images drawn for the split's captions, batch by batch; with
+    `clip` (a ClipScorer) the CLIP score of the same images too."""
     moments, sample = fid.Moments(), fid.Sample(KID_ROWS)
     n, bs = len(self.ids), self.batch_size
+    clip_scores = []
     for i in range(0, n, bs):
       images = images_for(self.ids[i : i + bs], self.mask[i : i + bs])
+      if clip is not None:
+        clip_scores.append(clip.scores(images, self.captions[i : i + bs]))
       f = self.features(np.clip(images, 0.0, 1.0), bs)
       moments.add(f)
       sample.add(f)
@@ -125,9 +131,13 @@ class FdMeasure:
         num_subsets=50,
         subset_size=min(1000, max(2, min(len(real), len(fake)) // 2)),
     )
-    return {
+    out = {
         f"val/fd_{net}": fd,
         f"val/kid_{net}": kid_mean,
         f"val/kid_{net}_std": kid_std,
         "val/fid_num": float(n),
     }
+    if clip_scores:
+      out["val/clip_score"] = float(np.concatenate(clip_scores).mean())
+      out["val/clip_num"] = float(n)
+    return out

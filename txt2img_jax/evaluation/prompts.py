@@ -142,9 +142,15 @@ class PromptEvaluator:
           )
       )
     if self.fd.enabled:
-      out.update(self.fd(lambda ids, mask: self.images_for(params, ids, mask)))
-    if self.clip is not None:
+      # The CLIP score rides on the FD sample: its images, their captions.
+      out.update(
+          self.fd(
+              lambda ids, mask: self.images_for(params, ids, mask), self.clip
+          )
+      )
+    elif self.clip is not None:  # No FD: the grid's prompts.
       out["val/clip_score"] = self.clip(self.images(params), self.prompts)
+      out["val/clip_num"] = float(len(self.prompts))
     logging.info(
         "validation%s: %s",
         f" at step {step}" if step else "",
@@ -263,14 +269,19 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ClipScorer:
   """CLIP score of images against their prompts: mean over pairs of
   max(100 cos(image, text), 0), as torchmetrics' CLIPScore, with a local
-  CLIP folder (`eval.clip_model`: Flax msgpack or PyTorch safetensors)."""
+  CLIP folder or hub id (`eval.clip_model`: Flax msgpack or PyTorch
+  safetensors)."""
+
+  BATCH = 32  # Pairs per CLIP call.
 
   def __init__(self, path: str):
     import json as json_lib
     import transformers
     from txt2img_jax.models import text_encoder_weights as weights_lib
 
-    path = os.path.expanduser(path)
+    from txt2img_jax.utils import hub
+
+    path = hub.model_folder(path, "eval.clip_model")
     try:
       config = transformers.CLIPConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -311,16 +322,31 @@ class ClipScorer:
 
     self._features = jax.jit(features)
 
+  def scores(self, images: np.ndarray, prompts) -> np.ndarray:
+    """max(100 cos, 0) per (image, prompt) pair, in fixed batches of
+    BATCH (the last one padded) so CLIP compiles once."""
+    prompts = list(prompts)
+    ids, mask = tokenizer_lib.tokenize(self.tokenizer, prompts, self.max_len)
+    images = np.asarray(images, np.float32)
+    out = []
+    for i in range(0, len(prompts), self.BATCH):
+      b_img, b_ids, b_mask = (
+          a[i : i + self.BATCH] for a in (images, ids, mask)
+      )
+      pad = self.BATCH - len(b_ids)
+      if pad:
+        b_img, b_ids, b_mask = (
+            np.concatenate([a, np.repeat(a[-1:], pad, 0)])
+            for a in (b_img, b_ids, b_mask)
+        )
+      img, txt = self._features(self.params, b_img, b_ids, b_mask)
+      img = np.asarray(img, np.float64)[: self.BATCH - pad]
+      txt = np.asarray(txt, np.float64)[: self.BATCH - pad]
+      cos = (img * txt).sum(-1) / (
+          np.linalg.norm(img, axis=-1) * np.linalg.norm(txt, axis=-1) + 1e-12
+      )
+      out.append(np.maximum(100.0 * cos, 0.0))
+    return np.concatenate(out)
+
   def __call__(self, images: np.ndarray, prompts) -> float:
-    ids, mask = tokenizer_lib.tokenize(
-        self.tokenizer, list(prompts), self.max_len
-    )
-    img, txt = self._features(
-        self.params, jnp.asarray(images, jnp.float32), ids, mask
-    )
-    img = np.asarray(img, np.float64)
-    txt = np.asarray(txt, np.float64)
-    cos = (img * txt).sum(-1) / (
-        np.linalg.norm(img, axis=-1) * np.linalg.norm(txt, axis=-1) + 1e-12
-    )
-    return float(np.maximum(100.0 * cos, 0.0).mean())
+    return float(self.scores(images, prompts).mean())

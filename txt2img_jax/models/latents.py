@@ -71,9 +71,11 @@ def _vae_path(config) -> str:
   if not path:
     raise ValueError(
         "autoencoder.kind='kl_vae' needs autoencoder.path: a "
-        "local diffusers AutoencoderKL folder"
+        "diffusers AutoencoderKL folder or hub id"
     )
-  return os.path.expanduser(path)
+  from txt2img_jax.utils import hub  # pylint: disable=g-import-not-at-top
+
+  return hub.model_folder(path, "autoencoder.path")
 
 
 # kind -> (build(config) -> latent space, latent_shape(config) -> (H, W, C),

@@ -1,7 +1,6 @@
 """Text encoders: a small transformer trained from scratch, or a frozen pretrained CLIP / T5."""
 
 import dataclasses
-import contextlib
 import functools
 import hashlib
 import json
@@ -15,6 +14,7 @@ import numpy as np
 
 from txt2img_jax.models import layers
 from txt2img_jax.models import text_encoder_weights as weights_lib
+from txt2img_jax.utils import hub
 
 Dtype = Any
 
@@ -107,35 +107,17 @@ class PretrainedTextEncoder:
     return hashlib.sha256(meta.encode()).hexdigest()[:16]
 
 
-# Set by `local_files_only()`: hub names resolve from the local cache alone.
-_LOCAL_ONLY = [False]
-
-
-@contextlib.contextmanager
-def local_files_only():
-  """Within: a hub name is read from the local Hugging Face cache, never
-  fetched (a received run's config.json must not reach the network)."""
-  before = _LOCAL_ONLY[0]
-  _LOCAL_ONLY[0] = True
-  try:
-    yield
-  finally:
-    _LOCAL_ONLY[0] = before
+# A received run's hub names resolve from the local cache alone within this
+# (utils/hub.py); kept here for the callers that know it by this name.
+local_files_only = hub.local_files_only
 
 
 def _config(path: str):
   from transformers import AutoConfig  # Imported lazily: transformers is slow to import.
 
   try:
-    return AutoConfig.from_pretrained(path, local_files_only=_LOCAL_ONLY[0])
+    return AutoConfig.from_pretrained(path, local_files_only=True)
   except (OSError, ValueError) as e:
-    if _LOCAL_ONLY[0] and not os.path.isdir(path):
-      raise FileNotFoundError(
-          f"text_encoder.name={path!r} (from the run's config.json) is not in "
-          "the local Hugging Face cache, and a run's files never reach the "
-          "network: pass --allow_download to fetch it, or copy the model "
-          "folder and give its path"
-      ) from None
     raise FileNotFoundError(
         f"text_encoder.name={path!r}: cannot read its config.json ({e}); give a local CLIP "
         "text model or T5 encoder folder"
@@ -227,6 +209,7 @@ def describe_pretrained_text_encoder(
   """The encoder of a folder from its config.json alone: `params` are
   `jax.ShapeDtypeStruct`s and there is no tokenizer. For compiling a step
   ahead of time (train/aot.py) without the weights."""
+  name_or_path = hub.model_folder(name_or_path, "text_encoder.name")
   config, cls, width, default_len, model_type = _model_class(name_or_path)
   model = cls(config, dtype=jnp.dtype(dtype), _do_init=False)
   return PretrainedTextEncoder(
@@ -246,6 +229,7 @@ def load_pretrained_text_encoder(
   """`_load` once per process for the same files: `prepare` (to cache features) and the run
   both ask for the encoder, and hashing a T5-XXL's weights twice would cost tens of seconds.
   """
+  name_or_path = hub.model_folder(name_or_path, "text_encoder.name")
   return _load_cached(
       name_or_path, jnp.dtype(dtype).name, max_len, _files_state(name_or_path)
   )
@@ -287,7 +271,7 @@ def _load(
         name_or_path,
         dtype=dtype,
         _do_init=False,
-        local_files_only=_LOCAL_ONLY[0],
+        local_files_only=True,
     )
     weights_hash = weights_lib.hash_params(params)
   elif weights_lib.has_safetensors(name_or_path):
@@ -301,7 +285,7 @@ def _load(
         f"{weights_lib.WEIGHTS_FILE}; save the model with save_pretrained(safe_serialization=True)"
     )
   tokenizer = transformers.AutoTokenizer.from_pretrained(
-      name_or_path, local_files_only=_LOCAL_ONLY[0]
+      name_or_path, local_files_only=True
   )
   if default_len is None:
     limit = getattr(tokenizer, "model_max_length", None) or _FALLBACK_MAX_LEN

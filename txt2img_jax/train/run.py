@@ -17,7 +17,7 @@ import jax
 from txt2img_jax import objectives
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
-from txt2img_jax.models import text_encoder as text_encoder_lib
+from txt2img_jax.utils import hub
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpointing
 from txt2img_jax.train import restore
@@ -170,11 +170,7 @@ def load_run(
   `allow_download` (a received run dir must not reach the network)."""
   workdir = os.path.abspath(workdir)
   config = assets.load_config(workdir)
-  with (
-      contextlib.nullcontext()
-      if allow_download
-      else text_encoder_lib.local_files_only()
-  ):
+  with contextlib.nullcontext() if allow_download else hub.local_files_only():
     parts = build_parts(config, workdir)
   raw, step = checkpointing.load_raw(workdir)
   raw = restore.dit_layout(config)(raw)

@@ -22,6 +22,7 @@ from txt2img_jax.objectives import flow
 from txt2img_jax.objectives import losses
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.objectives import timesteps
+from txt2img_jax.utils import hub
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -221,6 +222,8 @@ def _validate_outputs(config) -> None:
       ("eval.clip_model", e.clip_model, True),
   ):
     path = os.path.expanduser(path) if path else ""
+    if isdir and hub.is_repo_id(path) and not os.path.exists(path):
+      continue  # A hub id: resolved (or refused in one line) when loaded.
     if path and not (os.path.isdir(path) if isdir else os.path.isfile(path)):
       raise FileNotFoundError(
           f"{name}={path!r} is not a {'folder' if isdir else 'file'}"
