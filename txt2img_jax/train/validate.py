@@ -212,6 +212,14 @@ def _validate_outputs(config) -> None:
       )
     if e.fid_split not in ("train", "val"):
       raise ValueError(f"eval.fid_split={e.fid_split!r}: expected train | val")
+    if e.fid_features == "inception" and not os.path.isfile(
+        os.path.expanduser(e.fid_weights)
+    ):
+      raise FileNotFoundError(
+          "eval.fid_features='inception' needs eval.fid_weights, the file "
+          "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's port of the "
+          f"FID network); got {e.fid_weights!r}"
+      )
   if e.kind and e.kind not in registry.REGISTRY:
     raise ValueError(
         f"eval.kind={e.kind!r}: expected one of {sorted(registry.REGISTRY)}"
