@@ -362,6 +362,52 @@ def test_mosaic_while_val_loss_falls_is_the_seeds_signature(tmp_path):
   assert "mosaic" in diagnosis.format_report(report)
 
 
+def _with_kid(workdir, kid, flow, std=0.0005):
+  """A healthy run whose folder evaluations logged KID (every 150 steps)."""
+  _healthy_run(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    for i, (k, v) in enumerate(zip(kid, flow)):
+      f.write(
+          json.dumps(
+              {
+                  "step": 150 * (i + 1),
+                  "val/flow": v,
+                  "val/kid_alexnet": k,
+                  "val/kid_alexnet_std": std,
+                  "val/fd_alexnet": 100 * k,
+              }
+          )
+          + "\n"
+      )
+  return str(workdir)
+
+
+def test_kid_rising_while_val_loss_falls_is_flagged(tmp_path):
+  # The digits with velocity prediction (docs/own_images.md): KID rose
+  # while val/flow fell.
+  flow = [0.302, 0.186, 0.143, 0.124]
+  report = _run(
+      _with_kid(tmp_path / "a", [0.0129, 0.0192, 0.0218, 0.0231], flow)
+  )
+  flag = next(f for f in report.flags if f.name == "distance_rising")
+  assert flag.severity == "warning"
+  assert "0.0129 at step 150 to 0.0231 at step 600" in flag.message
+  assert "flow.predict=image" in flag.lever
+  assert report.eval["val/fd_alexnet"] == pytest.approx(2.31)
+  text = diagnosis.format_report(report)
+  assert "distance_rising" in text and "val/kid_alexnet" in text
+  # Falling KID, or a rise within its own noise, is no flag.
+  for kid, std in (
+      ([0.02, 0.015, 0.012, 0.011], 0.0005),
+      ([1e-4, 3e-4, 2e-4, 4e-4], 0.001),
+  ):
+    names = {
+        f.name
+        for f in _run(_with_kid(tmp_path / f"b{std}", kid, flow, std)).flags
+    }
+    assert "distance_rising" not in names
+
+
 def test_smooth_samples_raise_no_mosaic_flag(tmp_path):
   w = _with_val(
       tmp_path / "w", [1.05, 0.98, 1.02, 1.0], [0.19, 0.11, 0.086, 0.079]

@@ -19,6 +19,7 @@ from txt2img_jax.diagnosis.checks import (
     check_lr,
     check_metrics_order,
     check_mosaic,
+    check_distance,
     check_nonfinite,
     check_norms,
     check_posterior,
@@ -317,6 +318,52 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   return out
 
 
+def _distance(metrics: Metrics) -> dict[str, Any]:
+  """The latest KID of the samples against real images, its lowest before, its subset
+  std, and the val flow loss at both evaluations (the first network logged)."""
+  out = dict.fromkeys(
+      (
+          "net",
+          "kid",
+          "kid_min",
+          "kid_std",
+          "step",
+          "min_step",
+          "flow",
+          "flow_at_min",
+      )
+  )
+  nets = sorted(
+      k[len("val/kid_") :]
+      for k in metrics
+      if k.startswith("val/kid_") and not k.endswith("_std")
+  )
+  if not nets:
+    return out
+  net = nets[0]
+  steps, values = metrics[f"val/kid_{net}"]
+  keep = np.isfinite(values)
+  steps, values = steps[keep], values[keep]
+  if not steps.size:
+    return out
+  i = int(np.argmin(values))
+  out.update(
+      net=net,
+      kid=float(values[-1]),
+      step=int(steps[-1]),
+      kid_min=float(values[i]),
+      min_step=int(steps[i]),
+      kid_std=latest(metrics, f"val/kid_{net}_std"),
+  )
+  if "val/flow" in metrics:
+    flow = dict(
+        zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
+    )
+    out["flow"] = flow.get(int(steps[-1]))
+    out["flow_at_min"] = flow.get(int(steps[i]))
+  return out
+
+
 def _order_problems(workdir: str) -> list[tuple[int, str, int, int]]:
   if not workdir or not os.path.exists(runfiles.metrics_path(workdir)):
     return []
@@ -387,6 +434,7 @@ def analyze(
           **{f"val/{k}": v for k, v in _prefixed(metrics, "val/").items()},
       },
       mosaic=_mosaic(metrics),
+      distance=_distance(metrics),
       flags=[],
   )
 
@@ -401,6 +449,7 @@ def analyze(
           check_buckets(report.buckets, flags),
           check_nonfinite(report.nonfinite, flags),
           check_mosaic(report.mosaic, flags),
+          check_distance(report.distance, flags),
           check_metrics_order(_order_problems(workdir), flags),
       )
       if r

@@ -6,7 +6,7 @@ Each check appends to `flags` and returns the name of what it could not check.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from txt2img_jax.diagnosis.thresholds import (
     BUCKET_STUCK_REL,
     KL_PER_DIM_COLLAPSED,
     LEVER_LR_RESTART,
+    LEVER_DISTANCE,
     LEVER_MOSAIC,
     LEVER_NONFINITE,
     LEVER_NORMS,
@@ -28,6 +29,7 @@ from txt2img_jax.diagnosis.thresholds import (
     LR_FAR_BELOW_RATIO,
     MOSAIC_BLOCKINESS,
     MOSAIC_RISE,
+    DISTANCE_RISE,
     MU_COLLAPSED_ABS,
     NORM_RATIO_RANGE,
     PLATEAU_REL_CHANGE,
@@ -301,6 +303,37 @@ def check_mosaic(
   elif rose and fell:
     flags.append(
         Flag("mosaic_rising", "warning", f"{what}{signature}.", LEVER_MOSAIC)
+    )
+  return None
+
+
+def check_distance(
+    distance: dict[str, Any], flags: list[Flag]
+) -> Optional[str]:
+  """The samples moving away from the real images (KID up) while the val loss falls."""
+  last = distance["kid"]
+  if last is None:
+    return None  # Runs without FD/KID (the shapes world) are judged by their benchmark.
+  low, std = distance["kid_min"], distance["kid_std"] or 0.0
+  flow_then, flow_now = distance["flow_at_min"], distance["flow"]
+  rose = (
+      distance["min_step"] != distance["step"]
+      and last > DISTANCE_RISE * max(low, 0.0)
+      and last - low > 2.0 * std
+  )
+  fell = flow_then is not None and flow_now is not None and flow_now < flow_then
+  if rose and fell:
+    net = distance["net"]
+    flags.append(
+        Flag(
+            "distance_rising",
+            "warning",
+            f"the KID ({net} features) of the samples against real images rose from "
+            f"{low:.4g} at step {distance['min_step']} to {last:.4g} at step "
+            f"{distance['step']} (± {std:.2g}) while val/flow fell {flow_then:.4g} → "
+            f"{flow_now:.4g}: the samples leave the data while the loss says improving.",
+            LEVER_DISTANCE,
+        )
     )
   return None
 

@@ -81,6 +81,7 @@ class Report:
   mosaic: dict[
       str, Optional[float]
   ]  # Blockiness of the samples over the run (check_mosaic).
+  distance: dict[str, Any]  # KID of the samples over the run (check_distance).
   flags: list[Flag]
 
   @property
