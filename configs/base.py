@@ -103,6 +103,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   )
   c.data.wds_image_keys = "jpg;jpeg;png;webp"  # webdataset: the image
   # member's extension, the first of these a sample has.
+  c.data.stream = False  # webdataset: read the shards during training
+  # instead of preparing them (no cached latents or text features).
   c.data.wds_caption_key = "txt"  # webdataset: the caption member: an
   # extension (txt) or json:FIELD (a field of KEY.json; a/b nested; a list).
   c.data.train_split = "train"  # tfds: the split to train on.

@@ -21,6 +21,17 @@ VOCAB_FILE = "vocab.json"
 _WORDS = re.compile(r"\w+|[^\w\s]+")
 
 
+def count_words(captions) -> list[str]:
+  """The words of the captions, most frequent first (ties by spelling),
+  without the tokenizer's special tokens."""
+  counts: dict[str, int] = {}
+  for caption in captions:
+    for w in _WORDS.findall(caption.lower()):
+      counts[w] = counts.get(w, 0) + 1
+  words = sorted(counts, key=lambda w: (-counts[w], w))
+  return [w for w in words if w not in ("[pad]", "[unk]", "[bos]", "[eos]")]
+
+
 class DecodePrepared(grain.transforms.Map):
   """Record bytes -> image float32 in [0, 1], all captions, cached features."""
 
@@ -57,14 +68,12 @@ class PreparedData:
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)
-    counts: dict[str, int] = {}
     source = self.as_data_source("train")
-    for i in range(len(source)):
-      for caption in records.read_record(source[i])["captions"]:
-        for w in _WORDS.findall(caption.lower()):
-          counts[w] = counts.get(w, 0) + 1
-    words = sorted(counts, key=lambda w: (-counts[w], w))
-    words = [w for w in words if w not in ("[pad]", "[unk]", "[bos]", "[eos]")]
+    words = count_words(
+        c
+        for i in range(len(source))
+        for c in records.read_record(source[i])["captions"]
+    )
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(words, f)

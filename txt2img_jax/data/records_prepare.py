@@ -81,7 +81,7 @@ def _check_writable(out_dir: str) -> None:
     ) from e
 
 
-def _assign_splits(
+def assign_splits(
     cands: list[inputs.Candidate], val_fraction: float, val_count: int | None
 ) -> dict[str, list[inputs.Candidate]]:
   free = [c for c in cands if c.split is None]
@@ -241,7 +241,7 @@ def prepare(
     records_write.atomic_write_json(fp_path, full_fp)
 
   plan = []  # (split, chunk number, shard count, candidates)
-  for split, members in _assign_splits(cands, val_fraction, val_count).items():
+  for split, members in assign_splits(cands, val_fraction, val_count).items():
     n = -(-len(members) // chunk_size)
     for k in range(n):
       plan.append((split, k, n, members[k * chunk_size : (k + 1) * chunk_size]))

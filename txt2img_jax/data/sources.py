@@ -165,11 +165,50 @@ def _prepare_records(make_source):
   return prepare
 
 
+def _webdataset(config, featurizer=None):
+  """Prepared once like a folder, or (data.stream) read during training."""
+  if not config.data.stream:
+    return _prepare_records(_webdataset_source)(config, featurizer)
+  from txt2img_jax.data import records_prepare
+  from txt2img_jax.data import records_write
+  from txt2img_jax.data import webdataset
+
+  d = config.data
+  source = _webdataset_source(config)
+  if not source.candidates:
+    raise ValueError(
+        f"No usable samples in {source.describe()} "
+        f"({len(source.issues)} problems found while listing)"
+    )
+  splits = records_prepare.assign_splits(
+      source.candidates, d.val_fraction, d.val_count or None
+  )
+  opts = records_write.Options(
+      image_size=d.image_size,
+      background=tuple(d.background),
+      min_side=d.min_side or d.image_size // 2,
+      max_pixels=d.max_pixels,
+      max_caption_words=d.max_len,
+      cut_caption_chars=d.max_caption_chars or None,
+  )
+  out_dir = prepared_dir(config).replace(
+      os.sep + "prepared" + os.sep, os.sep + "streamed" + os.sep
+  )
+  logging.info(
+      "streaming %d train + %d val samples from %s (%d listing problems)",
+      len(splits["train"]),
+      len(splits["val"]),
+      source.describe(),
+      len(source.issues),
+  )
+  return webdataset.StreamedShards(source, out_dir, opts, splits)
+
+
 REGISTRY = {
     "shapes": _shapes,
     "folder": _prepare_records(_folder_source),
     "tfds": _prepare_records(_tfds_source),
-    "webdataset": _prepare_records(_webdataset_source),
+    "webdataset": _webdataset,
 }
 
 

@@ -30,6 +30,7 @@ import re
 import tarfile
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from txt2img_jax.data import inputs
@@ -277,3 +278,120 @@ class WebDatasetSource:
           f"member cut short ({len(data)} of {size} bytes)",
       )
     return inputs.open_image(data), list(cand.captions or ())
+
+
+# ------------------------------------------------------------------ streaming
+
+
+class _Samples:
+  """Random access to one split's samples: element i is (split, i); the
+  pixels are read by the decode transform, in the pipeline's threads."""
+
+  def __init__(self, split: str, size: int):
+    self._split, self._size = split, size
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __getitem__(self, i: int) -> tuple[str, int]:
+    return self._split, int(i)
+
+
+class DecodeStreamed:
+  """(split, i) -> {"image": float32 in [0, 1], "captions"}: the sample's
+  bytes read from its shard and decoded by the rules `prepare` applies
+  (`records_write.load_one`), so a streamed run sees the pixels a prepared
+  one stores. A sample that cannot be used (corrupt, too small, no caption)
+  is replaced by the next usable one of its split, the same at every
+  resume, and logged once."""
+
+  MAX_TRIES = 64
+
+  def __init__(self, source: WebDatasetSource, splits, opts):
+    self._source, self._splits, self._opts = source, splits, opts
+    self._warned: set[str] = set()
+
+  def map(self, element: tuple[str, int]) -> dict[str, Any]:
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    from txt2img_jax.data import records_write  # pylint: disable=g-import-not-at-top
+
+    split, i = element
+    members = self._splits[split]
+    n = len(members)
+    for k in range(min(self.MAX_TRIES, n)):
+      cand = members[(i + k) % n]
+      image, captions, issues = records_write.load_one(
+          self._source, cand, self._opts
+      )
+      if image is not None:
+        return {
+            "image": image.astype(np.float32) / 255.0,
+            "captions": captions,
+        }
+      if cand.key not in self._warned:
+        self._warned.add(cand.key)
+        logging.warning(
+            "streamed sample %s skipped (%s %s); the next one is used",
+            cand.key,
+            issues[0].reason,
+            issues[0].detail,
+        )
+    raise ValueError(
+        f"{self.MAX_TRIES} streamed samples in a row from {split} sample {i} "
+        "are unusable; prepare the shards to read the report"
+    )
+
+
+class StreamedShards:
+  """Web-dataset shards read during training (`data.stream=True`): no
+  prepare step and no cached latents or text features (the frozen encoders
+  run in the step); the splits are the ones `prepare` makes. `out_dir`
+  holds what the run caches: the vocabulary, FD reference statistics."""
+
+  EVAL_SPLITS = {"val": "val"}
+  DEFAULT_EVALUATOR = "prompts"
+
+  def __init__(self, source: WebDatasetSource, out_dir: str, opts, splits):
+    self.source, self.out_dir = source, out_dir
+    self._splits = splits
+    self._decode = DecodeStreamed(source, splits, opts)
+    os.makedirs(out_dir, exist_ok=True)
+
+  def as_data_source(self, split: str) -> _Samples:
+    return _Samples(split, self.split_size(split))
+
+  def decode_transform(self):
+    import grain  # pylint: disable=g-import-not-at-top
+
+    decode = self._decode
+
+    class Decode(grain.transforms.Map):
+
+      def map(self, element):
+        return decode.map(element)
+
+    return Decode()
+
+  def split_size(self, split: str) -> int:
+    return len(self._splits.get(split, []))
+
+  def vocabulary(self) -> list[str]:
+    """Every word of the train captions, most frequent first (from the
+    listing: the captions are read with the tar headers)."""
+    from txt2img_jax.data import prepared  # pylint: disable=g-import-not-at-top
+
+    path = os.path.join(self.out_dir, prepared.VOCAB_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    words = prepared.count_words(
+        c for cand in self._splits["train"] for c in (cand.captions or ())
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(words, f)
+    os.replace(tmp, path)
+    return words
+
+  def extras(self) -> dict[str, Any]:
+    return {}

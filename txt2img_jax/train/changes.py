@@ -49,6 +49,7 @@ HOW_NOT_WHAT = frozenset(
         "data.read_threads",
         "data.worker_count",
         "data.prepare_workers",
+        "data.stream",
         "data.rebuild",
         "data.data_dir",
         "data.tfds_data_dir",
