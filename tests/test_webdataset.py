@@ -19,16 +19,7 @@ from txt2img_jax.data import records_prepare
 from txt2img_jax.data import webdataset as wds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 16
-OPTS = dict(
-    image_size=SIZE,
-    min_side=8,
-    max_pixels=20_000,
-    max_caption_words=20,
-    val_count=2,
-    progress=False,
-    num_workers=2,
-)
+from test_records import OPTS  # pylint: disable=g-bad-import-order
 
 
 def test_expand_braces():
@@ -218,14 +209,18 @@ def test_prepare_command_on_shards(shards_and_folder, tmp_path):
       "--config.data.name=webdataset",
       f"--config.data.data_dir={tmp_path}",
   ]
-  ok = subprocess.run(
-      base + [f"--config.data.path={shards}/{{0000..0001}}.tar"],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
+
+  def prepare(pattern):
+    return subprocess.run(
+        base + [f"--config.data.path={shards}/{pattern}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+  ok = prepare("{0000..0001}.tar")
   assert ok.returncode == 0, ok.stderr[-2000:]
   (prepared,) = [
       d
@@ -235,14 +230,7 @@ def test_prepare_command_on_shards(shards_and_folder, tmp_path):
   with open(tmp_path / "prepared" / prepared / records.REPORT) as f:
     report = json.load(f)
   assert sum(report["written"].values()) == len(GOOD)
-  bad = subprocess.run(
-      base + [f"--config.data.path={shards}/{{0000..0009}}.tar"],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
+  bad = prepare("{0000..0009}.tar")
   assert bad.returncode == 1
   lines = [l for l in bad.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("prepare: error:"), bad.stderr[-2000:]

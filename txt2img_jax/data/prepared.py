@@ -32,6 +32,20 @@ def count_words(captions) -> list[str]:
   return [w for w in words if w not in ("[pad]", "[unk]", "[bos]", "[eos]")]
 
 
+def cached_vocabulary(out_dir: str, captions) -> list[str]:
+  """`count_words(captions())`, computed once and kept in out_dir."""
+  path = os.path.join(out_dir, VOCAB_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  words = count_words(captions())
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(words, f)
+  os.replace(tmp, path)
+  return words
+
+
 class DecodePrepared(grain.transforms.Map):
   """Record bytes -> image float32 in [0, 1], all captions, cached features."""
 
@@ -64,21 +78,15 @@ class PreparedData:
   def vocabulary(self) -> list[str]:
     """Every word of the train captions, most frequent first (computed once
     and kept beside the records)."""
-    path = os.path.join(self.out_dir, VOCAB_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
     source = self.as_data_source("train")
-    words = count_words(
-        c
-        for i in range(len(source))
-        for c in records.read_record(source[i])["captions"]
+    return cached_vocabulary(
+        self.out_dir,
+        lambda: (
+            c
+            for i in range(len(source))
+            for c in records.read_record(source[i])["captions"]
+        ),
     )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(words, f)
-    os.replace(tmp, path)
-    return words
 
   def extras(self) -> dict[str, Any]:
     return self.manifest.get("extras", {})

@@ -380,18 +380,12 @@ class StreamedShards:
     listing: the captions are read with the tar headers)."""
     from txt2img_jax.data import prepared  # pylint: disable=g-import-not-at-top
 
-    path = os.path.join(self.out_dir, prepared.VOCAB_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        return json.load(f)
-    words = prepared.count_words(
-        c for cand in self._splits["train"] for c in (cand.captions or ())
+    return prepared.cached_vocabulary(
+        self.out_dir,
+        lambda: (
+            c for cand in self._splits["train"] for c in (cand.captions or ())
+        ),
     )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(words, f)
-    os.replace(tmp, path)
-    return words
 
   def extras(self) -> dict[str, Any]:
     return {}

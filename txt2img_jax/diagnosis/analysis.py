@@ -279,6 +279,16 @@ def _buckets(metrics: Metrics, start: int) -> list[BucketInfo]:
   return out
 
 
+def _val_flow_at(metrics: Metrics, *steps) -> tuple[Optional[float], ...]:
+  """val/flow at each of `steps` (None where it was not logged)."""
+  if "val/flow" not in metrics:
+    return (None,) * len(steps)
+  flow = dict(
+      zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
+  )
+  return tuple(flow.get(int(s)) for s in steps)
+
+
 def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   """The latest blockiness and hf of the samples, the lowest blockiness before, and the val
   flow loss at both evaluations."""
@@ -309,12 +319,7 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
       min_step=int(steps[i]),
       hf=latest(metrics, "val/hf"),
   )
-  if "val/flow" in metrics:
-    flow = dict(
-        zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
-    )
-    out["flow"] = flow.get(int(steps[-1]))
-    out["flow_at_min"] = flow.get(int(steps[i]))
+  out["flow"], out["flow_at_min"] = _val_flow_at(metrics, steps[-1], steps[i])
   return out
 
 
@@ -355,12 +360,7 @@ def _distance(metrics: Metrics) -> dict[str, Any]:
       min_step=int(steps[i]),
       kid_std=latest(metrics, f"val/kid_{net}_std"),
   )
-  if "val/flow" in metrics:
-    flow = dict(
-        zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
-    )
-    out["flow"] = flow.get(int(steps[-1]))
-    out["flow_at_min"] = flow.get(int(steps[i]))
+  out["flow"], out["flow_at_min"] = _val_flow_at(metrics, steps[-1], steps[i])
   return out
 
 
