@@ -111,10 +111,11 @@ def configs(tmp_path_factory, data_dir):
     c.optim.schedule.update(warmup_steps=1, t0=STEPS - 1)
     c.data.data_dir = data_dir
     c.data.prepare_workers = 1  # Two cores, shared: threads only add noise.
-  # folder.py's two levers for real images (its docstring): the shapes run
+  # folder.py's levers for real images (its docstring): the shapes run
   # takes them too, so the runs still differ only in their data.
   s.flow.out_head = f.flow.out_head
   s.time.sampler = f.time.sampler
+  s.flow.predict = f.flow.predict
   f.data.path = folder_dir
   f.data.val_count = NUM_VAL
   fs, ff = flat(s.to_dict()), flat(f.to_dict())
