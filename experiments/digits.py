@@ -304,12 +304,13 @@ def table_text(numbers: dict[str, list[dict]]) -> str:
     cells = []
     for key, _ in COLUMNS:
       v = np.array([r[key] for r in runs if key in r], float)
+      fmt = lambda x: f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2g}"
       cells.append(
           ""
           if not v.size
-          else f"{v.mean():.3f}"
+          else fmt(v.mean())
           if v.size == 1
-          else f"{v.mean():.3f} ± {v.std():.3f}"
+          else f"{fmt(v.mean())} ± {fmt(v.std())}"
       )
     seeds = ",".join(str(r["seed"]) for r in runs)
     lines.append(f"| {name}: {what} | {seeds} | " + " | ".join(cells) + " |")
