@@ -145,10 +145,10 @@ class Run:
   def images(self, ids, mask, **overrides):
     """Images (EMA params) for tokenised captions, in eval.batch_size
     batches, with the run's sampler settings unless overridden
-    (`structure.generate_images`'s seed, num_steps, use_mean, ...)."""
-    from txt2img_jax.evaluation import structure
+    (`batched.generate_images`'s seed, num_steps, use_mean, ...)."""
+    from txt2img_jax.evaluation import batched
 
-    return structure.generate_images(
+    return batched.generate_images(
         self.generate,
         self.ema_params,
         self.frozen,
