@@ -289,6 +289,19 @@ def _val_flow_at(metrics: Metrics, *steps) -> tuple[Optional[float], ...]:
   return tuple(flow.get(int(s)) for s in steps)
 
 
+def _finite_series(metrics: Metrics, name: str):
+  """(steps, values, index of the lowest value) of a metric's finite points,
+  or None when it has none."""
+  if name not in metrics:
+    return None
+  steps, values = metrics[name]
+  keep = np.isfinite(values)
+  steps, values = steps[keep], values[keep]
+  if not steps.size:
+    return None
+  return steps, values, int(np.argmin(values))
+
+
 def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
   """The latest blockiness and hf of the samples, the lowest blockiness before, and the val
   flow loss at both evaluations."""
@@ -304,14 +317,10 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
           "flow_at_min",
       )
   }
-  if "val/blockiness" not in metrics:
+  found = _finite_series(metrics, "val/blockiness")
+  if found is None:
     return out
-  steps, values = metrics["val/blockiness"]
-  keep = np.isfinite(values)
-  steps, values = steps[keep], values[keep]
-  if not steps.size:
-    return out
-  i = int(np.argmin(values))
+  steps, values, i = found
   out.update(
       blockiness=float(values[-1]),
       step=int(steps[-1]),
@@ -346,12 +355,10 @@ def _distance(metrics: Metrics) -> dict[str, Any]:
   if not nets:
     return out
   net = nets[0]
-  steps, values = metrics[f"val/kid_{net}"]
-  keep = np.isfinite(values)
-  steps, values = steps[keep], values[keep]
-  if not steps.size:
+  found = _finite_series(metrics, f"val/kid_{net}")
+  if found is None:
     return out
-  i = int(np.argmin(values))
+  steps, values, i = found
   out.update(
       net=net,
       kid=float(values[-1]),
