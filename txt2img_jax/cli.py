@@ -30,6 +30,52 @@ _DEBUG = flags.DEFINE_bool(
 )
 
 
+class DistributedFlags:
+  """--distributed and its three companions, for commands that run on every
+  host of a pod (main, prepare); define once per command at module level."""
+
+  def __init__(self):
+    self.coordinator = flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "Multi-host only: host:port of process 0 "
+        "(on Cloud TPU and Slurm, leave unset: jax.distributed finds it).",
+    )
+    self.distributed = flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() (pods, "
+        "multi-node GPU clusters, launch_local).",
+    )
+    self.num_processes = flags.DEFINE_integer(
+        "num_processes",
+        None,
+        "Multi-host only: how many processes in all "
+        "(unset on Cloud TPU and Slurm).",
+    )
+    self.process_id = flags.DEFINE_integer(
+        "process_id",
+        None,
+        "Multi-host only: this process's index in "
+        "[0, num_processes) (unset on Cloud TPU and Slurm).",
+    )
+
+  def initialize(self, config) -> None:
+    """Joins the cluster when --distributed and checks that every host got
+    the same config; a no-op otherwise."""
+    if self.distributed.value:
+      from txt2img_jax.utils import multihost  # pylint: disable=g-import-not-at-top
+
+      multihost.initialize(
+          self.coordinator.value,
+          self.num_processes.value,
+          self.process_id.value,
+      )
+      multihost.check_same_config(config)
+    elif self.num_processes.value or self.process_id.value is not None:
+      raise app.UsageError("--num_processes/--process_id need --distributed")
+
+
 # Raised with a message meant for the user by validation and file handling.
 EXPECTED = (
     UserError,

@@ -26,35 +26,11 @@ _WORKDIR = flags.DEFINE_string(
     "Run directory (checkpoints, TensorBoard events, "
     "samples). Default: workdirs/<config.name>.",
 )
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address",
-    None,
-    "Multi-host only: host:port of process 0 "
-    "(on Cloud TPU and Slurm, leave unset: jax.distributed finds it).",
-)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Call jax.distributed.initialize() (pods, "
-    "multi-node GPU clusters, launch_local).",
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes",
-    None,
-    "Multi-host only: how many processes in all "
-    "(unset on Cloud TPU and Slurm).",
-)
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id",
-    None,
-    "Multi-host only: this process's index in "
-    "[0, num_processes) (unset on Cloud TPU and Slurm).",
-)
+_HOSTS = cli.DistributedFlags()
 
 
 def main(argv):
   # Imported here so that a bad command line fails before the heavy imports.
-  from txt2img_jax.utils import multihost
   from txt2img_jax.utils import reporting
   from txt2img_jax.train import loop as train
 
@@ -62,13 +38,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  if _DISTRIBUTED.value:
-    multihost.initialize(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-    )
-    multihost.check_same_config(config)
-  elif _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
-    raise app.UsageError("--num_processes/--process_id need --distributed")
+  _HOSTS.initialize(config)
   workdir = _WORKDIR.value or os.path.join("workdirs", config.name)
   logging.info(
       "host %d/%d, %d local / %d global devices (%s); workdir %s",

@@ -7,7 +7,14 @@ offending paths) and, for a KL-VAE latent space, the VAE moments of every
 image; for a frozen text encoder with data.cache_text, the token features of
 every caption. Interrupted, it continues where it stopped. The main command runs
 the same preparation by itself when it is missing; this command lets you
-do it ahead (e.g. on one host before a pod run) and read the report first.
+do it ahead and read the report first.
+
+On a pod, start it on every host with --distributed (as the main command):
+the hosts share the work, each decoding and encoding its share on its own
+devices, when the data dir is shared (gs:// or a shared filesystem);
+rehearsed on one machine with
+  python -m txt2img_jax.launch_local --num_processes=2 \
+      --module=txt2img_jax.prepare -- --config=configs/folder.py ...
 """
 
 from ml_collections import config_flags
@@ -17,6 +24,7 @@ from txt2img_jax import cli
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/folder.py.", lock_config=True
 )
+_HOSTS = cli.DistributedFlags()
 
 
 def main(argv):
@@ -26,6 +34,7 @@ def main(argv):
   from txt2img_jax.models import latents
 
   config = _CONFIG.value
+  _HOSTS.initialize(config)
   latents.latent_shape(config)
   autoencoder = latents.build(config)  # A pixel space has nothing to cache.
   data = assets.prepare_data(config, autoencoder)

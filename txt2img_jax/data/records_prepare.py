@@ -19,6 +19,15 @@ examples, decided before any image is read. A chunk becomes one shard,
 written under a temporary name, renamed, then recorded in `.chunks/`. A rerun
 skips recorded chunks and redoes any other, so a record is never written
 twice and an interrupted run ends with the same records as a clean one.
+
+On several hosts (`Hosts`, given by the trainer from JAX's multi-process
+runtime) every host lists the same inputs and plans the same chunks; host i
+decodes, featurizes and writes chunks i, i + P, i + 2P, ... and host 0, once
+all are written, merges their `.chunks/` entries into the report and the
+manifest. A chunk is written whole by one host, so the records do not depend
+on the number of hosts. This needs the output dir shared by the hosts (a
+bucket or a shared filesystem); where it is not (each host's own disk), each
+host prepares its own full copy instead, as one host would.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 from txt2img_jax.data import inputs
@@ -63,6 +72,7 @@ def _clear(out_dir: str) -> None:
       records.MANIFEST,
       records.FINGERPRINT,
       records.REPORT,
+      _HOSTS_TOKEN,
   ):
     for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
       os.remove(path)
@@ -79,6 +89,52 @@ def _check_writable(out_dir: str) -> None:
         f"Output dir {out_dir!r} is not writable ({e.strerror or e}); pick "
         "another one for the prepared data."
     ) from e
+
+
+def _nothing(name: str) -> None:
+  del name
+
+
+@dataclasses.dataclass(frozen=True)
+class Hosts:
+  """The processes that prepare together and how they meet.
+
+  `sync(name)` returns once every host has called it with that name;
+  `gather(x)` gives every host the list of all hosts' ints (in host order)
+  and is a meeting point too. One host (the default) needs neither.
+  """
+
+  index: int = 0
+  count: int = 1
+  sync: Callable[[str], None] = _nothing
+  gather: Callable[[int], list[int]] | None = None
+
+  def __post_init__(self):
+    if not 0 <= self.index < self.count:
+      raise ValueError(f"host index {self.index} is not in [0, {self.count}).")
+    if self.count > 1 and self.gather is None:
+      raise ValueError("several hosts need a `gather` to agree on the dir.")
+
+
+ONE_HOST = Hosts()
+_HOSTS_TOKEN = ".hosts_token"
+
+
+def _shared_dir(out_dir: str, hosts: Hosts) -> bool:
+  """Whether every host sees the same out_dir: host 0 writes a random token
+  there and tells the others; each reads what its disk holds."""
+  token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+  path = os.path.join(out_dir, _HOSTS_TOKEN)
+  if hosts.index == 0:
+    records_write.atomic_write_json(path, token)
+  told = hosts.gather(token if hosts.index == 0 else 0)[0]
+  try:
+    with open(path) as f:
+      seen = json.load(f)
+  except (OSError, ValueError):
+    seen = None
+  shared = hosts.gather(int(seen == told))
+  return all(shared)
 
 
 def assign_splits(
@@ -126,6 +182,7 @@ def prepare(
     featurize_batch_size: int = 64,
     progress: bool = True,
     report_first: int = 5,
+    hosts: Hosts = ONE_HOST,
 ) -> dict[str, Any]:
   """Prepares `source` into `out_dir` once; returns the report.
 
@@ -160,7 +217,10 @@ def prepare(
     featurize_batch_size: examples per featurize call.
     progress: print count, rate and ETA to stderr.
     report_first: offending inputs listed per reason in the report.
+    hosts: the processes preparing together (module docstring); each calls
+      `prepare` with the same arguments and its own `hosts.index`.
   """
+  arguments = dict(locals())
   out_dir = os.path.abspath(os.fspath(out_dir))
   if featurize is not None and not fingerprint:
     raise ValueError(
@@ -198,6 +258,7 @@ def prepare(
   )
 
   fp_path = os.path.join(out_dir, records.FINGERPRINT)
+  complete = False
   if os.path.exists(fp_path) and not rebuild:
     with open(fp_path) as f:
       stored = json.load(f)
@@ -207,16 +268,9 @@ def prepare(
           f"{', '.join(_diff_keys(stored, full_fp))}); prepare again with "
           "rebuild=True, or use another output dir."
       )
-    if os.path.exists(os.path.join(out_dir, records.MANIFEST)):
-      with open(os.path.join(out_dir, records.REPORT)) as f:
-        report = json.load(f)
-      if progress:
-        print(
-            f"prepare: {out_dir} is already prepared and matches; "
-            "reusing it.",
-            file=sys.stderr,
-        )
-      return report
+    complete = os.path.exists(os.path.join(out_dir, records.MANIFEST))
+  if hosts.count == 1 and complete:
+    return _reuse(out_dir, progress)
 
   report = records_report.Report(report_first)
   for issue in source.issues:
@@ -230,15 +284,8 @@ def prepare(
     )
 
   start = time.perf_counter()
-  _check_writable(out_dir)
-  if rebuild:
-    _clear(out_dir)
-  for stale in glob.glob(os.path.join(glob.escape(out_dir), "*.tmp")):
-    os.remove(stale)  # Left by a killed run; never part of the data.
-  os.makedirs(os.path.join(out_dir, records.CHUNKS_DIR), exist_ok=True)
-
-  if not os.path.exists(fp_path):
-    records_write.atomic_write_json(fp_path, full_fp)
+  if hosts.index == 0 and not complete:
+    _set_up(out_dir, rebuild, fp_path, full_fp)
 
   plan = []  # (split, chunk number, shard count, candidates)
   for split, members in assign_splits(cands, val_fraction, val_count).items():
@@ -249,9 +296,131 @@ def prepare(
   def chunk_json(split, k):
     return os.path.join(out_dir, records.CHUNKS_DIR, f"{split}-{k:05d}.json")
 
-  todo = [p for p in plan if not os.path.exists(chunk_json(p[0], p[1]))]
-  done = len(cands) - sum(len(p[3]) for p in todo)
-  bar = records_report.Progress(len(cands), done, progress)
+  def unwritten():
+    return [
+        (i, p)
+        for i, p in enumerate(plan)
+        if not os.path.exists(chunk_json(p[0], p[1]))
+    ]
+
+  if hosts.count > 1:
+    os.makedirs(out_dir, exist_ok=True)
+    # After host 0's set-up (a rebuild's clearing) and before any host
+    # writes a chunk (after the next gather): every host sees the same.
+    shared = _shared_dir(out_dir, hosts)
+    todo = unwritten()
+    if all(hosts.gather(int(complete))):
+      return _reuse(out_dir, progress)
+    if not shared:
+      # Each host's own disk: each prepares its own copy, alone.
+      if complete:
+        return _reuse(out_dir, progress)
+      if progress:
+        print(
+            f"prepare: host {hosts.index}: {out_dir} is not shared with "
+            "the other hosts; preparing a copy of all of it here.",
+            file=sys.stderr,
+        )
+      return prepare(**{**arguments, "hosts": ONE_HOST})
+  else:
+    todo = unwritten()
+  processed = sum(len(p[3]) for _, p in todo)
+  mine = [p for i, p in todo if i % hosts.count == hosts.index]
+  # Several hosts: each counts its own share.
+  done = len(cands) - processed if hosts.count == 1 else 0
+  bar = records_report.Progress(
+      done + sum(len(p[3]) for p in mine), done, progress
+  )
+  _write_chunks(
+      source,
+      mine,
+      opts,
+      out_dir,
+      chunk_json,
+      featurize,
+      featurize_batch_size,
+      bar,
+      num_workers,
+  )
+  bar.close()
+  if hosts.count == 1:
+    return _finish(
+        out_dir,
+        plan,
+        chunk_json,
+        report,
+        full_fp,
+        start,
+        len(cands),
+        processed,
+        progress,
+    )
+  hosts.sync("prepare_chunks_written")
+  error = None
+  if hosts.index == 0:
+    try:
+      _finish(
+          out_dir,
+          plan,
+          chunk_json,
+          report,
+          full_fp,
+          start,
+          len(cands),
+          processed,
+          progress,
+      )
+    except (OSError, ValueError) as e:
+      error = e
+  finished = hosts.gather(int(error is None))[0]
+  if error is not None:
+    raise error
+  if not finished:
+    raise ValueError(
+        f"host 0 could not merge the prepared chunks in {out_dir}; "
+        "see its log."
+    )
+  with open(os.path.join(out_dir, records.REPORT)) as f:
+    return json.load(f)
+
+
+def _reuse(out_dir: str, progress: bool) -> dict[str, Any]:
+  with open(os.path.join(out_dir, records.REPORT)) as f:
+    report = json.load(f)
+  if progress:
+    print(
+        f"prepare: {out_dir} is already prepared and matches; reusing it.",
+        file=sys.stderr,
+    )
+  return report
+
+
+def _set_up(out_dir: str, rebuild: bool, fp_path: str, full_fp) -> None:
+  """Before any chunk: a writable dir, no stale temporaries, the
+  fingerprint."""
+  _check_writable(out_dir)
+  if rebuild:
+    _clear(out_dir)
+  for stale in glob.glob(os.path.join(glob.escape(out_dir), "*.tmp")):
+    os.remove(stale)  # Left by a killed run; never part of the data.
+  os.makedirs(os.path.join(out_dir, records.CHUNKS_DIR), exist_ok=True)
+  if not os.path.exists(fp_path):
+    records_write.atomic_write_json(fp_path, full_fp)
+
+
+def _write_chunks(
+    source,
+    chunks,
+    opts,
+    out_dir,
+    chunk_json,
+    featurize,
+    featurize_batch_size,
+    bar,
+    num_workers,
+) -> None:
+  """Decodes the next chunk in threads while this one is featurized and
+  written."""
   workers = num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
 
@@ -260,11 +429,11 @@ def prepare(
           pool.submit(records_write.load_one, source, c, opts) for c in chunk[3]
       ]
 
+    futures = []
     try:
-      futures = submit(todo[0]) if todo else []
-      for i, chunk in enumerate(todo):
-        # Decode the next chunk while this one is featurized and written.
-        nxt = submit(todo[i + 1]) if i + 1 < len(todo) else []
+      futures = submit(chunks[0]) if chunks else []
+      for i, chunk in enumerate(chunks):
+        nxt = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
         records_write.write_chunk(
             chunk,
             futures,
@@ -279,18 +448,6 @@ def prepare(
       for f in futures:
         f.cancel()
       raise
-  bar.close()
-  return _finish(
-      out_dir,
-      plan,
-      chunk_json,
-      report,
-      full_fp,
-      start,
-      len(cands),
-      len(cands) - done,
-      progress,
-  )
 
 
 def _finish(

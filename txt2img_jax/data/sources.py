@@ -133,7 +133,7 @@ def prepared_dir(config, featurizer=None) -> str:
 
 
 def _prepare_records(make_source):
-  def prepare(config, featurizer=None):
+  def prepare(config, featurizer=None, hosts=None):
     from txt2img_jax.data import prepared
     from txt2img_jax.data import records
     from txt2img_jax.data import records_prepare
@@ -159,16 +159,17 @@ def _prepare_records(make_source):
         max_caption_words=d.max_len,
         max_caption_chars=d.max_caption_chars or None,
         num_workers=d.prepare_workers or None,
+        hosts=hosts or records_prepare.ONE_HOST,
     )
     return prepared.PreparedData(out_dir, report)
 
   return prepare
 
 
-def _webdataset(config, featurizer=None):
+def _webdataset(config, featurizer=None, hosts=None):
   """Prepared once like a folder, or (data.stream) read during training."""
   if not config.data.stream:
-    return _prepare_records(_webdataset_source)(config, featurizer)
+    return _prepare_records(_webdataset_source)(config, featurizer, hosts)
   from txt2img_jax.data import records_prepare
   from txt2img_jax.data import records_write
   from txt2img_jax.data import webdataset
@@ -212,11 +213,26 @@ REGISTRY = {
 }
 
 
-def prepare(config, featurizer=None):
-  """The configured data set, prepared once (later calls reuse it)."""
+def every_host_prepares(config) -> bool:
+  """Whether the hosts of a multi-process run prepare the data together
+  (`records_prepare.Hosts`): the sources written into records; the others
+  are prepared by host 0 first."""
+  d = config.data
+  return d.name in ("folder", "tfds") or (
+      d.name == "webdataset" and not d.stream
+  )
+
+
+def prepare(config, featurizer=None, hosts=None):
+  """The configured data set, prepared once (later calls reuse it); `hosts`
+  (`records_prepare.Hosts`) where `every_host_prepares(config)`."""
   name = config.data.name
   if name not in REGISTRY:
     raise ValueError(f"data.name={name!r}: expected one of {sorted(REGISTRY)}")
+  if hosts is not None:
+    if not every_host_prepares(config):
+      raise ValueError(f"data.name={name!r} is prepared by one host")
+    return REGISTRY[name](config, featurizer, hosts)
   return REGISTRY[name](config, featurizer)
 
 

@@ -118,10 +118,13 @@ class MomentsFeaturizer:
     import jax
     import numpy as np
 
+    from txt2img_jax.utils import local_parallel  # pylint: disable=g-import-not-at-top
+
     self._np = np
     self._dtype = dtype
-    self._encode = jax.jit(autoencoder.encode_moments)
-    self._params = autoencoder.params
+    self._encode = local_parallel.LocalDataParallel(
+        autoencoder.encode_moments, autoencoder.params
+    )
     self.fingerprint = {
         "latent": autoencoder.fingerprint(),
         "moments_dtype": dtype,
@@ -130,9 +133,7 @@ class MomentsFeaturizer:
   def __call__(self, images_uint8, captions):
     del captions
     np = self._np
-    mean, logvar = self._encode(
-        self._params, np.asarray(images_uint8, np.float32) / 255.0
-    )
+    mean, logvar = self._encode(np.asarray(images_uint8, np.float32) / 255.0)
     return {
         "moments_mean": np.asarray(mean, self._dtype),
         "moments_logvar": np.asarray(logvar, self._dtype),

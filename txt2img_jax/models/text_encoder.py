@@ -15,6 +15,7 @@ import numpy as np
 from txt2img_jax.models import layers
 from txt2img_jax.models import text_encoder_weights as weights_lib
 from txt2img_jax.utils import hub
+from txt2img_jax.utils import local_parallel
 
 Dtype = Any
 
@@ -346,7 +347,10 @@ class TextFeaturizer:
         max_captions,
     )
     self.dtype, self.batch_size = dtype, batch_size
-    self._apply = jax.jit(encoder.apply)
+    # Over this host's devices (prepare on a pod: each host its share).
+    self._apply = local_parallel.LocalDataParallel(
+        encoder.apply, encoder.params
+    )
     self.fingerprint = {
         "text": encoder.fingerprint(),
         "text_max_len": max_len,
@@ -365,11 +369,7 @@ class TextFeaturizer:
     for s in range(0, len(ids), bs):
       n = min(bs, len(ids) - s)
       pad = ((0, bs - n), (0, 0))
-      f = self._apply(
-          self.encoder.params,
-          np.pad(ids[s : s + n], pad),
-          np.pad(mask[s : s + n], pad),
-      )
+      f = self._apply(np.pad(ids[s : s + n], pad), np.pad(mask[s : s + n], pad))
       out.append(np.asarray(f[:n], self.dtype))
     return np.concatenate(out)
 

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from txt2img_jax.models import latents
+from txt2img_jax.utils import multihost
 from txt2img_jax.utils import runfiles
 from txt2img_jax.data import shapes
 from txt2img_jax.data import sources
@@ -96,13 +97,32 @@ def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
   """The configured data set (`data/sources.py`), prepared once; with a
   latent space that has weights, its moments are cached with the images
-  when `data.cache_latents` is set."""
+  when `data.cache_latents` is set.
+
+  On several processes a user's data (folder, TFDS, web-dataset shards) is
+  prepared by all of them together, each its share of the chunks, the
+  frozen encoders on its own devices (`records_prepare`); the built-in sets
+  by process 0 first, the others then finding them ready.
+  """
   featurizer = (
       latents.featurizer(config, autoencoder)
       if autoencoder is not None
       else None
   )
-  return sources.prepare(config, featurizer)
+  if jax.process_count() == 1:
+    return sources.prepare(config, featurizer)
+  if sources.every_host_prepares(config):
+    from txt2img_jax.data import records_prepare
+
+    hosts = records_prepare.Hosts(
+        jax.process_index(),
+        jax.process_count(),
+        multihost.sync,
+        multihost.gather_int,
+    )
+    return sources.prepare(config, featurizer, hosts)
+  with multihost.main_process_first("prepare_data"):  # A shared data dir.
+    return sources.prepare(config, featurizer)
 
 
 def train_batches(

@@ -26,7 +26,6 @@ from txt2img_jax.train import checkpointing
 from txt2img_jax.evaluation import registry as evaluators
 from txt2img_jax.utils import hostmem
 from txt2img_jax.models import latents
-from txt2img_jax.utils import multihost
 from txt2img_jax.train import optim
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.train import preemption
@@ -85,8 +84,7 @@ def _train(config, workdir: str, latent_shape) -> dict:
 
   # --- Input: data, tokenizer and text side, latent space and statistics.
   autoencoder = latents.build(config)
-  with multihost.main_process_first("prepare_data"):  # A shared data dir.
-    data = assets.prepare_data(config, autoencoder)
+  data = assets.prepare_data(config, autoencoder)  # On every host.
   parts = run_lib.build_parts(config, workdir, data, autoencoder, latent_shape)
   text, autoencoder, model = parts.text, parts.autoencoder, parts.model
   stats = assets.latent_stats(config, workdir, data, autoencoder)

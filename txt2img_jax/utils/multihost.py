@@ -82,6 +82,16 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def gather_int(x: int) -> list[int]:
+  """Every process's int, in process order (a meeting point too)."""
+  if jax.process_count() == 1:
+    return [int(x)]
+  from jax.experimental import multihost_utils
+
+  out = multihost_utils.process_allgather(np.array([x], np.int32))
+  return [int(v) for v in np.asarray(out).reshape(-1)]
+
+
 @contextlib.contextmanager
 def main_process_first(name: str) -> Iterator[None]:
   """Process 0 runs the block first, then the others.
