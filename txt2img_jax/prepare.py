@@ -17,6 +17,8 @@ rehearsed on one machine with
       --module=txt2img_jax.prepare -- --config=configs/folder.py ...
 """
 
+import signal
+
 from ml_collections import config_flags
 
 from txt2img_jax import cli
@@ -35,6 +37,10 @@ def main(argv):
 
   config = _CONFIG.value
   _HOSTS.initialize(config)
+  # jax.distributed turns SIGTERM into a preemption notice that a training
+  # loop polls; prepare has nothing to save (a rerun resumes at the first
+  # unwritten chunk), so SIGTERM ends it at once, as without --distributed.
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   latents.latent_shape(config)
   autoencoder = latents.build(config)  # A pixel space has nothing to cache.
   data = assets.prepare_data(config, autoencoder)
