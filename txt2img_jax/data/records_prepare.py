@@ -271,6 +271,8 @@ def prepare(
     complete = os.path.exists(os.path.join(out_dir, records.MANIFEST))
   if hosts.count == 1 and complete:
     return _reuse(out_dir, progress)
+  if hosts.count > 1 and all(hosts.gather(int(complete))):
+    return _reuse(out_dir, progress)  # Before listing: nothing to do.
 
   report = records_report.Report(report_first)
   for issue in source.issues:
@@ -306,11 +308,10 @@ def prepare(
   if hosts.count > 1:
     os.makedirs(out_dir, exist_ok=True)
     # After host 0's set-up (a rebuild's clearing) and before any host
-    # writes a chunk (after the next gather): every host sees the same.
+    # writes a chunk (after the sync): every host sees the same.
     shared = _shared_dir(out_dir, hosts)
     todo = unwritten()
-    if all(hosts.gather(int(complete))):
-      return _reuse(out_dir, progress)
+    hosts.sync("prepare_planned")
     if not shared:
       # Each host's own disk: each prepares its own copy, alone.
       if complete:
