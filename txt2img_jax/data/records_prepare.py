@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -344,33 +345,25 @@ def prepare(
       num_workers,
   )
   bar.close()
+  finish = functools.partial(
+      _finish,
+      out_dir,
+      plan,
+      chunk_json,
+      report,
+      full_fp,
+      start,
+      len(cands),
+      processed,
+      progress,
+  )
   if hosts.count == 1:
-    return _finish(
-        out_dir,
-        plan,
-        chunk_json,
-        report,
-        full_fp,
-        start,
-        len(cands),
-        processed,
-        progress,
-    )
+    return finish()
   hosts.sync("prepare_chunks_written")
   error = None
   if hosts.index == 0:
     try:
-      _finish(
-          out_dir,
-          plan,
-          chunk_json,
-          report,
-          full_fp,
-          start,
-          len(cands),
-          processed,
-          progress,
-      )
+      finish()
     except (OSError, ValueError) as e:
       error = e
   finished = hosts.gather(int(error is None))[0]
