@@ -115,7 +115,6 @@ class MomentsFeaturizer:
   so that training samples from them and never runs a frozen encoder."""
 
   def __init__(self, autoencoder, dtype: str = "float32"):
-    import jax
     import numpy as np
 
     from txt2img_jax.utils import local_parallel  # pylint: disable=g-import-not-at-top
