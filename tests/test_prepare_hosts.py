@@ -9,7 +9,6 @@ with a tiny random KL-VAE whose moments are cached.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,8 +18,8 @@ import pytest
 
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import records
+from txt2img_jax.data import records_hosts
 from txt2img_jax.data import records_prepare
-from txt2img_jax.data import webdataset as wds
 
 from test_records import OPTS  # pylint: disable=g-bad-import-order
 from test_records import _by_key
@@ -41,7 +40,7 @@ class _Meeting:
     self.barrier = threading.Barrier(count, timeout=60)
     self.slots = [0] * count
 
-  def hosts(self, index: int) -> records_prepare.Hosts:
+  def hosts(self, index: int) -> records_hosts.Hosts:
     def sync(name):
       del name
       self.barrier.wait()
@@ -53,7 +52,7 @@ class _Meeting:
       self.barrier.wait()
       return out
 
-    return records_prepare.Hosts(index, self.count, sync, gather)
+    return records_hosts.Hosts(index, self.count, sync, gather)
 
 
 def _counting():
@@ -173,9 +172,9 @@ def test_hosts_without_a_shared_dir_each_prepare_all(
 
 def test_hosts_must_name_a_valid_index():
   with pytest.raises(ValueError, match="not in"):
-    records_prepare.Hosts(2, 2, gather=lambda x: [x])
+    records_hosts.Hosts(2, 2, gather=lambda x: [x])
   with pytest.raises(ValueError, match="gather"):
-    records_prepare.Hosts(0, 2)
+    records_hosts.Hosts(0, 2)
 
 
 # --- Real processes ----------------------------------------------------------

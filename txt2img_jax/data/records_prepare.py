@@ -11,7 +11,8 @@
     out_dir/manifest.json        written last: its presence means complete
 
 The record format and the reader are in `records.py`, one chunk's writing in
-`records_write.py`, the report and the progress line in `records_report.py`. Shards are written uncompressed with
+`records_write.py`, the report, progress line and final merge in
+`records_report.py`, the hosts in `records_hosts.py`. Shards are written uncompressed with
 group_size 1 (fastest random reads; compression gains nothing on pixels).
 
 Resumability: each split is cut into fixed chunks of `chunk_size` listed
@@ -20,7 +21,7 @@ written under a temporary name, renamed, then recorded in `.chunks/`. A rerun
 skips recorded chunks and redoes any other, so a record is never written
 twice and an interrupted run ends with the same records as a clean one.
 
-On several hosts (`Hosts`, given by the trainer from JAX's multi-process
+On several hosts (`records_hosts.Hosts`, given by the trainer from JAX's multi-process
 runtime) every host lists the same inputs and plans the same chunks; host i
 decodes, featurizes and writes chunks i, i + P, i + 2P, ... and host 0, once
 all are written, merges their `.chunks/` entries into the report and the
@@ -32,7 +33,6 @@ host prepares its own full copy instead, as one host would.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import glob
@@ -42,11 +42,12 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 
 from txt2img_jax.data import inputs
 from txt2img_jax.data import records
+from txt2img_jax.data import records_hosts
 from txt2img_jax.data import records_report
 from txt2img_jax.data import records_write
 
@@ -73,7 +74,7 @@ def _clear(out_dir: str) -> None:
       records.MANIFEST,
       records.FINGERPRINT,
       records.REPORT,
-      _HOSTS_TOKEN,
+      records_hosts.HOSTS_TOKEN,
   ):
     for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
       os.remove(path)
@@ -90,52 +91,6 @@ def _check_writable(out_dir: str) -> None:
         f"Output dir {out_dir!r} is not writable ({e.strerror or e}); pick "
         "another one for the prepared data."
     ) from e
-
-
-def _nothing(name: str) -> None:
-  del name
-
-
-@dataclasses.dataclass(frozen=True)
-class Hosts:
-  """The processes that prepare together and how they meet.
-
-  `sync(name)` returns once every host has called it with that name;
-  `gather(x)` gives every host the list of all hosts' ints (in host order)
-  and is a meeting point too. One host (the default) needs neither.
-  """
-
-  index: int = 0
-  count: int = 1
-  sync: Callable[[str], None] = _nothing
-  gather: Callable[[int], list[int]] | None = None
-
-  def __post_init__(self):
-    if not 0 <= self.index < self.count:
-      raise ValueError(f"host index {self.index} is not in [0, {self.count}).")
-    if self.count > 1 and self.gather is None:
-      raise ValueError("several hosts need a `gather` to agree on the dir.")
-
-
-ONE_HOST = Hosts()
-_HOSTS_TOKEN = ".hosts_token"
-
-
-def _shared_dir(out_dir: str, hosts: Hosts) -> bool:
-  """Whether every host sees the same out_dir: host 0 writes a random token
-  there and tells the others; each reads what its disk holds."""
-  token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-  path = os.path.join(out_dir, _HOSTS_TOKEN)
-  if hosts.index == 0:
-    records_write.atomic_write_json(path, token)
-  told = hosts.gather(token if hosts.index == 0 else 0)[0]
-  try:
-    with open(path) as f:
-      seen = json.load(f)
-  except (OSError, ValueError):
-    seen = None
-  shared = hosts.gather(int(seen == told))
-  return all(shared)
 
 
 def assign_splits(
@@ -183,7 +138,7 @@ def prepare(
     featurize_batch_size: int = 64,
     progress: bool = True,
     report_first: int = 5,
-    hosts: Hosts = ONE_HOST,
+    hosts: records_hosts.Hosts = records_hosts.ONE_HOST,
 ) -> dict[str, Any]:
   """Prepares `source` into `out_dir` once; returns the report.
 
@@ -271,9 +226,11 @@ def prepare(
       )
     complete = os.path.exists(os.path.join(out_dir, records.MANIFEST))
   if hosts.count == 1 and complete:
-    return _reuse(out_dir, progress)
+    return records_report.reuse(out_dir, progress)
   if hosts.count > 1 and all(hosts.gather(int(complete))):
-    return _reuse(out_dir, progress)  # Before listing: nothing to do.
+    return records_report.reuse(
+        out_dir, progress
+    )  # Before listing: nothing to do.
 
   report = records_report.Report(report_first)
   for issue in source.issues:
@@ -310,20 +267,20 @@ def prepare(
     os.makedirs(out_dir, exist_ok=True)
     # After host 0's set-up (a rebuild's clearing) and before any host
     # writes a chunk (after the sync): every host sees the same.
-    shared = _shared_dir(out_dir, hosts)
+    shared = records_hosts.shared_dir(out_dir, hosts)
     todo = unwritten()
     hosts.sync("prepare_planned")
     if not shared:
       # Each host's own disk: each prepares its own copy, alone.
       if complete:
-        return _reuse(out_dir, progress)
+        return records_report.reuse(out_dir, progress)
       if progress:
         print(
             f"prepare: host {hosts.index}: {out_dir} is not shared with "
             "the other hosts; preparing a copy of all of it here.",
             file=sys.stderr,
         )
-      return prepare(**{**arguments, "hosts": ONE_HOST})
+      return prepare(**{**arguments, "hosts": records_hosts.ONE_HOST})
   else:
     todo = unwritten()
   processed = sum(len(p[3]) for _, p in todo)
@@ -333,7 +290,7 @@ def prepare(
   bar = records_report.Progress(
       done + sum(len(p[3]) for p in mine), done, progress
   )
-  _write_chunks(
+  records_write.write_chunks(
       source,
       mine,
       opts,
@@ -346,7 +303,7 @@ def prepare(
   )
   bar.close()
   finish = functools.partial(
-      _finish,
+      records_report.finish,
       out_dir,
       plan,
       chunk_json,
@@ -378,17 +335,6 @@ def prepare(
     return json.load(f)
 
 
-def _reuse(out_dir: str, progress: bool) -> dict[str, Any]:
-  with open(os.path.join(out_dir, records.REPORT)) as f:
-    report = json.load(f)
-  if progress:
-    print(
-        f"prepare: {out_dir} is already prepared and matches; reusing it.",
-        file=sys.stderr,
-    )
-  return report
-
-
 def _set_up(out_dir: str, rebuild: bool, fp_path: str, full_fp) -> None:
   """Before any chunk: a writable dir, no stale temporaries, the
   fingerprint."""
@@ -400,121 +346,3 @@ def _set_up(out_dir: str, rebuild: bool, fp_path: str, full_fp) -> None:
   os.makedirs(os.path.join(out_dir, records.CHUNKS_DIR), exist_ok=True)
   if not os.path.exists(fp_path):
     records_write.atomic_write_json(fp_path, full_fp)
-
-
-def _write_chunks(
-    source,
-    chunks,
-    opts,
-    out_dir,
-    chunk_json,
-    featurize,
-    featurize_batch_size,
-    bar,
-    num_workers,
-) -> None:
-  """Decodes the next chunk in threads while this one is featurized and
-  written."""
-  workers = num_workers or os.cpu_count() or 1
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-
-    def submit(chunk):
-      return [
-          pool.submit(records_write.load_one, source, c, opts) for c in chunk[3]
-      ]
-
-    futures = []
-    try:
-      futures = submit(chunks[0]) if chunks else []
-      for i, chunk in enumerate(chunks):
-        nxt = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
-        records_write.write_chunk(
-            chunk,
-            futures,
-            out_dir,
-            chunk_json(chunk[0], chunk[1]),
-            featurize,
-            featurize_batch_size,
-            bar,
-        )
-        futures = nxt
-    except BaseException:
-      for f in futures:
-        f.cancel()
-      raise
-
-
-def _finish(
-    out_dir,
-    plan,
-    chunk_json,
-    report,
-    full_fp,
-    start,
-    listed,
-    processed,
-    progress,
-) -> dict[str, Any]:
-  splits = {
-      s: {"num_records": 0, "shards": [], "bytes": 0} for s in records.SPLITS
-  }
-  extras = None
-  dropped = 0
-  for split, k, _, _ in plan:
-    with open(chunk_json(split, k)) as f:
-      info = json.load(f)
-    dropped += info.get("captions_dropped", 0)
-    for issue in info["issues"]:
-      report.add(inputs.Issue(*issue))
-    s = splits[split]
-    s["num_records"] += info["num_records"]
-    s["bytes"] += info["bytes"]
-    if info["shard"]:
-      s["shards"].append(info["shard"])
-      if extras is None:
-        extras = info["extras"]
-      elif info["extras"] != extras:
-        raise ValueError(
-            f"featurize gave {info['extras']} for shard {info['shard']} but "
-            f"{extras} before; its outputs must keep their shapes and dtypes."
-        )
-  total = sum(s["num_records"] for s in splits.values())
-  total_bytes = sum(s["bytes"] for s in splits.values())
-  seconds = time.perf_counter() - start
-  result = {
-      "output": out_dir,
-      "listed": listed,
-      "written": {s: v["num_records"] for s, v in splits.items()},
-      "skipped": report.skipped(),
-      "reasons": report.reasons(),
-      "bytes_per_example": total_bytes / max(total, 1),
-      # Captions past a per-caption cache's room (data.cache_captions).
-      "captions_dropped": dropped,
-      "total_bytes": total_bytes,
-      "seconds": seconds,
-      # Of this run only (a resumed run did part of the work before).
-      "processed": processed,
-      "images_per_s": processed / max(seconds, 1e-9),
-  }
-  records_write.atomic_write_json(os.path.join(out_dir, records.REPORT), result)
-  if total == 0:
-    raise ValueError(
-        f"No usable examples: all {listed} listed inputs were skipped "
-        f"({dict(report.counts)}); see "
-        f"{os.path.join(out_dir, records.REPORT)}."
-    )
-  if progress:
-    for line in records_report.summary_lines(result):
-      print(line, file=sys.stderr)
-  # Last: the manifest is what makes the directory count as prepared.
-  records_write.atomic_write_json(
-      os.path.join(out_dir, records.MANIFEST),
-      {
-          "format_version": records.FORMAT_VERSION,
-          "fingerprint": full_fp,
-          "image_size": full_fp["prepare"]["image_size"],
-          "splits": splits,
-          "extras": extras or {},
-      },
-  )
-  return result

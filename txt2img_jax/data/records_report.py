@@ -1,5 +1,5 @@
-"""What `records_prepare.prepare` tells the user: the bad-input report and
-the progress line.
+"""What `records_prepare.prepare` tells the user: the bad-input report, the
+progress line, and at the end the merged report and the manifest.
 
 Every bad input is counted by reason (`imagefolder` names the reasons and
 which of them keep the example); the first few of each reason are listed in
@@ -10,6 +10,7 @@ at the end.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from txt2img_jax.data import inputs
 from txt2img_jax.data import records
+from txt2img_jax.data import records_write
 
 # ------------------------------------------------------------------- report
 
@@ -120,3 +122,90 @@ class Progress:
     self.update(0, force=True)
     if self.enabled and self.tty:
       self.stream.write("\n")
+
+
+def reuse(out_dir: str, progress: bool) -> dict[str, Any]:
+  with open(os.path.join(out_dir, records.REPORT)) as f:
+    report = json.load(f)
+  if progress:
+    print(
+        f"prepare: {out_dir} is already prepared and matches; reusing it.",
+        file=sys.stderr,
+    )
+  return report
+
+
+def finish(
+    out_dir,
+    plan,
+    chunk_json,
+    report,
+    full_fp,
+    start,
+    listed,
+    processed,
+    progress,
+) -> dict[str, Any]:
+  splits = {
+      s: {"num_records": 0, "shards": [], "bytes": 0} for s in records.SPLITS
+  }
+  extras = None
+  dropped = 0
+  for split, k, _, _ in plan:
+    with open(chunk_json(split, k)) as f:
+      info = json.load(f)
+    dropped += info.get("captions_dropped", 0)
+    for issue in info["issues"]:
+      report.add(inputs.Issue(*issue))
+    s = splits[split]
+    s["num_records"] += info["num_records"]
+    s["bytes"] += info["bytes"]
+    if info["shard"]:
+      s["shards"].append(info["shard"])
+      if extras is None:
+        extras = info["extras"]
+      elif info["extras"] != extras:
+        raise ValueError(
+            f"featurize gave {info['extras']} for shard {info['shard']} but "
+            f"{extras} before; its outputs must keep their shapes and dtypes."
+        )
+  total = sum(s["num_records"] for s in splits.values())
+  total_bytes = sum(s["bytes"] for s in splits.values())
+  seconds = time.perf_counter() - start
+  result = {
+      "output": out_dir,
+      "listed": listed,
+      "written": {s: v["num_records"] for s, v in splits.items()},
+      "skipped": report.skipped(),
+      "reasons": report.reasons(),
+      "bytes_per_example": total_bytes / max(total, 1),
+      # Captions past a per-caption cache's room (data.cache_captions).
+      "captions_dropped": dropped,
+      "total_bytes": total_bytes,
+      "seconds": seconds,
+      # Of this run only (a resumed run did part of the work before).
+      "processed": processed,
+      "images_per_s": processed / max(seconds, 1e-9),
+  }
+  records_write.atomic_write_json(os.path.join(out_dir, records.REPORT), result)
+  if total == 0:
+    raise ValueError(
+        f"No usable examples: all {listed} listed inputs were skipped "
+        f"({dict(report.counts)}); see "
+        f"{os.path.join(out_dir, records.REPORT)}."
+    )
+  if progress:
+    for line in summary_lines(result):
+      print(line, file=sys.stderr)
+  # Last: the manifest is what makes the directory count as prepared.
+  records_write.atomic_write_json(
+      os.path.join(out_dir, records.MANIFEST),
+      {
+          "format_version": records.FORMAT_VERSION,
+          "fingerprint": full_fp,
+          "image_size": full_fp["prepare"]["image_size"],
+          "splits": splits,
+          "extras": extras or {},
+      },
+  )
+  return result

@@ -1,10 +1,12 @@
-"""Writing one chunk of prepared data: decode its images (in threads), run
-the frozen encoders on them, write one ArrayRecord shard under a temporary
-name and rename it; `records_prepare.prepare` decides the chunks."""
+"""Writing chunks of prepared data: decode their images (in threads, the
+next chunk's while this one is encoded), run the frozen encoders on them,
+write each as one ArrayRecord shard under a temporary name and rename it;
+`records_prepare.prepare` decides the chunks."""
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -177,3 +179,43 @@ def write_chunk(
           "issues": [[i.reason, i.path, i.line, i.detail] for i in issues],
       },
   )
+
+
+def write_chunks(
+    source,
+    chunks,
+    opts,
+    out_dir,
+    chunk_json,
+    featurize,
+    featurize_batch_size,
+    bar,
+    num_workers,
+) -> None:
+  """Decodes the next chunk in threads while this one is featurized and
+  written."""
+  workers = num_workers or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+
+    def submit(chunk):
+      return [pool.submit(load_one, source, c, opts) for c in chunk[3]]
+
+    futures = []
+    try:
+      futures = submit(chunks[0]) if chunks else []
+      for i, chunk in enumerate(chunks):
+        nxt = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
+        write_chunk(
+            chunk,
+            futures,
+            out_dir,
+            chunk_json(chunk[0], chunk[1]),
+            featurize,
+            featurize_batch_size,
+            bar,
+        )
+        futures = nxt
+    except BaseException:
+      for f in futures:
+        f.cancel()
+      raise

@@ -136,6 +136,7 @@ def _prepare_records(make_source):
   def prepare(config, featurizer=None, hosts=None):
     from txt2img_jax.data import prepared
     from txt2img_jax.data import records
+    from txt2img_jax.data import records_hosts
     from txt2img_jax.data import records_prepare
 
     d = config.data
@@ -159,7 +160,7 @@ def _prepare_records(make_source):
         max_caption_words=d.max_len,
         max_caption_chars=d.max_caption_chars or None,
         num_workers=d.prepare_workers or None,
-        hosts=hosts or records_prepare.ONE_HOST,
+        hosts=hosts or records_hosts.ONE_HOST,
     )
     return prepared.PreparedData(out_dir, report)
 
@@ -215,7 +216,7 @@ REGISTRY = {
 
 def every_host_prepares(config) -> bool:
   """Whether the hosts of a multi-process run prepare the data together
-  (`records_prepare.Hosts`): the sources written into records; the others
+  (`records_hosts.Hosts`): the sources written into records; the others
   are prepared by host 0 first."""
   d = config.data
   return d.name in ("folder", "tfds") or (
@@ -225,7 +226,7 @@ def every_host_prepares(config) -> bool:
 
 def prepare(config, featurizer=None, hosts=None):
   """The configured data set, prepared once (later calls reuse it); `hosts`
-  (`records_prepare.Hosts`) where `every_host_prepares(config)`."""
+  (`records_hosts.Hosts`) where `every_host_prepares(config)`."""
   name = config.data.name
   if name not in REGISTRY:
     raise ValueError(f"data.name={name!r}: expected one of {sorted(REGISTRY)}")

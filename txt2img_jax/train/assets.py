@@ -112,9 +112,9 @@ def prepare_data(config: ml_collections.ConfigDict, autoencoder=None):
   if jax.process_count() == 1:
     return sources.prepare(config, featurizer)
   if sources.every_host_prepares(config):
-    from txt2img_jax.data import records_prepare
+    from txt2img_jax.data import records_hosts
 
-    hosts = records_prepare.Hosts(
+    hosts = records_hosts.Hosts(
         jax.process_index(),
         jax.process_count(),
         multihost.sync,
