@@ -19,7 +19,7 @@ import re
 from absl import app, flags
 
 from experiments import common
-from txt2img_jax.train import aot
+from txt2img_jax.train import aot, aot_max_batch, aot_tpu
 
 _OUT = flags.DEFINE_string("out", "workdirs/aot_table", "Where rows go.")
 _ONLY = flags.DEFINE_string("only", "", "Compile this row's name only.")
@@ -81,15 +81,15 @@ def compile_row(name: str) -> dict:
   config = common.recipe(recipe)
   for k, v in overrides.items():
     _set(config, k, v)
-  devices = aot.topology_devices(topology)
+  devices = aot_tpu.topology_devices(topology)
   r = aot.report(config, devices, topology)
   if find:
-    r["max_batch"] = aot.find_max_batch(config, devices)
+    r["max_batch"] = aot_max_batch.find_max_batch(config, devices)
   return r
 
 
 def _gib(n) -> str:
-  return f"{n / aot.GiB:.1f}"
+  return f"{n / aot_tpu.GiB:.1f}"
 
 
 def table_row(name: str, r: dict) -> str:
@@ -112,7 +112,7 @@ def table_row(name: str, r: dict) -> str:
       str(best["max_batch_size"]) if best else "",
       f"{r['step_time_s'] * 1e3:.0f}" if "step_time_s" in r else "",
       f"{r['mfu']:.0%}" if "mfu" in r else "",
-      f"{traffic / aot.GiB:.1f}" if traffic else "",
+      f"{traffic / aot_tpu.GiB:.1f}" if traffic else "",
       f"{r['compile_s']:.0f}",
   ]
   return "| " + " | ".join(cells) + " |"

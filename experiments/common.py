@@ -14,7 +14,7 @@ import numpy as np
 
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.evaluation import benchmark
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
 from txt2img_jax.evaluation import structure
 from txt2img_jax.utils import runfiles
 from txt2img_jax.train import loop as train
@@ -35,7 +35,7 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
   if fresh and os.path.isdir(workdir):
     shutil.rmtree(workdir)
   try:
-    _, step = checkpointing.resolve_checkpoint(workdir)
+    _, step = checkpoint_files.resolve_checkpoint(workdir)
     if step >= config.total_steps:
       return
   except FileNotFoundError:
@@ -61,7 +61,7 @@ def score(workdir: str, num: int) -> dict[str, float]:
   samples/z_text.png (reference | decoded z_text | generated).
   """
   path = os.path.join(workdir, f"benchmark_{num}.json")
-  _, step = checkpointing.resolve_checkpoint(workdir)
+  _, step = checkpoint_files.resolve_checkpoint(workdir)
   summary = None
   if os.path.exists(path):
     with open(path) as f:
@@ -166,7 +166,7 @@ def train_metrics(workdir: str) -> list[dict]:
 
 
 def text_head_params(workdir: str) -> int:
-  raw, _ = checkpointing.load_raw(workdir)
+  raw, _ = checkpoint_files.load_raw(workdir)
   return int(
       sum(np.prod(x.shape) for x in jax.tree.leaves(raw["params"]["text_head"]))
   )

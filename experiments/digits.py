@@ -136,12 +136,12 @@ class Classifier:
 def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
   """Scores a trained run (cached as digits_score.json for its step)."""
   from txt2img_jax.train import run as run_lib
-  from txt2img_jax.train import checkpointing
+  from txt2img_jax.train import checkpoint_files
   from txt2img_jax.evaluation import prompts as evaluate_prompts
   from txt2img_jax.data import tokenizer as tokenizer_lib
 
   path = os.path.join(workdir, "digits_score.json")
-  _, step = checkpointing.resolve_checkpoint(workdir)
+  _, step = checkpoint_files.resolve_checkpoint(workdir)
   if os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)

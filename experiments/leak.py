@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
 from txt2img_jax.evaluation import structure
 from txt2img_jax.objectives import flow
 from txt2img_jax.utils import reporting
@@ -91,7 +91,7 @@ def path_errors(workdir: str, num: int, times=TIMES) -> dict[str, float]:
   """err(t) for each t on the first `num` test captions (module docstring),
   cached in the workdir as path_errors_<num>.json for the step it measured."""
   path = os.path.join(workdir, f"path_errors_{num}.json")
-  _, step = checkpointing.resolve_checkpoint(workdir)
+  _, step = checkpoint_files.resolve_checkpoint(workdir)
   if os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)

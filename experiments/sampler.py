@@ -93,7 +93,7 @@ def score_run(
 ) -> dict[str, dict]:
   """{label: summary (+ 'seconds')} for one run, from its cache where it can."""
   from txt2img_jax.train import run as run_lib  # Heavy imports only when scoring.
-  from txt2img_jax.train import checkpointing
+  from txt2img_jax.train import checkpoint_files
   from txt2img_jax.evaluation import structure
 
   path = os.path.join(workdir, f"sampler_{num}.json")
@@ -101,7 +101,7 @@ def score_run(
   if os.path.exists(path):
     with open(path) as f:
       cache = json.load(f)
-  _, step = checkpointing.resolve_checkpoint(workdir)
+  _, step = checkpoint_files.resolve_checkpoint(workdir)
   run, own, evaluator, out = None, None, None, {}
   for label, setting in settings:
     if run is None:

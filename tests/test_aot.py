@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation (train/aot.py, `python -m txt2img_jax.aot`).
+"""Ahead-of-time compilation (train/aot*.py, `python -m txt2img_jax.aot`).
 
 The parsing and search helpers and the compile path on this host's CPU
 device run everywhere. The command itself needs libtpu (the `tpu` extra in
@@ -15,7 +15,7 @@ import jax
 import pytest
 
 from tests import test_train
-from txt2img_jax.train import aot, assets
+from txt2img_jax.train import aot, aot_lower, aot_max_batch, aot_tpu, assets
 from txt2img_jax.train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def test_collectives_are_counted_by_what_they_produce():
           "  %x = f32[4]{0} add(%y, %z)",
       ]
   )
-  c = aot.collectives(hlo)
+  c = aot_tpu.collectives(hlo)
   assert c["all-gather"] == {"count": 2, "bytes": 8 * 1024 * 2 + 8 * 4 * 2}
   assert c["all-reduce"] == {"count": 1, "bytes": 4 + 16 * 4}
   assert c["reduce-scatter"] == {"count": 1, "bytes": 128 * 4}
@@ -59,17 +59,17 @@ def test_out_of_memory_is_recognised_and_other_errors_are_not():
       "permanent error. Ran out of memory in memory space hbm. Used 17.58G "
       "of 15.75G hbm. Exceeded hbm capacity by 1.83G.\n\nmore"
   )
-  assert "Exceeded hbm capacity by 1.83G" in aot.out_of_memory(oom)
-  assert aot.out_of_memory(RuntimeError("INVALID_ARGUMENT: bad")) is None
+  assert "Exceeded hbm capacity by 1.83G" in aot_tpu.out_of_memory(oom)
+  assert aot_tpu.out_of_memory(RuntimeError("INVALID_ARGUMENT: bad")) is None
 
 
 def test_cost_model_seconds_reads_uncosted_ops_out_of_the_total():
   # libtpu adds -1 s per op it cannot cost.
-  assert aot.cost_model_seconds(0.25, 0.2) == (0.25, 0)
-  seconds, uncosted = aot.cost_model_seconds(0.0019 - 11, 0.0008)
+  assert aot_tpu.cost_model_seconds(0.25, 0.2) == (0.25, 0)
+  seconds, uncosted = aot_tpu.cost_model_seconds(0.0019 - 11, 0.0008)
   assert uncosted == 11 and seconds == pytest.approx(0.0019)
   # A costed part over a second: the roofline says how many whole seconds.
-  seconds, uncosted = aot.cost_model_seconds(2.3 - 3, 2.1)
+  seconds, uncosted = aot_tpu.cost_model_seconds(2.3 - 3, 2.1)
   assert uncosted == 3 and seconds == pytest.approx(2.3)
 
 
@@ -82,14 +82,14 @@ def test_largest_true_finds_the_boundary(boundary, start):
     tried.append(n)
     return n <= boundary
 
-  good, bad = aot.largest_true(fits, limit=4096, start=start)
+  good, bad = aot_max_batch.largest_true(fits, limit=4096, start=start)
   assert good <= boundary < bad
   assert bad - good <= max(1, good // 8)
   assert len(tried) <= 12
 
 
 def test_largest_true_stops_at_the_limit():
-  assert aot.largest_true(lambda n: True, limit=64) == (64, None)
+  assert aot_max_batch.largest_true(lambda n: True, limit=64) == (64, None)
 
 
 def test_batch_shapes_are_what_the_pipeline_feeds(data_dir):
@@ -100,7 +100,7 @@ def test_batch_shapes_are_what_the_pipeline_feeds(data_dir):
   want = {k: (v.shape, v.dtype) for k, v in batch.items()}
   got = {
       k: (s, jax.numpy.dtype(d))
-      for k, (s, d) in aot.batch_shapes(c, parts).items()
+      for k, (s, d) in aot_lower.batch_shapes(c, parts).items()
   }
   assert got == want
 

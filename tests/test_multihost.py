@@ -19,7 +19,8 @@ import grain
 import numpy as np
 import pytest
 
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
+from txt2img_jax.train import checkpoint_trees
 from txt2img_jax import launch_local
 from txt2img_jax.utils import runfiles
 from txt2img_jax.data import pipeline
@@ -142,7 +143,7 @@ def killed_and_resumed(env, tmp_path_factory):
   )
   step2 = os.path.join(workdir, "checkpoints", "2")
   deadline = time.monotonic() + 600
-  while not checkpointing.is_complete(step2):
+  while not checkpoint_files.is_complete(step2):
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     assert time.monotonic() < deadline
     time.sleep(0.05)
@@ -158,13 +159,13 @@ def _losses(workdir):
 
 
 def _assert_same_state(a, b):
-  raw_a, step_a = checkpointing.load_raw(a)
-  raw_b, step_b = checkpointing.load_raw(b)
+  raw_a, step_a = checkpoint_files.load_raw(a)
+  raw_b, step_b = checkpoint_files.load_raw(b)
   assert step_a == step_b == TOTAL
-  flat_a = checkpointing._flatten(
+  flat_a = checkpoint_trees._flatten(
       {k: raw_a[k] for k in ("params", "ema_params", "opt_state")}
   )
-  flat_b = checkpointing._flatten(
+  flat_b = checkpoint_trees._flatten(
       {k: raw_b[k] for k in ("params", "ema_params", "opt_state")}
   )
   assert flat_a.keys() == flat_b.keys()
@@ -434,8 +435,8 @@ def test_gpu_slurm_dry_run(tmp_path):
 
 def test_workdir_must_be_a_mounted_path(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="mount the bucket.*gcsfuse"):
-    checkpointing.local_workdir("gs://bucket/run1")
+    checkpoint_files.local_workdir("gs://bucket/run1")
   monkeypatch.chdir(tmp_path)
-  assert checkpointing.local_workdir("run1") == str(tmp_path / "run1")
+  assert checkpoint_files.local_workdir("run1") == str(tmp_path / "run1")
   monkeypatch.setenv("HOME", str(tmp_path))
-  assert checkpointing.local_workdir("~/run2") == str(tmp_path / "run2")
+  assert checkpoint_files.local_workdir("~/run2") == str(tmp_path / "run2")

@@ -19,6 +19,7 @@ import pytest
 from test_train import tiny_config
 from txt2img_jax.train import validate
 from txt2img_jax.train import assets
+from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
 from txt2img_jax.utils import reporting
 from txt2img_jax.utils import runfiles
@@ -126,10 +127,10 @@ def test_broken_newest_checkpoint_falls_back(fault, tmp_path, caplog):
     os.makedirs(newest)
   good = 1
   # sample / evaluate / init_from: never the broken step.
-  raw, step = checkpointing.load_raw(workdir)
+  raw, step = checkpoint_files.load_raw(workdir)
   assert step == good and float(raw["w"][0, 0]) == good
   if fault != "truncated_arrays":  # Caught without reading an array.
-    assert checkpointing.resolve_checkpoint(workdir) == (directory, good)
+    assert checkpoint_files.resolve_checkpoint(workdir) == (directory, good)
   # Resume: falls back with a warning, sets the broken step aside, and can
   # save that step again.
   abstract = {
@@ -144,13 +145,13 @@ def test_broken_newest_checkpoint_falls_back(fault, tmp_path, caplog):
   assert os.listdir(os.path.join(workdir, checkpointing.BROKEN_DIR)) == ["2"]
   ckpt.save(2, {"w": np.zeros((32, 32), np.float32), "step": np.int32(2)})
   ckpt.close()
-  assert checkpointing.load_raw(workdir)[1] == 2
+  assert checkpoint_files.load_raw(workdir)[1] == 2
 
 
 def test_a_step_dir_alone_must_be_complete(tmp_path):
   os.makedirs(tmp_path / "checkpoints" / "5")
   with pytest.raises(FileNotFoundError, match="empty or were cut off"):
-    checkpointing.resolve_checkpoint(str(tmp_path))
+    checkpoint_files.resolve_checkpoint(str(tmp_path))
 
 
 # --- non-finite steps, runaway updates ----------------------------------------
@@ -190,8 +191,8 @@ def test_skipped_steps_leave_the_ema_and_k_in_a_row_stop_the_run(
     train.train_and_evaluate(c, workdir)
   directory = os.path.join(workdir, "checkpoints")
   assert sorted(os.listdir(directory)) == ["3", "6"]
-  before, _ = checkpointing.load_raw(os.path.join(directory, "3"))
-  after, _ = checkpointing.load_raw(os.path.join(directory, "6"))
+  before, _ = checkpoint_files.load_raw(os.path.join(directory, "3"))
+  after, _ = checkpoint_files.load_raw(os.path.join(directory, "6"))
   assert int(after["nonfinite"]) == 3
   for key in ("params", "ema_params", "opt_state"):
     jax.tree.map(np.testing.assert_array_equal, before[key], after[key])
@@ -217,7 +218,7 @@ def test_absurd_lr_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert "max_update_ratio" in last and "not applied" in last, last
   assert "optim.groups.flow.lr" in last, last
   assert "Traceback" not in r.stderr
-  raw, step = checkpointing.load_raw(workdir)
+  raw, step = checkpoint_files.load_raw(workdir)
   assert f"Last good checkpoint: step {step}" in last
   norms = [float(np.linalg.norm(x)) for x in jax.tree.leaves(raw["params"])]
   assert np.all(np.isfinite(norms)) and max(norms) < 1e3
@@ -300,7 +301,7 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   err = log.read_text()
   assert proc.returncode == 0, where + err[-3000:]
   assert "stopped by SIGTERM" in err, where
-  _, saved = checkpointing.resolve_checkpoint(stopped)
+  _, saved = checkpoint_files.resolve_checkpoint(stopped)
   assert at <= saved < 40, where
   # What a kill in mid-write leaves; the rerun drops it with a warning.
   with open(runfiles.metrics_path(stopped), "a") as f:
@@ -323,8 +324,8 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   assert (
       json.load(open(os.path.join(whole, "config.json")))["flow"]["width"] != 64
   )
-  a, step_a = checkpointing.load_raw(whole)
-  b, step_b = checkpointing.load_raw(stopped)
+  a, step_a = checkpoint_files.load_raw(whole)
+  b, step_b = checkpoint_files.load_raw(stopped)
   assert step_a == step_b == 40
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert _train_rows(stopped) == _train_rows(whole), where
@@ -349,7 +350,7 @@ def test_sigterm_saves_and_the_rerun_ends_like_an_uninterrupted_run(
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from" in r.stderr
   assert "taking over the lock" in r.stderr  # kill -9 released nothing.
-  c, step_c = checkpointing.load_raw(killed)
+  c, step_c = checkpoint_files.load_raw(killed)
   assert step_c == 40
   jax.tree.map(np.testing.assert_array_equal, a, c)
   assert _train_rows(killed) == _train_rows(whole)
@@ -468,7 +469,7 @@ def test_a_failing_final_evaluation_keeps_the_final_checkpoint(
       e.value
   )
   assert "Last good checkpoint: step 5" in str(e.value)
-  assert checkpointing.resolve_checkpoint(workdir) == (
+  assert checkpoint_files.resolve_checkpoint(workdir) == (
       os.path.join(workdir, "checkpoints"),
       5,
   )
@@ -541,7 +542,7 @@ def test_a_full_disk_at_a_save_is_one_line_and_the_run_resumes(
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "at step 2" in r.stderr
-  assert checkpointing.resolve_checkpoint(str(kept))[1] == 8
+  assert checkpoint_files.resolve_checkpoint(str(kept))[1] == 8
 
 
 def test_a_write_error_in_orbaxs_words_is_named():
@@ -587,7 +588,7 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
       "--config.allow_changed=batch_size,flow.width"
   )
   assert open(os.path.join(workdir, "config.json")).read() == config_before
-  assert checkpointing.resolve_checkpoint(workdir)[1] == 4
+  assert checkpoint_files.resolve_checkpoint(workdir)[1] == 4
 
   r = main(
       "--config.total_steps=8",
@@ -605,7 +606,7 @@ def test_a_resume_that_changes_the_run_stops_unless_allowed(data_dir, tmp_path):
   assert (
       json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == 4
   )
-  assert checkpointing.resolve_checkpoint(workdir)[1] == 8
+  assert checkpoint_files.resolve_checkpoint(workdir)[1] == 8
 
   # A changed total_steps alone stays allowed, in one info line.
   r = main("--config.total_steps=10", "--config.batch_size=4")

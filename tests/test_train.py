@@ -14,7 +14,8 @@ import pytest
 
 from txt2img_jax.train import validate
 from txt2img_jax.train import assets
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
+from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def tiny_config(recipe="base", **overrides):
 
 
 def params_of(workdir):
-  raw, step = checkpointing.load_raw(workdir)
+  raw, step = checkpoint_files.load_raw(workdir)
   return raw, step
 
 
@@ -189,7 +190,7 @@ def test_merge_matching_loads_by_path_and_shape():
           "old": np.ones(1),
       }
   }
-  merged, table = checkpointing.merge_matching(target, source)
+  merged, table = checkpoint_trees.merge_matching(target, source)
   np.testing.assert_array_equal(merged["params"]["enc"]["kernel"], 1.0)
   np.testing.assert_array_equal(merged["params"]["head"][0], 0.0)
   assert table == {

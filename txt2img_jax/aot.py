@@ -14,7 +14,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from txt2img_jax.train import aot
+from txt2img_jax.train import aot, aot_max_batch, aot_tpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
 
@@ -49,14 +49,16 @@ _JSON = flags.DEFINE_string("json", "", "Also write the figures to this file.")
 def main(argv):
   del argv
   config = _CONFIG.value
-  devices = aot.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
+  devices = aot_tpu.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
   topology = _TOPOLOGY.value + (
       f" x{_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
   )
   r = aot.report(config, devices, topology, _VOCAB_SIZE.value)
   print(aot.format_report(r), flush=True)
   if _FIND_MAX_BATCH.value:
-    r["max_batch"] = aot.find_max_batch(config, devices, _VOCAB_SIZE.value)
+    r["max_batch"] = aot_max_batch.find_max_batch(
+        config, devices, _VOCAB_SIZE.value
+    )
     m = r["max_batch"]
     print(
         f"largest batch that fits: {m['max_batch_size']} "

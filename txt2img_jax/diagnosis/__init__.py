@@ -9,7 +9,7 @@ Everything a test or a notebook needs is importable from here: `load_metrics`, `
 `analyze`, `format_report`, `report_to_json`, `plot_run`, `run`, and every threshold and lever.
 They live in modules that import one way only: each imports only modules to its right.
 
-    diagnosis (this face) -> plots -> analysis -> checks -> report -> thresholds
+    diagnosis (this face) -> plots -> analysis -> series -> logs -> checks -> report -> thresholds
 
 The package reads only `W/metrics.jsonl` and `W/config.json`; it imports neither jax nor the
 model, so it runs anywhere the logs are. Thresholds are documented in docs/diagnostics.md.
@@ -23,18 +23,16 @@ from typing import Optional
 
 # The public API, gathered in one namespace for tests and notebooks.
 # pylint: disable=unused-import
-from txt2img_jax.diagnosis.analysis import (
+from txt2img_jax.diagnosis.analysis import analyze
+from txt2img_jax.diagnosis.checks import segment_name
+from txt2img_jax.diagnosis.logs import (
     Metrics,
     MetricsNotFoundError,
     Series,
-    analyze,
     count_lines,
-    effective_window,
-    fit_trend,
     load_config,
     load_metrics,
 )
-from txt2img_jax.diagnosis.checks import segment_name
 from txt2img_jax.diagnosis.plots import plot_run
 from txt2img_jax.diagnosis.report import (
     BucketInfo,
@@ -45,6 +43,7 @@ from txt2img_jax.diagnosis.report import (
     format_report,
     report_to_json,
 )
+from txt2img_jax.diagnosis.series import effective_window, fit_trend
 from txt2img_jax.diagnosis.thresholds import (
     BUCKET_FAR_ABOVE,
     BUCKET_OTHERS_FALLING_REL,

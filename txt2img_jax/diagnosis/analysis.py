@@ -1,7 +1,11 @@
-"""Reads a run's logs and reads off every number the diagnosis reports, then raises the flags.
+"""Reads off every number the diagnosis reports from a run's series, then
+raises the flags.
 
-The module reads only `W/metrics.jsonl` and `W/config.json`; it imports neither jax nor the
-model, so it runs anywhere the logs are.
+`analyze` fills the `Report`: the loss split, learning rates per group,
+norms, text posterior, t segments, non-finite steps, the mosaic and distance
+measures; the checks (checks.py) raise the flags. The series come from
+logs.py, what one series says (latest value, window, trend) from series.py.
+Imports neither jax nor the model.
 """
 
 from __future__ import annotations
@@ -24,147 +28,23 @@ from txt2img_jax.diagnosis.checks import (
     check_norms,
     check_posterior,
 )
-from txt2img_jax.diagnosis.report import BucketInfo, Flag, LrInfo, Report, Trend
+from txt2img_jax.diagnosis.logs import Metrics
+from txt2img_jax.diagnosis.report import BucketInfo, Flag, LrInfo, Report
+from txt2img_jax.diagnosis.series import (
+    effective_window,
+    finite_series,
+    fit_trend,
+    latest,
+    val_flow_at,
+    window_mean,
+    window_values,
+)
 from txt2img_jax.diagnosis.thresholds import (
     BUCKET_RE,
     DEFAULT_WINDOW,
     LOSS_COMPONENTS,
     LR_WARMUP_RISE,
-    MIN_TREND_POINTS,
 )
-
-Series = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step.
-Metrics = dict[str, Series]
-
-
-class MetricsNotFoundError(FileNotFoundError):
-  pass
-
-
-# --------------------------------------------------------------------------------------------
-# Loading.
-# --------------------------------------------------------------------------------------------
-
-
-def load_metrics(workdir: str) -> Metrics:
-  """Reads W/metrics.jsonl into {name: (steps, values)}.
-
-  A step logged twice (a run resumed from a checkpoint older than its last log line) keeps its
-  latest value: that is the history the current run has. A torn last line (a run killed
-  mid-write) is dropped with a warning; a broken line elsewhere is an error (see runfiles).
-  """
-  path = runfiles.metrics_path(workdir)
-  if not os.path.exists(path):
-    raise MetricsNotFoundError(
-        f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
-        "logged its first step?"
-    )
-  by_name: dict[str, dict[int, float]] = {}
-  for record in runfiles.read_metrics(workdir):
-    step = int(record["step"])
-    for name, value in record.items():
-      if name == "step" or isinstance(value, bool):
-        continue
-      try:
-        by_name.setdefault(name, {})[step] = float(value)
-      except (TypeError, ValueError):
-        continue
-  metrics = {}
-  for name, points in by_name.items():
-    steps = np.array(sorted(points), dtype=np.int64)
-    metrics[name] = (
-        steps,
-        np.array([points[s] for s in steps], dtype=np.float64),
-    )
-  return metrics
-
-
-def load_config(workdir: str) -> dict[str, Any]:
-  """W/config.json as a dict; {} when absent (the LR and KL-per-dim checks are then skipped)."""
-  if not os.path.exists(os.path.join(workdir, runfiles.CONFIG_FILE)):
-    return {}
-  return runfiles.read_json(workdir, runfiles.CONFIG_FILE)
-
-
-def count_lines(workdir: str) -> int:
-  return len(runfiles.read_metrics(workdir))
-
-
-# --------------------------------------------------------------------------------------------
-# Analysis.
-# --------------------------------------------------------------------------------------------
-
-
-def latest(metrics: Metrics, name: str) -> Optional[float]:
-  if name not in metrics:
-    return None
-  values = metrics[name][1]
-  finite = values[np.isfinite(values)]
-  return float(finite[-1]) if finite.size else None
-
-
-def _window_values(metrics: Metrics, name: str, start_step: int) -> np.ndarray:
-  steps, values = metrics.get(name, (np.zeros(0), np.zeros(0)))
-  values = values[steps >= start_step]
-  return values[np.isfinite(values)]
-
-
-def _window_mean(
-    metrics: Metrics, name: str, start_step: int
-) -> Optional[float]:
-  values = _window_values(metrics, name, start_step)
-  return float(values.mean()) if values.size else None
-
-
-def effective_window(metrics: Metrics, window: int) -> tuple[int, int, int]:
-  """(window, start_step, last_step). A run shorter than two windows uses its later half.
-
-  Without this, a short run's window would contain its initial drop and never read as flat.
-  """
-  train = [
-      s for n, (s, _) in metrics.items() if n.startswith("train/") and s.size
-  ]
-  all_steps = train or [s for s, _ in metrics.values() if s.size]
-  if not all_steps:
-    return window, 0, 0
-  first = int(min(s[0] for s in all_steps))
-  last = int(max(s[-1] for s in all_steps))
-  span = last - first
-  if span < 2 * window:
-    window = max(span // 2, 1)
-  return window, last - window, last
-
-
-def fit_trend(
-    steps: np.ndarray, values: np.ndarray, start_step: int
-) -> Optional[Trend]:
-  """Least-squares line over the points at or after start_step; None if too few points."""
-  keep = (steps >= start_step) & np.isfinite(values)
-  s, v = steps[keep].astype(np.float64), values[keep]
-  if s.size < MIN_TREND_POINTS or s[-1] == s[0]:
-    return None
-  x = s - s[0]
-  slope, intercept = np.polyfit(x, v, 1)
-  residual = v - (intercept + slope * x)
-  dof = max(s.size - 2, 1)
-  slope_stderr = math.sqrt(
-      float(residual @ residual) / dof / float(((x - x.mean()) ** 2).sum())
-  )
-  fit_start, fit_end = intercept, intercept + slope * x[-1]
-  k = max(1, s.size // 10)
-  first, last = float(v[:k].mean()), float(v[-k:].mean())
-  tiny = 1e-12
-  return Trend(
-      start_step=int(s[0]),
-      end_step=int(s[-1]),
-      num_points=int(s.size),
-      first=first,
-      last=last,
-      rel_change=float((fit_end - fit_start) / max(abs(fit_start), tiny)),
-      rel_change_ends=float((last - first) / max(abs(first), tiny)),
-      slope=float(slope),
-      slope_stderr=slope_stderr,
-  )
 
 
 def _loss_table(metrics: Metrics) -> dict[str, dict[str, Optional[float]]]:
@@ -210,7 +90,7 @@ def _lr_table(
     actual = latest(metrics, f"train/lr/{g}")
     b = base.get(g)
     ratio = actual / b if actual is not None and b else None
-    values = _window_values(metrics, f"train/lr/{g}", start)
+    values = window_values(metrics, f"train/lr/{g}", start)
     warming = bool(values.size >= 2 and values[-1] > LR_WARMUP_RISE * values[0])
     table[g] = LrInfo(actual=actual, base=b, ratio=ratio, warming_up=warming)
   return table
@@ -272,34 +152,11 @@ def _buckets(metrics: Metrics, start: int) -> list[BucketInfo]:
             t_lo=i / k,
             t_hi=(i + 1) / k,
             latest=latest(metrics, name),
-            window_mean=_window_mean(metrics, name, start),
+            window_mean=window_mean(metrics, name, start),
             trend=fit_trend(*metrics[name], start),
         )
     )
   return out
-
-
-def _val_flow_at(metrics: Metrics, *steps) -> tuple[Optional[float], ...]:
-  """val/flow at each of `steps` (None where it was not logged)."""
-  if "val/flow" not in metrics:
-    return (None,) * len(steps)
-  flow = dict(
-      zip(metrics["val/flow"][0].tolist(), metrics["val/flow"][1].tolist())
-  )
-  return tuple(flow.get(int(s)) for s in steps)
-
-
-def _finite_series(metrics: Metrics, name: str):
-  """(steps, values, index of the lowest value) of a metric's finite points,
-  or None when it has none."""
-  if name not in metrics:
-    return None
-  steps, values = metrics[name]
-  keep = np.isfinite(values)
-  steps, values = steps[keep], values[keep]
-  if not steps.size:
-    return None
-  return steps, values, int(np.argmin(values))
 
 
 def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
@@ -317,7 +174,7 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
           "flow_at_min",
       )
   }
-  found = _finite_series(metrics, "val/blockiness")
+  found = finite_series(metrics, "val/blockiness")
   if found is None:
     return out
   steps, values, i = found
@@ -328,7 +185,7 @@ def _mosaic(metrics: Metrics) -> dict[str, Optional[float]]:
       min_step=int(steps[i]),
       hf=latest(metrics, "val/hf"),
   )
-  out["flow"], out["flow_at_min"] = _val_flow_at(metrics, steps[-1], steps[i])
+  out["flow"], out["flow_at_min"] = val_flow_at(metrics, steps[-1], steps[i])
   return out
 
 
@@ -355,7 +212,7 @@ def _distance(metrics: Metrics) -> dict[str, Any]:
   if not nets:
     return out
   net = nets[0]
-  found = _finite_series(metrics, f"val/kid_{net}")
+  found = finite_series(metrics, f"val/kid_{net}")
   if found is None:
     return out
   steps, values, i = found
@@ -367,7 +224,7 @@ def _distance(metrics: Metrics) -> dict[str, Any]:
       min_step=int(steps[i]),
       kid_std=latest(metrics, f"val/kid_{net}_std"),
   )
-  out["flow"], out["flow_at_min"] = _val_flow_at(metrics, steps[-1], steps[i])
+  out["flow"], out["flow_at_min"] = val_flow_at(metrics, steps[-1], steps[i])
   return out
 
 

@@ -9,7 +9,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from txt2img_jax.diagnosis import analysis as diagnose_analysis
-from txt2img_jax.diagnosis.analysis import Metrics
+from txt2img_jax.diagnosis import series as diagnose_series
+from txt2img_jax.diagnosis.logs import Metrics
 from txt2img_jax.diagnosis.thresholds import BUCKET_RE, LOSS_COMPONENTS, NORM_RATIO_RANGE
 
 
@@ -149,7 +150,7 @@ def plot_run(
           color=cmap(i / max(k - 1, 1)),
           lw=1,
       )
-      latest.append((i, diagnose_analysis.latest(metrics, name)))
+      latest.append((i, diagnose_series.latest(metrics, name)))
     ax1.set_title("flow loss per t segment (t=0 text, t=1 image)")
     ax1.set_xlabel("step")
     ax1.grid(alpha=0.3)

@@ -1,6 +1,6 @@
 """The diagnosis report: its structure, as text a person reads, and as JSON.
 
-`diagnose_analysis.analyze` fills a `Report`; this module only lays it out.
+`analysis.analyze` fills a `Report`; this module only lays it out.
 """
 
 from __future__ import annotations

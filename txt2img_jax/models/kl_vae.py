@@ -284,7 +284,7 @@ def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict[str, Any]:
 def describe(path: str, dtype: str = "float32") -> KLVAE:
   """The VAE of a folder from its config.json alone: `params` are
   `jax.ShapeDtypeStruct`s (float32, as `load` gives them), no weights read.
-  For compiling a step ahead of time (train/aot.py)."""
+  For compiling a step ahead of time (train/aot_lower.py)."""
   config, scaling_factor, shift_factor = _read_config(path)
   module = AutoencoderKLModule(config, jnp.dtype(dtype))
   params = _nest(

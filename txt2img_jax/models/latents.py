@@ -101,7 +101,7 @@ def build(config):
 
 def describe(config):
   """The latent space without its weights (`params` are shapes): for
-  compiling ahead of time (train/aot.py)."""
+  compiling ahead of time (train/aot_lower.py)."""
   return _entry(config)[2](config)
 
 

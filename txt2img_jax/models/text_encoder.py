@@ -209,7 +209,7 @@ def describe_pretrained_text_encoder(
 ) -> PretrainedTextEncoder:
   """The encoder of a folder from its config.json alone: `params` are
   `jax.ShapeDtypeStruct`s and there is no tokenizer. For compiling a step
-  ahead of time (train/aot.py) without the weights."""
+  ahead of time (train/aot_lower.py) without the weights."""
   name_or_path = hub.model_folder(name_or_path, "text_encoder.name")
   config, cls, width, default_len, model_type = _model_class(name_or_path)
   model = cls(config, dtype=jnp.dtype(dtype), _do_init=False)

@@ -1,8 +1,14 @@
-"""Orbax checkpoints of the whole train state, and partial loading.
+"""Orbax checkpoints of the whole train state, saved and resumed by a run.
 
 A checkpoint is the train state pytree (step, params, EMA params, optimizer
 state, rng, counters). The input pipeline is a pure function of the step, so
 the step alone restores the input position.
+
+This module owns the `Checkpointer` a run saves and resumes with, and the
+one-line errors of a failed write. Finding and reading checkpoints without
+a run (the newest complete step, arrays whatever the model) is in
+checkpoint_files.py; comparing and merging state trees by path (partial
+loading) in checkpoint_trees.py.
 """
 
 from __future__ import annotations
@@ -19,32 +25,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from txt2img_jax.train import checkpoint_files, checkpoint_trees
 from txt2img_jax.utils.errors import UserError
 
-# What orbax writes last when it commits a step (after every array and the
-# tree's _METADATA): a step dir without these is an interrupted save.
-_COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
 BROKEN_DIR = "checkpoints_broken"
-
-
-def local_workdir(workdir: str) -> str:
-  """The absolute path of a workdir on a file system this host mounts.
-
-  The run's files (metrics, config, samples, and the checks of which
-  checkpoints are complete) go through os and open(), which take no URLs: a
-  gs:// workdir would silently become a local folder named 'gs:'.
-  """
-  if "://" in workdir:
-    raise ValueError(
-        f"--workdir={workdir}: the workdir must be a mounted path, not a URL; "
-        "mount the bucket on every host (gcsfuse, see launch/README.md) and "
-        "pass the mount path, e.g. /gcs/<bucket>/<run>"
-    )
-  return os.path.abspath(os.path.expanduser(workdir))
-
-
-class NoCheckpointError(FileNotFoundError):
-  """No readable checkpoint where one was expected."""
 
 
 class CheckpointWriteError(UserError):
@@ -88,31 +72,6 @@ def _write_failure(e: BaseException) -> str | None:
   return None
 
 
-def is_complete(step_dir: str) -> bool:
-  """A committed step: orbax's commit files present and not empty.
-
-  Cheap (no array is read): a truncated array file passes, and is caught
-  when the restore fails.
-  """
-  return all(
-      os.path.isfile(p) and os.path.getsize(p) > 0
-      for p in (os.path.join(step_dir, f) for f in _COMMIT_FILES)
-  )
-
-
-def step_dirs(directory: str) -> tuple[list[int], list[int]]:
-  """(complete steps, incomplete steps) of a checkpoints dir, ascending."""
-  if not os.path.isdir(directory):
-    return [], []
-  steps = sorted(
-      int(d)
-      for d in os.listdir(directory)
-      if d.isdigit() and os.path.isdir(os.path.join(directory, d))
-  )
-  good = [s for s in steps if is_complete(os.path.join(directory, str(s)))]
-  return good, [s for s in steps if s not in good]
-
-
 class Checkpointer:
   """Async, keep-N checkpoints under `<workdir>/checkpoints`.
 
@@ -132,7 +91,7 @@ class Checkpointer:
         create=True,
         enable_async_checkpointing=async_save,
     )
-    _, incomplete = step_dirs(self.directory)
+    _, incomplete = checkpoint_files.step_dirs(self.directory)
     for step in incomplete:
       self._set_aside(
           step,
@@ -226,7 +185,7 @@ class Checkpointer:
       reason = _write_failure(e)
       if reason is None:
         raise
-      good, _ = step_dirs(self.directory)
+      good, _ = checkpoint_files.step_dirs(self.directory)
       pending = [s for s in (self._saved, step) if s is not None]
       failed = next((s for s in pending if s not in good), step)
       intact = (
@@ -255,9 +214,11 @@ class Checkpointer:
       try:
         state = self._restore(abstract_state, latest)
       except Exception as e:  # Orbax and tensorstore raise many kinds.
-        errors.append(f"step {latest}: {_short(e)}")
+        errors.append(f"step {latest}: {checkpoint_files.short_error(e)}")
         self._manager.close()
-        self._set_aside(latest, f"unreadable ({_short(e)})")
+        self._set_aside(
+            latest, f"unreadable ({checkpoint_files.short_error(e)})"
+        )
         self._manager = ocp.CheckpointManager(
             self.directory, options=self._options
         )
@@ -268,7 +229,7 @@ class Checkpointer:
             latest,
         )
       return state
-    raise NoCheckpointError(
+    raise checkpoint_files.NoCheckpointError(
         f"no checkpoint in {self.directory} restores ({'; '.join(errors)}); "
         f"the broken ones are in {os.path.join(self.workdir, BROKEN_DIR)}. "
         "Use a new --workdir to start afresh"
@@ -281,12 +242,14 @@ class Checkpointer:
       meta = ocp.StandardCheckpointer().metadata(
           os.path.join(self.directory, str(step), "default")
       )
-      saved = _shapes_by_path(getattr(meta, "item_metadata", meta))
+      saved = checkpoint_trees.shapes_by_path(
+          getattr(meta, "item_metadata", meta)
+      )
     except Exception:  # Unreadable metadata: restore fails and falls back.
       return
     if not saved:
       return
-    detail = structure_difference(abstract_state, saved)
+    detail = checkpoint_trees.structure_difference(abstract_state, saved)
     if detail is None:
       return
     raise ValueError(
@@ -309,195 +272,3 @@ class Checkpointer:
     with self._write_errors(None):
       self._manager.wait_until_finished()
     self._manager.close()
-
-
-def structure_difference(want: Any, saved: Any) -> str | None:
-  """None when two trees (arrays, abstract arrays, orbax metadata or
-  `_shapes_by_path` dicts) hold the same paths and shapes, else what
-  differs, in a few words."""
-  want = want if _is_shape_dict(want) else _shapes_by_path(want)
-  saved = saved if _is_shape_dict(saved) else _shapes_by_path(saved)
-  if saved == want:
-    return None
-  missing = sorted(set(want) - set(saved))
-  extra = sorted(set(saved) - set(want))
-  reshaped = sorted(k for k in set(want) & set(saved) if want[k] != saved[k])
-  detail = "; ".join(
-      f"{name}: {', '.join(keys[:3])}"
-      + (f" (+{len(keys) - 3})" if len(keys) > 3 else "")
-      for name, keys in (
-          ("not in the checkpoint", missing),
-          ("only in the checkpoint", extra),
-          ("other shape", reshaped),
-      )
-      if keys
-  )
-  if any(k.endswith("rng") for k in reshaped):
-    detail += " - the random key's shape: another prng_impl"
-  return detail
-
-
-def _is_shape_dict(tree: Any) -> bool:
-  return isinstance(tree, dict) and all(
-      isinstance(v, tuple) for v in tree.values()
-  )
-
-
-def _shapes_by_path(tree: Any) -> dict[str, tuple]:
-  """{'params/flow/...': shape} for a state, its abstract form or orbax's
-  metadata of it (dataclass fields and dict keys named alike)."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [
-        str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-        for k in path
-    ]
-    out["/".join(names)] = tuple(getattr(leaf, "shape", ()) or ())
-  return out
-
-
-def _short(e: BaseException, n: int = 200) -> str:
-  """Orbax errors can be 100 KB long (a whole tree); a log line needs the
-  gist."""
-  text = " ".join(str(e).split()) or type(e).__name__
-  return text if len(text) <= n else text[:n] + "..."
-
-
-def _candidates(path: str) -> tuple[str, list[int]]:
-  """(checkpoints dir, its complete steps, newest first) for `path`."""
-  path = os.path.abspath(path)
-  for directory in (os.path.join(path, "checkpoints"), path):
-    good, bad = step_dirs(directory)
-    if good or bad:
-      newer_bad = [s for s in bad if not good or s > good[-1]]
-      if newer_bad:
-        logging.warning(
-            "%s: skipping step dir(s) %s, not complete "
-            "checkpoints (empty, or a save that was cut off)",
-            directory,
-            newer_bad,
-        )
-      if good:
-        return directory, good[::-1]
-      raise NoCheckpointError(
-          f"no complete checkpoint in {directory}: step dir(s) {bad} are "
-          "empty or were cut off in mid-save"
-      )
-  parent, leaf = os.path.split(path)
-  if leaf.isdigit() and os.path.isdir(path):
-    if is_complete(path):
-      return parent, [int(leaf)]
-    raise NoCheckpointError(
-        f"{path} is not a complete checkpoint (empty, or its save was cut "
-        "off); pass the workdir to use its newest complete one"
-    )
-  raise NoCheckpointError(
-      f"no checkpoint found at {path!r}: expected a workdir with "
-      "checkpoints/<step>/, a checkpoints dir, or a step dir"
-  )
-
-
-def resolve_checkpoint(path: str) -> tuple[str, int]:
-  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step).
-
-  The newest complete step; empty or half-saved step dirs are skipped.
-  """
-  directory, steps = _candidates(path)
-  return directory, steps[0]
-
-
-def load_raw(path: str) -> tuple[dict, int]:
-  """The saved state as nested dicts of host arrays, whatever its model.
-
-  Falls back to an older complete step, with a warning, when the newest
-  does not restore (a truncated array file).
-  """
-  directory, steps = _candidates(path)
-  errors = []
-  for step in steps:
-    try:
-      raw = _restore_to_host(os.path.join(directory, str(step), "default"))
-    except Exception as e:  # Orbax and tensorstore raise many kinds.
-      errors.append(f"step {step}: {_short(e)}")
-      logging.warning(
-          "%s: checkpoint step %d does not restore (%s); trying "
-          "an older one",
-          directory,
-          step,
-          _short(e),
-      )
-      continue
-    return raw, step
-  raise NoCheckpointError(
-      f"no checkpoint in {directory} restores: {'; '.join(errors)}"
-  )
-
-
-def _restore_to_host(path: str) -> Any:
-  """Every array as numpy: a checkpoint saved on other devices or hosts
-  (orbax would otherwise restore onto the saved topology, and refuse)."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(path)
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=args)
-
-
-def _flatten(tree: Any) -> dict[str, Any]:
-  flat = {}
-  for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    flat[_path_name(keypath)] = leaf
-  return flat
-
-
-def _path_name(keypath) -> str:
-  """'a/b/0' for the path of a leaf in nested dicts, dataclasses, lists."""
-  return jax.tree_util.keystr(keypath, simple=True, separator="/")
-
-
-def merge_matching(target: Any, source: Any) -> tuple[Any, dict[str, list]]:
-  """Takes every leaf of `source` whose path and shape match one in `target`.
-
-  Returns the merged tree (target's structure) and a table with the paths
-  that were loaded, newly initialised (only in target or shape differs) and
-  dropped (only in source).
-  """
-  src = _flatten(source)
-  loaded, new = [], []
-
-  def pick(keypath, leaf):
-    name = _path_name(keypath)
-    other = src.get(name)
-    if other is not None and np.shape(other) == np.shape(leaf):
-      loaded.append(name)
-      return np.asarray(other, dtype=np.asarray(leaf).dtype)
-    new.append(
-        name
-        if other is None
-        else f"{name} (shape {np.shape(other)} -> {np.shape(leaf)})"
-    )
-    return leaf
-
-  merged = jax.tree_util.tree_map_with_path(pick, target)
-  target_names = set(_flatten(target))
-  dropped = sorted(n for n in src if n not in target_names)
-  return merged, {"loaded": loaded, "new": new, "dropped": dropped}
-
-
-def format_merge_table(table: dict[str, list], max_rows: int = 40) -> str:
-  lines = [
-      f"loaded {len(table['loaded'])}, new {len(table['new'])}, "
-      f"dropped {len(table['dropped'])} parameters"
-  ]
-  for kind in ("new", "dropped"):
-    for name in table[kind][:max_rows]:
-      lines.append(f"  {kind:8s} {name}")
-    if len(table[kind]) > max_rows:
-      lines.append(f"  ... {len(table[kind]) - max_rows} more {kind}")
-  return "\n".join(lines)
-
-
-def log_merge_table(table: dict[str, list]) -> None:
-  for line in format_merge_table(table).splitlines():
-    logging.info("%s", line)

@@ -22,6 +22,7 @@ from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
 from txt2img_jax.train import assets
 from txt2img_jax.train import changes
+from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
 from txt2img_jax.evaluation import registry as evaluators
 from txt2img_jax.utils import hostmem
@@ -48,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latent_shape = validate.validate_config(config)
   if warning := optim.unfinished_schedule(config):
     logging.warning("optim.schedule: %s", warning)
-  workdir = checkpointing.local_workdir(workdir)
+  workdir = checkpoint_files.local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   # One writer per run: a second process on this workdir stops here, before
@@ -62,7 +63,7 @@ def _train(config, workdir: str, latent_shape) -> dict:
   # A resume that changes what the run is stops here, before any write.
   previous = (
       assets.load_config(workdir)
-      if checkpointing.step_dirs(os.path.join(workdir, "checkpoints"))[0]
+      if checkpoint_files.step_dirs(os.path.join(workdir, "checkpoints"))[0]
       and os.path.exists(os.path.join(workdir, assets.CONFIG_FILE))
       else None
   )

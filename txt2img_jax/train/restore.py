@@ -12,7 +12,8 @@ import numpy as np
 
 from txt2img_jax.models import dit as dit_lib
 from txt2img_jax.train import assets
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
+from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import optim
 from txt2img_jax.train.state import TrainState
 
@@ -27,13 +28,13 @@ def init_from_other_run(
   step). Parameters whose path or shape differ (a swapped head) are freshly
   initialised; the table of what was loaded is logged.
   """
-  raw, old_step = checkpointing.load_raw(config.init_from)
+  raw, old_step = checkpoint_files.load_raw(config.init_from)
   raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
   host = jax.device_get(state)
-  params, table = checkpointing.merge_matching(host.params, raw["params"])
-  ema, _ = checkpointing.merge_matching(host.ema_params, raw["ema_params"])
+  params, table = checkpoint_trees.merge_matching(host.params, raw["params"])
+  ema, _ = checkpoint_trees.merge_matching(host.ema_params, raw["ema_params"])
   logging.info("init_from %s (step %d):", config.init_from, old_step)
-  checkpointing.log_merge_table(table)
+  checkpoint_trees.log_merge_table(table)
 
   old_config = assets.load_config(_run_dir(config.init_from))
   _, old_schedules = optim.make_optimizer(old_config, host.params)
@@ -58,7 +59,7 @@ def init_from_other_run(
 
   opt_state = tx.init(params)
   if config.restart.keep_opt_state:
-    opt_state, opt_table = checkpointing.merge_matching(
+    opt_state, opt_table = checkpoint_trees.merge_matching(
         opt_state, raw["opt_state"]
     )
     logging.info(
@@ -87,5 +88,5 @@ def dit_layout(config):
 
 def _run_dir(path: str) -> str:
   """The workdir above a checkpoints dir or step dir."""
-  directory, _ = checkpointing.resolve_checkpoint(path)
+  directory, _ = checkpoint_files.resolve_checkpoint(path)
   return os.path.dirname(directory)

@@ -19,7 +19,8 @@ from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
 from txt2img_jax.utils import hub
 from txt2img_jax.train import assets
-from txt2img_jax.train import checkpointing
+from txt2img_jax.train import checkpoint_files
+from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import restore
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
@@ -172,7 +173,7 @@ def load_run(
   config = assets.load_config(workdir)
   with contextlib.nullcontext() if allow_download else hub.local_files_only():
     parts = build_parts(config, workdir)
-  raw, step = checkpointing.load_raw(workdir)
+  raw, step = checkpoint_files.load_raw(workdir)
   raw = restore.dit_layout(config)(raw)
   want = jax.eval_shape(
       lambda: nn.unbox(
@@ -185,7 +186,7 @@ def load_run(
           )
       )
   )
-  detail = checkpointing.structure_difference(want, raw["ema_params"])
+  detail = checkpoint_trees.structure_difference(want, raw["ema_params"])
   if detail is not None:
     raise ValueError(
         f"{workdir}: checkpoint step {step} holds another model than the "

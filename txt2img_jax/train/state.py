@@ -49,7 +49,8 @@ def init_keys(config) -> tuple[jax.Array, jax.Array]:
 def train_state_spec(config, model, latent_shape, text_width, mesh, rules):
   """(tx, schedules, init_state, init_rng, abstract_state, state_shardings):
   everything about the state but its arrays. `init_state(init_rng)` makes
-  them; ahead-of-time compilation (train/aot.py) uses the shapes alone."""
+  them; ahead-of-time compilation (train/aot_lower.py) uses the shapes
+  alone."""
   init_rng, state_rng = init_keys(config)
   boxed = jax.eval_shape(
       functools.partial(
