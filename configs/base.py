@@ -240,7 +240,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # does not grow with depth (on at scale: perf_b2.py), but
   # the default step ran ~20% slower on CPU with it. Params
   # then live stacked under flow/blocks (a 'layers' axis);
-  # models/dit.py converts block_<i> trees both ways.
+  # models/dit_params.py converts block_<i> trees both ways.
   c.flow.remat = "none"  # Recompute blocks in the backward pass to save memory:
   # none | full | dots | dots_no_batch (keep matmul outputs).
 

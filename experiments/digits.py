@@ -29,10 +29,14 @@ val/blockiness, val/hf), so a mosaic that grows while the loss falls shows:
               reduced to 8x8 by area averaging, as the classifier's inputs
               were; its own accuracy on held-out real digits is printed);
   blockiness  the mosaic measure against the run's real training images
-  hf          (txt2img_jax/blockiness.py), ~1 for images as smooth as the
+  hf          (txt2img_jax/evaluation/blockiness.py), ~1 for images as smooth as the
               data;
 once with z_text = the head's mean (the run's sampler) and once drawn from
 the posterior. It saves a grid, one row per digit. Needs scikit-learn.
+
+The folder and the classifier are digits_data.py's, the score
+digits_score.py's; this module holds the study (its rows, table and curves)
+and the command.
 """
 
 from __future__ import annotations
@@ -42,155 +46,9 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
-WORDS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-)
-TEMPLATES = (
-    "a handwritten digit {w}",
-    "digit {d}",
-    "the number {w} written by hand",
-    "a {w}",
-    "handwritten {d}",
-    "the digit {w}",
-)
-
-
-def captions(d: int) -> list[str]:
-  return [t.format(w=WORDS[d], d=d) for t in TEMPLATES]
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-  """(N, 8, 8) ink in [0, 1] and (N,) labels."""
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-
-  d = datasets.load_digits()
-  return d.images.astype(np.float64) / 16.0, d.target.astype(np.int64)
-
-
-def to_pixels(ink: np.ndarray, size: int) -> np.ndarray:
-  """8x8 ink -> (size, size, 3) uint8, dark ink on white, bicubic."""
-  grey = Image.fromarray(((1.0 - ink) * 255).round().astype(np.uint8))
-  grey = grey.resize((size, size), Image.Resampling.BICUBIC)
-  return np.repeat(np.asarray(grey)[..., None], 3, axis=-1)
-
-
-def write(out_dir: str, size: int = 32) -> int:
-  ink, labels = load_digits()
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "metadata.jsonl"), "w") as f:
-    for i, (x, y) in enumerate(zip(ink, labels)):
-      name = f"{y}/{i:04d}.png"
-      os.makedirs(os.path.join(out_dir, str(y)), exist_ok=True)
-      Image.fromarray(to_pixels(x, size)).save(os.path.join(out_dir, name))
-      f.write(json.dumps({"file_name": name, "text": captions(int(y))}) + "\n")
-  return len(labels)
-
-
-def to_ink8(images: np.ndarray) -> np.ndarray:
-  """(N, S, S, 3) in [0, 1] -> (N, 64) ink by area averaging to 8x8."""
-  x = 1.0 - np.asarray(images, np.float64).mean(-1)
-  n, s = x.shape[:2]
-  k = s // 8
-  return (
-      x[:, : k * 8, : k * 8].reshape(n, 8, k, 8, k).mean((2, 4)).reshape(n, 64)
-  )
-
-
-class Classifier:
-  """k nearest neighbours on 8x8 ink, trained on real digits that went
-  through the same upscale-and-reduce path as the samples."""
-
-  def __init__(self, image_size: int, k: int = 3, seed: int = 0):
-    ink, labels = load_digits()
-    feats = to_ink8(np.stack([to_pixels(x, image_size) for x in ink]) / 255.0)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    cut = int(0.8 * len(labels))
-    self.k = k
-    self.x, self.y = feats[order[:cut]], labels[order[:cut]]
-    test = order[cut:]
-    self.heldout_acc = float(
-        (self.predict_ink(feats[test]) == labels[test]).mean()
-    )
-
-  def predict_ink(self, feats: np.ndarray) -> np.ndarray:
-    d = ((feats[:, None, :] - self.x[None]) ** 2).sum(-1)
-    nearest = np.argsort(d, axis=1)[:, : self.k]
-    votes = self.y[nearest]
-    return np.array([np.bincount(v, minlength=10).argmax() for v in votes])
-
-  def predict(self, images: np.ndarray) -> np.ndarray:
-    return self.predict_ink(to_ink8(images))
-
-
-def score(workdir: str, seed: int = 0, real_num: int = 512) -> dict:
-  """Scores a trained run (cached as digits_score.json for its step)."""
-  from txt2img_jax.train import run as run_lib
-  from txt2img_jax.train import checkpoint_files
-  from txt2img_jax.evaluation import prompts as evaluate_prompts
-  from txt2img_jax.data import tokenizer as tokenizer_lib
-
-  path = os.path.join(workdir, "digits_score.json")
-  _, step = checkpoint_files.resolve_checkpoint(workdir)
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if cached.get("step") == step:
-      return cached
-  run = run_lib.load_run(workdir)
-  c = run.config
-  ref = evaluate_prompts.mosaic_reference(
-      c,
-      run.builder,
-      run.parts.latent_shape[0],
-      run.text.tokenizer,
-      num=real_num,
-  )
-  clf = Classifier(c.data.image_size)
-  prompts = [p for d in range(10) for p in captions(d)]
-  labels = np.repeat(np.arange(10), len(TEMPLATES))
-  out = {
-      "step": step,
-      "classifier_heldout_acc": clf.heldout_acc,
-      "period": ref.period,
-      "num": len(prompts),
-  }
-  rows = []
-  for name, use_mean in (("mean", True), ("draw", False)):
-    ids, mask = tokenizer_lib.tokenize(
-        run.text.tokenizer, prompts, c.data.max_len
-    )
-    images = run.images(ids, mask, seed=seed, use_mean=use_mean)
-    images = np.clip(images, 0.0, 1.0)
-    out[f"{name}/digit_acc"] = float((clf.predict(images) == labels).mean())
-    out.update({f"{name}/{k}": v for k, v in ref.score(images).items()})
-    rows.append(images)
-  # The grid: per digit, its captions' samples from mu, then drawn.
-  n = len(TEMPLATES)
-  per_digit = [
-      np.concatenate([r[d * n : (d + 1) * n] for r in rows]) for d in range(10)
-  ]
-  grid = _grid(np.stack(per_digit))
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  grid_path = os.path.join(workdir, "samples", "digits.png")
-  Image.fromarray(grid).resize(
-      (grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST
-  ).save(grid_path)
-  out["grid"] = grid_path
-  with open(path, "w") as f:
-    json.dump(out, f, indent=1)
-  return out
-
+from experiments import digits_data
+from experiments import digits_score
 
 # restart.py's time curriculum as folder.py had it before it drew t ~ U[0, 1].
 _CURRICULUM = {
@@ -229,7 +87,11 @@ ROWS = (
         "overlap head, t ~ U[0, 1], the DiT predicting the velocity",
         {"flow.predict": "velocity"},
     ),
-    ("folder", "folder.py: overlap head, t ~ U[0, 1], predicting the image", {}),
+    (
+        "folder",
+        "folder.py: overlap head, t ~ U[0, 1], predicting the image",
+        {},
+    ),
     # The noise-path control (configs/noise_control.py's changes) on folder.py.
     (
         "noise",
@@ -279,7 +141,7 @@ def run_numbers(workdir: str) -> dict[str, float]:
   from txt2img_jax.utils import runfiles  # pylint: disable=g-import-not-at-top
   from experiments import common
 
-  out = dict(score(workdir))
+  out = dict(digits_score.score(workdir))
   rows = runfiles.read_metrics(workdir)
   evals = [r for r in rows if "val/blockiness" in r]
   if evals:
@@ -354,17 +216,6 @@ def curves_text(workdirs: list[str]) -> str:
   return "\n".join(lines)
 
 
-def _grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
-  """(rows, cols, S, S, 3) in [0, 1] -> uint8 image with grey gutters."""
-  r, c, s = images.shape[:3]
-  out = np.full((r * (s + pad) + pad, c * (s + pad) + pad, 3), 128, np.uint8)
-  for i in range(r):
-    for j in range(c):
-      y, x = pad + i * (s + pad), pad + j * (s + pad)
-      out[y : y + s, x : x + s] = (np.clip(images[i, j], 0, 1) * 255).round()
-  return out
-
-
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
 
@@ -415,12 +266,12 @@ def main(argv):
   if argv[1] == "write":
     if not f.dir:
       raise ValueError("write needs --dir=DIR")
-    n = write(f.dir, f.size)
+    n = digits_data.write(f.dir, f.size)
     print(f"wrote {n} digits and metadata.jsonl to {f.dir}")
     return
   if not f.workdir:
     raise ValueError("score needs --workdir=W")
-  s = score(f.workdir, seed=f.seed)
+  s = digits_score.score(f.workdir, seed=f.seed)
   print(json.dumps(s, indent=1))
   if f.json:
     with open(f.json, "w") as fh:

@@ -7,18 +7,18 @@ import pytest
 
 from txt2img_jax.evaluation import blockiness
 from txt2img_jax.data import shapes
-from experiments import digits
+from experiments import digits_data
 
 
 @pytest.fixture(scope="module")
 def digit_images():
-  ink, _ = digits.load_digits()
+  ink, _ = digits_data.load_digits()
   order = np.random.default_rng(0).permutation(len(ink))[:600]
   from PIL import Image
 
   up = [
       np.asarray(
-          Image.fromarray(digits.to_pixels(x, 32)).resize(
+          Image.fromarray(digits_data.to_pixels(x, 32)).resize(
               (64, 64), Image.Resampling.BICUBIC
           )
       )

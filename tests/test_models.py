@@ -14,6 +14,7 @@ import pytest
 
 from txt2img_jax.models import autoencoder as ae
 from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.models import dit_params
 from txt2img_jax.models import image_encoder
 from txt2img_jax.models import text_encoder
 from txt2img_jax.models import text_head
@@ -320,7 +321,7 @@ def test_scanned_dit_equals_unrolled_with_converted_params(remat):
   params = jax.tree.map(
       lambda p: p + 0.1 * noise.standard_normal(p.shape, np.float32), params
   )
-  stacked = dit_lib.stack_block_params(params)
+  stacked = dit_params.stack_block_params(params)
   assert "blocks" in stacked and "block_0" not in stacked
   scanned = _tiny_dit(scan=True, remat=remat)
 
@@ -333,7 +334,7 @@ def test_scanned_dit_equals_unrolled_with_converted_params(remat):
   np.testing.assert_allclose(v_scanned, v_unrolled, rtol=1e-5, atol=1e-5)
   # The gradients agree too, once brought to the same layout.
   g_unrolled = jax.grad(functools.partial(loss, unrolled))(params)
-  g_scanned = dit_lib.unstack_block_params(
+  g_scanned = dit_params.unstack_block_params(
       jax.grad(functools.partial(loss, scanned))(stacked)
   )
   jax.tree.map(
@@ -358,7 +359,7 @@ def test_stack_block_params_round_trip_on_a_state_tree():
       "params": {"flow": params, "text_encoder": text},
       "opt_state": [{"mu": {"flow": params}}, ()],
   }
-  stacked = dit_lib.stack_block_params(state)
+  stacked = dit_params.stack_block_params(state)
   assert jax.tree.structure(
       stacked["params"]["text_encoder"]
   ) == jax.tree.structure(text)
@@ -372,9 +373,9 @@ def test_stack_block_params_round_trip_on_a_state_tree():
   )
   # Idempotent, and the reverse restores the original leaves exactly.
   assert jax.tree.structure(
-      dit_lib.stack_block_params(stacked)
+      dit_params.stack_block_params(stacked)
   ) == jax.tree.structure(stacked)
-  back = dit_lib.unstack_block_params(stacked)
+  back = dit_params.unstack_block_params(stacked)
   assert jax.tree.structure(back) == jax.tree.structure(state)
   jax.tree.map(np.testing.assert_array_equal, back, state)
   # The stacked tree is exactly what a scanned DiT initialises.
@@ -391,7 +392,7 @@ def test_stack_block_params_rejects_gaps():
   params = nn.unbox(_tiny_dit(scan=False).init(_key(0), x, t, ind))["params"]
   del params["block_0"]
   with pytest.raises(ValueError, match="not 0..0"):
-    dit_lib.stack_block_params(params)
+    dit_params.stack_block_params(params)
 
 
 def test_dit_rejects_unknown_remat():

@@ -20,6 +20,7 @@ from txt2img_jax.train import loop as train
 from experiments import common
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.models import dit_params
 import test_train
 
 VOCAB = 20
@@ -230,7 +231,7 @@ def test_scanned_text_conditioned_dit_matches_the_unrolled_one():
       nn.unbox(unrolled.init(jax.random.PRNGKey(2), *args)["params"])
   )
   scanned = dit_lib.DiT(scan=True, **kw)
-  stacked = dit_lib.stack_block_params(params)
+  stacked = dit_params.stack_block_params(params)
   np.testing.assert_allclose(
       unrolled.apply({"params": params}, *args),
       scanned.apply({"params": stacked}, *args),

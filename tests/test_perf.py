@@ -207,9 +207,9 @@ def test_op_profile_finds_the_matmul():
 def test_torch_twin_of_the_dit_has_the_same_parameters():
   torch = pytest.importorskip("torch")
   from txt2img_jax.models import latents
-  from experiments import torch_compare
+  from experiments import flow_steps
 
-  c = torch_compare.size_config("default")
+  c = flow_steps.size_config("default")
   c.flow.update(width=64, depth=2, num_heads=2)
   shape = latents.latent_shape(c)
   f = c.flow
@@ -224,7 +224,7 @@ def test_torch_twin_of_the_dit_has_the_same_parameters():
           b.astype(jnp.int32),
       )
   )
-  twin = torch_compare.torch_dit(torch, c, shape)
+  twin = flow_steps.torch_dit(torch, c, shape)
   # Tensor by tensor (sizes; a torch Linear stores its kernel transposed).
   assert sorted(math.prod(p.shape) for p in jax.tree.leaves(params)) == sorted(
       p.numel() for p in twin.parameters()

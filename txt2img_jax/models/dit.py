@@ -2,18 +2,15 @@
 
 With scan=True the blocks run under `nn.scan`: one block is traced and compiled whatever the
 depth, so the DiT's share of compile time stays flat at DiT-XL scale. Their parameters are then
-stacked on a leading 'layers' axis under `blocks/`; `stack_block_params` /
-`unstack_block_params` convert parameter trees (or whole train states) between that layout and
-the unrolled `block_0 .. block_N` one.
+stacked on a leading 'layers' axis under `blocks/`; `models/dit_params.py` converts parameter
+trees (or whole train states) between that layout and the unrolled `block_0 .. block_N` one.
 """
 
-import re
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from txt2img_jax.models import layers
 
@@ -336,77 +333,3 @@ class DiT(nn.Module):
         self.num_heads, self.mlp_ratio, scanned=True, name="blocks", **kw
     )(tokens, cond, context, context_mask)
     return tokens
-
-
-# ---------------------------------------------------------------------------------------------
-# Converting parameter trees between the unrolled and the scanned layout.
-# ---------------------------------------------------------------------------------------------
-
-_BLOCK = re.compile(r"block_(\d+)$")
-
-
-def _is_dit(tree) -> bool:
-  return isinstance(tree, dict) and "patch_embed" in tree and "final" in tree
-
-
-def _map_dits(fn, tree):
-  """Applies fn to every DiT parameter dict inside nested dicts/lists/tuples (a params tree,
-  an optimizer state that mirrors it, or a whole restored train state as nested dicts).
-  """
-  if _is_dit(tree):
-    return fn(tree)
-  if isinstance(tree, dict):
-    return {k: _map_dits(fn, v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
-    return type(tree)(_map_dits(fn, v) for v in tree)
-  if hasattr(tree, "_fields"):  # NamedTuple optimizer states.
-    return type(tree)(*(_map_dits(fn, v) for v in tree))
-  return tree
-
-
-def _stack_one(dit: dict) -> dict:
-  indices = sorted(
-      int(_BLOCK.match(k).group(1)) for k in dit if _BLOCK.match(k)
-  )
-  if not indices:
-    return dit
-  if "blocks" in dit:
-    raise ValueError(
-        "DiT params hold both block_<i> and blocks; cannot stack them"
-    )
-  if indices != list(range(len(indices))):
-    raise ValueError(
-        f"DiT block indices {indices} are not 0..{len(indices) - 1}"
-    )
-  out = {k: v for k, v in dit.items() if not _BLOCK.match(k)}
-  out["blocks"] = jax.tree.map(
-      lambda *xs: np.stack([np.asarray(x) for x in xs]),
-      *[dit[f"block_{i}"] for i in indices],
-  )
-  return out
-
-
-def _unstack_one(dit: dict) -> dict:
-  if "blocks" not in dit:
-    return dit
-  leaves = jax.tree.leaves(dit["blocks"])
-  depth = int(np.shape(leaves[0])[0]) if leaves else 0
-  out = {k: v for k, v in dit.items() if k != "blocks"}
-  for i in range(depth):
-    out[f"block_{i}"] = jax.tree.map(
-        lambda x, i=i: np.asarray(x)[i], dit["blocks"]
-    )
-  return out
-
-
-def stack_block_params(tree):
-  """Unrolled -> scanned layout: in every DiT param dict within `tree`, `block_0 .. block_N-1`
-  become one `blocks` subtree whose leaves are stacked on a new leading axis (N, ...). Pure:
-  returns a new tree (host numpy leaves for the stacked part); trees already scanned pass
-  through unchanged."""
-  return _map_dits(_stack_one, tree)
-
-
-def unstack_block_params(tree):
-  """Scanned -> unrolled layout: the inverse of `stack_block_params`."""
-  return _map_dits(_unstack_one, tree)

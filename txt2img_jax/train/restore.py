@@ -10,7 +10,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from txt2img_jax.models import dit as dit_lib
+from txt2img_jax.models import dit_params
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
@@ -80,9 +80,9 @@ def dit_layout(config):
   (stacked under flow.scan, else one subtree per block); both leave a tree
   already in that layout unchanged."""
   return (
-      dit_lib.stack_block_params
+      dit_params.stack_block_params
       if config.flow.scan
-      else dit_lib.unstack_block_params
+      else dit_params.unstack_block_params
   )
 
 
