@@ -365,9 +365,7 @@ def test_clip_score_matches_torch(encoders, tmp_path):
 def test_described_encoder_has_the_loaded_ones_shapes(kind, encoders):
   """What ahead-of-time compilation builds from config.json alone."""
   loaded = text_encoder.load_pretrained_text_encoder(encoders[kind])
-  described = text_encoder.describe_pretrained_text_encoder(
-      encoders[kind]
-  )
+  described = text_encoder.describe_pretrained_text_encoder(encoders[kind])
   shape = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
   assert shape(described.params) == shape(loaded.params)
   assert described.width == loaded.width
