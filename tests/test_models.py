@@ -344,6 +344,30 @@ def test_scanned_dit_equals_unrolled_with_converted_params(remat):
   )
 
 
+@pytest.mark.parametrize("out_head", ["linear", "overlap", "conv"])
+def test_stack_block_params_for_every_output_head(out_head):
+  # Each head names its last layer differently; the blocks convert alike.
+  x, t, ind = _dit_inputs()
+  unrolled = _tiny_dit(scan=False, out_head=out_head)
+  params = nn.unbox(jax.jit(unrolled.init)(_key(0), x, t, ind))["params"]
+  noise = np.random.default_rng(6)
+  params = jax.tree.map(
+      lambda p: p + 0.1 * noise.standard_normal(p.shape, np.float32), params
+  )
+  stacked = dit_params.stack_block_params(params)
+  assert "blocks" in stacked and "block_0" not in stacked
+  np.testing.assert_allclose(
+      _tiny_dit(scan=True, out_head=out_head).apply(
+          {"params": stacked}, x, t, ind
+      ),
+      unrolled.apply({"params": params}, x, t, ind),
+      rtol=1e-5,
+      atol=1e-5,
+  )
+  back = dit_params.unstack_block_params(stacked)
+  assert sorted(back) == sorted(params)
+
+
 def test_stack_block_params_round_trip_on_a_state_tree():
   """The converters find every DiT param dict in a restored state (params, EMA, optimizer
   moments as nested dicts) and leave the rest alone; both directions are exact inverses.

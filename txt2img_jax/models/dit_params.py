@@ -16,13 +16,19 @@ _BLOCK = re.compile(r"block_(\d+)$")
 
 
 def _is_dit(tree) -> bool:
-  return isinstance(tree, dict) and "patch_embed" in tree and "final" in tree
+  # Not the output layer's name: it differs by `out_head` ("final",
+  # "final_overlap", "final_conv"); the final modulation is always there.
+  return (
+      isinstance(tree, dict)
+      and "patch_embed" in tree
+      and "final_modulation" in tree
+  )
 
 
 def _map_dits(fn, tree):
-  """Applies fn to every DiT parameter dict inside nested dicts/lists/tuples (a params tree,
-  an optimizer state that mirrors it, or a whole restored train state as nested dicts).
-  """
+  """Applies fn to every DiT parameter dict inside nested dicts/lists/tuples
+  (a params tree, an optimizer state that mirrors it, or a whole restored
+  train state as nested dicts)."""
   if _is_dit(tree):
     return fn(tree)
   if isinstance(tree, dict):
@@ -70,10 +76,10 @@ def _unstack_one(dit: dict) -> dict:
 
 
 def stack_block_params(tree):
-  """Unrolled -> scanned layout: in every DiT param dict within `tree`, `block_0 .. block_N-1`
-  become one `blocks` subtree whose leaves are stacked on a new leading axis (N, ...). Pure:
-  returns a new tree (host numpy leaves for the stacked part); trees already scanned pass
-  through unchanged."""
+  """Unrolled -> scanned layout: in every DiT param dict within `tree`,
+  `block_0 .. block_N-1` become one `blocks` subtree whose leaves are stacked
+  on a new leading axis (N, ...). Pure: returns a new tree (host numpy leaves
+  for the stacked part); trees already scanned pass through unchanged."""
   return _map_dits(_stack_one, tree)
 
 
