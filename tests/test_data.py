@@ -167,6 +167,31 @@ def test_runs_started_together_prepare_once(tmp_path):
   assert logs.count("Prepared shapes data") == 1, logs[-3000:]
 
 
+def test_records_finished_by_another_process_after_the_first_look(
+    tmp_path, monkeypatch
+):
+  """The race of runs started together: this process makes its builder,
+  another finishes writing the records, then this one looks. It must read
+  the finished records, not a builder that saw none ("splits is empty")."""
+  real = tfds_shapes.CaptionedShapes.is_prepared
+  looks = []
+
+  def is_prepared(self):
+    if not looks:  # The other process finishes first.
+      config = tfds_shapes.make_config(**SIZES)
+      other = tfds_shapes.CaptionedShapes(
+          data_dir=str(tmp_path), config=config, file_format="array_record"
+      )
+      other.download_and_prepare(file_format="array_record")
+    looks.append(1)
+    return real(self)
+
+  monkeypatch.setattr(tfds_shapes.CaptionedShapes, "is_prepared", is_prepared)
+  builder = tfds_shapes.prepare(str(tmp_path), **SIZES)
+  assert set(builder.info.splits) == {"train", "test", "heldout"}
+  assert len(builder.as_data_source(split="test")) == SIZES["num_test"]
+
+
 def test_unwritable_data_dir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")

@@ -269,10 +269,8 @@ def prepare(
       seed, image_size, num_train, num_test, num_heldout, jitter_px
   )
   data_dir = os.fspath(data_dir)
-  builder = CaptionedShapes(
-      data_dir=data_dir, config=config, file_format=_FILE_FORMAT
-  )
-  if builder.is_prepared():
+  builder = _prepared_builder(data_dir, config)
+  if builder is not None:
     verify(builder)
     logging.info(
         "Shapes data %s already prepared at %s; reusing it.",
@@ -283,16 +281,17 @@ def prepare(
   _check_writable(data_dir)
   with _preparing(data_dir, config.name):
     # Another process may have prepared it while this one waited.
-    builder = CaptionedShapes(
-        data_dir=data_dir, config=config, file_format=_FILE_FORMAT
-    )
-    if builder.is_prepared():
+    builder = _prepared_builder(data_dir, config)
+    if builder is not None:
       verify(builder)
       logging.info(
-          "Shapes data %s was prepared by another process; " "reusing it.",
+          "Shapes data %s was prepared by another process; reusing it.",
           config.name,
       )
       return builder
+    builder = CaptionedShapes(
+        data_dir=data_dir, config=config, file_format=_FILE_FORMAT
+    )
     logging.info(
         "Preparing shapes data %s at %s ...", config.name, builder.data_dir
     )
@@ -306,6 +305,25 @@ def prepare(
         num_train,
         num_test,
         num_heldout,
+    )
+  return builder
+
+
+def _prepared_builder(data_dir: str, config) -> CaptionedShapes | None:
+  """The builder of complete records, or None if they are not there yet.
+
+  A builder reads what the records hold (their splits) when it is made: one
+  made while another process was still writing them holds no splits, even
+  once they are complete, so a builder is made again after the check.
+  """
+  builder = CaptionedShapes(
+      data_dir=data_dir, config=config, file_format=_FILE_FORMAT
+  )
+  if not builder.is_prepared():
+    return None
+  if not builder.info.splits:
+    builder = CaptionedShapes(
+        data_dir=data_dir, config=config, file_format=_FILE_FORMAT
     )
   return builder
 
