@@ -311,16 +311,21 @@ def test_scanned_blocks_stack_on_a_layers_axis():
   assert shapes["attn"]["query"]["kernel"].shape == (2, 16, 16)
 
 
+def _noisy_params(model, seed: int):
+  """Initial params plus noise: non-zero everywhere (the zero-init gates
+  would hide the blocks otherwise)."""
+  params = nn.unbox(jax.jit(model.init)(_key(0), *_dit_inputs()))["params"]
+  noise = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda p: p + 0.1 * noise.standard_normal(p.shape, np.float32), params
+  )
+
+
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scanned_dit_equals_unrolled_with_converted_params(remat):
   x, t, ind = _dit_inputs()
   unrolled = _tiny_dit(scan=False)
-  params = nn.unbox(jax.jit(unrolled.init)(_key(0), x, t, ind))["params"]
-  noise = np.random.default_rng(5)
-  # Non-zero everywhere (the zero-init gates would hide the blocks otherwise).
-  params = jax.tree.map(
-      lambda p: p + 0.1 * noise.standard_normal(p.shape, np.float32), params
-  )
+  params = _noisy_params(unrolled, 5)
   stacked = dit_params.stack_block_params(params)
   assert "blocks" in stacked and "block_0" not in stacked
   scanned = _tiny_dit(scan=True, remat=remat)
@@ -349,11 +354,7 @@ def test_stack_block_params_for_every_output_head(out_head):
   # Each head names its last layer differently; the blocks convert alike.
   x, t, ind = _dit_inputs()
   unrolled = _tiny_dit(scan=False, out_head=out_head)
-  params = nn.unbox(jax.jit(unrolled.init)(_key(0), x, t, ind))["params"]
-  noise = np.random.default_rng(6)
-  params = jax.tree.map(
-      lambda p: p + 0.1 * noise.standard_normal(p.shape, np.float32), params
-  )
+  params = _noisy_params(unrolled, 6)
   stacked = dit_params.stack_block_params(params)
   assert "blocks" in stacked and "block_0" not in stacked
   np.testing.assert_allclose(
