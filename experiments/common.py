@@ -12,6 +12,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from txt2img_jax.train import assets
+from txt2img_jax.train import changes
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.evaluation import benchmark
 from txt2img_jax.train import checkpoint_files
@@ -37,6 +39,7 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
   try:
     _, step = checkpoint_files.resolve_checkpoint(workdir)
     if step >= config.total_steps:
+      check_same_run(config, workdir)
       return
   except FileNotFoundError:
     pass
@@ -49,6 +52,25 @@ def train_once(config, workdir: str, fresh: bool = False) -> None:
         result["stopped_by"],
     )
     raise SystemExit(0)
+
+
+def check_same_run(config, workdir: str) -> None:
+  """A finished run is reused only for the config it was trained with: a
+  run of another recipe under the same name (a default that changed since)
+  would be scored as this one. A resumed run is checked by the trainer."""
+  old = assets.load_config(workdir).to_dict()
+  new = config.to_dict()
+  differ = {
+      k: v
+      for k, v in changes.differences(old, new).items()
+      if changes.is_identity(k)
+  }
+  if differ:
+    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+    raise ValueError(
+        f"{workdir} holds a finished run of another config ({listed}); "
+        "use another --workroot, or delete it to train this one"
+    )
 
 
 def score(workdir: str, num: int) -> dict[str, float]:

@@ -158,3 +158,29 @@ def test_a_number_of_steps_is_a_variant_of_the_recipe():
     common.recipe("restart", "0")
   with pytest.raises(ValueError, match="unknown config variant '4x'"):
     common.recipe("restart", "4x")
+
+
+def test_a_finished_run_is_reused_only_for_its_own_config(
+    monkeypatch, tmp_path
+):
+  # A default that changed since (restart.py now predicts the image) must
+  # not reuse a finished run of the recipe before it under the same name.
+  import json
+
+  workdir = tmp_path / "restart.py_s0"
+  workdir.mkdir()
+  old = common.recipe("restart", "tiny,velocity")
+  (workdir / "config.json").write_text(json.dumps(old.to_dict()))
+  monkeypatch.setattr(
+      common.checkpoint_files,
+      "resolve_checkpoint",
+      lambda w: (str(workdir / "checkpoints" / "6"), old.total_steps),
+  )
+  trained = []
+  monkeypatch.setattr(
+      common.train, "train_and_evaluate", lambda c, w: trained.append(w)
+  )
+  common.train_once(common.recipe("restart", "tiny,velocity"), str(workdir))
+  with pytest.raises(ValueError, match="flow.predict 'velocity' -> 'image'"):
+    common.train_once(common.recipe("restart", "tiny"), str(workdir))
+  assert not trained
