@@ -417,10 +417,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       ["layers", None],  # The stacked axis of scanned blocks: never split.
   ]
 
-  if variant == "tiny":
+  # Variants, comma-separated: "tiny" (CI-sized); "velocity" changes
+  # nothing here (the flow already predicts the velocity) and is accepted so
+  # a script's --config_variant=velocity applies to every recipe it trains.
+  parts = [v for v in variant.split(",") if v]
+  unknown = set(parts) - {"tiny", "velocity"}
+  if unknown:
+    raise ValueError(
+        f"unknown config variant {sorted(unknown)[0]!r}; known: 'tiny', "
+        "'velocity'"
+    )
+  if "tiny" in parts:
     shrink(c)
-  elif variant:
-    raise ValueError(f"unknown config variant {variant!r}; known: 'tiny'")
   return c
 
 

@@ -13,13 +13,15 @@ The recipe is restart.py's at 64 px in pixel space (space-to-depth by 4:
 a 16x16x48 latent, 64 tokens of 8x8 pixels, so a step costs what the shapes
 run's does), with the embedded word-level text encoder trained with the
 rest, and three changes that real images need (docs/own_images.md, "Real
-images"; on handwritten digits restart.py's own choices drew a mosaic of
-8-pixel blocks, val/blockiness 22x the data's at step 500):
-- flow.predict = "image": the DiT outputs the image latent and the velocity
-  follows from it. A token here is 192 numbers of pixels; predicting the
-  velocity, the network must also reproduce the source's noise in all of
-  them, and what it misses stays in the image as blocks and grain. A clean
-  image is far easier to predict (blockiness 2.2 -> 0.95 at step 500);
+images"; on handwritten digits the choices of restart.py's velocity recipe
+drew a mosaic of 8-pixel blocks, val/blockiness 22x the data's at step 500):
+- flow.predict = "image" (restart.py's default too since it helped the
+  shapes; set here so this recipe keeps it): the DiT outputs the image
+  latent and the velocity follows from it. A token here is 192 numbers of
+  pixels; predicting the velocity, the network must also reproduce the
+  source's noise in all of them, and what it misses stays in the image as
+  blocks and grain. A clean image is far easier to predict (blockiness 2.2
+  -> 0.95 at step 500);
 - flow.out_head = "overlap": every latent cell is decoded from its own token
   and its neighbours', so tokens agree where they meet; DiT's linear head
   decodes each token alone (blockiness 22 -> 3.6 at step 500);

@@ -12,14 +12,17 @@ From base.py (the plateaued run) it changes:
 - the contrastive term contrasts z_text with its own image latent
   (`loss.clip_target = "latent"`), at twice the weight, with a small TV on
   z_text;
-- beta_KL = 1e-4 on the summed KL (a choice, not a measured optimum).
+- beta_KL = 1e-4 on the summed KL (a choice, not a measured optimum);
+- the flow network predicts the image end x1 (`flow.predict = "image"`; the
+  velocity follows from it) instead of the velocity.
 Why each, with the runs that chose it: docs/recipes.md and docs/heads.md.
 
 To restart a plateaued run from its checkpoint instead (keeping its weights;
-name the old run's head, or the head is swapped and initialised fresh):
+name the old run's head, or the head is swapped and initialised fresh, and
+what its flow predicts: base.py's predicts the velocity):
   python -m txt2img_jax.main --config=configs/restart.py \
       --config.init_from=workdirs/base --config.head.kind=pooled_mlp \
-      --workdir=workdirs/restart_from_base
+      --config.flow.predict=velocity --workdir=workdirs/restart_from_base
 Every field is documented in base.py.
 """
 
@@ -72,22 +75,27 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.loss.tv_weight = 2e-6  # note: 1e-6 - 5e-6.
   c.loss.kl_weight = 1e-4  # note: beta_KL warmed up to 0.1 (see above).
   c.loss.kl_warmup_steps = 0
+  c.flow.predict = "image"  # "velocity": the variant below.
 
-  # Variants, comma-separated: "tiny" (CI-sized), "tower" (the recipe as it
-  # was before clip_target became "latent": CrossFlow's image tower; the
-  # docs' earlier tables were measured with it), a number N (N steps, every
+  # Variants, comma-separated: "tiny" (CI-sized), "velocity" (the recipe as
+  # it was before the flow predicted the image; the docs' earlier tables
+  # were measured with it), "tower" (before clip_target became "latent":
+  # CrossFlow's image tower), a number N (N steps, every
   # schedule scaled with them: config_lib.steps_variant; "800" is the
   # default until it doubled its steps, the docs' 800-step recipe).
   parts = [v for v in variant.split(",") if v]
-  unknown = set(parts) - {"tiny", "tower"} - {p for p in parts if p.isdigit()}
+  known = {"tiny", "tower", "velocity"}
+  unknown = set(parts) - known - {p for p in parts if p.isdigit()}
   if unknown:
     raise ValueError(
         f"unknown config variant {sorted(unknown)[0]!r}; "
-        "known: 'tiny', 'tower', a number of steps such as "
+        "known: 'tiny', 'tower', 'velocity', a number of steps such as "
         "'800' (comma-separated)"
     )
   if "tower" in parts:
     c.loss.clip_target = "tower"
+  if "velocity" in parts:
+    c.flow.predict = "velocity"
   for part in parts:
     if part.isdigit():
       config_lib.steps_variant(c, int(part))

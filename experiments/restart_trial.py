@@ -58,7 +58,8 @@ def main(argv):
   before = common.score(base_dir, f.num)
 
   restart = common.recipe("restart", flags.FLAGS.config_variant)
-  restart.head.kind = base.head.kind  # Same architecture: every weight loads.
+  restart.head.kind = base.head.kind  # Same architecture: every weight loads,
+  restart.flow.predict = base.flow.predict  # and keeps what it predicts.
   restart.init_from = os.path.abspath(base_dir)
   restart.total_steps = f.restart_steps
   restart.eval_every = 0

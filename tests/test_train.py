@@ -225,6 +225,7 @@ def test_restart_starts_a_new_cycle_from_the_old_lr(tiny_run, tmp_path):
   new = str(tmp_path / "restart")
   c = tiny_config("restart", total_steps=2, init_from=workdir)
   c.head.kind = "pooled_mlp"
+  c.flow.predict = "velocity"  # What base.py's run learnt.
   train.train_and_evaluate(c, new)
   rows = [
       json.loads(l)
@@ -240,6 +241,17 @@ def test_restart_starts_a_new_cycle_from_the_old_lr(tiny_run, tmp_path):
   assert first > base_lr
   assert first <= c.restart.peak_factor * base_lr + 1e-12
   assert rows[0]["train/lr/flow"] > old_end
+
+
+def test_a_restart_that_changes_what_the_flow_predicts_is_refused(
+    tiny_run, tmp_path
+):
+  workdir, _ = tiny_run
+  c = tiny_config("restart", total_steps=2, init_from=workdir)
+  c.head.kind = "pooled_mlp"
+  assert c.flow.predict == "image"  # base.py's run predicts the velocity.
+  with pytest.raises(ValueError, match="--config.flow.predict=velocity"):
+    train.train_and_evaluate(c, str(tmp_path / "restart"))
 
 
 def test_sample_writes_one_png_per_image_and_an_index(tiny_run, tmp_path):

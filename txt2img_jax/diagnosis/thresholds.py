@@ -67,8 +67,9 @@ DISTANCE_RISE = 1.5
 # Levers: the config switch that addresses each flag. Kept in one place so that a renamed
 # config field is changed once.
 LEVER_LR_RESTART = (
-    "restart the LR: --config.init_from=W with configs/restart.py and "
-    "--config.head.kind=<W's head> (new cosine cycle, peak 2× base, floor = "
+    "restart the LR: --config.init_from=W with configs/restart.py, "
+    "--config.head.kind=<W's head> and --config.flow.predict=<W's> (new "
+    "cosine cycle, peak 2× base, floor = "
     "the LR reached now; the note: T0=20k, eta_min=2.5e-7)"
 )
 LEVER_TIME_SAMPLING = (

@@ -29,6 +29,8 @@ def init_from_other_run(
   initialised; the table of what was loaded is logged.
   """
   raw, old_step = checkpoint_files.load_raw(config.init_from)
+  old_config = assets.load_config(_run_dir(config.init_from))
+  check_same_prediction(config, old_config)
   raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
   host = jax.device_get(state)
   params, table = checkpoint_trees.merge_matching(host.params, raw["params"])
@@ -36,7 +38,6 @@ def init_from_other_run(
   logging.info("init_from %s (step %d):", config.init_from, old_step)
   checkpoint_trees.log_merge_table(table)
 
-  old_config = assets.load_config(_run_dir(config.init_from))
   _, old_schedules = optim.make_optimizer(old_config, host.params)
   old_lrs = {
       g: float(s(old_step)) for g, s in old_schedules.items() if g in schedules
@@ -73,6 +74,20 @@ def init_from_other_run(
       step=np.int32(0), params=params, ema_params=ema, opt_state=opt_state
   )
   return jax.device_put(new_state, state_shardings), tx, schedules
+
+
+def check_same_prediction(config, old_config) -> None:
+  """The loaded flow network must keep predicting what it learnt to: its
+  weights read as a velocity would mean nothing as an image, and the other
+  way round (the shapes match, so nothing else would say so)."""
+  old = old_config.flow.get("predict", "velocity")
+  if old != config.flow.predict:
+    raise ValueError(
+        f"init_from: {config.init_from} trained its flow network to predict "
+        f"the {old} (flow.predict={old!r}) and this config predicts the "
+        f"{config.flow.predict}; pass --config.flow.predict={old} to keep "
+        "what the loaded network predicts."
+    )
 
 
 def dit_layout(config):
