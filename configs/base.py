@@ -15,6 +15,8 @@ smoke runs. Overrides: `--config.total_steps=20`.
 
 import ml_collections
 
+from txt2img_jax.utils import config_lib
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -420,13 +422,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Variants, comma-separated: "tiny" (CI-sized); "velocity" changes
   # nothing here (the flow already predicts the velocity) and is accepted so
   # a script's --config_variant=velocity applies to every recipe it trains.
-  parts = [v for v in variant.split(",") if v]
-  unknown = set(parts) - {"tiny", "velocity"}
-  if unknown:
-    raise ValueError(
-        f"unknown config variant {sorted(unknown)[0]!r}; known: 'tiny', "
-        "'velocity'"
-    )
+  parts = config_lib.variant_parts(variant, ("tiny", "velocity"))
   if "tiny" in parts:
     shrink(c)
   return c

@@ -83,15 +83,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # CrossFlow's image tower), a number N (N steps, every
   # schedule scaled with them: config_lib.steps_variant; "800" is the
   # default until it doubled its steps, the docs' 800-step recipe).
-  parts = [v for v in variant.split(",") if v]
-  known = {"tiny", "tower", "velocity"}
-  unknown = set(parts) - known - {p for p in parts if p.isdigit()}
-  if unknown:
-    raise ValueError(
-        f"unknown config variant {sorted(unknown)[0]!r}; "
-        "known: 'tiny', 'tower', 'velocity', a number of steps such as "
-        "'800' (comma-separated)"
-    )
+  parts = config_lib.variant_parts(
+      variant, ("tiny", "tower", "velocity"), steps=True
+  )
   if "tower" in parts:
     c.loss.clip_target = "tower"
   if "velocity" in parts:

@@ -58,18 +58,18 @@ def check_same_run(config, workdir: str) -> None:
   """A finished run is reused only for the config it was trained with: a
   run of another recipe under the same name (a default that changed since)
   would be scored as this one. A resumed run is checked by the trainer."""
-  old = assets.load_config(workdir).to_dict()
-  new = config.to_dict()
   differ = {
       k: v
-      for k, v in changes.differences(old, new).items()
+      for k, v in changes.config_changes(
+          assets.load_config(workdir), config
+      ).items()
       if changes.is_identity(k)
   }
   if differ:
-    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
     raise ValueError(
-        f"{workdir} holds a finished run of another config ({listed}); "
-        "use another --workroot, or delete it to train this one"
+        f"{workdir} holds a finished run of another config "
+        f"({changes.listed(differ)}); use another --workroot, or delete it "
+        "to train this one"
     )
 
 

@@ -108,35 +108,40 @@ def _show(v: Any) -> str:
   return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_resume(config, old_config) -> dict:
-  """The changes of this resume, checked: raises ValueError (one line) for
-  a change of what the run is that `allow_changed` does not name."""
+def config_changes(old_config, config) -> dict[str, tuple[Any, Any]]:
+  """{field: (old, new)} between two configs, `allow_changed` left out (it
+  says what may change; it is not a change)."""
   old = old_config.to_dict()
   new = config.to_dict()
   for d in (old, new):
-    d.pop("allow_changed", None)  # Says what may change; is not a change.
-  changed = differences(old, new)
+    d.pop("allow_changed", None)
+  return differences(old, new)
+
+
+def listed(changed: dict[str, tuple[Any, Any]]) -> str:
+  """'field old -> new, ...' for a message or the log."""
+  return ", ".join(
+      f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items()
+  )
+
+
+def check_resume(config, old_config) -> dict:
+  """The changes of this resume, checked: raises ValueError (one line) for
+  a change of what the run is that `allow_changed` does not name."""
+  changed = config_changes(old_config, config)
   refused = {
       k: v
       for k, v in changed.items()
       if is_identity(k) and not _allowed(k, allowed_names(config))
   }
   if refused:
-    listed = ", ".join(
-        f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items()
-    )
     raise ValueError(
-        f"this resume changes what the run is ({listed}): resume with the "
-        "run's own config (its config.json), start a new --workdir, or say "
-        f"so with --config.allow_changed={','.join(refused)}"
+        f"this resume changes what the run is ({listed(refused)}): resume "
+        "with the run's own config (its config.json), start a new --workdir, "
+        f"or say so with --config.allow_changed={','.join(refused)}"
     )
   if changed:
-    logging.info(
-        "resuming with changes: %s",
-        ", ".join(
-            f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items()
-        ),
-    )
+    logging.info("resuming with changes: %s", listed(changed))
   return changed
 
 

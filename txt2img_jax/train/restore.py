@@ -80,7 +80,7 @@ def check_same_prediction(config, old_config) -> None:
   """The loaded flow network must keep predicting what it learnt to: its
   weights read as a velocity would mean nothing as an image, and the other
   way round (the shapes match, so nothing else would say so)."""
-  old = old_config.flow.get("predict", "velocity")
+  old = old_config.flow.predict  # load_config fills base.py's defaults.
   if old != config.flow.predict:
     raise ValueError(
         f"init_from: {config.init_from} trained its flow network to predict "

@@ -1,5 +1,5 @@
-"""Config helpers: loading a sibling recipe, and scaling a recipe's
-step-based schedules with its number of steps."""
+"""Config helpers: loading a sibling recipe, reading a recipe's variants,
+and scaling a recipe's step-based schedules with its number of steps."""
 
 from __future__ import annotations
 
@@ -16,6 +16,25 @@ def load_sibling(config_file: str, name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def variant_parts(
+    variant: str, known: tuple[str, ...], steps: bool = False
+) -> list[str]:
+  """The comma-separated parts of a recipe's variant ("800,tiny"); one line
+  naming the known ones for any other (with steps=True a number of steps is
+  known too)."""
+  parts = [v for v in variant.split(",") if v]
+  unknown = [p for p in parts if p not in known and not (steps and p.isdigit())]
+  if unknown:
+    listed = ", ".join(repr(k) for k in known)
+    if steps:
+      listed += ", a number of steps such as '800'"
+    raise ValueError(
+        f"unknown config variant {sorted(unknown)[0]!r}; known: {listed} "
+        "(comma-separated)"
+    )
+  return parts
 
 
 def rescale_steps(c, steps: int) -> None:
