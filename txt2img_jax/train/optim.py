@@ -35,7 +35,6 @@ import ml_collections
 import optax
 
 from txt2img_jax.train.schedules import FLOOR_FIELD
-from txt2img_jax.train.schedules import to_dict
 from txt2img_jax.train.schedules import make_schedule
 from txt2img_jax.train.schedules import validated_fields
 
@@ -44,11 +43,19 @@ _GROUP_FIELDS = frozenset(
 )
 
 
-def _optim_cfg(config: Any) -> ml_collections.ConfigDict:
-  """Accepts the whole config (reads `.optim`) or the optim ConfigDict itself."""
-  if "optim" in config:
-    return config.optim
-  return config
+def _plain(cfg: Any) -> dict[str, Any]:
+  """A ConfigDict, mapping or None as a plain dict (a copy)."""
+  if cfg is None:
+    return {}
+  if isinstance(cfg, ml_collections.ConfigDict):
+    return cfg.to_dict()
+  return copy.deepcopy(dict(cfg))
+
+
+def _optim_dict(config: Any) -> dict[str, Any]:
+  """`config.optim` (or an optim block itself) as one plain dict: each
+  function here reads the config once, through this, and works on dicts."""
+  return _plain(config.optim if "optim" in config else config)
 
 
 # ------------------------------------------------------------ groups and masks
@@ -102,8 +109,8 @@ def group_global_norms(tree: Any, labels: Any) -> dict[str, jax.Array]:
 # ------------------------------------------------------------------ optimiser
 
 
-def _group_cfgs(optim: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-  groups = to_dict(optim.get("groups"))
+def _group_cfgs(optim: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  groups = optim.get("groups") or {}
   for name, g in groups.items():
     unknown = set(g) - _GROUP_FIELDS
     if unknown:
@@ -116,11 +123,11 @@ def _group_cfgs(optim: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
 
 
 def _group_schedule_cfg(
-    optim: ml_collections.ConfigDict, group: Mapping[str, Any]
+    optim: dict[str, Any], group: Mapping[str, Any]
 ) -> dict[str, Any]:
   """The shared schedule with the group's overrides and its max_lr cap applied."""
-  cfg = to_dict(optim.get("schedule"))
-  cfg.update(to_dict(group.get("schedule")))
+  cfg = _plain(optim.get("schedule"))
+  cfg.update(_plain(group.get("schedule")))
   caps = [c for c in (cfg.get("max_lr"), group.get("max_lr")) if c is not None]
   cfg["max_lr"] = min(caps) if caps else None
   return cfg
@@ -137,9 +144,9 @@ def unfinished_schedule(config: Any, threshold: float = 0.1) -> str | None:
   (or its schedule is constant), else one line
   that says by how much and what scales the schedules with the steps.
   """
-  optim = _optim_cfg(config)
+  optim = _optim_dict(config)
   last = config.total_steps - 1
-  warmup = int(to_dict(optim.get("schedule")).get("warmup_steps", 0) or 0)
+  warmup = int((optim.get("schedule") or {}).get("warmup_steps", 0) or 0)
   if warmup >= config.total_steps > 1:
     return (
         f"the run ends inside the LR warmup (warmup_steps={warmup}, "
@@ -184,7 +191,7 @@ def make_optimizer(
   `trainable=False` gets `optax.set_to_zero()`. The global-norm clip
   (`grad_clip`) is computed over the trainable groups only.
   """
-  optim = _optim_cfg(config)
+  optim = _optim_dict(config)
   groups = _group_cfgs(optim)
   present = list(params.keys())
   missing = [g for g in present if g not in groups]
@@ -286,8 +293,8 @@ def restart_schedules(
   stays shared; `make_optimizer(new_optim, params)` builds the restarted
   optimiser, whose state has the same structure as the old one.
   """
-  optim = to_dict(_optim_cfg(config))
-  groups = _group_cfgs(ml_collections.ConfigDict(optim))
+  optim = _optim_dict(config)
+  groups = _group_cfgs(optim)
   trainable = [n for n, g in groups.items() if g.get("trainable", True)]
   unknown = set(old_lrs) - set(groups)
   if unknown:
@@ -305,11 +312,11 @@ def restart_schedules(
     raise ValueError(f"peak_factor must be > 0, got {peak_factor}.")
 
   new = copy.deepcopy(optim)
-  new["schedule"] = {**to_dict(new.get("schedule")), **to_dict(schedule)}
+  new["schedule"] = {**_plain(new.get("schedule")), **_plain(schedule)}
   for name in trainable:
     g = new["groups"][name]
     g["lr"] = float(peak_factor * g["lr"])
-    overrides = to_dict(g.get("schedule"))
+    overrides = _plain(g.get("schedule"))
     overrides.update(
         step_offset=int(restart_step), warmup_steps=int(warmup_steps)
     )
