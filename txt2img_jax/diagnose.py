@@ -5,12 +5,11 @@ python -m txt2img_jax.diagnose --workdir=W [--out_dir=D] [--window=N]
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from txt2img_jax import cli
 from txt2img_jax import diagnosis
+from txt2img_jax.utils import paths
 
 
 def define_flags():
@@ -35,7 +34,7 @@ def main(argv):
       f.workdir, f.out_dir, f.window
   )  # cli.run reports errors.
   print(diagnosis.format_report(report), end="")
-  out_dir = f.out_dir or os.path.join(f.workdir, "diagnose")
+  out_dir = f.out_dir or paths.join(f.workdir, "diagnose")
   print(f"\nwrote plots and report.json to {out_dir}")
 
 

@@ -65,6 +65,14 @@ def define_flags():
   )
 
 
+def write_json(path: str, summary) -> None:
+  """The --json file (a local path or a bucket URL), written whole."""
+  from txt2img_jax.utils import paths
+
+  paths.write_text(path, json.dumps(summary, indent=2))
+  print(f"wrote {path}")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -104,9 +112,7 @@ def main(argv):
   )
   print(scoring.format_confusion(evaluator.shape_confusion))
   if f.json:
-    with open(f.json, "w") as out:
-      json.dump(summary, out, indent=2)
-    print(f"wrote {f.json}")
+    write_json(f.json, summary)
 
 
 def _fd_kid(run, f) -> None:
@@ -158,9 +164,7 @@ def _fd_kid(run, f) -> None:
   except runlock.RunLockedError as e:
     logging.warning("not written to the run's metrics: %s", e)
   if f.json:
-    with open(f.json, "w") as fh:
-      json.dump({"step": run.step, **out}, fh, indent=2)
-    print(f"wrote {f.json}")
+    write_json(f.json, {"step": run.step, **out})
 
 
 if __name__ == "__main__":

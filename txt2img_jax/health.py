@@ -12,7 +12,6 @@ its thresholds and why.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from txt2img_jax import health_checks
@@ -97,6 +96,7 @@ def main(argv):
     raise app.UsageError(
         f"give one check: {' | '.join(CHECKS)} " f"(got {argv[1:]})", exitcode=2
     )
+  from txt2img_jax.utils import paths
   from txt2img_jax.utils import reporting
 
   reporting.quiet_orbax()
@@ -128,10 +128,8 @@ def main(argv):
         f" mse {n['recon_mse']:.5f} vs mean image {n['mean_image_mse']:.5f}"
         f" -> rel {n['rel']:.3f}"
     )
-    wd = os.path.abspath(
-        f.workdir or os.path.join("workdirs", f"health_overfit_{config.name}")
-    )
-    print(f"  wrote {os.path.join(wd, 'overfit.png')}, overfit.json")
+    wd = paths.abspath(f.workdir or health_checks.default_workdir(config))
+    print(f"  wrote {paths.join(wd, 'overfit.png')}, overfit.json")
   elif argv[1] == "latents":
     result = health_checks.run_latents(
         config,
@@ -145,7 +143,7 @@ def main(argv):
         f.workdir, f.num or health_checks.DEFAULT_MOSAIC_NUM, f.probe
     )
     print(
-        f"wrote {os.path.join(os.path.abspath(f.workdir), 'mosaic.png')}, "
+        f"wrote {paths.join(paths.abspath(f.workdir), 'mosaic.png')}, "
         "mosaic.json"
     )
   print(result.verdict)

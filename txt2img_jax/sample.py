@@ -18,7 +18,6 @@ same command draws the same images.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app
@@ -29,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from txt2img_jax import cli
 from txt2img_jax.objectives import flow
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import reporting
 from txt2img_jax.data import tokenizer as tokenizer_lib
 
@@ -126,51 +126,65 @@ def prompt_grid(images: np.ndarray, prompts, scale: int) -> Image.Image:
 
 
 def read_prompts(path: str) -> list[str]:
+  """The prompts of a text file (local or a bucket URL), one a line."""
   try:
-    with open(path, encoding="utf-8") as f:
-      return [line.strip() for line in f if line.strip()]
+    if not paths.isfile(path):
+      raise cli.UserError(f"--prompts_file={path!r}: no such file")
+    text = paths.read_bytes(path).decode("utf-8")
   except OSError as e:
-    raise cli.UserError(f"--prompts_file={path!r}: {e.strerror}") from e
+    raise cli.UserError(f"--prompts_file={path!r}: {e.strerror or e}") from e
   except UnicodeDecodeError as e:
     raise cli.UserError(f"--prompts_file={path!r} is not UTF-8 text") from e
+  return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def save_image(image: Image.Image, path: str) -> None:
+  """`image` written to `path` (local or a bucket URL) whole, in the format
+  its extension names (PNG where it names none PIL knows)."""
+  ext = path[path.rfind(".") :].lower() if "." in paths.basename(path) else ""
+  fmt = Image.registered_extensions().get(ext, "PNG")
+  paths.write_with(path, image.save, format=fmt)
 
 
 def write_samples(run, prompts, num_per_prompt, out_dir, settings, seed):
-  """PNGs + index.jsonl, batch by batch; returns how many were written."""
-  os.makedirs(out_dir, exist_ok=True)
+  """PNGs + index.jsonl, batch by batch; returns how many were written.
+
+  `out_dir` may be a bucket URL. index.jsonl is written at the end, whole:
+  it is there only when every image is."""
+  paths.makedirs(out_dir)
   rows = [
       (p, i, k) for i, p in enumerate(prompts) for k in range(num_per_prompt)
   ]
   bs = int(run.config.eval.batch_size)
   digits = max(5, len(str(len(rows) - 1)))
-  index_path = os.path.join(out_dir, "index.jsonl")
+  index = []
   done = 0
-  with open(index_path + ".tmp", "w", encoding="utf-8") as index:
-    for start in range(0, len(rows), bs):
-      chunk = rows[start : start + bs]
-      ids, mask = tokenizer_lib.tokenize(
-          run.text.tokenizer, [p for p, _, _ in chunk], run.config.data.max_len
+  for start in range(0, len(rows), bs):
+    chunk = rows[start : start + bs]
+    ids, mask = tokenizer_lib.tokenize(
+        run.text.tokenizer, [p for p, _, _ in chunk], run.config.data.max_len
+    )
+    images = run.images(ids, mask, seed=seed, offset=start, **settings)
+    for n, (img, (prompt, i, k)) in enumerate(zip(images, chunk)):
+      name = f"{start + n:0{digits}d}.png"
+      u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+      save_image(Image.fromarray(u8), paths.join(out_dir, name))
+      row = dict(
+          file=name,
+          prompt=prompt,
+          prompt_index=i,
+          sample=k,
+          seed=seed,
+          **settings,
+          step=run.step,
+          workdir=run.workdir,
       )
-      images = run.images(ids, mask, seed=seed, offset=start, **settings)
-      for n, (img, (prompt, i, k)) in enumerate(zip(images, chunk)):
-        name = f"{start + n:0{digits}d}.png"
-        u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-        Image.fromarray(u8).save(os.path.join(out_dir, name))
-        row = dict(
-            file=name,
-            prompt=prompt,
-            prompt_index=i,
-            sample=k,
-            seed=seed,
-            **settings,
-            step=run.step,
-            workdir=run.workdir,
-        )
-        row["steps"] = row.pop("num_steps")
-        index.write(json.dumps(row) + "\n")
-      done += len(chunk)
-      print(f"sample: {done}/{len(rows)} images", file=sys.stderr, flush=True)
-  os.replace(index_path + ".tmp", index_path)  # Complete, or not there.
+      row["steps"] = row.pop("num_steps")
+      index.append(json.dumps(row) + "\n")
+    done += len(chunk)
+    print(f"sample: {done}/{len(rows)} images", file=sys.stderr, flush=True)
+  # Complete, or not there (write_text is whole or nothing).
+  paths.write_text(paths.join(out_dir, "index.jsonl"), "".join(index))
   return done
 
 
@@ -231,7 +245,7 @@ def main(argv):
       run.text.tokenizer, grid_prompts, run.config.data.max_len
   )
   images = run.images(ids, mask, seed=_SEED.value, **settings)
-  prompt_grid(images, grid_prompts, _SCALE.value).save(_OUT.value)
+  save_image(prompt_grid(images, grid_prompts, _SCALE.value), _OUT.value)
   print(f"wrote {_OUT.value} ({len(images)} images, step {run.step})")
 
 

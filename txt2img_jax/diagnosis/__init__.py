@@ -18,7 +18,6 @@ model, so it runs anywhere the logs are. Thresholds are documented in docs/diagn
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 # The public API, gathered in one namespace for tests and notebooks.
@@ -69,6 +68,7 @@ from txt2img_jax.diagnosis.thresholds import (
 )
 
 # pylint: enable=unused-import
+from txt2img_jax.utils import paths
 
 
 def run(
@@ -84,11 +84,12 @@ def run(
   report = analyze(
       metrics, config, window, workdir=workdir, num_lines=count_lines(workdir)
   )
-  out_dir = out_dir or os.path.join(workdir, "diagnose")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = out_dir or paths.join(workdir, "diagnose")
+  paths.makedirs(out_dir)
   plot_run(metrics, out_dir, config)
-  with open(os.path.join(out_dir, "report.txt"), "w") as f:
-    f.write(format_report(report))
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(report_to_json(report), f, indent=1, ensure_ascii=False)
+  paths.write_text(paths.join(out_dir, "report.txt"), format_report(report))
+  paths.write_text(
+      paths.join(out_dir, "report.json"),
+      json.dumps(report_to_json(report), indent=1, ensure_ascii=False),
+  )
   return report

@@ -11,11 +11,11 @@ Imports neither jax nor the model.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 from txt2img_jax.diagnosis.checks import (
     check_buckets,
@@ -229,7 +229,7 @@ def _distance(metrics: Metrics) -> dict[str, Any]:
 
 
 def _order_problems(workdir: str) -> list[tuple[int, str, int, int]]:
-  if not workdir or not os.path.exists(runfiles.metrics_path(workdir)):
+  if not workdir or not paths.exists(runfiles.metrics_path(workdir)):
     return []
   return runfiles.out_of_order(runfiles.read_metrics(workdir))
 

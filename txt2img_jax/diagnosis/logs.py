@@ -7,11 +7,11 @@ nor the model, so it runs anywhere the logs are.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step.
@@ -30,7 +30,7 @@ def load_metrics(workdir: str) -> Metrics:
   mid-write) is dropped with a warning; a broken line elsewhere is an error (see runfiles).
   """
   path = runfiles.metrics_path(workdir)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise MetricsNotFoundError(
         f"no metrics.jsonl in {workdir!r}: is this a txt2img_jax workdir, and has the run "
         "logged its first step?"
@@ -57,7 +57,7 @@ def load_metrics(workdir: str) -> Metrics:
 
 def load_config(workdir: str) -> dict[str, Any]:
   """W/config.json as a dict; {} when absent (the LR and KL-per-dim checks are then skipped)."""
-  if not os.path.exists(os.path.join(workdir, runfiles.CONFIG_FILE)):
+  if not paths.exists(paths.join(workdir, runfiles.CONFIG_FILE)):
     return {}
   return runfiles.read_json(workdir, runfiles.CONFIG_FILE)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -12,6 +11,7 @@ from txt2img_jax.diagnosis import analysis as diagnose_analysis
 from txt2img_jax.diagnosis import series as diagnose_series
 from txt2img_jax.diagnosis.logs import Metrics
 from txt2img_jax.diagnosis.thresholds import BUCKET_RE, LOSS_COMPONENTS, NORM_RATIO_RANGE
+from txt2img_jax.utils import paths
 
 
 def _plot_series(
@@ -34,15 +34,15 @@ def plot_run(
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
+  paths.makedirs(out_dir)
+  written = []
 
   def save(fig, name):
-    path = os.path.join(out_dir, name)
+    path = paths.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.write_with(path, fig.savefig, dpi=100, format="png")
     plt.close(fig)
-    paths.append(path)
+    written.append(path)
 
   # Losses: one panel per component, the raw value thin and its EMA on top.
   names = [
@@ -168,4 +168,4 @@ def plot_run(
     ax2.grid(alpha=0.3, axis="y")
     save(fig, "t_buckets.png")
 
-  return paths
+  return written

@@ -10,7 +10,7 @@ their captions are what the run draws for. Logged as `val/fd_<net>`,
 
 from __future__ import annotations
 
-import os
+import io
 
 from absl import logging
 import jax
@@ -19,6 +19,7 @@ import numpy as np
 from txt2img_jax.data import tokenizer as tokenizer_lib
 from txt2img_jax.evaluation import features as features_lib
 from txt2img_jax.evaluation import fid
+from txt2img_jax.utils import paths
 
 STATS_DIR = "fid_stats"
 KID_ROWS = 2000  # Feature rows of each set kept for KID.
@@ -47,7 +48,7 @@ def stats_path(
     num: int,
     image_size: int,
 ) -> str:
-  return os.path.join(
+  return paths.join(
       data.out_dir,
       STATS_DIR,
       f"{feats.key()}_s{image_size}_{split}_n{num}.npz",
@@ -76,7 +77,7 @@ class FdMeasure:
     path = stats_path(
         data, self.features, e.fid_split, self.num, config.data.image_size
     )
-    cached = os.path.exists(path)
+    cached = paths.exists(path)
     moments, sample, captions = fid.Moments(), fid.Sample(KID_ROWS), []
     for images, caps in _records(data, e.fid_split, self.num, self.batch_size):
       captions += caps
@@ -85,15 +86,13 @@ class FdMeasure:
         moments.add(f)
         sample.add(f)
     if cached:
-      with np.load(path) as z:
+      with np.load(io.BytesIO(paths.read_bytes(path))) as z:
         self.ref = {k: z[k] for k in z.files}
     else:
       self.ref = {**moments.to_arrays(), "kid_rows": sample.array()}
       if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + f".tmp{os.getpid()}.npz"
-        np.savez(tmp, **self.ref)
-        os.replace(tmp, path)
+        paths.makedirs(paths.dirname(path))
+        paths.write_with(path, np.savez, **self.ref)  # Whole or not there.
       logging.info(
           "FD/KID reference: %d %s images of split %r (%s), cached in %s",
           self.num,

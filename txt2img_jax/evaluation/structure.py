@@ -9,7 +9,7 @@ pairings from the EMA parameters and scores them with
 
 from __future__ import annotations
 
-import os
+import io
 import time
 
 from absl import logging
@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from txt2img_jax.evaluation.batched import generate_images  # pylint: disable=unused-import
 from txt2img_jax.evaluation.benchmark import scoring as benchmark
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 from txt2img_jax.data import pipeline
 from txt2img_jax.data import tfds_shapes
@@ -125,11 +126,13 @@ class Evaluator:
 
 def save_grid(grid, workdir: str, step: int, writer=None) -> str:
   """samples/step_N.png and samples/latest.png (and TensorBoard), host 0."""
-  path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+  path = paths.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    grid.save(path)
-    grid.save(os.path.join(workdir, "samples", "latest.png"))
+    paths.makedirs(paths.dirname(path))
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    for name in (path, paths.join(workdir, "samples", "latest.png")):
+      paths.write_bytes(name, png.getvalue())
     if writer is not None:
       writer.write_images(step, {"samples": np.asarray(grid)[None]})
     logging.info("sample grid: %s", path)

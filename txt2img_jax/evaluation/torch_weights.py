@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 
+from txt2img_jax.utils import paths
+
 _DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -147,8 +149,8 @@ def _flat(tree, prefix="") -> dict[str, np.ndarray]:
   return out
 
 
-def _read_zip(path: str) -> dict:
-  with zipfile.ZipFile(path) as z:
+def _read_zip(path: str, f) -> dict:
+  with zipfile.ZipFile(f) as z:
     names = z.namelist()
     pkl = next(n for n in names if n.endswith("/data.pkl") or n == "data.pkl")
     prefix = pkl[: -len("data.pkl")]
@@ -167,32 +169,35 @@ def _read_zip(path: str) -> dict:
     return _Unpickler(io.BytesIO(z.read(pkl)), storage_for).load()
 
 
-def _read_legacy(path: str) -> dict:
-  with open(path, "rb") as f:
-    safe = lambda: _Unpickler(f, None).load()
-    if safe() != _LEGACY_MAGIC:
-      raise ValueError(f"{path} is not a PyTorch file")
-    safe()  # Protocol version.
-    safe()  # System info (byte order, type sizes).
-    storages = {}
+def _read_legacy(path: str, f) -> dict:
+  safe = lambda: _Unpickler(f, None).load()
+  if safe() != _LEGACY_MAGIC:
+    raise ValueError(f"{path} is not a PyTorch file")
+  safe()  # Protocol version.
+  safe()  # System info (byte order, type sizes).
+  storages = {}
 
-    def storage_for(key, kind):
-      return storages.setdefault(key, _Storage(kind))
+  def storage_for(key, kind):
+    return storages.setdefault(key, _Storage(kind))
 
-    result = _Unpickler(f, storage_for).load()
-    keys = _Unpickler(f, None).load()
-    for key in keys:
-      s = storages[str(key)]
-      (numel,) = struct.unpack("<q", f.read(8))
-      s.fill(f.read(numel * s.kind.itemsize))
+  result = _Unpickler(f, storage_for).load()
+  keys = _Unpickler(f, None).load()
+  for key in keys:
+    s = storages[str(key)]
+    (numel,) = struct.unpack("<q", f.read(8))
+    s.fill(f.read(numel * s.kind.itemsize))
   return result
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """{name: array} of a state dict saved with torch.save (nested dicts
-  joined with '.'); a `state_dict` entry of a checkpoint is taken."""
+  joined with '.'); a `state_dict` entry of a checkpoint is taken. `path`
+  is a local file or a bucket URL (read whole into memory)."""
   try:
-    tree = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+    with io.BytesIO(paths.read_bytes(path)) as f:
+      is_zip = zipfile.is_zipfile(f)
+      f.seek(0)
+      tree = _read_zip(path, f) if is_zip else _read_legacy(path, f)
   except (pickle.UnpicklingError, EOFError, KeyError, StopIteration) as e:
     raise ValueError(f"{path}: not a readable PyTorch state dict ({e})") from e
   if isinstance(tree, dict) and isinstance(tree.get("state_dict"), dict):

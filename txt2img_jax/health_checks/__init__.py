@@ -54,6 +54,7 @@ from txt2img_jax.health_checks.overfit import (
     NOTE_SUBSET,
     _deranged,
     broken_targets,
+    default_workdir,
     loss_fall,
     overfit_config,
     plot_overfit,

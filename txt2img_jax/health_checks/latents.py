@@ -9,7 +9,6 @@ reparameterisation noise is small next to the latent scale.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 
 import jax
@@ -21,6 +20,7 @@ from txt2img_jax.train import assets
 from txt2img_jax.models import latents
 from txt2img_jax.health_checks.result import Result
 from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.utils import paths
 
 # --- Thresholds (docs/health.md explains each). ------------------------------
 
@@ -98,8 +98,9 @@ def run_latents(
   builder = assets.prepare_data(config, autoencoder)
   if workdir:
     stats = assets.load_latent_stats(workdir)
-    source = os.path.join(workdir, assets.STATS_FILE)
+    source = paths.join(workdir, assets.STATS_FILE)
   else:
+    # A local scratch folder: the statistics are only read back here.
     with tempfile.TemporaryDirectory() as tmp:
       stats = assets.latent_stats(config, tmp, builder, autoencoder)
     source = (
@@ -192,10 +193,12 @@ def run_latents(
     }
   result = Result("latents", passed, reason, numbers)
   if workdir:
-    with open(os.path.join(workdir, "latents.json"), "w") as f:
-      json.dump(
-          {"passed": passed, "verdict": result.verdict, **numbers}, f, indent=2
-      )
+    paths.write_text(
+        paths.join(workdir, "latents.json"),
+        json.dumps(
+            {"passed": passed, "verdict": result.verdict, **numbers}, indent=2
+        ),
+    )
   return result
 
 

@@ -12,13 +12,13 @@ column) and `mosaic.json` into the run's workdir.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 from PIL import Image
 
 from txt2img_jax.evaluation import blockiness
 from txt2img_jax.health_checks.result import Result
+from txt2img_jax.utils import paths
 
 DEFAULT_MOSAIC_NUM = 64
 # Test only: score the held-out images themselves (must PASS) or them cut into token tiles
@@ -100,10 +100,11 @@ def run_mosaic(
       "real_hf": real_scores["hf"],
       "threshold": blockiness.MOSAIC_BLOCKINESS,
   }
-  with open(os.path.join(run.workdir, "mosaic.json"), "w") as f:
-    json.dump(numbers, f, indent=1)
+  paths.write_text(
+      paths.join(run.workdir, "mosaic.json"), json.dumps(numbers, indent=1)
+  )
   _save_pairs(
-      held["image"][:16], images[:16], os.path.join(run.workdir, "mosaic.png")
+      held["image"][:16], images[:16], paths.join(run.workdir, "mosaic.png")
   )
   verdict = (
       "as smooth as the data" if passed else "a mosaic of token-sized blocks"
@@ -122,6 +123,7 @@ def _save_pairs(
   pairs = np.concatenate([real, generated], axis=1)  # Real above generated.
   row = np.concatenate(list(pairs), axis=1)
   img = Image.fromarray((np.clip(row, 0, 1) * 255).round().astype(np.uint8))
-  img.resize(
+  big = img.resize(
       (img.width * scale, img.height * scale), Image.Resampling.NEAREST
-  ).save(path)
+  )
+  paths.write_with(path, big.save, format="PNG")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
 
 from absl import logging
 import ml_collections
 import numpy as np
 
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 from txt2img_jax.train import assets
 from txt2img_jax.health_checks.result import Result
@@ -195,22 +194,27 @@ def text_only_reconstruction(
 MARKER = ".health_overfit"
 
 
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """Where the check trains when no --workdir is given (relative)."""
+  return paths.join("workdirs", f"health_overfit_{config.name}")
+
+
 def _prepare_workdir(workdir: str) -> None:
   """Empty a directory an earlier check made, or make a new one, and mark it as the check's;
   refuse to touch any other non-empty directory."""
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    if not os.path.exists(os.path.join(workdir, MARKER)):
+  if paths.isdir(workdir) and paths.listdir(workdir):
+    if not paths.exists(paths.join(workdir, MARKER)):
       raise ValueError(
           f"workdir {workdir} is not empty and was not made by the overfit check (no "
           f"{MARKER} file in it); refusing to delete it: give --workdir a new or empty "
           "directory"
       )
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, MARKER), "w") as f:
-    f.write(
-        "Made by `python -m txt2img_jax.health overfit`; the next check here wipes it.\n"
-    )
+    paths.rmtree(workdir)
+  paths.makedirs(workdir)
+  paths.write_text(
+      paths.join(workdir, MARKER),
+      "Made by `python -m txt2img_jax.health overfit`; the next check here wipes it.\n",
+  )
 
 
 def run_overfit(
@@ -232,9 +236,7 @@ def run_overfit(
   from txt2img_jax.train import loop as train
 
   c = overfit_config(config, steps, subset, lr_factor)
-  workdir = os.path.abspath(
-      workdir or os.path.join("workdirs", f"health_overfit_{config.name}")
-  )
+  workdir = paths.abspath(workdir or default_workdir(config))
   _prepare_workdir(workdir)
   logging.info(
       "overfit: %d steps on %d examples, lr x %g%s, workdir %s",
@@ -291,12 +293,14 @@ def run_overfit(
       },
   }
   result = Result("overfit", passed, reason, numbers)
-  with open(os.path.join(workdir, "overfit.json"), "w") as f:
-    json.dump(
-        {"passed": passed, "verdict": result.verdict, **numbers}, f, indent=2
-    )
+  paths.write_text(
+      paths.join(workdir, "overfit.json"),
+      json.dumps(
+          {"passed": passed, "verdict": result.verdict, **numbers}, indent=2
+      ),
+  )
   if plot:
-    plot_overfit(result, os.path.join(workdir, "overfit.png"))
+    plot_overfit(result, paths.join(workdir, "overfit.png"))
   return result
 
 
@@ -331,5 +335,5 @@ def plot_overfit(result: Result, path: str) -> None:
       fontsize=10,
   )
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  paths.write_with(path, fig.savefig, dpi=100, format="png")
   plt.close(fig)

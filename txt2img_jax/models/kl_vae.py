@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 from typing import Any, Dict, Sequence, Tuple
 
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from txt2img_jax.models import kl_vae_layers
+from txt2img_jax.utils import paths
 
 # The architecture lives in kl_vae_layers; these names are part of this module's interface.
 Moments = kl_vae_layers.Moments
@@ -171,15 +171,14 @@ def _from_torch_layout(array: np.ndarray) -> np.ndarray:
 
 
 def _read_config(path: str) -> Tuple[VAEConfig, float, float]:
-  config_path = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_path):
+  config_path = paths.join(path, CONFIG_FILE)
+  if not paths.isfile(config_path):
     raise FileNotFoundError(
         f"{path!r} has no {CONFIG_FILE}: point the KL-VAE path at a diffusers "
         'AutoencoderKL folder (the "vae" subfolder of a pipeline)'
     )
   try:
-    with open(config_path) as f:
-      raw = json.load(f)
+    raw = json.loads(paths.read_text(config_path))
   except json.JSONDecodeError as e:
     raise ValueError(f"{config_path} is not valid JSON: {e}") from None
   if not isinstance(raw, dict):
@@ -229,19 +228,19 @@ def _read_config(path: str) -> Tuple[VAEConfig, float, float]:
 
 
 def _read_weights(path: str) -> Dict[str, np.ndarray]:
-  weights_path = os.path.join(path, WEIGHTS_FILE)
-  if not os.path.isfile(weights_path):
+  weights_path = paths.join(path, WEIGHTS_FILE)
+  if not paths.isfile(weights_path):
     present = sorted(
-        f for f in os.listdir(path) if f.endswith((".safetensors", ".bin"))
+        f for f in paths.listdir(path) if f.endswith((".safetensors", ".bin"))
     )
     raise FileNotFoundError(
         f'{path!r} has no {WEIGHTS_FILE} (found: {present or "nothing"}); '
         "re-save the VAE with safetensors in float32"
     )
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from txt2img_jax.models import text_encoder_weights  # pylint: disable=g-import-not-at-top
 
   try:
-    tensors = load_file(weights_path)
+    tensors = text_encoder_weights.read_safetensors(weights_path)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"cannot read {weights_path}: {e}") from None
   renamed = {}
@@ -310,9 +309,9 @@ def load(path: str, dtype: str = "float32") -> KLVAE:
     raise ValueError(
         f'KL-VAE dtype must be "float32" or "bfloat16", got {dtype!r}'
     )
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise FileNotFoundError(
-        f"KL-VAE folder {path!r} does not exist: give a local diffusers "
+        f"KL-VAE folder {path!r} does not exist: give a diffusers "
         f"AutoencoderKL folder ({CONFIG_FILE} + {WEIGHTS_FILE})"
     )
   config, scaling_factor, shift_factor = _read_config(path)
@@ -339,7 +338,7 @@ def load(path: str, dtype: str = "float32") -> KLVAE:
         if items
     ]
     raise ValueError(
-        f"{os.path.join(path, WEIGHTS_FILE)} does not match its {CONFIG_FILE}: "
+        f"{paths.join(path, WEIGHTS_FILE)} does not match its {CONFIG_FILE}: "
         + "; ".join(problems)
     )
 

@@ -15,9 +15,9 @@ an argument (`frozen["latent"]`) instead of baking them in as constants.
 from __future__ import annotations
 
 import json
-import os
 
 from txt2img_jax.models import autoencoder as ae_lib
+from txt2img_jax.utils import paths
 
 
 def _pixel(config):
@@ -47,10 +47,9 @@ def _kl_vae_described(config):
 
 def _kl_vae_shape(config):
   """From the VAE's config.json alone (no weights read)."""
-  path = os.path.join(_vae_path(config), "config.json")
+  path = paths.join(_vae_path(config), "config.json")
   try:
-    with open(path) as f:
-      vae = json.load(f)
+    vae = json.loads(paths.read_text(path))
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
         f"autoencoder.path: cannot read {path} ({e}); it must be a "
@@ -73,6 +72,8 @@ def _vae_path(config) -> str:
         "autoencoder.kind='kl_vae' needs autoencoder.path: a "
         "diffusers AutoencoderKL folder or hub id"
     )
+  if paths.is_remote(path):  # Read where it is (models/kl_vae.py).
+    return paths.abspath(path)
   from txt2img_jax.utils import hub  # pylint: disable=g-import-not-at-top
 
   return hub.model_folder(path, "autoencoder.path")

@@ -210,7 +210,7 @@ def describe_pretrained_text_encoder(
   """The encoder of a folder from its config.json alone: `params` are
   `jax.ShapeDtypeStruct`s and there is no tokenizer. For compiling a step
   ahead of time (train/aot_lower.py) without the weights."""
-  name_or_path = hub.model_folder(name_or_path, "text_encoder.name")
+  name_or_path = weights_lib.model_folder(name_or_path, "text_encoder.name")
   config, cls, width, default_len, model_type = _model_class(name_or_path)
   model = cls(config, dtype=jnp.dtype(dtype), _do_init=False)
   return PretrainedTextEncoder(
@@ -230,14 +230,16 @@ def load_pretrained_text_encoder(
   """`_load` once per process for the same files: `prepare` (to cache features) and the run
   both ask for the encoder, and hashing a T5-XXL's weights twice would cost tens of seconds.
   """
-  name_or_path = hub.model_folder(name_or_path, "text_encoder.name")
+  name_or_path = weights_lib.model_folder(name_or_path, "text_encoder.name")
   return _load_cached(
       name_or_path, jnp.dtype(dtype).name, max_len, _files_state(name_or_path)
   )
 
 
 def _files_state(path: str) -> tuple:
-  """(name, size, mtime) of a folder's files: a rewritten folder is loaded again."""
+  """(name, size, mtime) of a folder's files: a rewritten folder is loaded again.
+
+  `path` is local (`weights_lib.model_folder`): transformers reads it."""
   if not os.path.isdir(path):
     return ()
   out = []

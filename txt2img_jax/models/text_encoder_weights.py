@@ -25,6 +25,9 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import jax
 import numpy as np
 
+from txt2img_jax.utils import hub
+from txt2img_jax.utils import paths
+
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 FLAX_FILE = "flax_model.msgpack"
@@ -40,40 +43,69 @@ _LEAF_TO_TORCH = {
 _ALIASES = {"shared.weight": ("encoder.embed_tokens.weight",)}
 
 
+def remote_cache_dir() -> str:
+  """Where a bucket folder of a model is copied (`model_folder`):
+  $XDG_CACHE_HOME/txt2img_jax/models, by default under ~/.cache."""
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return os.path.join(cache, "txt2img_jax", "models")
+
+
+def model_folder(name: str, field: str) -> str:
+  """A local folder of the model `name` (config field `field`) names: a
+  bucket folder (gs://...) copied once to `remote_cache_dir()` (the files
+  hub.ALLOW_PATTERNS lists; transformers reads configs and tokenizers from
+  local files only), else `hub.model_folder` (a local folder, or a hub id's
+  snapshot in the Hugging Face cache, which is always local)."""
+  if paths.is_remote(name):
+    if not paths.isdir(name):
+      raise FileNotFoundError(f"{field}={name!r} is not a folder")
+    return paths.local_copy_tree(name, remote_cache_dir(), hub.ALLOW_PATTERNS)
+  return hub.model_folder(name, field)
+
+
 def has_safetensors(path: str) -> bool:
   return any(
-      os.path.isfile(os.path.join(path, f)) for f in (WEIGHTS_FILE, INDEX_FILE)
+      paths.isfile(paths.join(path, f)) for f in (WEIGHTS_FILE, INDEX_FILE)
   )
 
 
 def has_flax(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, FLAX_FILE))
+  return paths.isfile(paths.join(path, FLAX_FILE))
 
 
 def weight_files(path: str) -> list[str]:
   """The safetensors files of a folder: the single file, or the shards its index lists."""
-  single = os.path.join(path, WEIGHTS_FILE)
-  if os.path.isfile(single):
+  single = paths.join(path, WEIGHTS_FILE)
+  if paths.isfile(single):
     return [single]
-  index = os.path.join(path, INDEX_FILE)
+  index = paths.join(path, INDEX_FILE)
   try:
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+    shards = sorted(
+        set(json.loads(paths.read_text(index))["weight_map"].values())
+    )
   except (OSError, ValueError, KeyError) as e:
     raise FileNotFoundError(
         f"{path!r}: cannot read {WEIGHTS_FILE} or a valid {INDEX_FILE} ({e}); the text encoder "
         f"folder needs PyTorch safetensors or {FLAX_FILE}"
     ) from None
-  return [os.path.join(path, s) for s in shards]
+  return [paths.join(path, s) for s in shards]
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """The tensors of a safetensors file: mapped from a local disk, read whole
+  into memory from a bucket."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
+  if paths.is_remote(path):
+    return safetensors.numpy.load(paths.read_bytes(path))
+  return safetensors.numpy.load_file(path)
 
 
 def _read_tensors(files: Sequence[str]) -> Dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
   out = {}
   for path in files:
     try:
-      out.update(load_file(path))
+      out.update(read_safetensors(path))
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"cannot read {path}: {e}") from None
   return out

@@ -265,3 +265,37 @@ def local_copy(path: Any, cache_dir: Any) -> str:
       dst.write(chunk)
   os.replace(tmp, local)
   return local
+
+
+def write_with(path: Any, save, *args, **kwargs) -> None:
+  """Writes what `save(file_object, *args, **kwargs)` writes to a file
+  object (PIL's `Image.save`, matplotlib's `savefig`, `np.savez`): made in
+  memory, then written whole by `write_bytes`. Name the format in `kwargs`
+  where the writer takes it from a file name (`format="PNG"`)."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  buf = io.BytesIO()
+  save(buf, *args, **kwargs)
+  write_bytes(path, buf.getvalue())
+
+
+def local_copy_tree(
+    path: Any, cache_dir: Any, patterns: tuple[str, ...] = ()
+) -> str:
+  """A local folder with the files under folder `path` (those whose name
+  matches one of `patterns`, all if none): the folder itself when local,
+  else copies under `cache_dir` by `local_copy` (each made once, kept while
+  its size matches; files gone from the bucket are not removed). For
+  libraries that read a folder from local files only (transformers)."""
+  import fnmatch  # pylint: disable=g-import-not-at-top
+
+  path = abspath(path)
+  if not is_remote(path):
+    return path
+  root = as_path(path)
+  for folder, _, names in root.walk():
+    for name in names:
+      if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
+        local_copy(str(epath.Path(folder) / name), cache_dir)
+  scheme, rest = path.split("://", 1)
+  return os.path.join(abspath(cache_dir), scheme, rest)
