@@ -33,6 +33,7 @@ from test_records import OPTS
 from test_records import TinyFolderTestCaptions
 from test_records import _by_key
 from test_records import _featurize
+from test_records import bad_folder  # pylint: disable=unused-import
 from test_webdataset import _streamed_and_prepared
 from test_webdataset import clean_shards  # pylint: disable=unused-import
 from test_webdataset import shards_and_folder  # pylint: disable=unused-import
@@ -53,9 +54,11 @@ def _bucket(tmp_path, monkeypatch, **objects):
 
 
 def test_folder_and_shards_prepare_into_a_bucket_as_on_a_disk(
-    shards_and_folder, tmp_path, monkeypatch
+    bad_folder, shards_and_folder, tmp_path, monkeypatch
 ):
-  shards, folder = shards_and_folder
+  """Every kind of bad input, in nested folders and in broken shards."""
+  shards, _ = shards_and_folder
+  folder = bad_folder
   wds_args = dict(caption_key="json:caption")
   local = {
       "folder": records_prepare.prepare(
@@ -117,8 +120,8 @@ def test_folder_and_shards_prepare_into_a_bucket_as_on_a_disk(
   assert len(staged) == len(shards_written), staged
 
 
-def test_hosts_share_a_bucket_dir(shards_and_folder, tmp_path, monkeypatch):
-  _, folder = shards_and_folder
+def test_hosts_share_a_bucket_dir(bad_folder, tmp_path, monkeypatch):
+  folder = bad_folder
   ref = records_prepare.prepare(
       ifo.ImageFolderSource(folder),
       str(tmp_path / "one"),

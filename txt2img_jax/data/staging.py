@@ -17,7 +17,8 @@ copies, made here:
   it can be deleted whenever no run is reading from it.
 - Writing: a shard is written to a temporary file under `<stage>/tmp` and
   uploaded under its final name: a bucket object appears whole or not at
-  all, which is what the local rename of a temporary name gives.
+  all, which is what the local rename of a temporary name gives. (A killed
+  run may leave its temporary file there; nothing else does.)
 - Locks: a bucket has no `flock`. Preparing records in a data dir takes no
   lock, local or remote (the hosts of one run share the work through
   `records_hosts.Hosts`); two unrelated runs preparing the same remote dir
