@@ -11,10 +11,16 @@ This module lists the rows (finding the problems a listing can see: bad
 metadata lines, duplicates, missing files, unlisted images); `inputs.py` turns one
 image into the uint8 (S, S, 3) array that is stored. `records_prepare.prepare` runs it
 over the whole folder; every problem becomes a counted reason in its report.
+
+DIR may be a bucket URL (`gs://bucket/images`): it is listed and read
+through `utils/paths` (a bucket has no links, so `follow_symlinks` does not
+apply; its objects' times are to the second). A local folder is walked with
+`os` itself, for its links' rules and its files' exact times.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import hashlib
 import io
@@ -22,22 +28,27 @@ import json
 import os
 from typing import Any
 
+from etils import epath
 from PIL import Image
 
 from txt2img_jax.data import inputs
+from txt2img_jax.utils import paths
+
+# Threads that stat a bucket's listed images (one request each).
+_STAT_THREADS = 32
 
 
 def _find_metadata(root: str) -> str:
-  if not os.path.isdir(root):
-    if os.path.exists(root):
+  if not paths.isdir(root):
+    if paths.exists(root):
       raise NotADirectoryError(f"Image folder {root!r} is not a directory.")
     raise FileNotFoundError(f"Image folder {root!r} does not exist.")
-  if not os.access(root, os.R_OK | os.X_OK):
+  if not paths.is_remote(root) and not os.access(root, os.R_OK | os.X_OK):
     raise PermissionError(f"Image folder {root!r} is not readable.")
   found = [
       n
       for n in ("metadata.jsonl", "metadata.csv")
-      if os.path.isfile(os.path.join(root, n))
+      if paths.isfile(paths.join(root, n))
   ]
   if not found:
     raise FileNotFoundError(
@@ -49,12 +60,12 @@ def _find_metadata(root: str) -> str:
         f"Both metadata.jsonl and metadata.csv are in {root!r}; "
         "keep the one to use."
     )
-  return os.path.join(root, found[0])
+  return paths.join(root, found[0])
 
 
 def _missing_columns_error(meta: str, columns, caption_column: str):
   return ValueError(
-      f"{os.path.basename(meta)} has columns {sorted(columns)}, but needs "
+      f"{paths.basename(meta)} has columns {sorted(columns)}, but needs "
       f"'file_name' and '{caption_column}' (set the caption column to the one "
       "that holds your captions)."
   )
@@ -62,9 +73,9 @@ def _missing_columns_error(meta: str, columns, caption_column: str):
 
 def _jsonl_rows(meta: str, caption_column: str, issues: list[inputs.Issue]):
   """Yields (line, row dict); undecodable lines become issues."""
-  name = os.path.basename(meta)
+  name = paths.basename(meta)
   checked = False
-  with open(meta, "rb") as f:
+  with paths.open(meta, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       if not raw.strip():
         continue
@@ -96,10 +107,9 @@ def _parse_csv_caption(cell: str | None) -> Any:
 
 
 def _csv_rows(meta: str, caption_column: str, issues: list[inputs.Issue]):
-  name = os.path.basename(meta)
-  with open(meta, "rb") as f:
-    # Bad bytes stay as surrogates, so one bad row doesn't sink the file.
-    text = f.read().decode("utf-8-sig", errors="surrogateescape")
+  name = paths.basename(meta)
+  # Bad bytes stay as surrogates, so one bad row doesn't sink the file.
+  text = paths.read_bytes(meta).decode("utf-8-sig", errors="surrogateescape")
   reader = csv.DictReader(io.StringIO(text, newline=""), restkey="\0extra")
   columns = reader.fieldnames or []
   if "file_name" not in columns or caption_column not in columns:
@@ -135,7 +145,8 @@ def _walk(
   A link (to a file, or a linked folder) whose target lies outside the
   folder is not taken unless `follow_symlinks`: a folder of images is what
   the user handed over, not what its links reach (`/etc/...`). Links that
-  stay inside the folder are ordinary files.
+  stay inside the folder are ordinary files. (A local folder, walked with
+  `os` itself for the links; `_walk_remote` lists a bucket's.)
   """
   real_root = os.path.realpath(root)
   files, outside = {}, {}
@@ -165,6 +176,28 @@ def _walk(
   return files, outside
 
 
+def _walk_remote(root: str) -> dict[str, None]:
+  """Every object under a bucket folder, by relative path (`_walk`'s first
+  dict, without the stats: `_stats` asks for the listed ones only)."""
+  top = paths.as_path(root)
+  files = {}
+  for dirpath, _, filenames in top.walk():
+    where = epath.Path(dirpath).relative_to(top)
+    for fn in filenames:
+      files[os.path.normpath(os.path.join(where, fn))] = None
+  return files
+
+
+def _stats(root: str, files: dict[str, Any], rels: list[str]):
+  """(rel, size, mtime ns) of each listed file: from `_walk`'s stats, or
+  one request per object of a bucket (in threads)."""
+  if not paths.is_remote(root):
+    return [(r, files[r].st_size, files[r].st_mtime_ns) for r in rels]
+  with concurrent.futures.ThreadPoolExecutor(_STAT_THREADS) as pool:
+    found = pool.map(lambda r: paths.size_mtime_ns(paths.join(root, r)), rels)
+    return [(r, *st) for r, st in zip(rels, found)]
+
+
 def _inside(path: str, real_root: str) -> bool:
   real = os.path.realpath(path)
   return real == real_root or real.startswith(real_root + os.sep)
@@ -186,17 +219,20 @@ class ImageFolderSource:
       caption_column: str = "text",
       follow_symlinks: bool = False,
   ):
-    self.root = os.path.abspath(os.fspath(root))
+    self.root = paths.abspath(root)
     self.caption_column = caption_column
     self.metadata_path = _find_metadata(self.root)
     self.issues: list[inputs.Issue] = []
-    files, outside = _walk(self.root, follow_symlinks)
+    if paths.is_remote(self.root):
+      files, outside = _walk_remote(self.root), {}
+    else:
+      files, outside = _walk(self.root, follow_symlinks)
     rows = (
         _jsonl_rows if self.metadata_path.endswith(".jsonl") else _csv_rows
     )(self.metadata_path, caption_column, self.issues)
     self.candidates: list[inputs.Candidate] = []
     seen: set[str] = set()
-    listed_stats = []
+    listed = []
     for index, (line, row) in enumerate(rows):
       if row is None:
         continue
@@ -205,7 +241,7 @@ class ImageFolderSource:
         self.issues.append(
             inputs.Issue(
                 inputs.BAD_METADATA_LINE,
-                os.path.basename(self.metadata_path),
+                paths.basename(self.metadata_path),
                 line,
             )
         )
@@ -232,8 +268,7 @@ class ImageFolderSource:
       if rel not in files:  # Also catches absolute and '../' names.
         self.issues.append(inputs.Issue(inputs.MISSING_FILE, rel, line))
         continue
-      st = files[rel]
-      listed_stats.append((rel, st.st_size, st.st_mtime_ns))
+      listed.append(rel)
       self.candidates.append(
           inputs.Candidate(
               key=rel,
@@ -250,7 +285,7 @@ class ImageFolderSource:
           and os.path.splitext(rel)[1].lower() in inputs.IMAGE_EXTENSIONS
       ):
         self.issues.append(inputs.Issue(inputs.UNLISTED_IMAGE, rel))
-    self._fingerprint = self._summary(listed_stats)
+    self._fingerprint = self._summary(_stats(self.root, files, listed))
 
   def _summary(self, listed_stats) -> dict[str, Any]:
     # Size and mtime of every listed file, hashed: a changed, added or
@@ -258,13 +293,13 @@ class ImageFolderSource:
     h = hashlib.sha256()
     for rel, size, mtime in sorted(listed_stats):
       h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogatepass"))
-    st = os.stat(self.metadata_path)
+    meta_size, meta_mtime_ns = paths.size_mtime_ns(self.metadata_path)
     return {
         "kind": self.kind,
         "path": self.root,
-        "metadata": os.path.basename(self.metadata_path),
-        "metadata_size": st.st_size,
-        "metadata_mtime_ns": st.st_mtime_ns,
+        "metadata": paths.basename(self.metadata_path),
+        "metadata_size": meta_size,
+        "metadata_mtime_ns": meta_mtime_ns,
         "caption_column": self.caption_column,
         "num_files": len(listed_stats),
         "bytes": sum(s for _, s, _ in listed_stats),
@@ -279,7 +314,19 @@ class ImageFolderSource:
 
   def read(self, cand: inputs.Candidate) -> tuple[Image.Image, list[str]]:
     """The opened image and captions of a candidate; raises inputs.BadInput."""
-    return (
-        inputs.open_image(os.path.join(self.root, cand.key)),
-        list(cand.captions or ()),
-    )
+    path = paths.join(self.root, cand.key)
+    if paths.is_remote(path):
+      try:
+        data = paths.read_bytes(path)
+      except FileNotFoundError as e:
+        raise inputs.BadInput(
+            inputs.MISSING_FILE, "file vanished after listing"
+        ) from e
+      except OSError as e:
+        raise inputs.BadInput(
+            inputs.MISSING_FILE, f"cannot read: {type(e).__name__}: {e}"
+        ) from e
+      return inputs.open_image(data), list(cand.captions or ())
+    # A local file is opened by PIL itself, lazily: an image over
+    # max_pixels is skipped after reading its header only.
+    return inputs.open_image(path), list(cand.captions or ())

@@ -6,7 +6,6 @@ evaluators see a data set: `as_data_source(split)`, `decode_transform()`,
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
 
@@ -14,6 +13,7 @@ import grain
 import numpy as np
 
 from txt2img_jax.data import records
+from txt2img_jax.utils import paths
 
 VOCAB_FILE = "vocab.json"
 # Words for the embedded word tokenizer: the same split as its pre-tokenizer
@@ -34,15 +34,11 @@ def count_words(captions) -> list[str]:
 
 def cached_vocabulary(out_dir: str, captions) -> list[str]:
   """`count_words(captions())`, computed once and kept in out_dir."""
-  path = os.path.join(out_dir, VOCAB_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.join(out_dir, VOCAB_FILE)
+  if paths.exists(path):
+    return json.loads(paths.read_text(path))
   words = count_words(captions())
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(words, f)
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(words))  # Whole or not at all.
   return words
 
 

@@ -1,7 +1,9 @@
 """Prepared data: the record format and the reader of its ArrayRecord shards.
 
 `records_prepare.prepare` writes a prepared directory (shards, report,
-fingerprint, manifest; its doc lists the layout); this module reads it.
+fingerprint, manifest; its doc lists the layout); this module reads it. A
+directory in a bucket is read from local copies of its shards
+(`staging.py`: ArrayRecord's reader opens local files only).
 
 Record format (one msgpack map per record, `decode_record` reads it):
   image     raw uint8 bytes of the (S, S, 3) image, row-major
@@ -27,6 +29,9 @@ from typing import Any, Mapping, Sequence
 import grain
 import msgpack
 import numpy as np
+
+from txt2img_jax.data import staging
+from txt2img_jax.utils import paths
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -108,18 +113,17 @@ class DecodeRecord(grain.transforms.Map):
 
 
 def load_manifest(out_dir: str) -> dict[str, Any]:
-  path = os.path.join(out_dir, MANIFEST)
-  if not os.path.isfile(path):
+  path = paths.join(out_dir, MANIFEST)
+  if not paths.isfile(path):
     state = (
         "an unfinished preparation (rerun prepare to finish it)"
-        if os.path.exists(os.path.join(out_dir, FINGERPRINT))
+        if paths.exists(paths.join(out_dir, FINGERPRINT))
         else "no prepared data"
     )
     raise FileNotFoundError(
         f"{out_dir!r} holds {state}: {MANIFEST} is " "missing."
     )
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 class PreparedSource:
@@ -141,8 +145,12 @@ class PreparedSource:
     self.split = split
     info = splits[split]
     self._len = info["num_records"]
-    paths = [os.path.join(self.out_dir, s) for s in info["shards"]]
-    self._source = grain.sources.ArrayRecordDataSource(paths) if paths else None
+    # Local shards as they are; a bucket's staged under the manifest's key.
+    key = staging.content_key(self.manifest)
+    files = [
+        staging.stage(paths.join(self.out_dir, s), key) for s in info["shards"]
+    ]
+    self._source = grain.sources.ArrayRecordDataSource(files) if files else None
 
   @property
   def fingerprint(self) -> dict[str, Any]:

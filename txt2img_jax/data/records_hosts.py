@@ -14,6 +14,7 @@ import os
 from typing import Callable
 
 from txt2img_jax.data import records_write
+from txt2img_jax.utils import paths
 
 HOSTS_TOKEN = ".hosts_token"
 
@@ -48,15 +49,15 @@ ONE_HOST = Hosts()
 
 def shared_dir(out_dir: str, hosts: Hosts) -> bool:
   """Whether every host sees the same out_dir: host 0 writes a random token
-  there and tells the others; each reads what its disk holds."""
+  there and tells the others; each reads what its disk holds. (A bucket is
+  shared by every host that names it.)"""
   token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-  path = os.path.join(out_dir, HOSTS_TOKEN)
+  path = paths.join(out_dir, HOSTS_TOKEN)
   if hosts.index == 0:
     records_write.atomic_write_json(path, token)
   told = hosts.gather(token if hosts.index == 0 else 0)[0]
   try:
-    with open(path) as f:
-      seen = json.load(f)
+    seen = json.loads(paths.read_text(path))
   except (OSError, ValueError):
     seen = None
   shared = hosts.gather(int(seen == told))

@@ -29,18 +29,21 @@ manifest. A chunk is written whole by one host, so the records do not depend
 on the number of hosts. This needs the output dir shared by the hosts (a
 bucket or a shared filesystem); where it is not (each host's own disk), each
 host prepares its own full copy instead, as one host would.
+
+`out_dir` may be a bucket URL (`gs://...`): the files above are written
+through `utils/paths`, the shards written locally and uploaded whole under
+their names (`staging.py`). Preparing takes no lock (on a local disk
+neither): the hosts of one run share the work as above, but two unrelated
+runs preparing the same dir at once are not protected from each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
-import glob
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +53,8 @@ from txt2img_jax.data import records
 from txt2img_jax.data import records_hosts
 from txt2img_jax.data import records_report
 from txt2img_jax.data import records_write
+from txt2img_jax.data import staging
+from txt2img_jax.utils import paths
 
 
 def _normal(obj: Any) -> Any:
@@ -76,16 +81,26 @@ def _clear(out_dir: str) -> None:
       records.REPORT,
       records_hosts.HOSTS_TOKEN,
   ):
-    for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
-      os.remove(path)
-  shutil.rmtree(os.path.join(out_dir, records.CHUNKS_DIR), ignore_errors=True)
+    for path in _matching(out_dir, pattern):
+      paths.remove(path)
+  paths.rmtree(paths.join(out_dir, records.CHUNKS_DIR))
+
+
+def _matching(out_dir: str, pattern: str) -> list[str]:
+  """The files at the top of out_dir whose names match `pattern` (a name
+  pattern: out_dir's own path may hold any character)."""
+  if not paths.isdir(out_dir):
+    return []
+  return [
+      paths.join(out_dir, n)
+      for n in paths.listdir(out_dir)
+      if fnmatch.fnmatchcase(n, pattern)
+  ]
 
 
 def _check_writable(out_dir: str) -> None:
   try:
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out_dir):
-      pass
+    staging.probe_writable(out_dir)
   except OSError as e:
     raise PermissionError(
         f"Output dir {out_dir!r} is not writable ({e.strerror or e}); pick "
@@ -177,7 +192,7 @@ def prepare(
       `prepare` with the same arguments and its own `hosts.index`.
   """
   arguments = dict(locals())
-  out_dir = os.path.abspath(os.fspath(out_dir))
+  out_dir = paths.abspath(out_dir)
   if featurize is not None and not fingerprint:
     raise ValueError(
         "prepare(featurize=...) needs a `fingerprint` naming the "
@@ -213,18 +228,17 @@ def prepare(
       }
   )
 
-  fp_path = os.path.join(out_dir, records.FINGERPRINT)
+  fp_path = paths.join(out_dir, records.FINGERPRINT)
   complete = False
-  if os.path.exists(fp_path) and not rebuild:
-    with open(fp_path) as f:
-      stored = json.load(f)
+  if paths.exists(fp_path) and not rebuild:
+    stored = json.loads(paths.read_text(fp_path))
     if stored != full_fp:
       raise ValueError(
           f"{out_dir!r} was prepared with other settings (differs in: "
           f"{', '.join(_diff_keys(stored, full_fp))}); prepare again with "
           "rebuild=True, or use another output dir."
       )
-    complete = os.path.exists(os.path.join(out_dir, records.MANIFEST))
+    complete = paths.exists(paths.join(out_dir, records.MANIFEST))
   if hosts.count == 1 and complete:
     return records_report.reuse(out_dir, progress)
   if hosts.count > 1 and all(hosts.gather(int(complete))):
@@ -254,17 +268,17 @@ def prepare(
       plan.append((split, k, n, members[k * chunk_size : (k + 1) * chunk_size]))
 
   def chunk_json(split, k):
-    return os.path.join(out_dir, records.CHUNKS_DIR, f"{split}-{k:05d}.json")
+    return paths.join(out_dir, records.CHUNKS_DIR, f"{split}-{k:05d}.json")
 
   def unwritten():
     return [
         (i, p)
         for i, p in enumerate(plan)
-        if not os.path.exists(chunk_json(p[0], p[1]))
+        if not paths.exists(chunk_json(p[0], p[1]))
     ]
 
   if hosts.count > 1:
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     # After host 0's set-up (a rebuild's clearing) and before any host
     # writes a chunk (after the sync): every host sees the same.
     shared = records_hosts.shared_dir(out_dir, hosts)
@@ -331,8 +345,7 @@ def prepare(
         f"host 0 could not merge the prepared chunks in {out_dir}; "
         "see its log."
     )
-  with open(os.path.join(out_dir, records.REPORT)) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(paths.join(out_dir, records.REPORT)))
 
 
 def _set_up(out_dir: str, rebuild: bool, fp_path: str, full_fp) -> None:
@@ -341,8 +354,8 @@ def _set_up(out_dir: str, rebuild: bool, fp_path: str, full_fp) -> None:
   _check_writable(out_dir)
   if rebuild:
     _clear(out_dir)
-  for stale in glob.glob(os.path.join(glob.escape(out_dir), "*.tmp")):
-    os.remove(stale)  # Left by a killed run; never part of the data.
-  os.makedirs(os.path.join(out_dir, records.CHUNKS_DIR), exist_ok=True)
-  if not os.path.exists(fp_path):
+  for stale in _matching(out_dir, "*.tmp"):
+    paths.remove(stale)  # Left by a killed run; never part of the data.
+  paths.makedirs(paths.join(out_dir, records.CHUNKS_DIR))
+  if not paths.exists(fp_path):
     records_write.atomic_write_json(fp_path, full_fp)

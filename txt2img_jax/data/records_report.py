@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from txt2img_jax.data import inputs
 from txt2img_jax.data import records
 from txt2img_jax.data import records_write
+from txt2img_jax.utils import paths
 
 # ------------------------------------------------------------------- report
 
@@ -83,7 +83,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             for r, v in report["reasons"].items()
         )
     )
-    path = os.path.join(report["output"], records.REPORT)
+    path = paths.join(report["output"], records.REPORT)
     lines.append(f"prepare: details in {path}")
   return lines
 
@@ -125,8 +125,7 @@ class Progress:
 
 
 def reuse(out_dir: str, progress: bool) -> dict[str, Any]:
-  with open(os.path.join(out_dir, records.REPORT)) as f:
-    report = json.load(f)
+  report = json.loads(paths.read_text(paths.join(out_dir, records.REPORT)))
   if progress:
     print(
         f"prepare: {out_dir} is already prepared and matches; reusing it.",
@@ -152,8 +151,7 @@ def finish(
   extras = None
   dropped = 0
   for split, k, _, _ in plan:
-    with open(chunk_json(split, k)) as f:
-      info = json.load(f)
+    info = json.loads(paths.read_text(chunk_json(split, k)))
     dropped += info.get("captions_dropped", 0)
     for issue in info["issues"]:
       report.add(inputs.Issue(*issue))
@@ -187,19 +185,19 @@ def finish(
       "processed": processed,
       "images_per_s": processed / max(seconds, 1e-9),
   }
-  records_write.atomic_write_json(os.path.join(out_dir, records.REPORT), result)
+  records_write.atomic_write_json(paths.join(out_dir, records.REPORT), result)
   if total == 0:
     raise ValueError(
         f"No usable examples: all {listed} listed inputs were skipped "
         f"({dict(report.counts)}); see "
-        f"{os.path.join(out_dir, records.REPORT)}."
+        f"{paths.join(out_dir, records.REPORT)}."
     )
   if progress:
     for line in summary_lines(result):
       print(line, file=sys.stderr)
   # Last: the manifest is what makes the directory count as prepared.
   records_write.atomic_write_json(
-      os.path.join(out_dir, records.MANIFEST),
+      paths.join(out_dir, records.MANIFEST),
       {
           "format_version": records.FORMAT_VERSION,
           "fingerprint": full_fp,

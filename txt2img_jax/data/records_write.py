@@ -1,7 +1,8 @@
 """Writing chunks of prepared data: decode their images (in threads, the
 next chunk's while this one is encoded), run the frozen encoders on them,
-write each as one ArrayRecord shard under a temporary name and rename it;
-`records_prepare.prepare` decides the chunks."""
+write each as one ArrayRecord shard under a temporary name and rename it
+(into a bucket: write it locally and upload it under its final name, see
+`staging.py`); `records_prepare.prepare` decides the chunks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from txt2img_jax.data import inputs
 from txt2img_jax.data import records
+from txt2img_jax.data import staging
+from txt2img_jax.utils import paths
 
 WRITER_OPTIONS = "group_size:1,uncompressed"
 
@@ -78,9 +81,16 @@ def load_one(source, cand: inputs.Candidate, opts: Options):
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
+  """Whole or not at all, after a kill or (locally) a crash."""
+  text = json.dumps(obj, indent=1, sort_keys=True)
+  if paths.is_remote(path):
+    paths.write_text(path, text)  # One upload: the object is whole or absent.
+    return
+  # A local file, synced before its rename (paths.write_text is not): a
+  # machine's crash must not leave an empty chunk record.
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -144,10 +154,13 @@ def write_chunk(
         parts[name].append(arr)
     extras = {name: np.concatenate(p) for name, p in parts.items()}
   shard = f"{split}-{k:05d}-of-{n:05d}.array_record"
-  path = os.path.join(out_dir, shard)
+  path = paths.join(out_dir, shard)
   nbytes = 0
   if kept:
-    tmp = path + ".tmp"
+    # ArrayRecord's writer takes local files only: a bucket's shard is
+    # written in the stage dir and uploaded whole under its final name.
+    remote = paths.is_remote(path)
+    tmp = staging.scratch_file(".array_record") if remote else path + ".tmp"
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     for j, cand in enumerate(kept):
       writer.write(
@@ -160,8 +173,14 @@ def write_chunk(
           )
       )
     writer.close()
-    os.replace(tmp, path)
-    nbytes = os.path.getsize(path)
+    nbytes = os.path.getsize(tmp)  # Local either way.
+    if remote:
+      try:
+        staging.upload(tmp, path)
+      finally:
+        os.remove(tmp)
+    else:
+      os.replace(tmp, path)
   spec = {
       name: {"dtype": arr.dtype.str, "shape": list(arr.shape[1:])}
       for name, arr in extras.items()

@@ -12,6 +12,10 @@ under the data dir, a report of every bad input, and (for a KL-VAE latent
 space) the VAE moments cached next to each image, so training never runs the
 frozen encoder.
 
+Any of these paths (the data dir, data.path) may be a bucket URL
+(`gs://...`): `staging.py` says how a data dir in a bucket is read, written
+and (not) locked.
+
 Each source's modules (TFDS, grain, ArrayRecord) are imported when that source
 is prepared, not when this module is: the registry and `validate` are all
 that model-side code (`perf`, `sample`) reaches, and they need none of them.
@@ -26,10 +30,17 @@ import re
 
 from absl import logging
 
+from txt2img_jax.utils import paths
+
+
+def _user_path(path: str) -> str:
+  """A path as typed, `~` expanded (a bucket URL as it is)."""
+  return path if paths.is_remote(path) else os.path.expanduser(path)
+
 
 def data_dir(config) -> str:
   if config.data.data_dir:
-    return os.path.expanduser(config.data.data_dir)
+    return _user_path(config.data.data_dir)
   return os.environ.get(
       "TXT2IMG_DATA_DIR", os.path.expanduser("~/.cache/txt2img_jax/data")
   )
@@ -60,7 +71,7 @@ def _folder_source(config):
         "with metadata.jsonl or metadata.csv"
     )
   return imagefolder.ImageFolderSource(
-      os.path.expanduser(config.data.path),
+      _user_path(config.data.path),
       config.data.caption_column,
       follow_symlinks=config.data.follow_symlinks,
   )
@@ -94,27 +105,30 @@ def _webdataset_source(config):
 def _source_path(d) -> str:
   """What names the user's data in the prepared directory's hash."""
   if d.name == "folder":
-    return os.path.abspath(os.path.expanduser(d.path))
+    return paths.abspath(d.path)
   if d.name == "webdataset":
-    return os.path.join(
-        os.path.abspath(os.path.dirname(os.path.expanduser(d.path))),
-        os.path.basename(d.path),
+    return paths.join(
+        paths.abspath(paths.dirname(_user_path(d.path))),
+        paths.basename(d.path),
     )
   return d.tfds_name
 
 
 def _source_base(d) -> str:
   if d.name == "folder":
+    if paths.is_remote(d.path):
+      return paths.basename(d.path)
     return os.path.basename(os.path.normpath(d.path))
   if d.name == "webdataset":
-    parent = os.path.basename(os.path.dirname(os.path.expanduser(d.path)))
+    parent = paths.basename(paths.dirname(_user_path(d.path)))
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", parent) or "shards"
   return d.tfds_name.replace("/", "_")
 
 
-def prepared_dir(config, featurizer=None) -> str:
+def prepared_dir(config, featurizer=None, kind: str = "prepared") -> str:
   """Where a user's data is prepared: named by what the records depend on,
-  so another image size or encoder never reuses the wrong records."""
+  so another image size or encoder never reuses the wrong records (`kind`
+  "streamed": where streamed shards keep what the run caches)."""
   d = config.data
   what = {
       "name": d.name,
@@ -125,9 +139,9 @@ def prepared_dir(config, featurizer=None) -> str:
   }
   digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
   base = _source_base(d)
-  return os.path.join(
+  return paths.join(
       data_dir(config),
-      "prepared",
+      kind,
       f"{d.name}_{base}_s{d.image_size}_{digest[:10]}",
   )
 
@@ -141,9 +155,7 @@ def _prepare_records(make_source):
 
     d = config.data
     out_dir = prepared_dir(config, featurizer)
-    if not os.path.exists(os.path.join(out_dir, records.MANIFEST)) or (
-        d.rebuild
-    ):
+    if not paths.exists(paths.join(out_dir, records.MANIFEST)) or (d.rebuild):
       logging.info("preparing %s data into %s", d.name, out_dir)
     report = records_prepare.prepare(
         make_source(config),
@@ -193,9 +205,7 @@ def _webdataset(config, featurizer=None, hosts=None):
       max_caption_words=d.max_len,
       cut_caption_chars=d.max_caption_chars or None,
   )
-  out_dir = prepared_dir(config).replace(
-      os.sep + "prepared" + os.sep, os.sep + "streamed" + os.sep
-  )
+  out_dir = prepared_dir(config, kind="streamed")
   logging.info(
       "streaming %d train + %d val samples from %s (%d listing problems)",
       len(splits["train"]),
@@ -250,7 +260,7 @@ def validate(config) -> None:
           "data.name='folder' needs data.path: a folder of "
           "images with metadata.jsonl or metadata.csv"
       )
-    if not os.path.isdir(os.path.expanduser(d.path)):
+    if not paths.isdir(_user_path(d.path)):
       raise FileNotFoundError(f"data.path={d.path!r} is not a folder")
   if d.name == "webdataset":
     from txt2img_jax.data import webdataset

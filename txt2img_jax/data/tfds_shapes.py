@@ -7,6 +7,13 @@ generator order (`disable_shuffling`), so record `i` of a split is exactly
 
 Every setting that changes the records is in the config name, so preparations
 of different sizes or seeds never collide in one data dir.
+
+A data dir in a bucket (`gs://...`): TFDS's `array_record` files are written
+and read by C++ that opens local files only, so the set is generated in a
+local copy of the data dir (`staging.py`'s stage dir, under a local lock)
+and uploaded, its `dataset_info.json` last; a later run (another host)
+copies it back down once. Generation is deterministic, so two hosts that
+generate and upload it at once write the same objects: no bucket lock.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import dataclasses
 import fcntl
 import inspect
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -27,8 +33,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from txt2img_jax.data import shapes
+from txt2img_jax.data import staging
+from txt2img_jax.utils import paths
 
 _FILE_FORMAT = "array_record"
+# TFDS writes it last: a data set's files are complete once it is there.
+_INFO_FILE = "dataset_info.json"
+# The stage dir's key of shapes copies: their content is fixed by the
+# config name, which is in their path.
+_STAGE_KEY = "shapes"
 
 # What the structure benchmark reads of each example besides its image.
 DESCRIPTION_KEYS = ("shapes", "colors", "sizes", "cells", "num_objects")
@@ -180,9 +193,7 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
 def _check_writable(data_dir: str) -> None:
   """Fails early and clearly, rather than deep inside TFDS's writer."""
   try:
-    os.makedirs(data_dir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=data_dir):
-      pass
+    staging.probe_writable(data_dir)
   except OSError as e:
     raise PermissionError(
         f"Data dir {data_dir!r} is not writable ({e}), so the shapes data set "
@@ -203,6 +214,7 @@ def verify(builder: CaptionedShapes, probes: int = 3) -> None:
   problems = []
   for name, split in builder.info.splits.items():
     for filename, expected in zip(split.filenames, split.shard_lengths):
+      # Local: a bucket's set is verified in its local copy (module doc).
       path = os.path.join(builder.data_dir, filename)
       found = _count_records(path)
       if found != expected:
@@ -263,12 +275,53 @@ def prepare(
 
   Safe to call twice: a prepared config is reused, never regenerated. On a
   pod, give each host a local `data_dir` (generation is deterministic), or let
-  one host prepare a shared dir before the others call this.
+  one host prepare a shared dir before the others call this. A bucket's
+  `data_dir` is read from a local copy (module doc): the builder returned
+  then reads local files.
   """
   config = make_config(
       seed, image_size, num_train, num_test, num_heldout, jitter_px
   )
   data_dir = os.fspath(data_dir)
+  if paths.is_remote(data_dir):
+    return _prepare_remote(data_dir, config)
+  return _prepare_local(data_dir, config)
+
+
+def _prepare_remote(data_dir: str, config: ShapesConfig) -> CaptionedShapes:
+  """`prepare` into a bucket's data dir, through its local copy."""
+  local_dir = staging.local_dir(data_dir, _STAGE_KEY)
+  builder = CaptionedShapes(
+      data_dir=local_dir, config=config, file_format=_FILE_FORMAT
+  )
+  # The set's own dir, <data dir>/captioned_shapes/<config>/<version>.
+  rel = os.path.relpath(builder.data_dir, local_dir).split(os.sep)
+  remote = paths.join(data_dir, *rel)
+  if paths.isfile(paths.join(remote, _INFO_FILE)):
+    staging.stage_files(remote, _STAGE_KEY, last=(_INFO_FILE,))
+    builder = _prepared_builder(local_dir, config)
+    if builder is None:
+      raise CorruptDataError(
+          f"the shapes data at {remote} could not be read from its local "
+          f"copy in {local_dir}"
+      )
+    verify(builder)
+    logging.info(
+        "Shapes data %s already prepared at %s; reading its copy in %s.",
+        config.name,
+        remote,
+        builder.data_dir,
+    )
+    return builder
+  _check_writable(data_dir)
+  builder = _prepare_local(local_dir, config)
+  logging.info("Uploading shapes data %s to %s.", config.name, remote)
+  staging.upload_files(str(builder.data_dir), remote, last=(_INFO_FILE,))
+  return builder
+
+
+def _prepare_local(data_dir: str, config: ShapesConfig) -> CaptionedShapes:
+  """`prepare` into a local data dir."""
   builder = _prepared_builder(data_dir, config)
   if builder is not None:
     verify(builder)
@@ -302,9 +355,9 @@ def prepare(
         "Prepared shapes data %s in %.1f s (%d/%d/%d examples).",
         config.name,
         time.perf_counter() - start,
-        num_train,
-        num_test,
-        num_heldout,
+        config.num_train,
+        config.num_test,
+        config.num_heldout,
     )
   return builder
 
@@ -332,11 +385,10 @@ def _prepared_builder(data_dir: str, config) -> CaptionedShapes | None:
 def _preparing(data_dir: str, name: str):
   """One process at a time prepares a config in a local data dir: two runs
   started together on a fresh machine would otherwise both write the same
-  records and the second one's final rename would fail. (A remote dir has no
-  file locks: prepare it once, as the pod note above says.)"""
-  if "://" in data_dir:
-    yield
-    return
+  records and the second one's final rename would fail. Always local: a
+  bucket's data dir is generated in its local copy (module doc), and a
+  bucket has no file locks."""
+  # The lock file is local by construction; flock needs a local file.
   with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:

@@ -7,18 +7,26 @@ TensorFlow input pipeline. Keys may name nested features with '/', e.g.
 The TFDS splits map onto the prepared ones: `train_split` -> train and
 `val_split` -> val; without a `val_split`, val is a stable hash-chosen share
 of `train_split` (see `records_prepare.prepare`).
+
+A data set in a bucket (`data.tfds_data_dir=gs://...`) is read from a local
+copy of its files (`staging.py`: ArrayRecord's reader opens local files
+only), made once per machine; the copy needs the data set's size on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from txt2img_jax.data import inputs
+from txt2img_jax.data import staging
+from txt2img_jax.utils import paths
+
+# TFDS writes it last: a staged copy is complete once it is there.
+_INFO_FILE = "dataset_info.json"
 
 
 def _get(element: dict[str, Any], key: str) -> Any:
@@ -79,6 +87,16 @@ class TfdsSource:
           f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}; "
           "build it first (e.g. `tfds build`), with file_format=array_record."
       )
+    # What the data set's files are (name, size, time), where they are.
+    self._files_root = str(builder.data_dir)
+    remote = paths.is_remote(self._files_root)
+    self._files = [
+        (fn, *paths.size_mtime_ns(paths.join(self._files_root, fn)))
+        for fn in paths.listdir(self._files_root)
+        if not (remote and paths.isdir(paths.join(self._files_root, fn)))
+    ]
+    if remote:
+      builder = self._staged(builder, name)
     self._builder = builder
     self._sources = {}
     for split in filter(None, (train_split, val_split)):
@@ -104,6 +122,24 @@ class TfdsSource:
           for i in range(len(ds))
       ]
 
+  def _staged(self, builder, name: str):
+    """The builder of a local copy of a bucket's data set (its files staged
+    under a key of their listing, the info file last)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    # The data set's dir is <data dir>/<full name>: the copy keeps the layout.
+    full_name = builder.info.full_name
+    root = self._files_root[: -len(full_name)].rstrip("/")
+    key = staging.content_key(self._files)
+    staged = staging.stage_files(self._files_root, key, last=(_INFO_FILE,))
+    local = tfds.builder(name, data_dir=staging.local_dir(root, key))
+    if str(local.data_dir) != staged:
+      raise ValueError(
+          f"TFDS {name!r}: the local copy of {self._files_root} reads as "
+          f"{local.data_dir}; name the version in data.tfds_name"
+      )
+    return local
+
   def _check_keys(self) -> None:
     ds = self._sources[self.train_split]
     if not len(ds):
@@ -124,10 +160,9 @@ class TfdsSource:
   def fingerprint(self) -> dict[str, Any]:
     # The files behind the data set: a re-generated data set changes them.
     h = hashlib.sha256()
-    root = os.fspath(self._builder.data_dir)
-    for fn in sorted(os.listdir(root)):
-      st = os.stat(os.path.join(root, fn))
-      h.update(f"{fn}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    root = self._files_root
+    for fn, size, mtime_ns in sorted(self._files):
+      h.update(f"{fn}\0{size}\0{mtime_ns}\n".encode())
     return {
         "kind": self.kind,
         "name": self.name,

@@ -18,6 +18,11 @@ parallel threads like a folder's files. A shard that is not a tar, or is cut
 short, is counted (`bad_shard`) with what was listed before the break kept;
 never fatal. Compressed shards (`.tar.gz`) cannot be read by offset and are
 counted the same way, with what to do.
+
+Shards may be in a bucket (`data.path='gs://b/shards/{00000..01023}.tar'`):
+globs are matched by listing the bucket, and tar headers, captions and
+images are read through `utils/paths` file objects (seek and read: a
+bucket client reads ranges, buffered), never copied whole to a local disk.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from PIL import Image
 
 from txt2img_jax.data import inputs
 from txt2img_jax.data import records_write
+from txt2img_jax.utils import paths
 
 DEFAULT_IMAGE_KEYS = "jpg;jpeg;png;webp"
 _RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)\}")
@@ -67,15 +73,18 @@ def shard_paths(pattern: str) -> list[str]:
         "data.name='webdataset' needs data.path: tar shards, e.g. "
         "'DIR/{00000..00099}.tar' or 'DIR/*.tar'"
     )
-  paths, missing = [], []
-  for p in expand_braces(os.path.expanduser(pattern)):
-    if glob.has_magic(p):
-      paths += sorted(glob.glob(p))
-    elif os.path.isfile(p):
-      paths.append(p)
+  found, missing = [], []
+  remote = paths.is_remote(pattern)
+  for p in expand_braces(pattern if remote else os.path.expanduser(pattern)):
+    if glob.has_magic(p):  # A test of the string only.
+      # Local shards keep glob's own paths (relative stays relative): the
+      # fingerprint hashes them, and prepared data must stay reusable.
+      found += paths.glob(p) if remote else sorted(glob.glob(p))
+    elif paths.isfile(p):
+      found.append(p)
     else:
       missing.append(p)
-  if not paths:
+  if not found:
     raise FileNotFoundError(f"data.path={pattern!r} names no tar shard")
   if missing:
     raise FileNotFoundError(
@@ -83,7 +92,7 @@ def shard_paths(pattern: str) -> list[str]:
         f"(first: {missing[0]!r}); fix the pattern or remove the range's gap"
     )
   seen, out = set(), []
-  for p in paths:
+  for p in found:
     if p not in seen:
       seen.add(p)
       out.append(p)
@@ -140,8 +149,7 @@ class WebDatasetSource:
     self._where: dict[str, tuple[str, int, int]] = {}
     stats = []
     for shard in self.shards:
-      st = os.stat(shard)
-      stats.append((shard, st.st_size, st.st_mtime_ns))
+      stats.append((shard, *paths.size_mtime_ns(shard)))
       self._list_shard(shard)
     h = hashlib.sha256()
     for shard, size, mtime in stats:
@@ -157,20 +165,31 @@ class WebDatasetSource:
     }
 
   def _list_shard(self, shard: str) -> None:
-    name = os.path.basename(shard)
+    name = paths.basename(shard)
+    try:
+      with paths.open(shard, "rb") as f:
+        self._list_tar(f, shard, name)
+    except OSError as e:  # Cannot be opened, or read.
+      self.issues.append(
+          inputs.Issue(inputs.BAD_SHARD, name, None, f"{type(e).__name__}: {e}")
+      )
+
+  def _list_tar(self, f, shard: str, name: str) -> None:
+    """Lists the samples of one shard, opened as `f` (seekable)."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     order: list[str] = []
     try:
-      with open(shard, "rb") as f:
-        head = f.read(4)
+      head = f.read(4)
       if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == (b"\xfd7zX"):
         raise inputs.BadInput(
             inputs.BAD_SHARD,
             "a compressed tar: its members cannot be read by offset; "
             "write plain .tar shards (img2dataset's default)",
         )
-      size = os.path.getsize(shard)
-      with tarfile.open(shard, "r:") as tar:
+      f.seek(0, os.SEEK_END)
+      size = f.tell()
+      f.seek(0)
+      with tarfile.open(fileobj=f, mode="r:") as tar:
         member = tar.next()
         while member is not None:
           if member.isfile():
@@ -199,11 +218,8 @@ class WebDatasetSource:
               "it are kept",
           )
       )
-    if not order:
-      return
-    with open(shard, "rb") as f:
-      for key in order:
-        self._add_sample(f, shard, name, key, samples[key])
+    for key in order:
+      self._add_sample(f, shard, name, key, samples[key])
 
   def _add_sample(self, f, shard, name, key, members) -> None:
     where = f"{name}:{key}"
@@ -225,7 +241,7 @@ class WebDatasetSource:
               inputs.DUPLICATE_ROW,
               where,
               None,
-              f"key also in {os.path.basename(self._where[key][0])}: the "
+              f"key also in {paths.basename(self._where[key][0])}: the "
               "first is used",
           )
       )
@@ -267,7 +283,7 @@ class WebDatasetSource:
     """The opened image and captions of a sample; raises inputs.BadInput."""
     shard, offset, size = self._where[cand.key]
     try:
-      with open(shard, "rb") as f:
+      with paths.open(shard, "rb") as f:
         f.seek(offset)
         data = f.read(size)
     except OSError as e:
@@ -354,7 +370,7 @@ class StreamedShards:
     self.source, self.out_dir = source, out_dir
     self._splits = splits
     self._decode = DecodeStreamed(source, splits, opts)
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
 
   def as_data_source(self, split: str) -> _Samples:
     return _Samples(split, self.split_size(split))

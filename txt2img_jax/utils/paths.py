@@ -299,3 +299,15 @@ def local_copy_tree(
         local_copy(str(epath.Path(folder) / name), cache_dir)
   scheme, rest = path.split("://", 1)
   return os.path.join(abspath(cache_dir), scheme, rest)
+
+
+def size_mtime_ns(path: Any) -> tuple[int, int]:
+  """(size in bytes, modification time in ns) from one stat: a local file's
+  exact `os.stat`; a bucket object's time to the second (what epath gives),
+  which tells a re-uploaded object from the old one."""
+  path = abspath(path)
+  if not is_remote(path):
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+  st = as_path(path).stat()
+  return int(st.length), int(st.mtime) * 1_000_000_000
