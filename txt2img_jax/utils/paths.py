@@ -154,7 +154,12 @@ def rmtree(path: Any) -> None:
 def replace(src: Any, dst: Any) -> None:
   """Renames a file over `dst` (atomic on a local disk; on a bucket a copy
   and a delete, so readers see the old or the new object)."""
-  as_path(src).replace(as_path(dst))
+  s, d = as_path(src), as_path(dst)
+  if is_remote(s) != is_remote(d):
+    copy(s, d)
+    s.unlink()
+  else:
+    s.replace(d)
 
 
 def rename(src: Any, dst: Any) -> None:
@@ -173,7 +178,18 @@ def rename(src: Any, dst: Any) -> None:
 
 
 def copy(src: Any, dst: Any) -> None:
-  as_path(src).copy(as_path(dst), overwrite=True)
+  """Copies a file, between any two of local paths and bucket URLs."""
+  s, d = as_path(src), as_path(dst)
+  if is_remote(s) == is_remote(d):
+    s.copy(d, overwrite=True)
+    return
+  # epath copies with the source's backend, which cannot write the other
+  # kind: stream it through both backends' file objects.
+  if not is_remote(d):
+    d.parent.mkdir(parents=True, exist_ok=True)
+  with s.open("rb") as fin, d.open("wb") as fout:
+    while chunk := fin.read(1 << 24):
+      fout.write(chunk)
 
 
 @contextlib.contextmanager
