@@ -22,6 +22,10 @@ from txt2img_jax.utils import paths
 # What orbax writes last when it commits a step (after every array and the
 # tree's _METADATA): a step dir without these is an interrupted save.
 _COMMIT_FILES = (("_CHECKPOINT_METADATA",), ("default", "_METADATA"))
+# On a bucket orbax writes into the step dir itself (no rename to commit),
+# where _CHECKPOINT_METADATA is there from the start: the commit is this file,
+# written last (orbax's own test for gs://; its local saves write it too).
+_BUCKET_COMMIT_FILE = ("commit_success.txt",)
 
 
 def workdir_path(workdir: str) -> str:
@@ -45,9 +49,12 @@ def is_complete(step_dir: str) -> bool:
   Cheap (no array is read): a truncated array file passes, and is caught
   when the restore fails.
   """
+  commit = _COMMIT_FILES
+  if paths.is_remote(step_dir):
+    commit += (_BUCKET_COMMIT_FILE,)
   return all(
       paths.isfile(p) and paths.getsize(p) > 0
-      for p in (paths.join(step_dir, *f) for f in _COMMIT_FILES)
+      for p in (paths.join(step_dir, *f) for f in commit)
   )
 
 
