@@ -433,10 +433,17 @@ def test_gpu_slurm_dry_run(tmp_path):
   assert tasks == [main] * 3
 
 
-def test_workdir_must_be_a_mounted_path(tmp_path, monkeypatch):
-  with pytest.raises(ValueError, match="mount the bucket.*gcsfuse"):
-    checkpoint_files.local_workdir("gs://bucket/run1")
+def test_a_workdir_is_a_bucket_url_or_an_absolute_local_path(
+    tmp_path, monkeypatch
+):
+  # Every host names the run the same: a URL is kept as one (no local
+  # folder named 'gs:'), a local path is made absolute.
+  assert (
+      checkpoint_files.workdir_path("gs://bucket/run1/") == "gs://bucket/run1"
+  )
+  with pytest.raises(ValueError, match=r"--workdir=http://x/r: the http://"):
+    checkpoint_files.workdir_path("http://x/r")
   monkeypatch.chdir(tmp_path)
-  assert checkpoint_files.local_workdir("run1") == str(tmp_path / "run1")
+  assert checkpoint_files.workdir_path("run1") == str(tmp_path / "run1")
   monkeypatch.setenv("HOME", str(tmp_path))
-  assert checkpoint_files.local_workdir("~/run2") == str(tmp_path / "run2")
+  assert checkpoint_files.workdir_path("~/run2") == str(tmp_path / "run2")

@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from txt2img_jax.train import aot, aot_max_batch, aot_tpu
+from txt2img_jax.utils import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
 
@@ -71,8 +72,7 @@ def main(argv):
         + f"; {len(m['tries'])} compiles)"
     )
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(r, f, indent=1, default=str)
+    paths.write_text(_JSON.value, json.dumps(r, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from txt2img_jax.train import op_profile
 from txt2img_jax.train import throughput
+from txt2img_jax.utils import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file.")
 
@@ -60,8 +61,7 @@ def main(argv):
   if "profile" in r:
     print(op_profile.profile_report(r["profile"]))
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(r, f, indent=1)
+    paths.write_text(_JSON.value, json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

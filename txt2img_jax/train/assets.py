@@ -11,7 +11,6 @@ so that rebuilding a model (`perf`, `sample`) needs no data-side packages.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Iterator
 
 from absl import logging
@@ -21,6 +20,7 @@ import numpy as np
 
 from txt2img_jax.models import latents
 from txt2img_jax.utils import multihost
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 from txt2img_jax.data import shapes
 from txt2img_jax.data import sources
@@ -219,8 +219,8 @@ def load_text(
 
 
 def vocabulary(config, workdir: str | None, data=None) -> list[str]:
-  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
-  if path and os.path.exists(path):
+  path = paths.join(workdir, VOCAB_FILE) if workdir else None
+  if path and paths.exists(path):
     return runfiles.read_json(workdir, VOCAB_FILE)
   if data is not None:
     words = list(data.vocabulary())
@@ -244,8 +244,7 @@ def latent_stats(
   """Per-channel shift/scale, computed once and kept with the run."""
   from txt2img_jax.data import pipeline
 
-  path = os.path.join(workdir, STATS_FILE)
-  if os.path.exists(path):
+  if paths.exists(paths.join(workdir, STATS_FILE)):
     return load_latent_stats(workdir)
   n = min(config.autoencoder.stats_examples, builder.split_size("train"))
   split = pipeline.load_split(builder, "train", n, max_len=config.data.max_len)

@@ -17,12 +17,12 @@ at the example where it stopped: none skipped, none seen twice.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from absl import logging
 import jax
 
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 
 HISTORY_FILE = "config_history.jsonl"
@@ -158,8 +158,7 @@ def record(workdir: str, old_config, changed: dict, start_step: int) -> None:
 
 
 def _segments(workdir: str, first_batch_size: int) -> list[dict]:
-  path = os.path.join(workdir, POSITION_FILE)
-  if not os.path.exists(path):
+  if not paths.exists(paths.join(workdir, POSITION_FILE)):
     return [{"step": 0, "examples": 0, "batch_size": first_batch_size}]
   return runfiles.read_json(workdir, POSITION_FILE)
 
@@ -177,9 +176,9 @@ def input_start(workdir: str, config, old_config, start_step: int):
   A batch size changed now (an allowed change) starts a new segment at
   `start_step`, written to `input_position.json` (process 0)."""
   first = old_config.batch_size if old_config is not None else None
-  path = os.path.join(workdir, POSITION_FILE)
+  path = paths.join(workdir, POSITION_FILE)
   if old_config is None or (
-      not os.path.exists(path) and first == config.batch_size
+      not paths.exists(path) and first == config.batch_size
   ):
     return None
   segments = _segments(workdir, first)

@@ -3,13 +3,13 @@ committed, the newest complete step of a workdir, and a checkpoint's arrays
 on the host whatever model saved them (for `init_from`, `sample`,
 `evaluate`).
 
-The workdir itself must be a mounted path (`local_workdir`): these checks go
-through os, which takes no URLs.
+A workdir is a local path or a bucket URL (`gs://...`): these checks go
+through `utils/paths.py` on the URL, and orbax is handed `paths.native` of
+it (it writes and reads buckets itself).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from absl import logging
@@ -17,25 +17,26 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from txt2img_jax.utils import paths
+
 # What orbax writes last when it commits a step (after every array and the
 # tree's _METADATA): a step dir without these is an interrupted save.
-_COMMIT_FILES = ("_CHECKPOINT_METADATA", os.path.join("default", "_METADATA"))
+_COMMIT_FILES = (("_CHECKPOINT_METADATA",), ("default", "_METADATA"))
+# On a bucket orbax writes into the step dir itself (no rename to commit),
+# where _CHECKPOINT_METADATA is there from the start: the commit is this file,
+# written last (orbax's own test for gs://; its local saves write it too).
+_BUCKET_COMMIT_FILE = ("commit_success.txt",)
 
 
-def local_workdir(workdir: str) -> str:
-  """The absolute path of a workdir on a file system this host mounts.
-
-  The run's files (metrics, config, samples, and the checks of which
-  checkpoints are complete) go through os and open(), which take no URLs: a
-  gs:// workdir would silently become a local folder named 'gs:'.
-  """
-  if "://" in workdir:
-    raise ValueError(
-        f"--workdir={workdir}: the workdir must be a mounted path, not a URL; "
-        "mount the bucket on every host (gcsfuse, see launch/README.md) and "
-        "pass the mount path, e.g. /gcs/<bucket>/<run>"
-    )
-  return os.path.abspath(os.path.expanduser(workdir))
+def workdir_path(workdir: str) -> str:
+  """A workdir as every host names it: a local path made absolute (`~`
+  expanded), a bucket URL (gs://, s3://, az://) kept as a URL. Any other
+  scheme is one line (ValueError)."""
+  try:
+    return paths.abspath(workdir)
+  except ValueError as e:
+    reason = str(e).removeprefix(f"{workdir}: ")
+    raise ValueError(f"--workdir={workdir}: {reason}") from None
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -48,22 +49,25 @@ def is_complete(step_dir: str) -> bool:
   Cheap (no array is read): a truncated array file passes, and is caught
   when the restore fails.
   """
+  commit = _COMMIT_FILES
+  if paths.is_remote(step_dir):
+    commit += (_BUCKET_COMMIT_FILE,)
   return all(
-      os.path.isfile(p) and os.path.getsize(p) > 0
-      for p in (os.path.join(step_dir, f) for f in _COMMIT_FILES)
+      paths.isfile(p) and paths.getsize(p) > 0
+      for p in (paths.join(step_dir, *f) for f in commit)
   )
 
 
 def step_dirs(directory: str) -> tuple[list[int], list[int]]:
   """(complete steps, incomplete steps) of a checkpoints dir, ascending."""
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     return [], []
   steps = sorted(
       int(d)
-      for d in os.listdir(directory)
-      if d.isdigit() and os.path.isdir(os.path.join(directory, d))
+      for d in paths.listdir(directory)
+      if d.isdigit() and paths.isdir(paths.join(directory, d))
   )
-  good = [s for s in steps if is_complete(os.path.join(directory, str(s)))]
+  good = [s for s in steps if is_complete(paths.join(directory, str(s)))]
   return good, [s for s in steps if s not in good]
 
 
@@ -76,8 +80,8 @@ def short_error(e: BaseException, n: int = 200) -> str:
 
 def _candidates(path: str) -> tuple[str, list[int]]:
   """(checkpoints dir, its complete steps, newest first) for `path`."""
-  path = os.path.abspath(path)
-  for directory in (os.path.join(path, "checkpoints"), path):
+  path = paths.abspath(path)
+  for directory in (paths.join(path, "checkpoints"), path):
     good, bad = step_dirs(directory)
     if good or bad:
       newer_bad = [s for s in bad if not good or s > good[-1]]
@@ -94,8 +98,8 @@ def _candidates(path: str) -> tuple[str, list[int]]:
           f"no complete checkpoint in {directory}: step dir(s) {bad} are "
           "empty or were cut off in mid-save"
       )
-  parent, leaf = os.path.split(path)
-  if leaf.isdigit() and os.path.isdir(path):
+  parent, leaf = paths.dirname(path), paths.basename(path)
+  if leaf.isdigit() and paths.isdir(path):
     if is_complete(path):
       return parent, [int(leaf)]
     raise NoCheckpointError(
@@ -127,7 +131,9 @@ def load_raw(path: str) -> tuple[dict, int]:
   errors = []
   for step in steps:
     try:
-      raw = _restore_to_host(os.path.join(directory, str(step), "default"))
+      raw = _restore_to_host(
+          paths.native(paths.join(directory, str(step), "default"))
+      )
     except Exception as e:  # Orbax and tensorstore raise many kinds.
       errors.append(f"step {step}: {short_error(e)}")
       logging.warning(

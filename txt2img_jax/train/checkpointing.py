@@ -9,13 +9,16 @@ one-line errors of a failed write. Finding and reading checkpoints without
 a run (the newest complete step, arrays whatever the model) is in
 checkpoint_files.py; comparing and merging state trees by path (partial
 loading) in checkpoint_trees.py.
+
+The workdir may be a bucket URL: orbax is handed `paths.native` of the
+checkpoints dir and writes it itself; our own checks of which step dirs are
+complete, and the moving aside of broken ones, go through `utils/paths.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import re
 import shutil
 from typing import Any
@@ -26,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from txt2img_jax.train import checkpoint_files, checkpoint_trees
+from txt2img_jax.utils import paths
 from txt2img_jax.utils.errors import UserError
 
 BROKEN_DIR = "checkpoints_broken"
@@ -84,8 +88,8 @@ class Checkpointer:
   def __init__(
       self, workdir: str, max_to_keep: int = 3, async_save: bool = True
   ):
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.workdir = paths.abspath(workdir)
+    self.directory = paths.join(self.workdir, "checkpoints")
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
@@ -98,19 +102,24 @@ class Checkpointer:
           "not a complete checkpoint (empty, or its save "
           "was cut off before orbax committed it)",
       )
-    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self._manager = self._new_manager()
     self._saved = None
 
+  def _new_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        paths.native(self.directory), options=self._options
+    )
+
   def _set_aside(self, step: int, why: str) -> None:
-    src = os.path.join(self.directory, str(step))
-    dst = os.path.join(self.workdir, BROKEN_DIR, str(step))
+    src = paths.join(self.directory, str(step))
+    dst = paths.join(self.workdir, BROKEN_DIR, str(step))
     n = 1
-    while os.path.exists(dst):
+    while paths.exists(dst):
       n += 1
-      dst = os.path.join(self.workdir, BROKEN_DIR, f"{step}_{n}")
+      dst = paths.join(self.workdir, BROKEN_DIR, f"{step}_{n}")
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      os.rename(src, dst)
+      paths.makedirs(paths.dirname(dst))
+      paths.rename(src, dst)  # On a bucket: each object copied, then gone.
     logging.warning(
         "checkpoint step %d in %s is %s; moved it to %s",
         step,
@@ -153,10 +162,13 @@ class Checkpointer:
     # anyway): its bytes are then counted, and its own failure named.
     with self._write_errors(step):
       self._manager.wait_until_finished()
-    try:
-      free = shutil.disk_usage(self.directory).free
-    except OSError:  # Unknown (some mounts): let the save find out.
-      free = need
+    if paths.is_remote(self.directory):
+      free = need  # A bucket has no free space to ask about: no check.
+    else:
+      try:
+        free = shutil.disk_usage(self.directory).free
+      except OSError:  # Unknown (some mounts): let the save find out.
+        free = need
     short = free < need
     if jax.process_count() > 1:  # Every host stops, or none: a save is a
       from jax.experimental import multihost_utils  # collective.
@@ -219,9 +231,7 @@ class Checkpointer:
         self._set_aside(
             latest, f"unreadable ({checkpoint_files.short_error(e)})"
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=self._options
-        )
+        self._manager = self._new_manager()
         continue
       if errors:
         logging.warning(
@@ -231,7 +241,7 @@ class Checkpointer:
       return state
     raise checkpoint_files.NoCheckpointError(
         f"no checkpoint in {self.directory} restores ({'; '.join(errors)}); "
-        f"the broken ones are in {os.path.join(self.workdir, BROKEN_DIR)}. "
+        f"the broken ones are in {paths.join(self.workdir, BROKEN_DIR)}. "
         "Use a new --workdir to start afresh"
     )
 
@@ -240,7 +250,7 @@ class Checkpointer:
     configured model (a changed head, depth or flow.scan on resume)."""
     try:
       meta = ocp.StandardCheckpointer().metadata(
-          os.path.join(self.directory, str(step), "default")
+          paths.native(paths.join(self.directory, str(step), "default"))
       )
       saved = checkpoint_trees.shapes_by_path(
           getattr(meta, "item_metadata", meta)

@@ -4,12 +4,15 @@ logging -> checks -> mesh -> input -> model and optimiser -> sharded init ->
 restore -> train step -> evaluators -> loop. The pieces are built by
 `run.build_parts` and `state` (shared with sampling, evaluation, health and
 perf); the loss is the configured objective's (`objectives/`).
+
+The workdir is a local path or a bucket URL (`gs://bucket/run`): the run's
+files go through `utils/paths.py`; orbax and TensorBoard's writer are handed
+`paths.native(workdir)` and write it themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 from absl import logging
 from clu import metric_writers
@@ -26,6 +29,7 @@ from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
 from txt2img_jax.evaluation import registry as evaluators
 from txt2img_jax.utils import hostmem
+from txt2img_jax.utils import paths
 from txt2img_jax.models import latents
 from txt2img_jax.train import optim
 from txt2img_jax.objectives import perceptual as perceptual_lib
@@ -49,8 +53,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latent_shape = validate.validate_config(config)
   if warning := optim.unfinished_schedule(config):
     logging.warning("optim.schedule: %s", warning)
-  workdir = checkpoint_files.local_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = checkpoint_files.workdir_path(workdir)
+  paths.makedirs(workdir)
   is_main = jax.process_index() == 0
   # One writer per run: a second process on this workdir stops here, before
   # writing anything (process 0 holds the lock for every host).
@@ -63,13 +67,13 @@ def _train(config, workdir: str, latent_shape) -> dict:
   # A resume that changes what the run is stops here, before any write.
   previous = (
       assets.load_config(workdir)
-      if checkpoint_files.step_dirs(os.path.join(workdir, "checkpoints"))[0]
-      and os.path.exists(os.path.join(workdir, assets.CONFIG_FILE))
+      if checkpoint_files.step_dirs(paths.join(workdir, "checkpoints"))[0]
+      and paths.exists(paths.join(workdir, assets.CONFIG_FILE))
       else None
   )
   changed = changes.check_resume(config, previous) if previous else {}
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=True
+      paths.native(workdir), just_logging=not is_main, asynchronous=True
   )
   writer.write_hparams(assets.flat_hparams(config))
 

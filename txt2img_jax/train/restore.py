@@ -4,8 +4,6 @@ checkpoint's DiT layout (scanned or not) to this config's."""
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 import jax
 import numpy as np
@@ -16,6 +14,7 @@ from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import optim
 from txt2img_jax.train.state import TrainState
+from txt2img_jax.utils import paths
 
 
 def init_from_other_run(
@@ -104,4 +103,4 @@ def dit_layout(config):
 def _run_dir(path: str) -> str:
   """The workdir above a checkpoints dir or step dir."""
   directory, _ = checkpoint_files.resolve_checkpoint(path)
-  return os.path.dirname(directory)
+  return paths.dirname(directory)

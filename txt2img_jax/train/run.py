@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ from txt2img_jax import objectives
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
 from txt2img_jax.utils import hub
+from txt2img_jax.utils import paths
 from txt2img_jax.train import assets
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
@@ -169,7 +169,7 @@ def load_run(
   that does not fit the run's config.json / vocab.json is one line.
   Hub names in its config resolve from the local cache only, unless
   `allow_download` (a received run dir must not reach the network)."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.abspath(workdir)  # A local path or a bucket URL.
   config = assets.load_config(workdir)
   with contextlib.nullcontext() if allow_download else hub.local_files_only():
     parts = build_parts(config, workdir)

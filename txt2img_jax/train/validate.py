@@ -23,6 +23,7 @@ from txt2img_jax.objectives import losses
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.objectives import timesteps
 from txt2img_jax.utils import hub
+from txt2img_jax.utils import paths
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -212,8 +213,8 @@ def _validate_outputs(config) -> None:
       )
     if e.fid_split not in ("train", "val"):
       raise ValueError(f"eval.fid_split={e.fid_split!r}: expected train | val")
-    if e.fid_features == "inception" and not os.path.isfile(
-        os.path.expanduser(e.fid_weights)
+    if e.fid_features == "inception" and not (
+        e.fid_weights and paths.isfile(e.fid_weights)
     ):
       raise FileNotFoundError(
           "eval.fid_features='inception' needs eval.fid_weights, the file "
@@ -229,10 +230,11 @@ def _validate_outputs(config) -> None:
       ("eval.prompts", e.prompts, False),
       ("eval.clip_model", e.clip_model, True),
   ):
+    # A local path or a bucket URL (read through utils/paths).
     path = os.path.expanduser(path) if path else ""
-    if isdir and hub.is_repo_id(path) and not os.path.exists(path):
+    if isdir and hub.is_repo_id(path) and not paths.exists(path):
       continue  # A hub id: resolved (or refused in one line) when loaded.
-    if path and not (os.path.isdir(path) if isdir else os.path.isfile(path)):
+    if path and not (paths.isdir(path) if isdir else paths.isfile(path)):
       raise FileNotFoundError(
           f"{name}={path!r} is not a {'folder' if isdir else 'file'}"
       )

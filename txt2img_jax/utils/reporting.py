@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging as logging_lib
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 
 from txt2img_jax.utils import metric_names
+from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 
 METRICS_FILE = runfiles.METRICS_FILE
@@ -122,7 +122,7 @@ class Reporter:
     self.last: dict[str, float] = {}
     self.guard = RunawayGuard(config)
     # Also from step 0: a run killed before its first checkpoint left rows.
-    if os.path.exists(self.path):
+    if paths.exists(self.path):
       self._restore_ema(start_step)
 
   def _restore_ema(self, start_step: int) -> None:
@@ -140,14 +140,14 @@ class Reporter:
     if self.is_main:
       runfiles.write_metrics(self.workdir, kept)
     self._rows = _load_partial(
-        os.path.join(self.workdir, PARTIAL_FILE), start_step
+        paths.join(self.workdir, PARTIAL_FILE), start_step
     )
 
   def save_partial(self, step: int) -> None:
     """Keeps the steps logged since the last flush for a resume at `step`."""
     if not self.is_main:
       return
-    path = os.path.join(self.workdir, PARTIAL_FILE)
+    path = paths.join(self.workdir, PARTIAL_FILE)
     rows = [
         {
             k: [str(np.asarray(v).dtype), np.asarray(v).tolist()]
@@ -155,9 +155,7 @@ class Reporter:
         }
         for r in self._rows
     ]
-    with open(path + ".tmp", "w") as f:
-      json.dump({"step": step, "rows": rows}, f)
-    os.replace(path + ".tmp", path)
+    paths.write_text(path, json.dumps({"step": step, "rows": rows}))
 
   def add(self, step: int, metrics: dict[str, Any]) -> None:
     """Fetches one step's metrics (one step late) and checks them."""
@@ -236,11 +234,10 @@ class Reporter:
 
 def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
   """The rows save_partial kept, if they belong to this resume's step."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return []
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
   except ValueError:
     logging.warning(
         "%s is damaged; the log interval around the resume "

@@ -6,15 +6,21 @@ a damaged file means. A kill in the middle of a write leaves a torn last line
 step it held is written again when the run resumes. A line that does not
 parse anywhere else was not made by a kill, so it is an error that names the
 line.
+
+The workdir may be a bucket URL (`gs://...`): every file goes through
+`utils/paths.py`. A bucket has no append, so a row added there rewrites
+the object (metrics files are small), and a bucket write is whole, so only
+a local file can be torn.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterable
 
 from absl import logging
+
+from txt2img_jax.utils import paths
 
 METRICS_FILE = "metrics.jsonl"
 # Marks a row the `evaluate` command added: a checkpoint scored again, not a
@@ -27,16 +33,15 @@ class CorruptMetricsError(ValueError):
 
 
 def metrics_path(workdir: str) -> str:
-  return os.path.join(workdir, METRICS_FILE)
+  return paths.join(workdir, METRICS_FILE)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of W/metrics.jsonl, in file order ([] when there is none)."""
   path = metrics_path(workdir)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return []
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
+  lines = paths.read_bytes(path).split(b"\n")
   rows = []
   last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
   for i, line in enumerate(lines):
@@ -98,40 +103,36 @@ def append_metrics(workdir: str, row: dict[str, Any]) -> None:
   """
   path = metrics_path(workdir)
   _drop_torn_tail(path)
-  with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
+  paths.append_text(path, json.dumps(row) + "\n")
 
 
 def _drop_torn_tail(path: str) -> None:
-  if not os.path.exists(path):
+  """Only the last byte is read unless the file is torn (then it is written
+  again without its torn line, whole or not at all)."""
+  if not paths.exists(path):
     return
-  with open(path, "rb+") as f:
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    if size == 0:
-      return
+  size = paths.getsize(path)
+  if size == 0:
+    return
+  with paths.open(path, "rb") as f:
     f.seek(size - 1)
     if f.read(1) == b"\n":
       return
-    f.seek(0)
-    data = f.read()
-    keep = data.rfind(b"\n") + 1
-    logging.warning(
-        "%s: cut off a torn last line before appending: %r",
-        path,
-        _preview(data[keep:]),
-    )
-    f.truncate(keep)
+  data = paths.read_bytes(path)
+  keep = data.rfind(b"\n") + 1
+  logging.warning(
+      "%s: cut off a torn last line before appending: %r",
+      path,
+      _preview(data[keep:]),
+  )
+  paths.write_bytes(path, data[:keep])
 
 
 def write_metrics(workdir: str, rows: Iterable[dict[str, Any]]) -> None:
   """Replaces the file with `rows`; a kill meanwhile leaves the old file."""
-  path = metrics_path(workdir)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  paths.write_text(
+      metrics_path(workdir), "".join(json.dumps(row) + "\n" for row in rows)
+  )
 
 
 # --- The run's other files: config, latent statistics, word vocabulary. ------
@@ -143,27 +144,25 @@ VOCAB_FILE = "vocab.json"  # The embedded text encoder's words.
 
 def read_json(workdir: str, name: str) -> Any:
   """A run file; FileNotFoundError (one line) when the run has none."""
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
+  path = paths.join(workdir, name)
+  if not paths.exists(path):
     raise FileNotFoundError(
         f"{path} not found: {workdir!r} is not the workdir of a training run"
         if name == CONFIG_FILE
         else f"{path} not found"
     )
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def write_json(workdir: str, name: str, obj: Any, **kwargs) -> None:
-  """Written whole or not at all (a temporary file renamed over it)."""
-  path = os.path.join(workdir, name)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, **kwargs)
-  os.replace(tmp, path)
+  """Written whole or not at all (locally a temporary file renamed over it;
+  a bucket object is replaced by one upload)."""
+  paths.write_text(paths.join(workdir, name), json.dumps(obj, **kwargs))
 
 
 def append_json_line(workdir: str, name: str, obj: Any) -> None:
-  """Adds one JSON line to a run file (a history that is never rewritten)."""
-  with open(os.path.join(workdir, name), "a") as f:
-    f.write(json.dumps(obj, default=str) + "\n")
+  """Adds one JSON line to a run file (a history that is never rewritten;
+  on a bucket the object is written again with the line added)."""
+  paths.append_text(
+      paths.join(workdir, name), json.dumps(obj, default=str) + "\n"
+  )
