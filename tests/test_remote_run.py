@@ -3,8 +3,8 @@
 The commands run under `tests/with_bucket.py`, which makes `gs://` live in a
 local folder for everything that goes through the path layer and fails
 (exit 3, `BYPASS:` lines) when a call site hands a `gs:` path to a local
-file call instead. The data dir stays local here (TXT2IMG_DATA_DIR): a
-remote data dir is the data side's test.
+file call instead. The data dir is in the bucket too (`gs://bk/data`), its
+shards staged in a local stage dir of the test's own.
 """
 
 from __future__ import annotations
@@ -29,18 +29,9 @@ WITH_BUCKET = os.path.join(REPO, "tests", "with_bucket.py")
 URL = "gs://bk/run"
 
 
-def _train(root, cwd, env, *flags):
+def _command(root, cwd, env, module, *flags):
   return subprocess.run(
-      [
-          sys.executable,
-          WITH_BUCKET,
-          str(root),
-          "-m",
-          "txt2img_jax.main",
-          "--config=configs/base.py:tiny",
-          f"--workdir={URL}",
-          *flags,
-      ],
+      [sys.executable, WITH_BUCKET, str(root), "-m", module, *flags],
       cwd=str(cwd),
       env=env,
       capture_output=True,
@@ -49,14 +40,27 @@ def _train(root, cwd, env, *flags):
   )
 
 
-def test_a_run_trains_and_resumes_in_a_bucket(data_dir, tmp_path):
+def _train(root, cwd, env, *flags):
+  return _command(
+      root,
+      cwd,
+      env,
+      "txt2img_jax.main",
+      "--config=configs/base.py:tiny",
+      f"--workdir={URL}",
+      "--config.data.data_dir=gs://bk/data",
+      *flags,
+  )
+
+
+def test_a_run_trains_resumes_samples_and_evaluates_in_a_bucket(tmp_path):
   root, cwd = tmp_path / "bucket", tmp_path / "user"
   cwd.mkdir()
   os.symlink(os.path.join(REPO, "configs"), cwd / "configs")
   env = dict(os.environ)
   env.update(
       PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
-      TXT2IMG_DATA_DIR=data_dir,
+      TXT2IMG_STAGE_DIR=str(tmp_path / "stage"),
       JAX_PLATFORMS="cpu",
       # The resume compiles the same step: read it back.
       JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
@@ -83,6 +87,33 @@ def test_a_run_trains_and_resumes_in_a_bucket(data_dir, tmp_path):
   assert checkpoint_files.is_complete(str(run / "checkpoints" / "6"))
   assert checkpoint_files.resolve_checkpoint(str(run))[1] == 6
   assert {"latest.png", "step_0000006.png"} <= set(os.listdir(run / "samples"))
+  # The shapes data was made in the stage dir and uploaded to the data dir.
+  uploaded = [f for _, _, fs in os.walk(root / "bk" / "data") for f in fs]
+  assert "dataset_info.json" in uploaded, uploaded
+
+  r = _command(
+      root,
+      cwd,
+      env,
+      "txt2img_jax.sample",
+      f"--workdir={URL}",
+      "--prompt=a red square",
+      "--out=gs://bk/out/red.png",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.path.getsize(root / "bk" / "out" / "red.png") > 0
+  r = _command(
+      root,
+      cwd,
+      env,
+      "txt2img_jax.evaluate",
+      f"--workdir={URL}",
+      "--num=8",
+      "--json=gs://bk/out/eval.json",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(root / "bk" / "out" / "eval.json") as f:
+    assert json.load(f)["step"] == 6
   assert not os.path.exists(cwd / "gs:")  # No local folder named for a URL.
   assert os.listdir(cwd) == ["configs"]
 

@@ -116,7 +116,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     _fail(
         prog,
         f"unknown config field {name!r} in the command line; "
-        "every field is listed and documented in configs/base.py",
+        "every field is listed and documented in configs/base.py and "
+        "configs/base_model.py",
     )
   except flags.Error as e:
     _fail(prog, _describe(_root_cause(e)))
