@@ -11,8 +11,8 @@
 # Every worker runs the same command: jax.distributed finds the coordinator,
 # the process count and its own index from the TPU metadata, the mesh spans
 # all chips of the slice, and each host reads its own rows of every global
-# batch. WORKDIR must be a directory every host sees at the same path: a
-# bucket mounted with gcsfuse (see launch/README.md). The shapes data is
+# batch. WORKDIR must be one place every host sees: a bucket URL
+# (gs://bucket/run) or a path every host mounts (see launch/README.md). The shapes data is
 # generated on each host into DATA_DIR (deterministic: identical records).
 #
 # Environment: REPO_URL (required), REPO_REF (branch, tag or commit; default
