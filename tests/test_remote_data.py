@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 from emulated_bucket import EmulatedBucket
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import pipeline
-from txt2img_jax.data import records
 from txt2img_jax.data import records_prepare
 from txt2img_jax.data import staging
 from txt2img_jax.data import tfds_shapes
