@@ -35,6 +35,7 @@ from test_records import _featurize
 from test_records import bad_folder  # pylint: disable=unused-import
 from test_webdataset import _streamed_and_prepared
 from test_webdataset import clean_shards  # pylint: disable=unused-import
+from test_webdataset import train_batches
 from test_webdataset import shards_and_folder  # pylint: disable=unused-import
 
 
@@ -141,19 +142,6 @@ def test_hosts_share_a_bucket_dir(bad_folder, tmp_path, monkeypatch):
     assert _by_key(out) == _by_key(str(tmp_path / "one"))
 
 
-def _batches(data, tok, start):
-  ds = pipeline.train_dataset(
-      data,
-      tokenizer=tok,
-      max_len=8,
-      global_batch_size=2,
-      seed=3,
-      process_index=0,
-      process_count=1,
-  )
-  return [ds[s] for s in range(start, start + 3)]
-
-
 def _same_batches(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
@@ -170,8 +158,8 @@ def test_the_input_pipeline_reads_a_bucket_as_a_disk(
   prepared, streamed = _streamed_and_prepared(clean_shards, tmp_path / "local")
   tok = tokenizer_lib.build_word_tokenizer(prepared.vocabulary(), 8)
   local = {
-      "prepared": [_batches(prepared, tok, s) for s in (0, 5)],
-      "streamed": [_batches(streamed, tok, s) for s in (0, 5)],
+      "prepared": [train_batches(prepared, tok, s, 3) for s in (0, 5)],
+      "streamed": [train_batches(streamed, tok, s, 3) for s in (0, 5)],
       "val": pipeline.load_split(prepared, "val", tokenizer=tok, max_len=8),
   }
   with _bucket(tmp_path, monkeypatch, clean=clean_shards):
@@ -183,11 +171,13 @@ def test_the_input_pipeline_reads_a_bucket_as_a_disk(
     assert r_prepared.vocabulary() == prepared.vocabulary()
     assert r_streamed.vocabulary() == prepared.vocabulary()
     for got, want in zip(
-        [_batches(r_prepared, tok, s) for s in (0, 5)], local["prepared"]
+        [train_batches(r_prepared, tok, s, 3) for s in (0, 5)],
+        local["prepared"],
     ):
       _same_batches(got, want)
     for got, want in zip(
-        [_batches(r_streamed, tok, s) for s in (0, 5)], local["streamed"]
+        [train_batches(r_streamed, tok, s, 3) for s in (0, 5)],
+        local["streamed"],
     ):
       _same_batches(got, want)
     val = pipeline.load_split(r_prepared, "val", tokenizer=tok, max_len=8)

@@ -14,12 +14,28 @@ import pytest
 
 from txt2img_jax.data import imagefolder as ifo
 from txt2img_jax.data import inputs
+from txt2img_jax.data import pipeline
 from txt2img_jax.data import records
 from txt2img_jax.data import records_prepare
 from txt2img_jax.data import webdataset as wds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from test_records import OPTS  # pylint: disable=g-bad-import-order
+
+
+def train_batches(data, tok, start, n=4):
+  """Batches start .. start + n - 1 of the input pipeline over `data` (2
+  examples each, captions of 8 tokens, a fixed shuffle)."""
+  ds = pipeline.train_dataset(
+      data,
+      tokenizer=tok,
+      max_len=8,
+      global_batch_size=2,
+      seed=3,
+      process_index=0,
+      process_count=1,
+  )
+  return [ds[s] for s in range(start, start + n)]
 
 
 def test_expand_braces():
@@ -273,7 +289,6 @@ def _streamed_and_prepared(
 def test_streamed_shards_train_on_what_their_prepared_records_hold(
     clean_shards, tmp_path
 ):
-  from txt2img_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from txt2img_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
 
   prepared, streamed = _streamed_and_prepared(clean_shards, tmp_path)
@@ -283,21 +298,11 @@ def test_streamed_shards_train_on_what_their_prepared_records_hold(
   assert streamed.vocabulary() == prepared.vocabulary()
   tok = tokenizer_lib.build_word_tokenizer(prepared.vocabulary(), 8)
 
-  def batches(data, start):
-    ds = pipeline.train_dataset(
-        data,
-        tokenizer=tok,
-        max_len=8,
-        global_batch_size=2,
-        seed=3,
-        process_index=0,
-        process_count=1,
-    )
-    return [ds[s] for s in range(start, start + 4)]
-
   # The same batches, and a resumed stream goes on at the same position.
   for start in (0, 5):
-    for a, b in zip(batches(prepared, start), batches(streamed, start)):
+    for a, b in zip(
+        train_batches(prepared, tok, start), train_batches(streamed, tok, start)
+    ):
       assert sorted(a) == sorted(b)
       for k in a:
         np.testing.assert_array_equal(a[k], b[k])
