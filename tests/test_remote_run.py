@@ -118,6 +118,50 @@ def test_a_run_trains_resumes_samples_and_evaluates_in_a_bucket(tmp_path):
   assert os.listdir(cwd) == ["configs"]
 
 
+def test_two_processes_train_in_a_bucket(tmp_path):
+  """A pod's path, rehearsed: 2 processes of `launch_local` (each its own
+  jax process, host 0 writing the run files, both writing their checkpoint
+  shards) on a gs:// workdir and data dir. The emulation reaches the
+  launched processes through `tests/bucket_site/sitecustomize.py`."""
+  root, cwd = tmp_path / "bucket", tmp_path / "user"
+  cwd.mkdir()
+  os.symlink(os.path.join(REPO, "configs"), cwd / "configs")
+  env = dict(os.environ)
+  env.update(
+      PYTHONPATH=os.pathsep.join(
+          [os.path.join(REPO, "tests", "bucket_site"), REPO]
+      ),
+      TXT2IMG_TEST_BUCKET=str(root),
+      TXT2IMG_STAGE_DIR=str(tmp_path / "stage"),
+      JAX_PLATFORMS="cpu",
+  )
+  r = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "txt2img_jax.launch_local",
+          "--num_processes=2",
+          "--devices_per_process=1",
+          "--",
+          "--config=configs/base.py:tiny",
+          f"--workdir={URL}",
+          "--config.data.data_dir=gs://bk/data",
+      ],
+      cwd=str(cwd),
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  out = r.stdout + r.stderr
+  assert r.returncode == 0, out[-3000:]
+  assert "BYPASS" not in out, [l for l in out.splitlines() if "BYPASS" in l]
+  run = root / "bk" / "run"
+  assert checkpoint_files.resolve_checkpoint(str(run))[1] == 6
+  assert max(r["step"] for r in runfiles.read_metrics(str(run))) == 6
+  assert os.listdir(cwd) == ["configs"]
+
+
 def test_a_workdir_of_another_scheme_is_one_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   r = subprocess.run(
