@@ -29,11 +29,9 @@ copies, made here:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import uuid
 from typing import Any, Sequence
@@ -99,18 +97,8 @@ def upload_files(local: str, remote_dir: str, last: Sequence[str] = ()) -> None:
 
 def upload(local: str, url: str) -> None:
   """Copies the local file `local` to `url` in one upload: the object
-  appears whole once it is closed. (`paths.copy` hands the copy to the
-  source's file system, which cannot write a bucket's URL.)"""
-  try:
-    # `local` is a local file: builtin open is right for it.
-    with open(local, "rb") as src, paths.open(url, "wb") as dst:
-      shutil.copyfileobj(src, dst, 1 << 24)
-  except BaseException:
-    # A client may commit what it had when closed on an error: no half
-    # object keeps the final name.
-    with contextlib.suppress(OSError):
-      paths.remove(url)
-    raise
+  appears whole once it is closed, and a failed copy leaves none."""
+  paths.copy(local, url)
 
 
 def scratch_file(suffix: str = "") -> str:

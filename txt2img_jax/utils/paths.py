@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fnmatch
+import io
 import os
 import posixpath
+import shutil
 from typing import IO, Any, Iterator
 
 from etils import epath
@@ -85,11 +88,9 @@ def dirname(path: Any) -> str:
 
 def basename(path: Any) -> str:
   path = os.fspath(path)
-  return (
-      posixpath.basename(path.rstrip("/"))
-      if is_remote(path)
-      else (os.path.basename(path))
-  )
+  if is_remote(path):
+    return posixpath.basename(path.rstrip("/"))
+  return os.path.basename(path)
 
 
 def exists(path: Any) -> bool:
@@ -128,10 +129,10 @@ def glob(pattern: Any) -> list[str]:
   """The paths matching a pattern (`*`, `?`, `[...]` in any part), sorted."""
   pattern = abspath(pattern)
   parts = pattern.split("/")
-  fixed = (
-      next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-      if any(c in pattern for c in "*?[")
-      else len(parts)
+  # The first part with a wildcard; what comes before it is a plain folder.
+  fixed = next(
+      (i for i, part in enumerate(parts) if any(c in part for c in "*?[")),
+      len(parts),
   )
   if fixed == len(parts):
     return [pattern] if exists(pattern) else []
@@ -187,9 +188,15 @@ def copy(src: Any, dst: Any) -> None:
   # kind: stream it through both backends' file objects.
   if not is_remote(d):
     d.parent.mkdir(parents=True, exist_ok=True)
-  with s.open("rb") as fin, d.open("wb") as fout:
-    while chunk := fin.read(1 << 24):
-      fout.write(chunk)
+  try:
+    with s.open("rb") as fin, d.open("wb") as fout:
+      shutil.copyfileobj(fin, fout, 1 << 24)
+  except BaseException:
+    # A bucket client may commit what it had when closed on an error: no
+    # half-written copy keeps the destination's name.
+    with contextlib.suppress(OSError):
+      d.unlink()
+    raise
 
 
 @contextlib.contextmanager
@@ -269,18 +276,19 @@ def local_copy(path: Any, cache_dir: Any) -> str:
   path = abspath(path)
   if not is_remote(path):
     return path
-  scheme, rest = path.split("://", 1)
-  local = os.path.join(abspath(cache_dir), scheme, rest)
-  size = getsize(path)
-  if os.path.isfile(local) and os.path.getsize(local) == size:
+  local = _cached(path, cache_dir)
+  if os.path.isfile(local) and os.path.getsize(local) == getsize(path):
     return local
-  os.makedirs(os.path.dirname(local), exist_ok=True)
   tmp = f"{local}.tmp{os.getpid()}"
-  with as_path(path).open("rb") as src, builtins.open(tmp, "wb") as dst:
-    while chunk := src.read(1 << 24):
-      dst.write(chunk)
+  copy(path, tmp)
   os.replace(tmp, local)
   return local
+
+
+def _cached(url: str, cache_dir: Any) -> str:
+  """Where a URL's copy lives under `cache_dir`: <cache>/<scheme>/<key>."""
+  scheme, rest = url.split("://", 1)
+  return os.path.join(abspath(cache_dir), scheme, rest)
 
 
 def write_with(path: Any, save, *args, **kwargs) -> None:
@@ -288,8 +296,6 @@ def write_with(path: Any, save, *args, **kwargs) -> None:
   object (PIL's `Image.save`, matplotlib's `savefig`, `np.savez`): made in
   memory, then written whole by `write_bytes`. Name the format in `kwargs`
   where the writer takes it from a file name (`format="PNG"`)."""
-  import io  # pylint: disable=g-import-not-at-top
-
   buf = io.BytesIO()
   save(buf, *args, **kwargs)
   write_bytes(path, buf.getvalue())
@@ -303,8 +309,6 @@ def local_copy_tree(
   else copies under `cache_dir` by `local_copy` (each made once, kept while
   its size matches; files gone from the bucket are not removed). For
   libraries that read a folder from local files only (transformers)."""
-  import fnmatch  # pylint: disable=g-import-not-at-top
-
   path = abspath(path)
   if not is_remote(path):
     return path
@@ -313,8 +317,7 @@ def local_copy_tree(
     for name in names:
       if not patterns or any(fnmatch.fnmatch(name, p) for p in patterns):
         local_copy(str(epath.Path(folder) / name), cache_dir)
-  scheme, rest = path.split("://", 1)
-  return os.path.join(abspath(cache_dir), scheme, rest)
+  return _cached(path, cache_dir)
 
 
 def size_mtime_ns(path: Any) -> tuple[int, int]:
