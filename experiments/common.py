@@ -12,7 +12,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_config
 from txt2img_jax.train import changes
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.evaluation import benchmark
@@ -61,7 +61,7 @@ def check_same_run(config, workdir: str) -> None:
   differ = {
       k: v
       for k, v in changes.config_changes(
-          assets.load_config(workdir), config
+          run_config.load(workdir), config
       ).items()
       if changes.is_identity(k)
   }

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax import cli
 from txt2img_jax.models import latents
 from txt2img_jax.utils import reporting
@@ -78,9 +78,9 @@ def main(argv):
   reporting.quiet_orbax()
   config = _CONFIG.value
   autoencoder = latents.build(config)
-  data = assets.prepare_data(config, autoencoder)
+  data = run_data.prepare_data(config, autoencoder)
   parts = run_lib.build_parts(config, None, data, autoencoder)
-  it = assets.train_batches(config, data, parts.text, 0)
+  it = run_data.train_batches(config, data, parts.text, 0)
   first = next(it)
   next(it)
   t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import jax
 import pytest
 
 from tests import test_train
-from txt2img_jax.train import aot, aot_lower, aot_max_batch, aot_tpu, assets
+from txt2img_jax.train import aot, aot_lower, aot_max_batch, aot_tpu, run_data
 from txt2img_jax.train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,9 +94,9 @@ def test_largest_true_stops_at_the_limit():
 
 def test_batch_shapes_are_what_the_pipeline_feeds(data_dir):
   c = test_train.tiny_config(**{"loss.hard_negatives": True})
-  data = assets.prepare_data(c)
+  data = run_data.prepare_data(c)
   parts = run_lib.build_parts(c, data=data)
-  batch = next(assets.train_batches(c, data, parts.text, 0))
+  batch = next(run_data.train_batches(c, data, parts.text, 0))
   want = {k: (v.shape, v.dtype) for k, v in batch.items()}
   got = {
       k: (s, jax.numpy.dtype(d))

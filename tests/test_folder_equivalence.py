@@ -30,7 +30,9 @@ from PIL import Image
 
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import state as state_lib
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
+from txt2img_jax.train import text_side
+from txt2img_jax.train import latent_stats
 from txt2img_jax.models import latents
 from txt2img_jax.utils import runfiles
 from txt2img_jax.train import sharding
@@ -127,7 +129,7 @@ def configs(tmp_path_factory, data_dir):
 
 def test_folder_decodes_the_shapes_examples_bit_identically(configs):
   s_cfg, f_cfg, val = configs
-  s_data, f_data = assets.prepare_data(s_cfg), assets.prepare_data(f_cfg)
+  s_data, f_data = run_data.prepare_data(s_cfg), run_data.prepare_data(f_cfg)
   assert f_data.report["written"] == {"train": NUM_TRAIN, "val": NUM_VAL}
   assert f_data.report["reasons"] == {}
   s_src, f_src = (d.as_data_source("train") for d in (s_data, f_data))
@@ -151,9 +153,13 @@ def run_inputs(config, workdir):
   (vocabulary, tokenizer, model) and the latent statistics."""
   os.makedirs(workdir, exist_ok=True)
   autoencoder = latents.build(config)
-  data = assets.prepare_data(config, autoencoder)
+  data = run_data.prepare_data(config, autoencoder)
   parts = run_lib.build_parts(config, workdir, data, autoencoder)
-  return data, parts, assets.latent_stats(config, workdir, data, autoencoder)
+  return (
+      data,
+      parts,
+      latent_stats.compute_or_load(config, workdir, data, autoencoder),
+  )
 
 
 def test_short_run_gives_the_same_losses(configs, tmp_path):
@@ -170,11 +176,11 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
   s_cfg, f_cfg, _ = configs
   s_dir, f_dir = str(tmp_path / "shapes"), str(tmp_path / "folder")
   os.makedirs(f_dir)
-  f_data = assets.prepare_data(f_cfg)
+  f_data = run_data.prepare_data(f_cfg)
   # By design the folder's own vocabulary is another one (see the doc).
   assert f_data.vocabulary() != shapes.vocabulary()
   assert set(f_data.vocabulary()) <= set(shapes.vocabulary())
-  runfiles.write_json(f_dir, assets.VOCAB_FILE, shapes.vocabulary())
+  runfiles.write_json(f_dir, text_side.VOCAB_FILE, shapes.vocabulary())
   s_data, s_parts, s_stats = run_inputs(s_cfg, s_dir)
   f_data, f_parts, f_stats = run_inputs(f_cfg, f_dir)
   assert f_parts.text.vocab_size == s_parts.text.vocab_size
@@ -203,7 +209,7 @@ def test_short_run_gives_the_same_losses(configs, tmp_path):
     step = state_lib.jit_train_step(
         step_lib.for_parts(cfg, parts, tx, schedules), shardings, mesh
     )
-    batches = assets.train_batches(cfg, data, parts.text, 0)
+    batches = run_data.train_batches(cfg, data, parts.text, 0)
     frozen = jax.device_put(parts.frozen, repl)
     runs[name] = dict(
         step=step,

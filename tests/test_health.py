@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
+from txt2img_jax.train import latent_stats
 from txt2img_jax import health_checks as health
 from txt2img_jax.health_checks import overfit as health_overfit
 from txt2img_jax.train import loop as train
@@ -110,10 +111,10 @@ def test_broken_targets_gives_every_caption_another_image(data_dir):
     got = out[:, 0, 0, 0]
     assert sorted(got) == list(range(8))  # Same images ...
     assert np.all(got != np.arange(8))  # ... none at its caption.
-  original = assets.train_batches
+  original = run_data.train_batches
   with health.broken_targets():
-    assert assets.train_batches is not original
-  assert assets.train_batches is original
+    assert run_data.train_batches is not original
+  assert run_data.train_batches is original
 
 
 def test_loss_fall():
@@ -234,10 +235,10 @@ def test_latents_fail_with_a_wrong_scale(data_dir, compilation_cache, tmp_path):
   # Statistics written as a run writes them, read back from its workdir,
   # then scaled by 3 (the fault).
   config = tiny_config()
-  assets.latent_stats(
+  latent_stats.compute_or_load(
       config,
       str(tmp_path),
-      assets.prepare_data(config),
+      run_data.prepare_data(config),
       ae_lib.PixelAutoencoder(config.autoencoder.factor),
   )
   r = health.run_latents(config, str(tmp_path), stats_scale=3.0, num=64)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax.models import latents
 from txt2img_jax.train import loop as train
 from txt2img_jax.data import records
@@ -69,7 +69,7 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
   folder, vae_dir, root = setup
   c = folder_config(folder, vae_dir)
   vae = latents.build(c)
-  data = assets.prepare_data(c, vae)
+  data = run_data.prepare_data(c, vae)
   assert set(data.extras()) == {"moments_mean", "moments_logvar"}
   report = json.load(open(os.path.join(data.out_dir, records.REPORT)))
   assert report["reasons"]["missing_file"]["count"] == 1
@@ -82,14 +82,14 @@ def test_folder_run_on_cached_vae_moments(setup, monkeypatch):
 
   # Training never encodes an image: batches carry moments, not pixels.
   seen = []
-  original = assets.train_batches
+  original = run_data.train_batches
 
   def spy(*args, **kwargs):
     for b in original(*args, **kwargs):
       seen.append(sorted(b))
       yield b
 
-  monkeypatch.setattr(assets, "train_batches", spy)
+  monkeypatch.setattr(run_data, "train_batches", spy)
   workdir = str(root / "run")
   out = train.train_and_evaluate(c, workdir)
   assert seen and all("image" not in k and "moments_mean" in k for k in seen)

@@ -18,10 +18,10 @@ import pytest
 
 from test_train import tiny_config
 from txt2img_jax.train import validate
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
-from txt2img_jax.utils import reporting
+from txt2img_jax.utils import runaway
 from txt2img_jax.utils import runfiles
 from txt2img_jax.utils import runlock
 from txt2img_jax.train import loop as train
@@ -172,14 +172,14 @@ def test_skipped_steps_leave_the_ema_and_k_in_a_row_stop_the_run(
     data_dir, tmp_path, monkeypatch
 ):
   # Every batch from step 3 on has a NaN image: steps 4.. are skipped.
-  original = assets.train_batches
+  original = run_data.train_batches
 
   def poisoned(config, data, text, start_step, **kwargs):
     batches = original(config, data, text, start_step, **kwargs)
     for i, b in enumerate(batches, start_step):
       yield dict(b, image=np.full_like(b["image"], np.nan)) if i >= 3 else b
 
-  monkeypatch.setattr(assets, "train_batches", poisoned)
+  monkeypatch.setattr(run_data, "train_batches", poisoned)
   workdir = str(tmp_path / "nan")
   c = tiny_config(
       total_steps=12,
@@ -190,7 +190,7 @@ def test_skipped_steps_leave_the_ema_and_k_in_a_row_stop_the_run(
       eval_every=0,
   )
   with pytest.raises(
-      reporting.RunawayError,
+      runaway.RunawayError,
       match=r"4 steps in a row .*Last good checkpoint: step 6",
   ):
     train.train_and_evaluate(c, workdir)

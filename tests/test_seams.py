@@ -107,14 +107,14 @@ def test_word_vocabulary_of_prepared_data_matches_the_tokenizer_split():
 
 
 def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
-  from txt2img_jax.train import assets
+  from txt2img_jax.train import run_config
 
   c = test_train.tiny_config()
   d = c.to_dict()
   del d["loss"]["kl_kind"], d["objective"]
   with open(tmp_path / "config.json", "w") as f:
     json.dump(d, f)
-  loaded = assets.load_config(str(tmp_path))
+  loaded = run_config.load(str(tmp_path))
   assert loaded.loss.kl_kind == "gaussian"
   assert loaded.objective == "crossflow"
   assert loaded.total_steps == c.total_steps

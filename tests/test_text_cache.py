@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax.models import latents
 from txt2img_jax.train import loop as train
 from txt2img_jax.data import pipeline
@@ -72,7 +72,7 @@ def cached_config(folder, encoder, **overrides):
 def test_prepare_caches_every_caption(setup):
   folder, enc_a, _, _ = setup
   c = cached_config(folder, enc_a)
-  data = assets.prepare_data(c, latents.build(c))
+  data = run_data.prepare_data(c, latents.build(c))
   assert data.extras() == {
       "text_tokens": {"dtype": "<f2", "shape": [2, MAX_LEN, 32]}
   }
@@ -126,14 +126,14 @@ def test_training_reads_the_cache_and_never_runs_the_encoder(
       text_encoder_lib, "load_pretrained_text_encoder", lambda *a, **k: spied
   )
   seen = []
-  original = assets.train_batches
+  original = run_data.train_batches
 
   def batches(*args, **kwargs):
     for b in original(*args, **kwargs):
       seen.append(b)
       yield b
 
-  monkeypatch.setattr(assets, "train_batches", batches)
+  monkeypatch.setattr(run_data, "train_batches", batches)
   out = train.train_and_evaluate(c, str(root / "run_cached"))
   assert np.isfinite(out["train"]["train/loss"])
   assert np.isfinite(out["eval"]["val/flow"])
@@ -183,9 +183,9 @@ def test_cached_and_uncached_runs_train_alike(setup):
 def test_another_encoder_never_reads_the_cache(setup):
   folder, enc_a, enc_b, _ = setup
   c_a, c_b = cached_config(folder, enc_a), cached_config(folder, enc_b)
-  data_a = assets.prepare_data(c_a, latents.build(c_a))
+  data_a = run_data.prepare_data(c_a, latents.build(c_a))
   # The prepared dir is named by the encoder: B prepares its own.
-  data_b = assets.prepare_data(c_b, latents.build(c_b))
+  data_b = run_data.prepare_data(c_b, latents.build(c_b))
   assert data_a.out_dir != data_b.out_dir
   run_lib.build_parts(c_a, data=data_a)
   with pytest.raises(ValueError, match="text features of another encoder"):

@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 
 from txt2img_jax.train import validate
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_config
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import loop as train
@@ -164,7 +164,7 @@ def test_rbg_generator_trains_and_refuses_a_switch_on_resume(
     raw, step = params_of(workdir)
     assert step == 2 and np.asarray(raw["rng"]).shape == (4,)
     assert np.isfinite(out["train"]["train/loss"])
-    assert assets.load_config(workdir).prng_impl == "rbg"
+    assert run_config.load(workdir).prng_impl == "rbg"
     with pytest.raises(
         ValueError, match="changes what the run is \\(prng_impl"
     ):
@@ -233,7 +233,7 @@ def test_restart_starts_a_new_cycle_from_the_old_lr(tiny_run, tmp_path):
       if "train/loss" in l
   ]
   base_lr = c.optim.groups.flow.lr
-  old_cfg = assets.load_config(workdir)
+  old_cfg = run_config.load(workdir)
   # The old run (warmup_cosine over 6 steps) ended at its end_lr.
   old_end = old_cfg.optim.schedule.end_lr
   # Step 0 of the restart: peak = factor x base; the cycle decays to old_end.

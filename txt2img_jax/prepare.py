@@ -32,7 +32,7 @@ _HOSTS = cli.DistributedFlags()
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-  from txt2img_jax.train import assets  # Heavy imports after the flags are good.
+  from txt2img_jax.train import run_data  # Heavy imports after the flags are good.
   from txt2img_jax.models import latents
 
   config = _CONFIG.value
@@ -43,7 +43,7 @@ def main(argv):
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   latents.latent_shape(config)
   autoencoder = latents.build(config)  # A pixel space has nothing to cache.
-  data = assets.prepare_data(config, autoencoder)
+  data = run_data.prepare_data(config, autoencoder)
   splits = {
       s: data.split_size(s)
       for s in ("train", "val", "test", "heldout")

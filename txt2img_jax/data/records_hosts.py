@@ -2,7 +2,7 @@
 and whether they share the output dir.
 
 `records_prepare.prepare(..., hosts=Hosts(...))` takes them; the trainer
-builds them from JAX's multi-process runtime (`train/assets.prepare_data`),
+builds them from JAX's multi-process runtime (`train/run_data.prepare_data`),
 the tests from threads.
 """
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
+from txt2img_jax.train import latent_stats
 from txt2img_jax.models import latents
 from txt2img_jax.health_checks.result import Result
 from txt2img_jax.models import autoencoder as ae_lib
@@ -95,14 +96,14 @@ def run_latents(
   from txt2img_jax.data import pipeline
 
   autoencoder = latents.build(config)
-  builder = assets.prepare_data(config, autoencoder)
+  builder = run_data.prepare_data(config, autoencoder)
   if workdir:
-    stats = assets.load_latent_stats(workdir)
-    source = paths.join(workdir, assets.STATS_FILE)
+    stats = latent_stats.load(workdir)
+    source = paths.join(workdir, latent_stats.STATS_FILE)
   else:
     # A local scratch folder: the statistics are only read back here.
     with tempfile.TemporaryDirectory() as tmp:
-      stats = assets.latent_stats(config, tmp, builder, autoencoder)
+      stats = latent_stats.compute_or_load(config, tmp, builder, autoencoder)
     source = (
         f"computed ({min(config.autoencoder.stats_examples, builder.split_size('train'))}"
         " train examples, as a run does)"

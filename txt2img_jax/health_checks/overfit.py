@@ -21,7 +21,7 @@ import numpy as np
 
 from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax.health_checks.result import Result
 
 # --- Thresholds (docs/health.md explains each). ------------------------------
@@ -105,9 +105,9 @@ def _deranged(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def broken_targets(seed: int = 0):
   """Test-only fault injection: while active, every training batch's images
   are those of other examples of the same batch, drawn afresh per step, so a
-  caption no longer determines its image. Patches `assets.train_batches`
+  caption no longer determines its image. Patches `run_data.train_batches`
   (which the trainer looks up at run time); restored on exit."""
-  original = assets.train_batches
+  original = run_data.train_batches
 
   def patched(config, builder, text, start_step, **kwargs):
     rng = np.random.default_rng([seed, start_step, 0xBAD])
@@ -116,11 +116,11 @@ def broken_targets(seed: int = 0):
       batch["image"] = _deranged(np.asarray(batch["image"]), rng)
       yield batch
 
-  assets.train_batches = patched
+  run_data.train_batches = patched
   try:
     yield
   finally:
-    assets.train_batches = original
+    run_data.train_batches = original
 
 
 def read_loss_curve(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

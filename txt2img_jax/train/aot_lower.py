@@ -17,13 +17,13 @@ import numpy as np
 
 from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
-from txt2img_jax.train import assets, sharding, validate
+from txt2img_jax.train import sharding, text_side, validate
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import step as step_lib
 
 
-def abstract_text(config, vocab_size: int) -> assets.TextSide:
+def abstract_text(config, vocab_size: int) -> text_side.TextSide:
   """The text side without weights or tokenizer files: a frozen encoder from
   its config.json; an embedded one with `vocab_size` words (the shapes
   vocabulary's size for shapes runs)."""
@@ -32,15 +32,15 @@ def abstract_text(config, vocab_size: int) -> assets.TextSide:
   name = config.text_encoder.name
   if not name:
     if config.data.name == "shapes":
-      vocab_size = len(assets.vocabulary(config, None))
-    return assets.TextSide(
+      vocab_size = len(text_side.vocabulary(config, None))
+    return text_side.TextSide(
         None, vocab_size, config.text_encoder.width, None, {}
     )
   enc = text_encoder_lib.describe_pretrained_text_encoder(
       name, dtype=np.dtype(config.dtype)
   )
   # The vocabulary size only sizes an embedded encoder's table.
-  return assets.TextSide(None, vocab_size, enc.width, enc, enc.params)
+  return text_side.TextSide(None, vocab_size, enc.width, enc, enc.params)
 
 
 def abstract_parts(config, devices: int, vocab_size: int) -> run_lib.Parts:

@@ -22,6 +22,8 @@ from typing import Any
 from absl import logging
 import jax
 
+from txt2img_jax.train import checkpoint_files
+from txt2img_jax.train import run_config
 from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
 
@@ -125,6 +127,14 @@ def listed(changed: dict[str, tuple[Any, Any]]) -> str:
   )
 
 
+def previous_config(workdir: str):
+  """The config of the run in `workdir` when it has a checkpoint to resume
+  (else None: a new run, or one stopped before its first checkpoint)."""
+  if not checkpoint_files.step_dirs(paths.join(workdir, "checkpoints"))[0]:
+    return None
+  return run_config.load(workdir) if run_config.exists(workdir) else None
+
+
 def check_resume(config, old_config) -> dict:
   """The changes of this resume, checked: raises ValueError (one line) for
   a change of what the run is that `allow_changed` does not name."""
@@ -199,3 +209,21 @@ def input_start(workdir: str, config, old_config, start_step: int):
         seen,
     )
   return examples_seen(segments, start_step)
+
+
+def settle(
+    workdir: str,
+    config,
+    old_config,
+    changed: dict,
+    start_step: int,
+    latent_shape,
+) -> int | None:
+  """Once the state is known to fit (restored, or initialised): the example
+  the input stream starts at (`input_start`), the previous config kept in
+  config_history.jsonl (`record`), then config.json replaced by this run's.
+  `old_config` is None (and `changed` empty) unless the run resumed."""
+  start_example = input_start(workdir, config, old_config, start_step)
+  record(workdir, old_config, changed, start_step)
+  run_config.save(config, workdir, latent_shape)
+  return start_example

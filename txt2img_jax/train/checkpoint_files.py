@@ -122,7 +122,16 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
 
 
 def load_raw(path: str) -> tuple[dict, int]:
-  """The saved state as nested dicts of host arrays, whatever its model.
+  """The saved state as nested dicts of host arrays, whatever its model,
+  and its step (`load_raw_from`)."""
+  raw, step, _ = load_raw_from(path)
+  return raw, step
+
+
+def load_raw_from(path: str) -> tuple[dict, int, str]:
+  """(state, step, checkpoints dir): the saved state as nested dicts of host
+  arrays, whatever its model, from a workdir, its checkpoints dir or a step
+  dir.
 
   Falls back to an older complete step, with a warning, when the newest
   does not restore (a truncated array file).
@@ -144,7 +153,7 @@ def load_raw(path: str) -> tuple[dict, int]:
           short_error(e),
       )
       continue
-    return raw, step
+    return raw, step, directory
   raise NoCheckpointError(
       f"no checkpoint in {directory} restores: {'; '.join(errors)}"
   )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 
 from absl import logging
-from clu import metric_writers
 import jax
 import ml_collections
 
@@ -23,18 +22,18 @@ from txt2img_jax.train import restore
 from txt2img_jax.train import run as run_lib
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import validate
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
 from txt2img_jax.train import changes
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
 from txt2img_jax.evaluation import registry as evaluators
 from txt2img_jax.utils import hostmem
 from txt2img_jax.utils import paths
-from txt2img_jax.models import latents
 from txt2img_jax.train import optim
 from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.train import preemption
 from txt2img_jax.utils import reporting
+from txt2img_jax.utils import runaway
 from txt2img_jax.utils import runlock
 from txt2img_jax.utils.errors import UserError
 from txt2img_jax.train import sharding
@@ -48,38 +47,31 @@ from txt2img_jax.train import step as step_lib
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint); returns the
   final train metrics and the last evaluation."""
-  # --- Logging and checks (before anything compiles).
+  # --- Checks (before anything compiles or is written).
   validate.use_prng_impl(config)  # Process-wide: before any key is made.
+  compiler_options = validate.train_compiler_options(config)
   latent_shape = validate.validate_config(config)
   if warning := optim.unfinished_schedule(config):
     logging.warning("optim.schedule: %s", warning)
   workdir = checkpoint_files.workdir_path(workdir)
   paths.makedirs(workdir)
-  is_main = jax.process_index() == 0
   # One writer per run: a second process on this workdir stops here, before
   # writing anything (process 0 holds the lock for every host).
-  with runlock.RunLock(workdir) if is_main else contextlib.nullcontext():
-    return _train(config, workdir, latent_shape)
-
-
-def _train(config, workdir: str, latent_shape) -> dict:
   is_main = jax.process_index() == 0
-  # A resume that changes what the run is stops here, before any write.
-  previous = (
-      assets.load_config(workdir)
-      if checkpoint_files.step_dirs(paths.join(workdir, "checkpoints"))[0]
-      and paths.exists(paths.join(workdir, assets.CONFIG_FILE))
-      else None
-  )
-  changed = changes.check_resume(config, previous) if previous else {}
-  writer = metric_writers.create_default_writer(
-      paths.native(workdir), just_logging=not is_main, asynchronous=True
-  )
-  writer.write_hparams(assets.flat_hparams(config))
+  with runlock.RunLock(workdir) if is_main else contextlib.nullcontext():
+    # A resume that changes what the run is stops here, before any write.
+    previous = changes.previous_config(workdir)
+    changed = changes.check_resume(config, previous) if previous else {}
+    return _train(
+        config, workdir, latent_shape, compiler_options, previous, changed
+    )
 
+
+def _train(config, workdir, latent_shape, compiler_options, previous, changed):
   # --- Mesh.
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   rules = sharding.logical_rules(config.mesh.rules, config.mesh.preset)
+  repl = sharding.replicated(mesh)
   logging.info(
       "mesh %s over %d devices (%s)",
       dict(mesh.shape),
@@ -87,17 +79,15 @@ def _train(config, workdir: str, latent_shape) -> dict:
       jax.devices()[0].platform,
   )
 
-  # --- Input: data, tokenizer and text side, latent space and statistics.
-  autoencoder = latents.build(config)
-  data = assets.prepare_data(config, autoencoder)  # On every host.
-  parts = run_lib.build_parts(config, workdir, data, autoencoder, latent_shape)
-  text, autoencoder, model = parts.text, parts.autoencoder, parts.model
-  stats = assets.latent_stats(config, workdir, data, autoencoder)
+  # --- Input (data, text side, latent statistics), model and sampler.
+  parts, data, stats, generate = run_lib.build_for_training(
+      config, workdir, latent_shape
+  )
 
-  # --- Model, optimiser and sharded init (shapes first, then each array
-  # is created where it lives).
+  # --- Optimiser and sharded init (shapes first, then each array is
+  # created where it lives).
   tx, schedules, state, state_shardings = state_lib.create_train_state(
-      config, model, latent_shape, text.width, mesh, rules
+      config, parts.model, latent_shape, parts.text.width, mesh, rules
   )
   logging.info("parameters: %s", reporting.param_counts(state.params))
 
@@ -117,13 +107,17 @@ def _train(config, workdir: str, latent_shape) -> dict:
         config, state, tx, schedules, state_shardings
     )
   start_step = int(state.step)
-  # Written once the checkpoint is known to fit: a resume with a config of
-  # another model fails above and leaves the run's own config.json (and a
+  # The run's config.json is written once the checkpoint is known to fit: a
+  # resume with a config of another model fails above and leaves it (and a
   # changed one is kept in config_history.jsonl first).
-  previous = previous if resumed else None
-  start_example = changes.input_start(workdir, config, previous, start_step)
-  changes.record(workdir, previous, changed if resumed else {}, start_step)
-  assets.save_config(config, workdir, latent_shape)
+  start_example = changes.settle(
+      workdir,
+      config,
+      previous if resumed else None,
+      changed if resumed else {},
+      start_step,
+      latent_shape,
+  )
 
   # --- The jitted train step: donated state, explicit shardings.
   perceptual = (
@@ -132,72 +126,57 @@ def _train(config, workdir: str, latent_shape) -> dict:
       else None
   )
   frozen = jax.device_put(
-      dict(parts.frozen, lpips=perceptual.params if perceptual else {}),
-      sharding.replicated(mesh),
+      dict(parts.frozen, lpips=perceptual.params if perceptual else {}), repl
   )
-  stats_dev = jax.device_put(stats, sharding.replicated(mesh))
+  stats_dev = jax.device_put(stats, repl)
   p_train_step = state_lib.jit_train_step(
       step_lib.for_parts(config, parts, tx, schedules, perceptual),
       state_shardings,
       mesh,
-      validate.train_compiler_options(config),
+      compiler_options,
       rules,
   )
 
-  # --- Evaluators: sample grid and structure benchmark (EMA params).
-  generate = run_lib.make_generate_fn(config, model, autoencoder, text.frozen)
+  # --- Metrics (console, TensorBoard, metrics.jsonl) and evaluators: the
+  # sample grid and structure benchmark (EMA params).
+  reporter = reporting.Reporter(config, workdir, start_step, p_train_step)
+  writer = reporter.writer
   evaluator = evaluators.make_evaluator(
       config, workdir, data, parts, generate, frozen, stats_dev, writer
   )
 
   # --- Loop.
   total = config.total_steps
-  batches = assets.train_batches(
-      config, data, text, start_step, start_example=start_example
+  batches = run_data.train_batches(
+      config, data, parts.text, start_step, start_example=start_example
   )
-  reporter = reporting.Reporter(config, workdir, writer, start_step, total)
-  hooks = reporting.Periodic(config, total)
-  pending = None  # Metrics are fetched one step late: logging never stalls.
   last_eval = {}
   with mesh, preemption.StopOnSignal() as stop:
     for step in range(start_step, total):
       batch = hostmem.inputs_ready(sharding.put_batch(next(batches), mesh))
       state, metrics = p_train_step(state, batch, frozen, stats_dev)
-      if pending is not None:
-        reporter.add(*pending)
-      pending = (step + 1, metrics)
       done = step + 1
       stopping = stop.requested(done)  # SIGTERM / SIGINT / preemption.
       # A state is checked (its metrics fetched) before it is saved.
-      if hooks.log(done) or done == total or hooks.checkpoint(done) or stopping:
-        reporter.add(*pending)
-        pending = None
+      due = reporter.after_step(done, metrics, stopping)
       if reporter.failure:  # Runaway updates: keep the last good checkpoint.
-        reporter.flush(done)
         ckpt.close()
         writer.flush()
-        raise reporting.RunawayError(
+        raise runaway.RunawayError(
             f"run stopped: {reporter.failure}. {ckpt.describe_latest()}"
         )
-      if hooks.log(done) or done == total:
-        reporter.flush(done)
-      if hooks.checkpoint(done) or stopping:
+      if due.checkpoint:
         ckpt.save(done, state)
-      if hooks.sample(done) or hooks.eval(done):
+      if due.sample or due.eval:
         with _evaluation(done, ckpt, state):
-          if hooks.sample(done):
+          if due.sample:
             evaluator.sample_grid(state.ema_params, done)
-          if hooks.eval(done):
+          if due.eval:
             last_eval = evaluator.evaluate(state.ema_params, done)
       if stopping:
-        reporter.save_partial(done)
         ckpt.wait()
         stop.report(done, ckpt.directory)
         break
-      reporting.check_compiles(p_train_step, config.max_compiles)
-  if pending is not None:
-    reporter.add(*pending)
-    reporter.flush(total)
   if ckpt.latest_step() != total and int(state.step) == total:
     ckpt.save(total, state)
   ckpt.close()

@@ -207,7 +207,8 @@ def make_optimizer(
     if not g.get("trainable", True):
       transforms[name] = optax.set_to_zero()
       continue
-    schedules[name] = make_schedule(_group_schedule_cfg(optim, g), g["lr"])
+    schedule_cfg = _group_schedule_cfg(optim, g)
+    schedules[name] = make_schedule(schedule_cfg, g["lr"])
     # AdamW as its parts, so the learning rate can follow the train state's
     # step rather than the optimiser's own update count (see scale_by_lr_at).
     transforms[name] = optax.chain(
@@ -331,3 +332,25 @@ def restart_schedules(
     # Validate now so a bad restart fails before any training step.
     validated_fields(_group_schedule_cfg(new, g), g["lr"])
   return ml_collections.ConfigDict(new)
+
+
+def new_cycle(config: Any, old_config: Any, old_step: int, params: Any):
+  """(tx, schedules, old_lrs) for weights taken from another run
+  (`config.init_from`): each group's new cycle peaks at
+  restart.peak_factor x its configured lr and ends at the lr the old run
+  (`old_config`) had reached at `old_step` (`restart_schedules`)."""
+  _, old_schedules = make_optimizer(old_config, params)
+  old_lrs = {g: float(s(old_step)) for g, s in old_schedules.items()}
+  trainable = [
+      n
+      for n, g in _group_cfgs(_optim_dict(config)).items()
+      if g.get("trainable", True)
+  ]
+  old_lrs = {g: lr for g, lr in old_lrs.items() if g in trainable}
+  new_config = config.copy_and_resolve_references()
+  with new_config.unlocked():
+    new_config.optim = restart_schedules(
+        config, old_lrs, restart_step=0, peak_factor=config.restart.peak_factor
+    )
+  tx, schedules = make_optimizer(new_config, params)
+  return tx, schedules, old_lrs

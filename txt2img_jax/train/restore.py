@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 from txt2img_jax.models import dit_params
-from txt2img_jax.train import assets
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import optim
+from txt2img_jax.train import run_config
 from txt2img_jax.train.state import TrainState
 from txt2img_jax.utils import paths
 
@@ -27,41 +27,32 @@ def init_from_other_run(
   step). Parameters whose path or shape differ (a swapped head) are freshly
   initialised; the table of what was loaded is logged.
   """
-  raw, old_step = checkpoint_files.load_raw(config.init_from)
-  old_config = assets.load_config(_run_dir(config.init_from))
+  raw, old_step, directory = checkpoint_files.load_raw_from(config.init_from)
+  old_config = run_config.load(paths.dirname(directory))  # Its workdir.
   check_same_prediction(config, old_config)
   raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
   host = jax.device_get(state)
+  tx, schedules, old_lrs = optim.new_cycle(
+      config, old_config, old_step, host.params
+  )
   params, table = checkpoint_trees.merge_matching(host.params, raw["params"])
   ema, _ = checkpoint_trees.merge_matching(host.ema_params, raw["ema_params"])
+  opt_state, opt_table = tx.init(params), None
+  if config.restart.keep_opt_state:
+    opt_state, opt_table = checkpoint_trees.merge_matching(
+        opt_state, raw["opt_state"]
+    )
   logging.info("init_from %s (step %d):", config.init_from, old_step)
   checkpoint_trees.log_merge_table(table)
-
-  _, old_schedules = optim.make_optimizer(old_config, host.params)
-  old_lrs = {
-      g: float(s(old_step)) for g, s in old_schedules.items() if g in schedules
-  }
-  new_optim = optim.restart_schedules(
-      config, old_lrs, restart_step=0, peak_factor=config.restart.peak_factor
-  )
-  new_config = config.copy_and_resolve_references()
-  with new_config.unlocked():
-    new_config.optim = new_optim
-  tx, schedules = optim.make_optimizer(new_config, params)
   for g in schedules:
     logging.info(
-        "  lr %s: old run reached %.3g; new cycle peak %.3g -> " "floor %.3g",
+        "  lr %s: old run reached %.3g; new cycle peak %.3g -> floor %.3g",
         g,
         old_lrs.get(g, float("nan")),
         float(schedules[g](0)),
         old_lrs.get(g, float("nan")),
     )
-
-  opt_state = tx.init(params)
-  if config.restart.keep_opt_state:
-    opt_state, opt_table = checkpoint_trees.merge_matching(
-        opt_state, raw["opt_state"]
-    )
+  if opt_table is not None:
     logging.info(
         "  optimizer moments kept: %d tensors (%d new)",
         len(opt_table["loaded"]),
@@ -79,7 +70,7 @@ def check_same_prediction(config, old_config) -> None:
   """The loaded flow network must keep predicting what it learnt to: its
   weights read as a velocity would mean nothing as an image, and the other
   way round (the shapes match, so nothing else would say so)."""
-  old = old_config.flow.predict  # load_config fills base.py's defaults.
+  old = old_config.flow.predict  # run_config.load fills base.py's defaults.
   if old != config.flow.predict:
     raise ValueError(
         f"init_from: {config.init_from} trained its flow network to predict "
@@ -98,9 +89,3 @@ def dit_layout(config):
       if config.flow.scan
       else dit_params.unstack_block_params
   )
-
-
-def _run_dir(path: str) -> str:
-  """The workdir above a checkpoints dir or step dir."""
-  directory, _ = checkpoint_files.resolve_checkpoint(path)
-  return paths.dirname(directory)

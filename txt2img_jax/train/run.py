@@ -18,11 +18,14 @@ from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
 from txt2img_jax.utils import hub
 from txt2img_jax.utils import paths
-from txt2img_jax.train import assets
+from txt2img_jax.train import run_data
+from txt2img_jax.train import latent_stats
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
 from txt2img_jax.train import restore
+from txt2img_jax.train import run_config
 from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import text_side
 from txt2img_jax.train import validate
 
 
@@ -46,7 +49,7 @@ class Parts:
 
   config: Any
   latent_shape: tuple[int, int, int]
-  text: assets.TextSide
+  text: text_side.TextSide
   autoencoder: Any  # A latent space (txt2img_jax/latents.py).
   model: Any  # The CrossFlow module.
 
@@ -69,8 +72,8 @@ def build_parts(
   validate.use_prng_impl(config)
   if latent_shape is None:
     latent_shape = validate.validate_config(config)
-  text = assets.load_text(config, workdir, data)
-  check_text_cache(config, data, text)
+  text = text_side.load(config, workdir, data)
+  text_side.check_cache(config, data, text)
   autoencoder = autoencoder or latents.build(config)
   model = build_model(
       config, latent_shape, text.vocab_size, text.frozen is None
@@ -78,39 +81,23 @@ def build_parts(
   return Parts(config, latent_shape, text, autoencoder, model)
 
 
-def check_text_cache(config, data, text: assets.TextSide) -> None:
-  """Cached text features are read only if this run's encoder made them.
-
-  The prepared directory is already named by the encoder's fingerprint, so
-  this fails only if data and encoder were put together by hand; a stale
-  cache must then stop the run, not train it on another encoder's features.
+def build_for_training(config, workdir: str, latent_shape):
+  """(parts, data, latent statistics, generate) of a training run whose
+  config `validate_config` has checked: the latent space, what the run
+  reads (data, text side, latent statistics), then the objective's model and sampler.
   """
-  extras = getattr(data, "extras", lambda: {})()
-  if "text_tokens" not in extras:
-    return
-  where = getattr(data, "out_dir", "the prepared data")
-  if text.frozen is None:
-    raise ValueError(
-        f"{where} holds cached text features, but this run "
-        "trains its own text encoder; prepare without "
-        "data.cache_text, or set text_encoder.name"
-    )
-  made_by = data.manifest["fingerprint"]["featurize"].get("text")
-  if made_by != text.frozen.fingerprint():
-    raise ValueError(
-        f"{where} holds text features of another encoder "
-        f"({made_by}, this run's is "
-        f"{text.frozen.fingerprint()}); prepare again with "
-        "--config.data.rebuild=True"
-    )
-  shape = tuple(extras["text_tokens"]["shape"][1:])
-  if shape != (config.data.max_len, text.width):
-    raise ValueError(
-        f"{where}: cached text features are {shape} per "
-        f"caption, this run needs ({config.data.max_len}, "
-        f"{text.width}); prepare again with "
-        "--config.data.rebuild=True"
-    )
+  autoencoder = latents.build(config)
+  data = run_data.prepare_data(config, autoencoder)  # On every host.
+  text = text_side.load(config, workdir, data)
+  text_side.check_cache(config, data, text)
+  stats = latent_stats.compute_or_load(config, workdir, data, autoencoder)
+  objective = objectives.get(config.objective)
+  model = objective.build_model(
+      config, latent_shape, text.vocab_size, text.frozen is None
+  )
+  generate = objective.make_generate(config, model, autoencoder, text.frozen)
+  parts = Parts(config, latent_shape, text, autoencoder, model)
+  return parts, data, stats, generate
 
 
 @dataclasses.dataclass
@@ -128,7 +115,7 @@ class Run:
   stats: ae_lib.LatentStats
 
   @property
-  def text(self) -> assets.TextSide:
+  def text(self) -> text_side.TextSide:
     return self.parts.text
 
   @property
@@ -170,7 +157,7 @@ def load_run(
   Hub names in its config resolve from the local cache only, unless
   `allow_download` (a received run dir must not reach the network)."""
   workdir = paths.abspath(workdir)  # A local path or a bucket URL.
-  config = assets.load_config(workdir)
+  config = run_config.load(workdir)
   with contextlib.nullcontext() if allow_download else hub.local_files_only():
     parts = build_parts(config, workdir)
   raw, step = checkpoint_files.load_raw(workdir)
@@ -190,7 +177,7 @@ def load_run(
   if detail is not None:
     raise ValueError(
         f"{workdir}: checkpoint step {step} holds another model than the "
-        f"run's {assets.CONFIG_FILE} and {assets.VOCAB_FILE} describe "
+        f"run's {run_config.CONFIG_FILE} and {text_side.VOCAB_FILE} describe "
         f"({detail}); the run's files do not belong together - copy the "
         "workdir whole"
     )
@@ -198,7 +185,7 @@ def load_run(
       config, parts.model, parts.autoencoder, parts.text.frozen
   )
   builder = (
-      assets.prepare_data(config, parts.autoencoder) if with_data else None
+      run_data.prepare_data(config, parts.autoencoder) if with_data else None
   )
   return Run(
       workdir=workdir,
@@ -208,7 +195,7 @@ def load_run(
       builder=builder,
       generate=generate,
       ema_params=jax.device_put(raw["ema_params"]),
-      stats=assets.load_latent_stats(workdir),
+      stats=latent_stats.load(workdir),
   )
 
 

@@ -103,6 +103,41 @@ def state_shardings(abstract_boxed: Any, mesh: Mesh, rules: tuple) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def train_state_shardings(
+    abstract_state: Any, abstract_boxed: Any, mesh: Mesh, rules: tuple
+) -> Any:
+  """The train state's shardings: params and EMA as the logical rules say
+  (`state_shardings` of the boxed params); optimizer moments like the
+  parameter they belong to (matched by path suffix and shape); the rest
+  replicated. Returns a state of the same type holding shardings."""
+  param_shardings = state_shardings(abstract_boxed, mesh, rules)
+  flat = jax.tree_util.tree_flatten_with_path
+  by_path = {jax.tree_util.keystr(p): s for p, s in flat(param_shardings)[0]}
+  param_shapes = {
+      jax.tree_util.keystr(p): l.shape
+      for p, l in flat(abstract_state.params)[0]
+  }
+  repl = replicated(mesh)
+
+  def like_param(path, leaf):
+    for i in range(len(path)):
+      key = jax.tree_util.keystr(path[i:])
+      if key in by_path and param_shapes[key] == leaf.shape:
+        return by_path[key]
+    return repl
+
+  return abstract_state.replace(
+      step=repl,
+      params=param_shardings,
+      ema_params=param_shardings,
+      opt_state=jax.tree_util.tree_map_with_path(
+          like_param, abstract_state.opt_state
+      ),
+      rng=repl,
+      nonfinite=repl,
+  )
+
+
 def _fsdp_spec(spec: P, shape: tuple, rules: tuple, n: int) -> P:
   """`spec` (logical names) with its largest dimension that `n` divides,
   and that the rules leave unsplit, split over 'data'.

@@ -74,8 +74,9 @@ def train_state_spec(config, model, latent_shape, text_width, mesh, rules):
     )
 
   abstract_state = jax.eval_shape(init_state, init_rng)
-  param_shardings = sharding.state_shardings(boxed, mesh, rules)
-  state_shardings = train_state_shardings(abstract_state, param_shardings, mesh)
+  state_shardings = sharding.train_state_shardings(
+      abstract_state, boxed, mesh, rules
+  )
   return tx, schedules, init_state, init_rng, abstract_state, state_shardings
 
 
@@ -102,6 +103,7 @@ def jit_train_step(
   the step is traced: the model's activation constraints (`layers.constrain`)
   then keep the batch split over 'data' between blocks."""
   repl = sharding.replicated(mesh)
+  batch = sharding.batch_sharding(mesh)
   if rules is not None:
     inner = train_step
 
@@ -113,40 +115,7 @@ def jit_train_step(
   return jax.jit(
       train_step,
       donate_argnums=(0,),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl),
+      in_shardings=(state_shardings, batch, repl, repl),
       out_shardings=(state_shardings, repl),
       compiler_options=compiler_options,
-  )
-
-
-def train_state_shardings(
-    abstract_state: TrainState, param_shardings, mesh
-) -> TrainState:
-  """Params and EMA as the logical rules say; optimizer moments like the
-  parameter they belong to (matched by path suffix and shape); the rest
-  replicated."""
-  by_path = {}
-  for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
-    by_path[jax.tree_util.keystr(path)] = s
-  param_shapes = {
-      jax.tree_util.keystr(p): l.shape
-      for p, l in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
-  }
-  repl = sharding.replicated(mesh)
-
-  def like_param(path, leaf):
-    for i in range(len(path)):
-      key = jax.tree_util.keystr(path[i:])
-      if key in by_path and param_shapes[key] == leaf.shape:
-        return by_path[key]
-    return repl
-
-  opt = jax.tree_util.tree_map_with_path(like_param, abstract_state.opt_state)
-  return TrainState(
-      step=repl,
-      params=param_shardings,
-      ema_params=param_shardings,
-      opt_state=opt,
-      rng=repl,
-      nonfinite=repl,
   )

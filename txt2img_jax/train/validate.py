@@ -280,7 +280,7 @@ def train_compiler_options(config) -> dict | None:
 def use_prng_impl(config) -> None:
   """jax's default PRNG as `config.prng_impl` says: a process-wide setting,
   made before any key (a run saved before the field existed loads with
-  base.py's threefry2x32, `assets.load_config`)."""
+  base.py's threefry2x32, `run_config.load`)."""
   impl = config.prng_impl
   if impl not in PRNG_IMPLS:
     raise ValueError(f"prng_impl={impl!r}: expected one of {PRNG_IMPLS}")

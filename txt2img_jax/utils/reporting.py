@@ -1,9 +1,10 @@
-"""Progress on the console, metrics to TensorBoard and metrics.jsonl, the
-one helper that decides when it is time to log, save, sample or evaluate, and
-the watch that stops a run whose updates have run away."""
+"""Progress on the console, metrics to TensorBoard and metrics.jsonl, and
+the one helper that decides when it is time to log, save, sample or
+evaluate; each step's metrics go past the runaway watch (`runaway.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as logging_lib
 import time
@@ -11,12 +12,14 @@ from typing import Any
 
 from absl import flags
 from absl import logging
+from clu import metric_writers
 import jax
 import numpy as np
 
 from txt2img_jax.utils import metric_names
 from txt2img_jax.utils import paths
 from txt2img_jax.utils import runfiles
+from txt2img_jax.utils import runaway
 
 METRICS_FILE = runfiles.METRICS_FILE
 # Per-step metrics of an interval cut short by a preemption, so the resumed
@@ -66,6 +69,35 @@ def quiet_orbax() -> None:
     absl_logger.addFilter(_QuietOrbax())
 
 
+def create_writer(config, workdir: str):
+  """The run's TensorBoard writer (process 0; the others only log), with the
+  config's fields as its hparams. A bucket workdir is handed to TensorFlow's
+  writer as it is (`paths.native`)."""
+  writer = metric_writers.create_default_writer(
+      paths.native(workdir),
+      just_logging=jax.process_index() != 0,
+      asynchronous=True,
+  )
+  writer.write_hparams(flat_hparams(config))
+  return writer
+
+
+def flat_hparams(config) -> dict[str, Any]:
+  """{"block.field": value} over the config's scalar leaves."""
+  out = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      name = f"{prefix}{k}"
+      if isinstance(v, dict):
+        walk(name + ".", v)
+      elif isinstance(v, (int, float, str, bool)):
+        out[name] = v
+
+  walk("", config.to_dict())
+  return out
+
+
 class Periodic:
   """Is it time? One place for every interval, and the final step."""
 
@@ -102,14 +134,26 @@ class Periodic:
     return self._due("eval", step)
 
 
-class Reporter:
-  """Averages device metrics over a log interval and writes them out."""
+@dataclasses.dataclass(frozen=True)
+class Due:
+  """What else a step is for, besides its metrics (`Reporter.after_step`)."""
 
-  def __init__(
-      self, config, workdir: str, writer, start_step: int, total_steps: int
-  ):
-    self.writer = writer
-    self.total = total_steps
+  checkpoint: bool
+  sample: bool
+  eval: bool
+
+
+class Reporter:
+  """Averages device metrics over a log interval and writes them out, and
+  says what a step is due for (`Periodic`)."""
+
+  def __init__(self, config, workdir: str, start_step: int, train_step=None):
+    """`train_step`: the jitted step, watched for recompiles
+    (`config.max_compiles`)."""
+    self.writer = create_writer(config, workdir)
+    self.train_step = train_step
+    self.max_compiles = config.max_compiles
+    self.total = config.total_steps
     self.start_step = start_step
     self.workdir = workdir
     self.path = runfiles.metrics_path(workdir)
@@ -120,7 +164,9 @@ class Reporter:
     self._t_last = self._t0
     self._step_last = start_step
     self.last: dict[str, float] = {}
-    self.guard = RunawayGuard(config)
+    self.guard = runaway.RunawayGuard(config)
+    self.hooks = Periodic(config, self.total)
+    self._pending = None  # The last step's metrics, not yet fetched.
     # Also from step 0: a run killed before its first checkpoint left rows.
     if paths.exists(self.path):
       self._restore_ema(start_step)
@@ -142,6 +188,30 @@ class Reporter:
     self._rows = _load_partial(
         paths.join(self.workdir, PARTIAL_FILE), start_step
     )
+
+  def after_step(self, step: int, metrics, stopping: bool = False) -> Due:
+    """Keeps `step`'s device metrics and fetches the previous step's, so
+    logging never stalls the device; a step that is logged or saved (or
+    stops the run) has its own fetched and checked first. Writes the
+    interval out on a log step or a failure (`failure`); on a stop, keeps
+    the rows since the last log for the resume (`save_partial`). Raises
+    when the train step compiled more often than `max_compiles`. The final
+    step is always logged, so nothing is left to fetch after it."""
+    if self._pending is not None:
+      self.add(*self._pending)
+    self._pending = (step, metrics)
+    log = self.hooks.log(step)
+    save = self.hooks.checkpoint(step) or stopping
+    if log or save:
+      self.add(*self._pending)
+      self._pending = None
+    if log or self.failure:
+      self.flush(step)
+    if stopping and not self.failure:
+      self.save_partial(step)
+    if self.train_step is not None:
+      check_compiles(self.train_step, self.max_compiles)
+    return Due(save, self.hooks.sample(step), self.hooks.eval(step))
 
   def save_partial(self, step: int) -> None:
     """Keeps the steps logged since the last flush for a resume at `step`."""
@@ -194,9 +264,9 @@ class Reporter:
     steps = step - self._step_last
     out["train/steps_per_sec"] = steps / max(now - self._t_last, 1e-9)
     self._t_last, self._step_last = now, step
+    self._console(step, out)
     self.writer.write_scalars(step, out)
     self.write_jsonl(step, out)
-    self._console(step, out)
     self.last = out
     return out
 
@@ -251,64 +321,6 @@ def _load_partial(path: str, start_step: int) -> list[dict[str, np.ndarray]]:
       {k: np.asarray(v, dtype=dtype) for k, (dtype, v) in r.items()}
       for r in saved["rows"]
   ]
-
-
-class RunawayError(ValueError):
-  """The run was stopped because its updates ran away; the message says why
-  and what to change. (A ValueError: commands print it as one line.)"""
-
-
-class RunawayGuard:
-  """Watches each step's `skipped` and `update_ratio` as they are fetched.
-
-  The train step refuses an update that is non-finite or larger than
-  config.max_update_ratio x the parameters, so the state never holds it; this
-  decides when refusing is no longer enough and the run must stop: one
-  absurd update, or config.max_skipped_steps skipped steps in a row.
-  """
-
-  def __init__(self, config):
-    self.max_skipped = int(config.max_skipped_steps)
-    self.max_ratio = float(config.max_update_ratio)
-    self.streak = 0
-    self.failure: str | None = None
-
-  def check(self, step: int, row: dict[str, Any]) -> None:
-    if self.failure is not None or "skipped" not in row:
-      return
-    ratio = float(row.get("update_ratio", 0.0))
-    if self.max_ratio > 0 and ratio > self.max_ratio:
-      groups = {
-          k.split("/", 1)[1]: float(v)
-          for k, v in row.items()
-          if k.startswith("update_ratio/")
-      }
-      worst = max(groups, key=groups.get) if groups else "?"
-      self.failure = (
-          f"step {step}'s update was {ratio:.3g} x the parameter norm (group "
-          f"{worst}), above config.max_update_ratio={self.max_ratio:g}; it was "
-          "not applied. The learning rate is far too high: lower "
-          f"config.optim.groups.{worst}.lr"
-      )
-      return
-    if not bool(row["skipped"]):
-      self.streak = 0
-      return
-    self.streak += 1
-    if self.streak == 1:
-      logging.warning(
-          "step %d skipped: its loss or gradient is not finite "
-          "(update_ratio %.3g)",
-          step,
-          ratio,
-      )
-    if self.max_skipped > 0 and self.streak >= self.max_skipped:
-      self.failure = (
-          f"{self.streak} steps in a row (up to step {step}) had a non-finite "
-          f"loss or gradient (config.max_skipped_steps={self.max_skipped}): "
-          "the run is not learning any more. Lower the learning rates or "
-          "check the data"
-      )
 
 
 def _hms(seconds: float) -> str:

@@ -137,7 +137,7 @@ def write_metrics(workdir: str, rows: Iterable[dict[str, Any]]) -> None:
 
 # --- The run's other files: config, latent statistics, word vocabulary. ------
 
-CONFIG_FILE = "config.json"  # The run's config (assets.load_config reads it).
+CONFIG_FILE = "config.json"  # The run's config (run_config.load reads it).
 STATS_FILE = "latent_stats.json"  # Per-channel latent shift and scale.
 VOCAB_FILE = "vocab.json"  # The embedded text encoder's words.
 
