@@ -468,7 +468,7 @@ def test_a_failing_final_evaluation_keeps_the_final_checkpoint(
     config.checkpoint_every = 2
     config.sample_every = 0  # Only at the end: after the last step's save.
   workdir = str(tmp_path / "w")
-  with pytest.raises(train.EvaluationError) as e:
+  with pytest.raises(checkpointing.EvaluationError) as e:
     train.train_and_evaluate(config, workdir)
   assert "at step 5 failed (RuntimeError: the grid's writer broke)" in str(
       e.value

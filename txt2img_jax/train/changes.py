@@ -155,18 +155,6 @@ def check_resume(config, old_config) -> dict:
   return changed
 
 
-def record(workdir: str, old_config, changed: dict, start_step: int) -> None:
-  """Keeps the config the run had before `start_step` (process 0)."""
-  if not changed or jax.process_index() != 0:
-    return
-  row = {
-      "step": start_step,
-      "changed": {k: list(v) for k, v in changed.items()},
-      "previous": old_config.to_dict(),
-  }
-  runfiles.append_json_line(workdir, HISTORY_FILE, row)
-
-
 def _segments(workdir: str, first_batch_size: int) -> list[dict]:
   if not paths.exists(paths.join(workdir, POSITION_FILE)):
     return [{"step": 0, "examples": 0, "batch_size": first_batch_size}]
@@ -179,36 +167,44 @@ def examples_seen(segments: list[dict], step: int) -> int:
   return seg["examples"] + (step - seg["step"]) * seg["batch_size"]
 
 
-def input_start(workdir: str, config, old_config, start_step: int):
-  """The example the stream starts at for `start_step`, or None when the
-  run's batch size never changed (then the step alone says it).
+def _history_row(old_config, changed: dict, start_step: int) -> dict:
+  """The row config_history.jsonl keeps: the config the run had before
+  `start_step`, and what changed."""
+  return {
+      "step": start_step,
+      "changed": {k: list(v) for k, v in changed.items()},
+      "previous": old_config.to_dict(),
+  }
+
+
+def _input_position(workdir: str, config, old_config, start_step: int):
+  """(the example the stream starts at for `start_step` or None when the
+  run's batch size never changed (then the step alone says it), the
+  segments to write to input_position.json or None).
 
   A batch size changed now (an allowed change) starts a new segment at
-  `start_step`, written to `input_position.json` (process 0)."""
+  `start_step`."""
   first = old_config.batch_size if old_config is not None else None
-  path = paths.join(workdir, POSITION_FILE)
   if old_config is None or (
-      not paths.exists(path) and first == config.batch_size
+      not paths.exists(paths.join(workdir, POSITION_FILE))
+      and first == config.batch_size
   ):
-    return None
+    return None, None
   segments = _segments(workdir, first)
   segments = [s for s in segments if s["step"] <= start_step]
-  if segments[-1]["batch_size"] != config.batch_size:
-    seen = examples_seen(segments, start_step)
-    segments.append(
-        {"step": start_step, "examples": seen, "batch_size": config.batch_size}
-    )
-    if jax.process_index() == 0:
-      runfiles.write_json(workdir, POSITION_FILE, segments, indent=1)
-    logging.info(
-        "batch size %d -> %d at step %d: the input goes on at example %d "
-        "(none skipped or seen twice)",
-        segments[-2]["batch_size"],
-        config.batch_size,
-        start_step,
-        seen,
-    )
-  return examples_seen(segments, start_step)
+  seen = examples_seen(segments, start_step)
+  if segments[-1]["batch_size"] == config.batch_size:
+    return seen, None
+  logging.info(
+      "batch size %d -> %d at step %d: the input goes on at example %d "
+      "(none skipped or seen twice)",
+      segments[-1]["batch_size"],
+      config.batch_size,
+      start_step,
+      seen,
+  )
+  new = {"step": start_step, "examples": seen, "batch_size": config.batch_size}
+  return seen, segments + [new]
 
 
 def settle(
@@ -220,10 +216,18 @@ def settle(
     latent_shape,
 ) -> int | None:
   """Once the state is known to fit (restored, or initialised): the example
-  the input stream starts at (`input_start`), the previous config kept in
-  config_history.jsonl (`record`), then config.json replaced by this run's.
+  the input stream starts at (a new segment of input_position.json after a
+  change of batch size), the previous config kept in config_history.jsonl,
+  then config.json replaced by this run's (the files by process 0).
   `old_config` is None (and `changed` empty) unless the run resumed."""
-  start_example = input_start(workdir, config, old_config, start_step)
-  record(workdir, old_config, changed, start_step)
-  run_config.save(config, workdir, latent_shape)
+  history = _history_row(old_config, changed, start_step) if changed else None
+  start_example, segments = _input_position(
+      workdir, config, old_config, start_step
+  )
+  if jax.process_index() == 0:
+    if segments is not None:
+      runfiles.write_json(workdir, POSITION_FILE, segments, indent=1)
+    if history is not None:
+      runfiles.append_json_line(workdir, HISTORY_FILE, history)
+    run_config.save(config, workdir, latent_shape)
   return start_example

@@ -53,6 +53,10 @@ _WRITE_ERRNOS = {
 }
 
 
+class EvaluationError(UserError):
+  """A sample grid or evaluation failed; the run's state is saved."""
+
+
 def _mib(n: int) -> str:
   return f"{n / 2**20:.1f} MiB"
 
@@ -273,6 +277,24 @@ class Checkpointer:
     return self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract_state)
     )
+
+  @contextlib.contextmanager
+  def saved_if_failing(self, step: int, state: Any):
+    """A failing sample grid or evaluation never costs training: the step's
+    state is saved (and committed) first, then the error ends the run in one
+    line (`--debug` shows its traceback)."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self.save(step, state)
+      self.close()
+      text = " ".join(str(e).split())[:300] or type(e).__name__
+      raise EvaluationError(
+          f"the sample grid / evaluation at step {step} failed "
+          f"({type(e).__name__}: {text}); training is saved - "
+          f"{self.describe_latest()}. Fix the sample/eval settings and run "
+          "the same command again to resume"
+      ) from e
 
   def wait(self) -> None:
     with self._write_errors(None):

@@ -1,9 +1,10 @@
 """train_and_evaluate(config, workdir): the whole run, read top to bottom.
 
-logging -> checks -> mesh -> input -> model and optimiser -> sharded init ->
-restore -> train step -> evaluators -> loop. The pieces are built by
-`run.build_parts` and `state` (shared with sampling, evaluation, health and
-perf); the loss is the configured objective's (`objectives/`).
+checks -> resume check -> mesh -> what the run reads, its model and sampler
+(`run.build_for_training`) -> optimiser and sharded init (`state`) ->
+restore -> train step -> metrics and evaluators -> loop: each phase one call
+into the module that owns it (`docs/architecture.md`). The loss is the
+configured objective's (`objectives/`).
 
 The workdir is a local path or a bucket URL (`gs://bucket/run`): the run's
 files go through `utils/paths.py`; orbax and TensorBoard's writer are handed
@@ -18,26 +19,25 @@ from absl import logging
 import jax
 import ml_collections
 
-from txt2img_jax.train import restore
-from txt2img_jax.train import run as run_lib
-from txt2img_jax.train import state as state_lib
-from txt2img_jax.train import validate
-from txt2img_jax.train import run_data
+from txt2img_jax.evaluation import registry as evaluators
+from txt2img_jax.objectives import perceptual as perceptual_lib
 from txt2img_jax.train import changes
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpointing
-from txt2img_jax.evaluation import registry as evaluators
+from txt2img_jax.train import optim
+from txt2img_jax.train import preemption
+from txt2img_jax.train import restore
+from txt2img_jax.train import run as run_lib
+from txt2img_jax.train import run_data
+from txt2img_jax.train import sharding
+from txt2img_jax.train import state as state_lib
+from txt2img_jax.train import step as step_lib
+from txt2img_jax.train import validate
 from txt2img_jax.utils import hostmem
 from txt2img_jax.utils import paths
-from txt2img_jax.train import optim
-from txt2img_jax.objectives import perceptual as perceptual_lib
-from txt2img_jax.train import preemption
 from txt2img_jax.utils import reporting
 from txt2img_jax.utils import runaway
 from txt2img_jax.utils import runlock
-from txt2img_jax.utils.errors import UserError
-from txt2img_jax.train import sharding
-from txt2img_jax.train import step as step_lib
 
 # ---------------------------------------------------------------------------
 # train_and_evaluate
@@ -168,7 +168,7 @@ def _train(config, workdir, latent_shape, compiler_options, previous, changed):
       if due.checkpoint:
         ckpt.save(done, state)
       if due.sample or due.eval:
-        with _evaluation(done, ckpt, state):
+        with ckpt.saved_if_failing(done, state):
           if due.sample:
             evaluator.sample_grid(state.ema_params, done)
           if due.eval:
@@ -177,8 +177,6 @@ def _train(config, workdir, latent_shape, compiler_options, previous, changed):
         ckpt.wait()
         stop.report(done, ckpt.directory)
         break
-  if ckpt.latest_step() != total and int(state.step) == total:
-    ckpt.save(total, state)
   ckpt.close()
   writer.flush()
   return {
@@ -189,26 +187,3 @@ def _train(config, workdir, latent_shape, compiler_options, previous, changed):
       "start_step": start_step,
       "stopped_by": stop.signal_name,
   }  # A signal ended it early, else None.
-
-
-class EvaluationError(UserError):
-  """A sample grid or evaluation failed; the run's state is saved."""
-
-
-@contextlib.contextmanager
-def _evaluation(step: int, ckpt, state):
-  """A failing grid or evaluation never costs training: the step's state is
-  saved (and committed) first, then the error ends the run in one line
-  (`--debug` shows its traceback)."""
-  try:
-    yield
-  except Exception as e:  # pylint: disable=broad-except
-    ckpt.save(step, state)
-    ckpt.close()
-    text = " ".join(str(e).split())[:300] or type(e).__name__
-    raise EvaluationError(
-        f"the sample grid / evaluation at step {step} failed "
-        f"({type(e).__name__}: {text}); training is saved - "
-        f"{ckpt.describe_latest()}. Fix the sample/eval settings and run the "
-        "same command again to resume"
-    ) from e

@@ -330,7 +330,8 @@ def restart_schedules(
       overrides[floor_field] = float(min(float(old_lrs[name]), top))
     g["schedule"] = overrides
     # Validate now so a bad restart fails before any training step.
-    validated_fields(_group_schedule_cfg(new, g), g["lr"])
+    restarted = _group_schedule_cfg(new, g)
+    validated_fields(restarted, g["lr"])
   return ml_collections.ConfigDict(new)
 
 

@@ -52,18 +52,14 @@ def train_state_spec(config, model, latent_shape, text_width, mesh, rules):
   them; ahead-of-time compilation (train/aot_lower.py) uses the shapes
   alone."""
   init_rng, state_rng = init_keys(config)
-  boxed = jax.eval_shape(
-      functools.partial(
-          init_variables, model, config, latent_shape, text_width
-      ),
-      init_rng,
+  init_params = functools.partial(
+      init_variables, model, config, latent_shape, text_width
   )
+  boxed = jax.eval_shape(init_params, init_rng)
   tx, schedules = optim.make_optimizer(config, nn.unbox(boxed))
 
   def init_state(key):
-    params = nn.unbox(
-        init_variables(model, config, latent_shape, text_width, key)
-    )
+    params = nn.unbox(init_params(key))
     return TrainState(
         step=jnp.int32(0),
         params=params,

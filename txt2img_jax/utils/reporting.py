@@ -12,7 +12,6 @@ from typing import Any
 
 from absl import flags
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -73,6 +72,10 @@ def create_writer(config, workdir: str):
   """The run's TensorBoard writer (process 0; the others only log), with the
   config's fields as its hparams. A bucket workdir is handed to TensorFlow's
   writer as it is (`paths.native`)."""
+  # clu brings TensorFlow: imported here, so that the commands that only
+  # read a run (`sample`) do not load it.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   writer = metric_writers.create_default_writer(
       paths.native(workdir),
       just_logging=jax.process_index() != 0,
@@ -201,8 +204,12 @@ class Reporter:
       self.add(*self._pending)
     self._pending = (step, metrics)
     log = self.hooks.log(step)
-    save = self.hooks.checkpoint(step) or stopping
-    if log or save:
+    due = Due(
+        self.hooks.checkpoint(step) or stopping,
+        self.hooks.sample(step),
+        self.hooks.eval(step),
+    )
+    if log or due.checkpoint:
       self.add(*self._pending)
       self._pending = None
     if log or self.failure:
@@ -211,7 +218,7 @@ class Reporter:
       self.save_partial(step)
     if self.train_step is not None:
       check_compiles(self.train_step, self.max_compiles)
-    return Due(save, self.hooks.sample(step), self.hooks.eval(step))
+    return due
 
   def save_partial(self, step: int) -> None:
     """Keeps the steps logged since the last flush for a resume at `step`."""
