@@ -335,19 +335,15 @@ def restart_schedules(
   return ml_collections.ConfigDict(new)
 
 
-def new_cycle(config: Any, old_config: Any, old_step: int, params: Any):
+def new_cycle(config: Any, old_config: Any, old_step: int, params: Any, groups):
   """(tx, schedules, old_lrs) for weights taken from another run
-  (`config.init_from`): each group's new cycle peaks at
+  (`config.init_from`): each of the trainable `groups`' new cycle peaks at
   restart.peak_factor x its configured lr and ends at the lr the old run
   (`old_config`) had reached at `old_step` (`restart_schedules`)."""
   _, old_schedules = make_optimizer(old_config, params)
-  old_lrs = {g: float(s(old_step)) for g, s in old_schedules.items()}
-  trainable = [
-      n
-      for n, g in _group_cfgs(_optim_dict(config)).items()
-      if g.get("trainable", True)
-  ]
-  old_lrs = {g: lr for g, lr in old_lrs.items() if g in trainable}
+  old_lrs = {
+      g: float(s(old_step)) for g, s in old_schedules.items() if g in groups
+  }
   new_config = config.copy_and_resolve_references()
   with new_config.unlocked():
     new_config.optim = restart_schedules(

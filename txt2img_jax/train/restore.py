@@ -33,7 +33,7 @@ def init_from_other_run(
   raw = dit_layout(config)(raw)  # The other run's DiT may be (un)scanned.
   host = jax.device_get(state)
   tx, schedules, old_lrs = optim.new_cycle(
-      config, old_config, old_step, host.params
+      config, old_config, old_step, host.params, schedules
   )
   params, table = checkpoint_trees.merge_matching(host.params, raw["params"])
   ema, _ = checkpoint_trees.merge_matching(host.ema_params, raw["ema_params"])

@@ -18,12 +18,12 @@ from txt2img_jax.models import autoencoder as ae_lib
 from txt2img_jax.models import latents
 from txt2img_jax.utils import hub
 from txt2img_jax.utils import paths
-from txt2img_jax.train import run_data
-from txt2img_jax.train import latent_stats
 from txt2img_jax.train import checkpoint_files
 from txt2img_jax.train import checkpoint_trees
+from txt2img_jax.train import latent_stats
 from txt2img_jax.train import restore
 from txt2img_jax.train import run_config
+from txt2img_jax.train import run_data
 from txt2img_jax.train import state as state_lib
 from txt2img_jax.train import text_side
 from txt2img_jax.train import validate
@@ -72,9 +72,15 @@ def build_parts(
   validate.use_prng_impl(config)
   if latent_shape is None:
     latent_shape = validate.validate_config(config)
+  autoencoder = autoencoder or latents.build(config)
+  return _assemble(config, workdir, data, autoencoder, latent_shape)
+
+
+def _assemble(config, workdir, data, autoencoder, latent_shape) -> Parts:
+  """The text side (checked against the data's cached text features) and
+  the objective's model, over a built latent space."""
   text = text_side.load(config, workdir, data)
   text_side.check_cache(config, data, text)
-  autoencoder = autoencoder or latents.build(config)
   model = build_model(
       config, latent_shape, text.vocab_size, text.frozen is None
   )
@@ -83,20 +89,15 @@ def build_parts(
 
 def build_for_training(config, workdir: str, latent_shape):
   """(parts, data, latent statistics, generate) of a training run whose
-  config `validate_config` has checked: the latent space, what the run
-  reads (data, text side, latent statistics), then the objective's model and sampler.
-  """
+  config `validate_config` has checked: the latent space, the data prepared
+  on every host, the parts, the statistics and the objective's sampler."""
   autoencoder = latents.build(config)
-  data = run_data.prepare_data(config, autoencoder)  # On every host.
-  text = text_side.load(config, workdir, data)
-  text_side.check_cache(config, data, text)
+  data = run_data.prepare_data(config, autoencoder)
+  parts = _assemble(config, workdir, data, autoencoder, latent_shape)
   stats = latent_stats.compute_or_load(config, workdir, data, autoencoder)
-  objective = objectives.get(config.objective)
-  model = objective.build_model(
-      config, latent_shape, text.vocab_size, text.frozen is None
+  generate = make_generate_fn(
+      config, parts.model, autoencoder, parts.text.frozen
   )
-  generate = objective.make_generate(config, model, autoencoder, text.frozen)
-  parts = Parts(config, latent_shape, text, autoencoder, model)
   return parts, data, stats, generate
 
 
